@@ -1,0 +1,240 @@
+"""The contracts between stages: what one stage writes and the next one reads.
+
+Everything here is a small typed dataclass with a JSON round trip, so a stage can hand it to the next as an
+artifact file or as artifact metadata, and serving can read what training wrote. No heavy imports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+FEATURE_SPEC_VERSION = 1
+
+# The one list of evaluation metric names. The gate, sweeps, the CLI and the MLflow logging all use these
+# names, so a threshold on "f1" means the same thing everywhere.
+METRIC_NAMES: tuple[str, ...] = (
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "val_loss",
+)
+# Direction of improvement, for gates and sweeps.
+HIGHER_IS_BETTER: dict[str, bool] = {name: name != "val_loss" for name in METRIC_NAMES}
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+
+FeatureKind = Literal["numeric", "categorical"]
+
+# Registry aliases, written down once.
+ALIAS_CHALLENGER = "challenger"
+ALIAS_CHAMPION = "champion"
+ALIAS_PREVIOUS = "previous"
+
+
+class KfopsError(ValueError):
+    """A problem with the user's input or configuration, with a message that says what to fix."""
+
+
+@dataclass
+class DataVersion:
+    """A content-addressed snapshot of a dataset in the artifact store."""
+
+    sha256: str
+    uri: str  # where the snapshot lives (local path or s3:// URI)
+    source: str  # where the data came from
+    rows: int
+    columns: list[str]
+    dtypes: dict[str, str]
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DataVersion:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class SplitConfig:
+    """How a snapshot is split into train, validation and test."""
+
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    time_column: str = ""
+    by_time: bool = False  # newest rows go to validation and test (no look-ahead), else stratified at random
+
+    def check(self) -> None:
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise KfopsError(f"split: {name} must be between 0 and 0.5, got {value}")
+        if self.validation_fraction + self.test_fraction >= 0.8:
+            raise KfopsError(
+                "split: validation_fraction + test_fraction must leave at least 20% for training, got "
+                f"{self.validation_fraction + self.test_fraction:.2f}"
+            )
+
+
+@dataclass
+class ColumnSpec:
+    """One input feature as training saw it: kind, fitted statistics and vocabulary."""
+
+    name: str
+    kind: FeatureKind
+    # numeric
+    mean: float = 0.0
+    std: float = 1.0
+    median: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+    missing_fraction: float = 0.0
+    add_missing_indicator: bool = False
+    # categorical
+    vocabulary: list[str] = field(default_factory=list)
+    frequencies: list[float] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        """How many model inputs this column becomes."""
+        if self.kind == "numeric":
+            return 2 if self.add_missing_indicator else 1
+        return len(self.vocabulary) + 1  # one-hot plus the unknown bucket
+
+
+@dataclass
+class FeatureSpec:
+    """The fitted feature transform: the contract between training and serving."""
+
+    target: str
+    positive_class: str
+    negative_class: str
+    columns: list[ColumnSpec]
+    dropped_columns: list[str] = field(default_factory=list)
+    data_sha256: str = ""
+    train_rows: int = 0
+    positive_rate: float = 0.0
+    version: int = FEATURE_SPEC_VERSION
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def input_width(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    def column(self, name: str) -> ColumnSpec:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KfopsError(f"feature spec has no column '{name}'; it has: {', '.join(self.feature_names)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        data = dict(data)
+        version = data.get("version", FEATURE_SPEC_VERSION)
+        if version != FEATURE_SPEC_VERSION:
+            raise KfopsError(f"feature spec version {version} is not supported (expected {FEATURE_SPEC_VERSION})")
+        data["columns"] = [ColumnSpec(**c) for c in data["columns"]]
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSpec:
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
+            raise KfopsError(f"cannot read feature spec {path}: {err}") from err
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of the MLP classifier. Every field is a pipeline parameter of the same name."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    dropout: float = 0.1
+    learning_rate: float = 3e-3
+    batch_size: int = 512
+    epochs: int = 12
+    optimizer: str = "adamw"  # adam, adamw or sgd
+    weight_decay: float = 1e-4
+    class_weighting: str = "none"  # none, or balanced (weights positives by the class ratio)
+    early_stopping_patience: int = 3
+    seed: int = 42
+    device: str = "auto"  # auto, cpu or cuda
+    cuda_graphs: bool = True  # capture the training step as a CUDA graph on GPU
+
+    def check(self) -> None:
+        if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
+            raise KfopsError(f"train: hidden_sizes must be positive integers, got {self.hidden_sizes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise KfopsError(f"train: dropout must be in [0, 1), got {self.dropout}")
+        if self.learning_rate <= 0:
+            raise KfopsError(f"train: learning_rate must be positive, got {self.learning_rate}")
+        if self.batch_size <= 0:
+            raise KfopsError(f"train: batch_size must be positive, got {self.batch_size}")
+        if self.epochs <= 0:
+            raise KfopsError(f"train: epochs must be positive, got {self.epochs}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise KfopsError(f"train: optimizer must be adam, adamw or sgd, got '{self.optimizer}'")
+        if self.class_weighting not in ("none", "balanced"):
+            raise KfopsError(f"train: class_weighting must be none or balanced, got '{self.class_weighting}'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise KfopsError(f"train: device must be auto, cpu or cuda, got '{self.device}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise KfopsError(f"train: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
+        cfg = cls(**data)
+        # kfp.local delivers ints inside list parameters as floats.
+        cfg.hidden_sizes = [int(h) for h in cfg.hidden_sizes]
+        cfg.batch_size, cfg.epochs = int(cfg.batch_size), int(cfg.epochs)
+        cfg.early_stopping_patience, cfg.seed = int(cfg.early_stopping_patience), int(cfg.seed)
+        return cfg
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of one model on one split, under METRIC_NAMES."""
+
+    metrics: dict[str, float]
+    confusion_matrix: list[list[int]]  # rows: actual [negative, positive]; columns: predicted
+    labels: list[str]  # [negative_class, positive_class]
+    threshold: float = 0.5
+    rows: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EvaluationResult:
+        return cls(**json.loads(text))

@@ -1,0 +1,45 @@
+"""KFP wrapper for evaluate: Metrics and ClassificationMetrics for the Kubeflow UI, files for MLflow."""
+
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from kfops.components.kfp_support import component_op
+
+
+def evaluate(
+    model: Input[Model],
+    test: Input[Dataset],
+    threshold: float,
+    mlflow_tracking_uri: str,
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    evaluation: Output[Artifact],
+    confusion_matrix_png: Output[Artifact],
+):
+    """Score the raw test split with the model artifact; log metrics to KFP and to the model's MLflow run."""
+    import json
+    import math
+
+    from kfops.components.evaluate.logic import evaluate_model, log_to_mlflow, plot_confusion_matrix
+
+    result, curve = evaluate_model(model.path, test.path, val_loss=float(model.metadata.get("val_loss", "nan")),
+                                   threshold=threshold)
+    for name, value in result.metrics.items():
+        if math.isfinite(value):
+            metrics.log_metric(name, round(float(value), 6))
+    classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
+    classification_metrics.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
+    with open(evaluation.path, "w", encoding="utf-8") as fh:
+        fh.write(result.to_json())
+    # Metrics artifacts live in metadata; a file behind each also lets kfp.local's cache find them.
+    for artifact in (metrics, classification_metrics):
+        with open(artifact.path, "w", encoding="utf-8") as fh:
+            json.dump(artifact.metadata, fh, indent=2, sort_keys=True)
+    evaluation.metadata.update({"rows": result.rows, "threshold": threshold, **{
+        k: round(v, 6) for k, v in result.metrics.items() if math.isfinite(v)}})
+    plot_confusion_matrix(result, confusion_matrix_png.path)
+    if model.metadata.get("run_id"):
+        log_to_mlflow(model.metadata["run_id"], result, confusion_matrix_png.path, mlflow_tracking_uri)
+    print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+
+
+evaluate_op = component_op(evaluate)

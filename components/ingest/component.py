@@ -1,0 +1,71 @@
+"""KFP wrappers for ingest: an uncached step that versions the data and a cached step that splits it.
+
+The version step always runs, so changed data is always noticed; it hands only the sha256 on, so the split
+and everything after it hit the KFP cache exactly when the data version and parameters are the same.
+"""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Output
+
+from kfops.components.kfp_support import component_op
+
+
+def version_data(
+    data_uri: str,
+    data_version: str,
+    artifact_store: str,
+    target: str,
+    numeric_features: list,
+    categorical_features: list,
+    drop_columns: list,
+    time_column: str,
+    positive_class: str,
+) -> NamedTuple("VersionOutputs", [("sha256", str), ("schema_json", str), ("rows", int), ("source", str)]):
+    """Read and check the data (local path or s3:// URI), snapshot it content-addressed, return its sha256."""
+    from collections import namedtuple
+
+    from kfops.components.ingest.logic import schema_to_json, version_data
+
+    version, schema = version_data(
+        data_uri=data_uri, store=artifact_store, target=target, data_version=data_version,
+        numeric=numeric_features, categorical=categorical_features, drop=drop_columns,
+        time_column=time_column, positive_class=positive_class,
+    )
+    print(f"data version {version.sha256} ({version.rows} rows) from {version.source} at {version.uri}")
+    outputs = namedtuple("VersionOutputs", ["sha256", "schema_json", "rows", "source"])
+    return outputs(version.sha256, schema_to_json(schema), version.rows, version.source)
+
+
+def split_data(
+    data_sha256: str,
+    artifact_store: str,
+    target: str,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    time_column: str,
+    split_by_time: bool,
+    train: Output[Dataset],
+    validation: Output[Dataset],
+    test: Output[Dataset],
+):
+    """Split the stored snapshot into train/validation/test Parquet files (stratified, or by time)."""
+    from kfops.components.contracts import SplitConfig
+    from kfops.components.ingest.logic import read_snapshot, split_frame, write_split
+
+    frame, version = read_snapshot(artifact_store, data_sha256)
+    config = SplitConfig(validation_fraction=validation_fraction, test_fraction=test_fraction, seed=int(seed),
+                         time_column=time_column, by_time=split_by_time)
+    splits = split_frame(frame, target, config)
+    for name, artifact in (("train", train), ("validation", validation), ("test", test)):
+        part = splits[name]
+        write_split(part, artifact.path)
+        artifact.metadata.update({
+            "split": name, "rows": len(part), "columns": len(part.columns), "sha256": data_sha256,
+            "source": version.source, "snapshot": version.uri,
+        })
+
+
+version_data_op = component_op(version_data)
+split_data_op = component_op(split_data)

@@ -1,0 +1,334 @@
+"""Ingest: read raw CSV/Parquet, check it, snapshot it content-addressed, split it.
+
+Plain Python, no KFP. The data version is the sha256 of a canonical form of the table (columns sorted by
+name, values in fixed-width little-endian or UTF-8 encodings), so the same data hashes the same whether it
+arrived as CSV or Parquet, and any changed value, row or column changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kfops.components import storage
+from kfops.components.contracts import DataVersion, KfopsError, SplitConfig
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "data.parquet"
+VERSION_FILE = "version.json"
+# A text column whose non-empty values are at least this share numbers is a numeric column with bad values.
+NUMERIC_TEXT_SHARE = 0.95
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_table(uri: str) -> pd.DataFrame:
+    """Read a CSV or Parquet file from a local path or s3:// URI, with errors that name the file."""
+    name = uri.lower()
+    if not name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+        raise KfopsError(f"{uri}: unsupported file type; use .csv, .csv.gz or .parquet")
+    try:
+        raw = storage.read_bytes(uri)
+    except FileNotFoundError as err:
+        raise KfopsError(f"data file {uri} does not exist") from err
+    if not raw:
+        raise KfopsError(f"data file {uri} is empty")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            df = pd.read_parquet(io.BytesIO(raw))
+        else:
+            df = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None,
+                             low_memory=False)
+    except pd.errors.EmptyDataError as err:
+        raise KfopsError(f"data file {uri} is empty") from err
+    except Exception as err:
+        kind = "Parquet" if name.endswith((".parquet", ".pq")) else "CSV"
+        raise KfopsError(f"cannot read {kind} file {uri}: {err}") from err
+    if df.empty:
+        raise KfopsError(f"data file {uri} has no rows (columns: {', '.join(map(str, df.columns)) or 'none'})")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+@dataclass
+class Schema:
+    """Which columns are the target, features (by kind), time and dropped."""
+
+    target: str
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    time_column: str = ""
+    positive_class: str = ""
+    negative_class: str = ""
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+def _non_numeric_examples(values: pd.Series) -> tuple[int, list[str]]:
+    present = values.dropna()
+    parsed = pd.to_numeric(present, errors="coerce")
+    bad = present[parsed.isna()]
+    return len(bad), [f"{v!r} (row {i})" for i, v in bad.head(3).items()]
+
+
+def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str] | None = None,
+                   categorical: list[str] | None = None, drop: list[str] | None = None,
+                   time_column: str = "", positive_class: str = "") -> Schema:
+    """Decide each column's role and kind and check the data fits; raise KfopsError naming file and column."""
+    numeric, categorical, drop = list(numeric or []), list(categorical or []), list(drop or [])
+    columns = list(df.columns)
+    if not target:
+        raise KfopsError(f"{source}: no target column given")
+    if target not in columns:
+        raise KfopsError(f"{source}: target column '{target}' not found; columns are: {', '.join(columns)}")
+    for role, names in (("numeric feature", numeric), ("categorical feature", categorical), ("drop", drop)):
+        for name in names:
+            if name not in columns:
+                raise KfopsError(f"{source}: {role} column '{name}' not found; columns are: {', '.join(columns)}")
+    if time_column and time_column not in columns:
+        raise KfopsError(f"{source}: time column '{time_column}' not found; columns are: {', '.join(columns)}")
+    both = set(numeric) & set(categorical)
+    if both:
+        raise KfopsError(f"{source}: column(s) {sorted(both)} declared both numeric and categorical")
+
+    # Target: at least two classes, no empty labels, binary.
+    labels = df[target]
+    if labels.isna().any():
+        raise KfopsError(f"{source}: target column '{target}' has {int(labels.isna().sum())} empty values")
+    classes = sorted(labels.astype(str).unique())
+    if len(classes) < 2:
+        raise KfopsError(f"{source}: target column '{target}' has only one class ({classes[0]!r}); "
+                         "a classifier needs two")
+    if len(classes) > 2:
+        raise KfopsError(f"{source}: target column '{target}' has {len(classes)} classes "
+                         f"({', '.join(classes[:8])}); kfops trains binary classifiers")
+    if positive_class:
+        if positive_class not in classes:
+            raise KfopsError(f"{source}: positive class {positive_class!r} is not a value of '{target}' "
+                             f"(values: {', '.join(classes)})")
+    else:
+        counts = labels.astype(str).value_counts()
+        # "1", "true", "yes" read as the positive class; otherwise the rarer class is.
+        truthy = [c for c in classes if c.lower() in ("1", "1.0", "true", "yes", "y", "positive")]
+        positive_class = truthy[0] if truthy else str(counts.idxmin())
+    negative_class = next(c for c in classes if c != positive_class)
+
+    excluded = {target, time_column, *drop}
+    declared = set(numeric) | set(categorical)
+    inferred_numeric, inferred_categorical = [], []
+    for name in columns:
+        if name in excluded:
+            continue
+        col = df[name]
+        if name not in declared and (numeric or categorical):
+            # The user listed features: the rest are not features.
+            continue
+        if col.isna().all():
+            raise KfopsError(f"{source}: column '{name}' is empty in all {len(df)} rows; "
+                             "drop it (--drop) or fill it")
+        if name in categorical:
+            continue
+        if name in numeric:
+            if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+                n_bad, examples = _non_numeric_examples(col)
+                if n_bad:
+                    raise KfopsError(f"{source}: column '{name}' is declared numeric but {n_bad} value(s) are "
+                                     f"not numbers, e.g. {', '.join(examples)}")
+            continue
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+            inferred_numeric.append(name)
+        elif pd.api.types.is_datetime64_any_dtype(col):
+            # A raw timestamp is no feature (its values never recur); it can still order a time split.
+            drop.append(name)
+            log.info("%s: column '%s' holds timestamps; not used as a feature", source, name)
+        else:
+            present = col.dropna()
+            n_bad, examples = _non_numeric_examples(present)
+            if len(present) and n_bad and (len(present) - n_bad) / len(present) >= NUMERIC_TEXT_SHARE:
+                raise KfopsError(f"{source}: column '{name}' is numeric but {n_bad} value(s) are text, e.g. "
+                                 f"{', '.join(examples)}; fix them or declare the column categorical")
+            if len(present) and n_bad == 0:
+                inferred_numeric.append(name)  # numbers read as text (e.g. quoted in a CSV)
+            else:
+                inferred_categorical.append(name)
+    if numeric or categorical:
+        schema_numeric, schema_categorical = numeric, categorical
+    else:
+        schema_numeric, schema_categorical = inferred_numeric, inferred_categorical
+    # Columns that look like row ids carry no signal and would overfit: unique text per row.
+    if not (numeric or categorical):
+        for name in list(schema_categorical):
+            if df[name].nunique(dropna=True) >= 0.9 * len(df) and len(df) >= 50:
+                schema_categorical.remove(name)
+                drop.append(name)
+                log.info("%s: column '%s' is unique per row; treated as an id and dropped", source, name)
+    if not schema_numeric and not schema_categorical:
+        raise KfopsError(f"{source}: no feature columns left after target '{target}' and dropped columns")
+    return Schema(target=target, numeric=schema_numeric, categorical=schema_categorical, dropped=drop,
+                  time_column=time_column, positive_class=positive_class, negative_class=negative_class)
+
+
+# ---------------------------------------------------------------------------------------------------- versions
+def canonical_sha256(df: pd.DataFrame) -> str:
+    """sha256 of a canonical form: independent of file format and column order, sensitive to any value."""
+    digest = hashlib.sha256()
+    digest.update(f"kfops-table-v1 rows={len(df)}\n".encode())
+    for name in sorted(df.columns):
+        col = df[name]
+        mask = col.isna().to_numpy()
+        if pd.api.types.is_bool_dtype(col):
+            kind, payload = "bool", col.fillna(False).to_numpy(dtype=np.uint8).tobytes()
+        elif pd.api.types.is_integer_dtype(col) or pd.api.types.is_float_dtype(col):
+            # Integers and floats hash alike, so 1 and 1.0 (CSV vs Parquet) are the same data.
+            kind, payload = "number", np.ascontiguousarray(col.to_numpy(dtype="<f8", na_value=0.0)).tobytes()
+        elif pd.api.types.is_datetime64_any_dtype(col):
+            values = col.dt.tz_convert("UTC").dt.tz_localize(None) if col.dt.tz is not None else col
+            kind = "time"
+            payload = values.astype("datetime64[ns]").to_numpy().view("<i8").tobytes()
+        else:
+            kind = "text"
+            text = col.astype(object).where(~mask, "").map(str)
+            payload = "\x1f".join(text.tolist()).encode("utf-8")
+        digest.update(f"{name}\x00{kind}\x00".encode())
+        digest.update(np.packbits(mask).tobytes())
+        digest.update(hashlib.sha256(payload).digest())
+    return digest.hexdigest()
+
+
+def snapshot_uri(store: str, sha256: str) -> str:
+    return storage.join(store, "datasets", sha256)
+
+
+def write_snapshot(df: pd.DataFrame, store: str, source: str) -> DataVersion:
+    """Store the table under its content hash (once) and return its version record."""
+    sha = canonical_sha256(df)
+    base = snapshot_uri(store, sha)
+    version = DataVersion(
+        sha256=sha, uri=storage.join(base, SNAPSHOT_FILE), source=source, rows=len(df),
+        columns=list(df.columns), dtypes={c: str(t) for c, t in df.dtypes.items()},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    version_uri = storage.join(base, VERSION_FILE)
+    if storage.exists(version_uri):
+        log.info("data version %s already stored at %s", sha[:12], base)
+        return DataVersion.from_json(storage.read_bytes(version_uri).decode())
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    storage.write_bytes(version.uri, buffer.getvalue())
+    # The version file goes last: its presence means the snapshot is complete.
+    storage.write_bytes(version_uri, version.to_json().encode())
+    return version
+
+
+def read_snapshot(store: str, sha256: str) -> tuple[pd.DataFrame, DataVersion]:
+    """Load a stored snapshot by its sha256, checking that its content still hashes to it."""
+    base = snapshot_uri(store, sha256)
+    try:
+        version = DataVersion.from_json(storage.read_bytes(storage.join(base, VERSION_FILE)).decode())
+    except FileNotFoundError as err:
+        raise KfopsError(f"data version {sha256} is not in the artifact store {store}") from err
+    df = pd.read_parquet(io.BytesIO(storage.read_bytes(version.uri)))
+    actual = canonical_sha256(df)
+    if actual != sha256:
+        raise KfopsError(f"data version {sha256} at {version.uri} is corrupt: its content hashes to {actual}")
+    return df, version
+
+
+def version_data(data_uri: str, store: str, target: str, data_version: str = "",
+                 numeric: list[str] | None = None, categorical: list[str] | None = None,
+                 drop: list[str] | None = None, time_column: str = "",
+                 positive_class: str = "") -> tuple[DataVersion, Schema]:
+    """Read (or look up) the data, check it, and make sure its snapshot is stored. Returns its version."""
+    if data_version:
+        df, version = read_snapshot(store, data_version)
+        source = f"{version.source} (data version {data_version[:12]})"
+    else:
+        if not data_uri:
+            raise KfopsError("no data given: pass a data URI or a stored data version")
+        df = read_table(data_uri)
+        source = data_uri
+    schema = resolve_schema(df, source, target, numeric, categorical, drop, time_column, positive_class)
+    if not data_version:
+        version = write_snapshot(df, store, source=data_uri)
+    return version, schema
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+def split_frame(df: pd.DataFrame, target: str, config: SplitConfig) -> dict[str, pd.DataFrame]:
+    """Seeded split into train/validation/test: stratified on the target, or by time when a column is set."""
+    config.check()
+    n = len(df)
+    if config.by_time:
+        if not config.time_column or config.time_column not in df.columns:
+            raise KfopsError(f"split by time needs a time column; got {config.time_column!r}")
+        order = np.argsort(pd.to_datetime(df[config.time_column], utc=True).to_numpy(), kind="stable")
+        n_test = int(round(n * config.test_fraction))
+        n_val = int(round(n * config.validation_fraction))
+        parts = {"train": order[: n - n_val - n_test], "validation": order[n - n_val - n_test: n - n_test],
+                 "test": order[n - n_test:]}
+    else:
+        rng = np.random.default_rng(config.seed)
+        labels = df[target].astype(str).to_numpy()
+        parts = {"train": [], "validation": [], "test": []}
+        for label in sorted(set(labels)):
+            idx = np.flatnonzero(labels == label)
+            rng.shuffle(idx)
+            n_test = int(round(len(idx) * config.test_fraction))
+            n_val = int(round(len(idx) * config.validation_fraction))
+            parts["test"].append(idx[:n_test])
+            parts["validation"].append(idx[n_test:n_test + n_val])
+            parts["train"].append(idx[n_test + n_val:])
+        parts = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    splits = {name: df.iloc[idx].reset_index(drop=True) for name, idx in parts.items()}
+    for name, frame in splits.items():
+        if frame.empty:
+            raise KfopsError(f"split '{name}' is empty: {n} rows are too few for the fractions "
+                             f"{config.validation_fraction}/{config.test_fraction}")
+        if frame[target].nunique() < 2:
+            raise KfopsError(f"split '{name}' has only one class of '{target}' ({len(frame)} rows); "
+                             "use more data or a stratified split")
+    return splits
+
+
+def write_split(frame: pd.DataFrame, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def schema_to_json(schema: Schema) -> str:
+    return json.dumps(schema.__dict__, sort_keys=True)
+
+
+def schema_from_json(text: str) -> Schema:
+    return Schema(**json.loads(text))
+
+
+def list_versions(store: str) -> list[DataVersion]:
+    """The data snapshots stored in a local artifact store, newest first."""
+    if storage.is_s3(store):
+        return _list_versions_s3(store)
+    root = Path(store, "datasets")
+    found = [DataVersion.from_json(p.read_text()) for p in root.glob(f"*/{VERSION_FILE}")] if root.exists() else []
+    return sorted(found, key=lambda v: v.created_at, reverse=True)
+
+
+def _list_versions_s3(store: str) -> list[DataVersion]:
+    bucket, prefix = storage.split_s3(storage.join(store, "datasets"))
+    client = storage.s3_client()
+    found = []
+    for obj in client.list_objects(bucket, prefix=prefix + "/", recursive=True):
+        if obj.object_name.endswith("/" + VERSION_FILE):
+            found.append(DataVersion.from_json(storage.read_bytes(f"s3://{bucket}/{obj.object_name}").decode()))
+    return sorted(found, key=lambda v: v.created_at, reverse=True)

@@ -1,0 +1,149 @@
+"""The one storage seam: local folders and s3:// URIs (MinIO) behind the same few functions.
+
+Components never build bucket paths or clients by hand; they call these. S3 endpoint and credentials come
+from the environment only (never from pipeline parameters, so they never land in compiled YAML):
+
+- endpoint: ``KFOPS_S3_ENDPOINT_URL``, else ``MLFLOW_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL``
+  (e.g. ``http://minio.kubeflow:9000``)
+- credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kfops.components.contracts import KfopsError
+
+ENDPOINT_VARIABLES = ("KFOPS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// URI."""
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise KfopsError(f"not an s3:// URI: '{uri}'")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_endpoint() -> str:
+    for name in ENDPOINT_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name]
+    return "https://s3.amazonaws.com"
+
+
+def s3_client():
+    """A minio client for the configured endpoint, with short retries so an unreachable endpoint fails fast."""
+    import urllib3
+    from minio import Minio
+
+    endpoint = s3_endpoint()
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+    )
+    return Minio(
+        parsed.netloc,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        secure=parsed.scheme == "https",
+        region=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or None,
+        http_client=http,
+    )
+
+
+def _s3_error(uri: str, err: Exception) -> KfopsError:
+    import urllib3
+
+    if isinstance(err, urllib3.exceptions.HTTPError | OSError):
+        return KfopsError(f"cannot reach S3 endpoint {s3_endpoint()} for {uri}: {err}")
+    return KfopsError(f"S3 request for {uri} failed: {err}")
+
+
+def _s3_call(uri: str, fn, *args, **kwargs):
+    from minio.error import S3Error
+
+    try:
+        return fn(*args, **kwargs)
+    except S3Error as err:
+        if err.code in ("NoSuchKey", "NoSuchBucket"):
+            raise FileNotFoundError(f"{uri} does not exist ({err.code})") from err
+        raise _s3_error(uri, err) from err
+    except Exception as err:
+        raise _s3_error(uri, err) from err
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = split_s3(uri)
+    try:
+        _s3_call(uri, s3_client().stat_object, bucket, key)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_bytes(uri: str) -> bytes:
+    if not is_s3(uri):
+        path = Path(uri)
+        if not path.exists():
+            raise FileNotFoundError(f"{uri} does not exist")
+        return path.read_bytes()
+    bucket, key = split_s3(uri)
+    response = _s3_call(uri, s3_client().get_object, bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    if not is_s3(uri):
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half a file and a crash leaves nothing behind.
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    if not _s3_call(uri, client.bucket_exists, bucket):
+        _s3_call(uri, client.make_bucket, bucket)
+    _s3_call(uri, client.put_object, bucket, key, io.BytesIO(data), len(data))
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local folder's files under a local path or s3:// prefix."""
+    local_dir = Path(local_dir)
+    if not is_s3(uri):
+        shutil.copytree(local_dir, uri, dirs_exist_ok=True)
+        return
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        write_bytes(join(uri, path.relative_to(local_dir).as_posix()), path.read_bytes())
+
+
+def download_to(uri: str, local_path: str | Path) -> Path:
+    """Fetch one object (or local file) to a local path and return that path."""
+    local_path = Path(local_path)
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    local_path.write_bytes(read_bytes(uri))
+    return local_path

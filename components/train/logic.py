@@ -1,0 +1,221 @@
+"""Train: fit the MLP on the preprocessed splits and record everything in MLflow and TensorBoard.
+
+One MLflow run per training: parameters, tags that pin the data and code it came from, per-epoch losses and
+validation accuracy, the resolved configuration, TensorBoard event files, and the model as one pyfunc (torch
+module plus feature spec) that everything downstream loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from kfops.components import storage
+from kfops.components.contracts import FeatureSpec, KfopsError, TrainConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+DEFAULT_EXPERIMENT = "kfops-training"
+# Runtime requirements of the pyfunc model, listed explicitly: inferring them costs 10-14 s per log.
+MODEL_PIP_PACKAGES = ("torch", "numpy", "pandas", "mlflow", "cloudpickle")
+VERSION_TAG_PACKAGES = ("kfops", "torch", "mlflow", "kfp", "pandas", "numpy")
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    experiment_id: str
+    model_uri: str  # models:/m-... (MLflow 3 logged model)
+    model_id: str
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    device: str
+    samples_per_second: float
+    tensorboard_uri: str
+
+
+def set_tracking(tracking_uri: str = "") -> str:
+    """Point MLflow at the given URI, else at MLFLOW_TRACKING_URI; refuse to fall back to ./mlflow.db."""
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise KfopsError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass mlflow_tracking_uri")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it (under KFOPS_MLFLOW_ARTIFACT_ROOT when set) if needed."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = os.environ.get("KFOPS_MLFLOW_ARTIFACT_ROOT")
+    try:
+        return mlflow.create_experiment(name, artifact_location=storage.join(root, name) if root else None)
+    except MlflowException:
+        # Another run created it between our read and write.
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    if os.environ.get("KFOPS_GIT_COMMIT"):
+        return os.environ["KFOPS_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions(names=VERSION_TAG_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def model_signature(spec: FeatureSpec):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([
+        ColSpec("double" if c.kind == "numeric" else "string", c.name, required=False) for c in spec.columns
+    ])
+    outputs = Schema([ColSpec("string", "prediction"), ColSpec("double", "probability")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(spec: FeatureSpec, raw_rows):
+    """Two raw rows (a 1-row example would pin the batch size for some flavours), typed as the signature."""
+    from kfops.components.preprocess.logic import model_input_frame
+
+    return model_input_frame(spec, raw_rows.head(2), source="input example").reset_index(drop=True)
+
+
+def pip_requirements() -> list[str]:
+    versions = package_versions(MODEL_PIP_PACKAGES)
+    return [f"{name}=={version}" for name, version in versions.items() if version != "not installed"]
+
+
+def train_model(train_path: str, validation_path: str, spec_path: str, raw_example_path: str,
+                config: TrainConfig, model_dir: str, tensorboard_dir: str, *, experiment: str = DEFAULT_EXPERIMENT,
+                tracking_uri: str = "", data_uri: str = "", data_sha256: str = "", image: str = "",
+                tensorboard_root: str = "", run_name: str = "") -> TrainOutcome:
+    """Train, log to MLflow and TensorBoard, and save the pyfunc model to ``model_dir``."""
+    import mlflow
+    import pandas as pd
+    from torch.utils.tensorboard import SummaryWriter
+
+    from kfops.components.preprocess.logic import load_matrix
+    from kfops.components.train.loop import fit
+    from kfops.components.train.pyfunc import TabularClassifier, save_network
+
+    config.check()
+    spec = FeatureSpec.load(spec_path)
+    x_train, y_train = load_matrix(train_path)
+    x_val, y_val = load_matrix(validation_path)
+    if x_train.shape[1] != spec.input_width:
+        raise KfopsError(f"train: features in {train_path} have {x_train.shape[1]} columns but the feature spec "
+                         f"{spec_path} describes {spec.input_width}")
+    set_tracking(tracking_uri)
+    experiment_id = ensure_experiment(experiment)
+    example = input_example(spec, pd.read_parquet(raw_example_path, columns=spec.feature_names))
+    versions = package_versions()
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None) as run:
+        run_id = run.info.run_id
+        mlflow.set_tags({
+            "kfops.stage": "train",
+            "kfops.data_uri": data_uri,
+            "kfops.data_sha256": data_sha256,
+            "kfops.git_commit": git_commit(),
+            "kfops.image": image or os.environ.get("KFOPS_IMAGE", "local"),
+            "kfops.seed": str(config.seed),
+            "kfops.python": platform.python_version(),
+            **{f"kfops.version.{name}": version for name, version in versions.items()},
+            "mlflow.note.content": f"MLP {config.hidden_sizes} on data {data_sha256[:12]} from {data_uri}",
+        })
+        params = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in config.to_dict().items()}
+        params.update({
+            "train_rows": len(x_train), "validation_rows": len(x_val), "input_width": spec.input_width,
+            "numeric_features": len([c for c in spec.columns if c.kind == "numeric"]),
+            "categorical_features": len([c for c in spec.columns if c.kind == "categorical"]),
+            "positive_class": spec.positive_class, "data_sha256": data_sha256,
+        })
+        mlflow.log_params(params)
+
+        Path(tensorboard_dir).mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(log_dir=tensorboard_dir)
+
+        def on_epoch(row: dict[str, float]) -> None:
+            step = int(row["epoch"])
+            metrics = {f"epoch_{k}": v for k, v in row.items() if k != "epoch"}
+            mlflow.log_metrics(metrics, step=step)
+            for name, value in row.items():
+                if name != "epoch":
+                    writer.add_scalar(name.replace("_", "/", 1), value, step)
+            log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f", step, row["train_loss"],
+                     row["val_loss"], row["val_accuracy"])
+
+        try:
+            result = fit(x_train, y_train, x_val, y_val, config, on_epoch=on_epoch)
+        finally:
+            writer.close()
+        mlflow.log_metrics({"val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+                            "train_samples_per_second": result.samples_per_second,
+                            "train_seconds": result.train_seconds})
+        mlflow.set_tags({"kfops.device": result.device, "kfops.cuda_graphs": str(result.cuda_graphs)})
+        resolved = {
+            "train": config.to_dict(), "device": result.device, "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early, "data": {"uri": data_uri, "sha256": data_sha256},
+            "features": {"numeric": [c.name for c in spec.columns if c.kind == "numeric"],
+                         "categorical": [c.name for c in spec.columns if c.kind == "categorical"],
+                         "target": spec.target, "positive_class": spec.positive_class},
+            "history": result.history,
+        }
+        mlflow.log_dict(resolved, "config/resolved_config.json")
+        mlflow.log_artifacts(tensorboard_dir, "tensorboard")
+        tensorboard_uri = ""
+        if tensorboard_root:
+            tensorboard_uri = storage.join(tensorboard_root, run_id)
+            storage.upload_dir(tensorboard_dir, tensorboard_uri)
+            mlflow.set_tag("kfops.tensorboard_uri", tensorboard_uri)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            weights, network_config = save_network(tmp, result.model, spec.input_width, config.hidden_sizes,
+                                                   config.dropout)
+            spec_copy = Path(tmp, "feature_spec.json")
+            shutil.copyfile(spec_path, spec_copy)
+            artifacts = {"network": str(weights), "network_config": str(network_config),
+                         "feature_spec": str(spec_copy)}
+            model_kwargs = dict(python_model=TabularClassifier(), artifacts=artifacts,
+                                signature=model_signature(spec), input_example=example,
+                                pip_requirements=pip_requirements())
+            if Path(model_dir).exists():
+                shutil.rmtree(model_dir)
+            mlflow.pyfunc.save_model(path=model_dir, **model_kwargs)
+            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
+
+    return TrainOutcome(
+        run_id=run_id, experiment_id=experiment_id, model_uri=info.model_uri, model_id=info.model_id or "",
+        best_epoch=result.best_epoch, best_val_loss=result.best_val_loss, epochs_run=len(result.history),
+        device=result.device, samples_per_second=result.samples_per_second, tensorboard_uri=tensorboard_uri,
+    )

@@ -1,0 +1,73 @@
+"""The one model artifact: an MLflow pyfunc holding the torch module and the feature spec.
+
+``predict`` takes a DataFrame of raw feature rows (the columns of the training data, any extra columns
+ignored) and returns one row per input with ``prediction`` (the class label as it appeared in the training
+data) and ``probability`` (of the positive class). Serving, batch prediction, evaluation and deployment all
+load this artifact, so every one of them transforms rows with the same code as training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+
+NETWORK_FILE = "network.pt"
+NETWORK_CONFIG_FILE = "network.json"
+FEATURE_SPEC_FILE = "feature_spec.json"
+
+
+def save_network(directory: str | Path, model, input_width: int, hidden_sizes: list[int], dropout: float,
+                 threshold: float = 0.5) -> tuple[Path, Path]:
+    """Write the torch weights and the architecture they need; return both paths."""
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / NETWORK_FILE
+    torch.save(model.state_dict(), weights)
+    config = directory / NETWORK_CONFIG_FILE
+    config.write_text(json.dumps({"input_width": input_width, "hidden_sizes": list(hidden_sizes),
+                                  "dropout": dropout, "threshold": threshold}, indent=2))
+    return weights, config
+
+
+class TabularClassifier(mlflow.pyfunc.PythonModel):
+    """Raw rows in, class and positive-class probability out."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from kfops.components.contracts import FeatureSpec
+        from kfops.components.train.loop import build_mlp, cpu_limit
+
+        self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
+        config = json.loads(Path(context.artifacts["network_config"]).read_text())
+        self.threshold = float(config.get("threshold", 0.5))
+        network = build_mlp(config["input_width"], config["hidden_sizes"], config["dropout"])
+        network.load_state_dict(torch.load(context.artifacts["network"], map_location="cpu", weights_only=True))
+        network.eval()
+        self.network = network
+        # Small requests are fastest on few threads; never more than the container may use.
+        torch.set_num_threads(min(cpu_limit(), torch.get_num_threads()))
+
+    def predict_proba(self, frame):
+        import torch
+
+        from kfops.components.preprocess.logic import transform_features
+
+        features = transform_features(self.spec, frame, source="model input")
+        with torch.inference_mode():
+            logits = self.network(torch.from_numpy(features)).squeeze(-1)
+            return torch.sigmoid(logits).numpy().astype("float64")
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import pandas as pd
+
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        probability = self.predict_proba(model_input)
+        labels = np.where(probability >= self.threshold, self.spec.positive_class, self.spec.negative_class)
+        return pd.DataFrame({"prediction": labels.astype(object), "probability": probability})

@@ -1,0 +1,1 @@
+"""Pipelines composed from the suite's components, and their local runner."""

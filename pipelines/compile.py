@@ -1,0 +1,85 @@
+"""Compile the suite's pipelines and components to YAML, deterministically.
+
+``pipelines/compiled/training.yaml`` (CPU) and ``training-gpu.yaml`` (training in the CUDA image on one
+``nvidia.com/gpu``) are what users upload in the Kubeflow UI; each component's YAML sits beside its code so it
+can be loaded on its own with ``kfp.components.load_component_from_file``. The files are committed; a test
+fails when they differ from a fresh compile.
+
+Target backends: the YAML is pipeline-spec schema 2.1.0 as written by the KFP SDK 2.17; it needs a KFP
+backend of 2.5 or newer (KFP 2.x, as in Kubeflow 1.9+).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import tempfile
+from pathlib import Path
+
+from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+
+COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
+
+
+def _component_functions():
+    from kfops.components.evaluate.component import evaluate
+    from kfops.components.ingest.component import split_data, version_data
+    from kfops.components.preprocess.component import preprocess
+    from kfops.components.register.component import register
+    from kfops.components.train.component import train
+
+    return {
+        "ingest/version_data.yaml": version_data,
+        "ingest/split_data.yaml": split_data,
+        "preprocess/preprocess.yaml": preprocess,
+        "train/train.yaml": train,
+        "evaluate/evaluate.yaml": evaluate,
+        "register/register.yaml": register,
+    }
+
+
+def component_dir() -> Path:
+    """Where component YAML lives: beside the component code (the package's components folder)."""
+    import kfops.components
+
+    return Path(kfops.components.__file__).resolve().parent
+
+
+def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path):
+    from kfops.components.kfp_support import component_op
+    from kfops.pipelines.training import build_training_pipeline
+
+    yield output_dir / "training.yaml", build_training_pipeline(image, cuda_image, accelerator="cpu")
+    yield output_dir / "training-gpu.yaml", build_training_pipeline(image, cuda_image, accelerator="gpu")
+    for relative, func in _component_functions().items():
+        yield components_dir / relative, component_op(func, image)
+
+
+def compile_all(image: str | None = None, cuda_image: str | None = None, output_dir: str | Path | None = None,
+                components_dir: str | Path | None = None) -> list[Path]:
+    """Write every pipeline and component YAML; return the paths written."""
+    from kfp import compiler
+
+    image, cuda_image = image or DEFAULT_IMAGE, cuda_image or DEFAULT_CUDA_IMAGE
+    out = Path(output_dir) if output_dir else COMPILED_DIR
+    comps = Path(components_dir) if components_dir else component_dir()
+    written = []
+    for path, func in _targets(image, cuda_image, out, comps):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(func, str(path))
+        written.append(path)
+    return written
+
+
+def stale_files(image: str | None = None, cuda_image: str | None = None) -> list[str]:
+    """Committed YAML files that differ from a fresh compile (or are missing)."""
+    stale = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = compile_all(image, cuda_image, output_dir=Path(tmp, "pipelines"),
+                            components_dir=Path(tmp, "components"))
+        for path in fresh:
+            relative = path.relative_to(tmp)
+            committed = (COMPILED_DIR / relative.name if relative.parts[0] == "pipelines"
+                         else component_dir() / Path(*relative.parts[1:]))
+            if not committed.exists() or not filecmp.cmp(path, committed, shallow=False):
+                stale.append(str(committed))
+    return stale

@@ -1,0 +1,126 @@
+"""The training pipeline: ingest, version, split, preprocess, train, evaluate, register.
+
+``build_training_pipeline`` returns the pipeline function for a given image and device, so ``kfops compile``
+can name the images and pick CPU or GPU training at compile time. ``training_pipeline`` is the CPU pipeline with
+the default images, for ``from kfops.pipelines.training import training_pipeline``.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from kfops.components.evaluate.component import evaluate
+from kfops.components.ingest.component import split_data, version_data
+from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, component_op
+from kfops.components.preprocess.component import preprocess
+from kfops.components.register.component import register
+from kfops.components.train.component import train
+
+PIPELINE_NAME = "kfops-training"
+DEFAULT_TARGET = "is_fraud"
+DEFAULT_MODEL_NAME = "fraud-detector"
+DEFAULT_ARTIFACT_STORE = "s3://kfops"
+
+
+def build_training_pipeline(image: str = DEFAULT_IMAGE, cuda_image: str = DEFAULT_CUDA_IMAGE,
+                            accelerator: str = "cpu", gpu_count: int = 1):
+    """The training pipeline function; ``accelerator='gpu'`` runs training in ``cuda_image`` on a GPU."""
+    if accelerator not in ("cpu", "gpu"):
+        raise ValueError(f"accelerator must be 'cpu' or 'gpu', got {accelerator!r}")
+    version_op = component_op(version_data, image)
+    split_op = component_op(split_data, image)
+    preprocess_op = component_op(preprocess, image)
+    train_op = component_op(train, cuda_image if accelerator == "gpu" else image)
+    evaluate_op = component_op(evaluate, image)
+    register_op = component_op(register, image)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Version, split, preprocess and train on tabular data; evaluate; register in MLflow.",
+    )
+    def training_pipeline(
+        data_uri: str = "",
+        data_version: str = "",
+        target: str = DEFAULT_TARGET,
+        numeric_features: list = [],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
+        categorical_features: list = [],  # noqa: B006
+        drop_columns: list = [],  # noqa: B006
+        time_column: str = "",
+        split_by_time: bool = False,
+        positive_class: str = "",
+        validation_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 42,
+        max_categories: int = 50,
+        min_frequency: int = 5,
+        hidden_sizes: list = [64, 32],  # noqa: B006
+        dropout: float = 0.1,
+        learning_rate: float = 0.003,
+        batch_size: int = 512,
+        epochs: int = 12,
+        optimizer: str = "adamw",
+        weight_decay: float = 0.0001,
+        class_weighting: str = "none",
+        early_stopping_patience: int = 3,
+        seed: int = 42,
+        device: str = "auto",
+        threshold: float = 0.5,
+        model_name: str = DEFAULT_MODEL_NAME,
+        promote_champion: bool = False,
+        experiment: str = "kfops-training",
+        artifact_store: str = DEFAULT_ARTIFACT_STORE,
+        mlflow_tracking_uri: str = "",
+        tensorboard_root: str = "",
+    ) -> NamedTuple("TrainingOutputs", [("data_sha256", str), ("run_id", str), ("model_version", str)]):
+        versioned = version_op(
+            data_uri=data_uri, data_version=data_version, artifact_store=artifact_store, target=target,
+            numeric_features=numeric_features, categorical_features=categorical_features,
+            drop_columns=drop_columns, time_column=time_column, positive_class=positive_class,
+        ).set_display_name("version data")
+        # Always read the data: the sha256 it hands on is what makes the later steps' cache correct.
+        versioned.set_caching_options(False)
+        sha256 = versioned.outputs["sha256"]
+        splits = split_op(
+            data_sha256=sha256, artifact_store=artifact_store, target=target,
+            validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed,
+            time_column=time_column, split_by_time=split_by_time,
+        ).set_display_name("split")
+        prepared = preprocess_op(
+            train=splits.outputs["train"], validation=splits.outputs["validation"], test=splits.outputs["test"],
+            schema_json=versioned.outputs["schema_json"], data_sha256=sha256, max_categories=max_categories,
+            min_frequency=min_frequency,
+        ).set_display_name("preprocess")
+        trained = train_op(
+            train_features=prepared.outputs["train_features"],
+            validation_features=prepared.outputs["validation_features"],
+            feature_spec=prepared.outputs["feature_spec"], raw_train=splits.outputs["train"], data_sha256=sha256,
+            hidden_sizes=hidden_sizes, dropout=dropout, learning_rate=learning_rate, batch_size=batch_size,
+            epochs=epochs, optimizer=optimizer, weight_decay=weight_decay, class_weighting=class_weighting,
+            early_stopping_patience=early_stopping_patience, seed=seed, device=device, experiment=experiment,
+            mlflow_tracking_uri=mlflow_tracking_uri, tensorboard_root=tensorboard_root,
+        ).set_display_name("train")
+        trained.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
+        if accelerator == "gpu":
+            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
+        evaluated = evaluate_op(
+            model=trained.outputs["model"], test=splits.outputs["test"], threshold=threshold,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+        ).set_display_name("evaluate")
+        registered = register_op(
+            model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"], model_name=model_name,
+            data_sha256=sha256, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, promote_champion=promote_champion,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+        ).set_display_name("register")
+        # The registry is state outside KFP: always talk to it, never replay a cached answer.
+        registered.set_caching_options(False)
+        for task in (versioned, splits, prepared, trained, evaluated, registered):
+            task.set_env_variable("KFOPS_IMAGE", cuda_image if task is trained and accelerator == "gpu"
+                                  else image)
+        outputs = NamedTuple("TrainingOutputs", [("data_sha256", str), ("run_id", str), ("model_version", str)])
+        return outputs(sha256, trained.outputs["run_id"], registered.outputs["version"])
+
+    return training_pipeline
+
+
+training_pipeline = build_training_pipeline()
