@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kfops.components.contracts import FeatureSpec, KfopsError
+from kfops.components.preprocess.logic import (
+    encode_labels,
+    fit_feature_spec,
+    model_input_frame,
+    transform_features,
+)
+
+
+@pytest.fixture
+def frame():
+    return pd.DataFrame({
+        "amount": [10.0, 20.0, np.nan, 40.0, 30.0, 20.0],
+        "count": [1, 2, 3, 4, 5, 6],
+        "channel": ["web", "web", "pos", None, "web", "pos"],
+        "y": ["no", "yes", "no", "no", "yes", "no"],
+    })
+
+
+def fit(frame, **kw):
+    return fit_feature_spec(frame, "y", ["amount", "count"], ["channel"], "yes", "no", min_frequency=1, **kw)
+
+
+def test_statistics_come_from_the_training_split_only(frame):
+    spec = fit(frame)
+    amount = spec.column("amount")
+    assert amount.mean == pytest.approx(24.0) and amount.median == pytest.approx(20.0)
+    assert amount.std == pytest.approx(np.std([10, 20, 40, 30, 20]))
+    assert amount.add_missing_indicator and amount.missing_fraction == pytest.approx(1 / 6)
+    assert not spec.column("count").add_missing_indicator
+    assert spec.column("channel").vocabulary == ["web", "pos"]  # by frequency
+    assert spec.positive_rate == pytest.approx(2 / 6)
+    # Transforming other data never refits.
+    other = frame.assign(amount=frame["amount"] * 100)
+    assert fit(frame).to_json() == spec.to_json()
+    x = transform_features(spec, other)
+    assert x[0, 0] == pytest.approx((1000 - 24.0) / amount.std)
+
+
+def test_transform_layout_missing_values_and_unknown_categories(frame):
+    spec = fit(frame)
+    assert spec.input_width == 2 + 1 + 3  # amount + indicator, count, web/pos/unknown
+    rows = pd.DataFrame({"amount": [np.nan], "count": [2], "channel": ["atm"], "extra": [1]})
+    x = transform_features(spec, rows)
+    assert x.dtype == np.float32 and x.shape == (1, 6)
+    assert x[0, 0] == pytest.approx((20.0 - 24.0) / spec.column("amount").std)  # median imputed
+    assert x[0, 1] == 1.0  # missing indicator
+    assert list(x[0, 3:]) == [0.0, 0.0, 1.0]  # unseen category -> unknown bucket
+    missing_cat = transform_features(spec, rows.assign(channel=[None]))
+    assert list(missing_cat[0, 3:]) == [0.0, 0.0, 1.0]
+
+
+def test_vocabulary_cap_and_rare_values():
+    frame = pd.DataFrame({"c": ["a"] * 10 + ["b"] * 6 + ["c"] * 2, "y": [0, 1] * 9})
+    spec = fit_feature_spec(frame, "y", [], ["c"], "1", "0", max_categories=1, min_frequency=5)
+    assert spec.column("c").vocabulary == ["a"]
+    spec = fit_feature_spec(frame, "y", [], ["c"], "1", "0", max_categories=10, min_frequency=5)
+    assert spec.column("c").vocabulary == ["a", "b"]
+
+
+def test_feature_spec_json_round_trip(tmp_path, frame):
+    spec = fit(frame, data_sha256="abc")
+    spec.save(tmp_path / "spec.json")
+    loaded = FeatureSpec.load(tmp_path / "spec.json")
+    assert loaded == spec
+    np.testing.assert_array_equal(transform_features(loaded, frame), transform_features(spec, frame))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(KfopsError, match=r"cannot read feature spec .*bad\.json"):
+        FeatureSpec.load(tmp_path / "bad.json")
+
+
+def test_errors_name_the_column(frame):
+    spec = fit(frame)
+    with pytest.raises(KfopsError, match=r"request: missing feature column\(s\) \['channel'\]"):
+        transform_features(spec, frame.drop(columns=["channel"]), source="request")
+    with pytest.raises(KfopsError, match="column 'amount' must be numeric; row 2 has 'lots'"):
+        transform_features(spec, frame.assign(amount=[1, 2, "lots", 4, 5, 6]))
+    with pytest.raises(KfopsError, match="column 'count' must be numeric"):
+        model_input_frame(spec, frame.assign(count=["x"] * 6))
+    with pytest.raises(KfopsError, match=r"target 'y' has value\(s\) \['maybe'\]"):
+        encode_labels(spec, pd.Series(["yes", "maybe"]))
+
+
+def test_model_input_frame_types(frame):
+    typed = model_input_frame(fit(frame), frame)
+    assert typed["count"].dtype == np.float64 and typed["amount"].dtype == np.float64
+    assert typed["channel"].tolist() == ["web", "web", "pos", None, "web", "pos"]
+    assert list(typed.columns) == ["amount", "count", "channel"]

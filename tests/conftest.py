@@ -1,0 +1,113 @@
+"""Shared fixtures: small generated data, a real sqlite MLflow store, a real S3 endpoint (moto) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kfops.components.contracts import SplitConfig, TrainConfig
+from kfops.datagen import generate_transactions
+
+SMALL_ROWS = 4000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def transactions():
+    """4,000 generated transactions (copy before changing)."""
+    return generate_transactions(rows=SMALL_ROWS, seed=11)
+
+
+@pytest.fixture
+def data_file(tmp_path, transactions) -> Path:
+    path = tmp_path / "transactions.parquet"
+    transactions.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow tracking and registry store, set in the environment as a pod's would be."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(tmp_path / "mlartifacts"))
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def fast_config() -> TrainConfig:
+    return TrainConfig(hidden_sizes=[16, 8], epochs=4, batch_size=256, early_stopping_patience=2, seed=3,
+                       device="cpu")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, transactions):
+    """Splits, fitted feature spec and transformed matrices for the small data, written to files."""
+    from kfops.components.ingest.logic import canonical_sha256, resolve_schema, split_frame, write_split
+    from kfops.components.preprocess.logic import (
+        encode_labels,
+        fit_feature_spec,
+        save_matrix,
+        transform_features,
+    )
+
+    root = tmp_path_factory.mktemp("prepared")
+    schema = resolve_schema(transactions, "transactions", "is_fraud", drop=["transaction_id", "customer_id"])
+    splits = split_frame(transactions, "is_fraud", SplitConfig(seed=5))
+    sha = canonical_sha256(transactions)
+    spec = fit_feature_spec(splits["train"], "is_fraud", schema.numeric, schema.categorical,
+                            schema.positive_class, schema.negative_class, data_sha256=sha)
+    spec.save(root / "feature_spec.json")
+    paths = {"spec": root / "feature_spec.json", "sha256": sha, "schema": schema}
+    for name, frame in splits.items():
+        write_split(frame, root / f"{name}.parquet")
+        save_matrix(str(root / f"{name}.npz"), transform_features(spec, frame), encode_labels(spec, frame["is_fraud"]))
+        paths[f"{name}_raw"] = root / f"{name}.parquet"
+        paths[f"{name}_matrix"] = root / f"{name}.npz"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, in its own process (stopped by its pid)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+        pytest.fail("moto S3 server did not start")
+    yield endpoint
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> str:
+    monkeypatch.setenv("KFOPS_S3_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_server

@@ -1,0 +1,110 @@
+"""Whole training-pipeline runs through kfp.local, driven the way users drive them: the `kfops run` command."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kfops.cli import main
+from kfops.components.ingest.logic import canonical_sha256
+
+pytestmark = pytest.mark.e2e
+FAST = ["--epochs", "3", "--hidden-sizes", "16,8", "--batch-size", "256"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    # The runs must use their workspace's own store, whatever this shell has set; restore afterwards.
+    for name in ("MLFLOW_TRACKING_URI", "KFOPS_MLFLOW_ARTIFACT_ROOT", "KFOPS_WORKSPACE", "KFOPS_ARTIFACT_STORE"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+
+
+def run_json(capsys, *args) -> dict:
+    assert main(["run", *args, "--json"]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{"):])
+
+
+def latest_log(ws: Path) -> str:
+    return sorted((ws / "logs").glob("run-*.log"))[-1].read_text()
+
+
+def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path, capsys, clean_env):
+    import mlflow
+
+    ws = tmp_path / "ws"
+    first = run_json(capsys, "--rows", "3000", "--workspace", str(ws), *FAST)
+    data = pd.read_parquet(next((ws / "data").glob("transactions-3000-*.parquet")))
+    assert first["data_sha256"] == canonical_sha256(data)
+    assert first["model_version"] == "1" and first["aliases"] == ["challenger"]
+    assert set(first["metrics"]) >= {"accuracy", "f1_macro", "roc_auc", "pr_auc", "val_loss"}
+    assert first["metrics"]["accuracy"] > 0.9
+    assert list(Path(first["tensorboard"]).glob("events.out.tfevents.*"))
+    assert (ws / "store" / "datasets" / first["data_sha256"] / "data.parquet").exists()
+
+    mlflow.set_tracking_uri(first["mlflow_tracking_uri"])
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("fraud-detector", "1")
+    assert version.tags["kfops.data_sha256"] == first["data_sha256"]
+    assert version.tags["kfops.pipeline_run"].startswith("kfops-training")
+    assert client.get_run(first["run_id"]).data.tags["kfops.data_uri"].endswith("transactions-3000-seed7.parquet")
+
+    # Same data and parameters: every cached step is a cache hit and the registry is not duplicated.
+    second = run_json(capsys, "--rows", "3000", "--workspace", str(ws), *FAST)
+    log = latest_log(ws)
+    for task in ("split-data", "preprocess", "train", "evaluate"):
+        assert f"Task {task} cache hit" in log
+    assert "Executing task 'version-data'" in log.replace("\x1b[96m", "").replace("\x1b[0m", "")
+    assert second["run_id"] == first["run_id"] and second["model_version"] == "1"
+
+    # Changed data never hits the cache.
+    changed = data.copy()
+    changed.loc[5, "amount"] += 1.0
+    changed.to_csv(tmp_path / "changed.csv", index=False)
+    third = run_json(capsys, "--data", str(tmp_path / "changed.csv"), "--target", "is_fraud", "--drop",
+                     "transaction_id,customer_id", "--workspace", str(ws), *FAST)
+    assert third["data_sha256"] != first["data_sha256"]
+    assert "cache hit" not in latest_log(ws)
+    assert third["model_version"] == "2"
+
+    # Retrain on the stored snapshot by its sha256 alone (no file needed), with a fresh training run.
+    (tmp_path / "changed.csv").unlink()
+    fourth = run_json(capsys, "--data-version", third["data_sha256"], "--target", "is_fraud", "--drop",
+                      "transaction_id,customer_id", "--workspace", str(ws), "--no-cache", "--promote", *FAST)
+    assert fourth["data_sha256"] == third["data_sha256"] and fourth["run_id"] != third["run_id"]
+    assert fourth["model_version"] == "3" and fourth["aliases"] == ["challenger", "champion"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "is empty"),
+    ("amount,is_fraud\n1.0,0\n2.0,0\n3.0,0\n", "has only one class"),
+    ("amount,label\n1.0,0\n2.0,1\n", "target column 'is_fraud' not found"),
+])
+def test_bad_data_stops_the_run_and_registers_nothing(tmp_path, capsys, clean_env, content, message):
+    ws = tmp_path / "ws"
+    (tmp_path / "bad.csv").write_text(content)
+    code = main(["run", "--data", str(tmp_path / "bad.csv"), "--target", "is_fraud", "--workspace", str(ws)])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert message in out and "bad.csv" in out and "version-data" in out
+    assert "nothing was registered" in out
+    db = ws / "mlflow.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("select count(*) from registered_models").fetchone()[0] == 0
+
+
+def test_text_in_a_numeric_column_names_file_column_and_value(tmp_path, capsys, clean_env, transactions):
+    frame = transactions.drop(columns=["event_time"]).astype({"amount": object})
+    frame.loc[7, "amount"] = "approx 40"
+    frame.to_csv(tmp_path / "tx.csv", index=False)
+    code = main(["run", "--data", str(tmp_path / "tx.csv"), "--target", "is_fraud", "--workspace",
+                 str(tmp_path / "ws")])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "tx.csv: column 'amount' is numeric but 1 value(s) are text" in out and "'approx 40'" in out

@@ -1,0 +1,107 @@
+"""The committed YAML: current, strictly valid pipeline spec, GPU request where asked, no credentials."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from kfops.pipelines.compile import COMPILED_DIR, compile_all, component_dir, stale_files
+
+PIPELINES = sorted(COMPILED_DIR.glob("*.yaml"))
+COMPONENT_YAMLS = sorted(component_dir().glob("*/*.yaml"))
+SECRET_PATTERNS = [
+    re.compile(r"AWS_SECRET_ACCESS_KEY|AWS_ACCESS_KEY_ID|AWS_SESSION_TOKEN", re.I),
+    re.compile(r"password|passwd|token\s*[:=]", re.I),
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # an AWS access key id
+    re.compile(r"minioadmin", re.I),
+]
+
+
+def test_committed_yaml_is_current():
+    assert stale_files() == [], "run `kfops compile` and commit the result"
+
+
+def test_compile_is_deterministic(tmp_path):
+    first = compile_all(output_dir=tmp_path / "a", components_dir=tmp_path / "ca")
+    second = compile_all(output_dir=tmp_path / "b", components_dir=tmp_path / "cb")
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_expected_files_exist():
+    assert {p.name for p in PIPELINES} == {"training.yaml", "training-gpu.yaml"}
+    assert {p.parent.name for p in COMPONENT_YAMLS} == {"ingest", "preprocess", "train", "evaluate", "register"}
+
+
+@pytest.mark.parametrize("path", PIPELINES + COMPONENT_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_yaml_parses_strictly_into_pipeline_spec(path: Path):
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
+    assert spec.schema_version == "2.1.0"
+    for doc in docs[1:]:
+        json_format.ParseDict(doc, pipeline_spec_pb2.PlatformSpec())
+
+
+@pytest.mark.parametrize("path", PIPELINES + COMPONENT_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_credentials_anywhere(path: Path):
+    text = path.read_text()
+    for pattern in SECRET_PATTERNS:
+        assert not pattern.search(text), f"{path} matches {pattern.pattern}"
+    spec = yaml.safe_load(text)
+    for executor in spec["deploymentSpec"]["executors"].values():
+        names = {e["name"] for e in executor["container"].get("env", [])}
+        assert names <= {"KFOPS_IMAGE"}
+
+
+def _executors(name: str) -> dict:
+    spec = yaml.safe_load((COMPILED_DIR / name).read_text())
+    return spec["deploymentSpec"]["executors"]
+
+
+def test_gpu_variant_requests_the_accelerator_on_train_only():
+    gpu = _executors("training-gpu.yaml")
+    train = gpu["exec-train"]["container"]
+    assert train["image"].startswith("ghcr.io/kfops/kfops-cuda:")
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    for name, executor in gpu.items():
+        if name != "exec-train":
+            assert "accelerator" not in executor["container"].get("resources", {})
+            assert executor["container"]["image"].startswith("ghcr.io/kfops/kfops:")
+    cpu = _executors("training.yaml")
+    assert "accelerator" not in cpu["exec-train"]["container"].get("resources", {})
+    assert cpu["exec-train"]["container"]["image"].startswith("ghcr.io/kfops/kfops:")
+
+
+def test_images_are_configurable_at_compile_time(tmp_path):
+    compile_all(image="registry.local/kfops:dev", cuda_image="registry.local/kfops-cuda:dev",
+                output_dir=tmp_path, components_dir=tmp_path / "c")
+    spec = yaml.safe_load((tmp_path / "training-gpu.yaml").read_text())
+    images = {k: v["container"]["image"] for k, v in spec["deploymentSpec"]["executors"].items()}
+    assert images.pop("exec-train") == "registry.local/kfops-cuda:dev"
+    assert set(images.values()) == {"registry.local/kfops:dev"}
+
+
+def test_caching_is_off_for_the_data_version_and_registry_steps():
+    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["version-data"]["cachingOptions"] == {}
+    assert tasks["register"]["cachingOptions"] == {}
+    assert tasks["train"]["cachingOptions"] == {"enableCache": True}
+    # Cached steps receive the data's sha256, never the file path.
+    split_inputs = tasks["split-data"]["inputs"]["parameters"]
+    assert split_inputs["data_sha256"]["taskOutputParameter"]["producerTask"] == "version-data"
+    assert "data_uri" not in split_inputs
+
+
+@pytest.mark.parametrize("path", COMPONENT_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_components_load_on_their_own(path: Path):
+    from kfp import components
+
+    component = components.load_component_from_file(str(path))
+    assert component.name == path.stem.replace("_", "-")
