@@ -36,8 +36,9 @@ def load_default_matrices(rows: int):
     df = generate_transactions(rows=rows)
     schema = resolve_schema(df, "default data", "is_fraud", drop=list(ID_COLUMNS))
     splits = split_frame(df, "is_fraud", SplitConfig())
-    spec = fit_feature_spec(splits["train"], "is_fraud", schema.numeric, schema.categorical,
-                            schema.positive_class, schema.negative_class)
+    spec = fit_feature_spec(
+        splits["train"], "is_fraud", schema.numeric, schema.categorical, schema.positive_class, schema.negative_class
+    )
     out = {}
     for name in ("train", "validation"):
         out[name] = (transform_features(spec, splits[name]), encode_labels(spec, splits[name]["is_fraud"]))
@@ -55,8 +56,9 @@ def reference_loop(x: np.ndarray, y: np.ndarray, config, device: str, epochs: in
     model = build_mlp(x.shape[1], config.hidden_sizes, config.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     criterion = torch.nn.BCEWithLogitsLoss()
-    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=config.batch_size,
-                        shuffle=True)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=config.batch_size, shuffle=True
+    )
     model.train()
     start = time.perf_counter()
     seen = 0
@@ -91,8 +93,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-sizes", default="", help="comma-separated; default 32,1024 (cpu) 32,8192 (cuda)")
     parser.add_argument("--rows", type=int, default=100_000, help="rows of default data to generate")
-    parser.add_argument("--tile", type=int, default=0,
-                        help="repeat the training rows to at least this many (big-batch GPU runs need steps)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        help="repeat the training rows to at least this many (big-batch GPU runs need steps)",
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="approximate time budget per measurement")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file the figures are appended to")
@@ -119,15 +125,20 @@ def main() -> None:
         ours_rows = int(min(len(x), max(batch * 50, ours_probe * args.seconds / 3)))
         ours = suite_loop(x[:ours_rows], y[:ours_rows], xv, yv, cfg, 3)
         rows.append((batch, ref, ours))
-        print(f"batch {batch:>5}: reference {ref:>14,.0f} samples/s ({ref_rows:,} rows) | kfops {ours:>14,.0f} "
-              f"samples/s (3 x {ours_rows:,} rows) | {ours / ref:5.1f}x", flush=True)
+        print(
+            f"batch {batch:>5}: reference {ref:>14,.0f} samples/s ({ref_rows:,} rows) | kfops {ours:>14,.0f} "
+            f"samples/s (3 x {ours_rows:,} rows) | {ours / ref:5.1f}x",
+            flush=True,
+        )
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    header = (f"\n## Training throughput · {args.device} · {datetime.now(UTC).date()}\n\n"
-              f"Machine: {device_name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-              f"{platform.machine()}. Data: default data ({args.rows:,} rows), {len(x):,} training rows x "
-              f"{x.shape[1]} inputs; MLP {config.hidden_sizes}, AdamW.\n\n"
-              "| batch | reference loop (samples/s) | kfops loop (samples/s) | speed-up |\n|---:|---:|---:|---:|\n")
+    header = (
+        f"\n## Training throughput · {args.device} · {datetime.now(UTC).date()}\n\n"
+        f"Machine: {device_name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{platform.machine()}. Data: default data ({args.rows:,} rows), {len(x):,} training rows x "
+        f"{x.shape[1]} inputs; MLP {config.hidden_sizes}, AdamW.\n\n"
+        "| batch | reference loop (samples/s) | kfops loop (samples/s) | speed-up |\n|---:|---:|---:|---:|\n"
+    )
     table = "".join(f"| {b} | {r:,.0f} | {o:,.0f} | {o / r:.1f}x |\n" for b, r, o in rows)
     print(header + table)
     if not args.no_write:

@@ -28,8 +28,10 @@ def main() -> int:
     base = TrainConfig(epochs=12, early_stopping_patience=3)
     variants = [("cpu", dataclasses.replace(base, device="cpu"))]
     if torch.cuda.is_available():
-        variants += [("cuda+graph", dataclasses.replace(base, device="cuda", cuda_graphs=True)),
-                     ("cuda eager", dataclasses.replace(base, device="cuda", cuda_graphs=False))]
+        variants += [
+            ("cuda+graph", dataclasses.replace(base, device="cuda", cuda_graphs=True)),
+            ("cuda eager", dataclasses.replace(base, device="cuda", cuda_graphs=False)),
+        ]
     else:
         print("no CUDA device: only the CPU variant runs")
     results = {}
@@ -40,9 +42,12 @@ def main() -> int:
         auc = roc_auc(yv, prob)
         results[name] = (result.best_val_loss, auc)
         acc = float(((prob >= 0.5) == (yv >= 0.5)).mean())
-        print(f"{name:>11}: best val_loss {result.best_val_loss:.4f} (epoch {result.best_epoch}/"
-              f"{len(result.history)}), val accuracy {acc:.4f}, val ROC-AUC {auc:.4f}, "
-              f"{result.samples_per_second:,.0f} samples/s, graphs={result.cuda_graphs}", flush=True)
+        print(
+            f"{name:>11}: best val_loss {result.best_val_loss:.4f} (epoch {result.best_epoch}/"
+            f"{len(result.history)}), val accuracy {acc:.4f}, val ROC-AUC {auc:.4f}, "
+            f"{result.samples_per_second:,.0f} samples/s, graphs={result.cuda_graphs}",
+            flush=True,
+        )
     ok = True
     cpu_loss, cpu_auc = results["cpu"]
     for name, (loss, auc) in results.items():

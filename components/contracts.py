@@ -7,6 +7,7 @@ artifact file or as artifact metadata, and serving can read what training wrote.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -172,7 +173,8 @@ class FeatureSpec:
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of the MLP classifier. Every field is a pipeline parameter of the same name."""
+    """Hyperparameters of the MLP classifier. Each field but ``cuda_graphs`` is a pipeline parameter of the
+    same name; ``decision_threshold`` is the pipeline's ``threshold``."""
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
@@ -185,6 +187,7 @@ class TrainConfig:
     early_stopping_patience: int = 3
     seed: int = 42
     device: str = "auto"  # auto, cpu or cuda
+    decision_threshold: float = 0.5  # positive-class probability at which the model predicts the positive class
     cuda_graphs: bool = True  # capture the training step as a CUDA graph on GPU
 
     def check(self) -> None:
@@ -202,6 +205,8 @@ class TrainConfig:
             raise KfopsError(f"train: optimizer must be adam, adamw or sgd, got '{self.optimizer}'")
         if self.class_weighting not in ("none", "balanced"):
             raise KfopsError(f"train: class_weighting must be none or balanced, got '{self.class_weighting}'")
+        if not 0.0 < self.decision_threshold < 1.0:
+            raise KfopsError(f"train: threshold must be between 0 and 1, got {self.decision_threshold}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise KfopsError(f"train: device must be auto, cpu or cuda, got '{self.device}'")
 
@@ -233,8 +238,13 @@ class EvaluationResult:
     rows: int = 0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        # Undefined metrics (ROC-AUC with one class present) are null: NaN is not JSON.
+        data = asdict(self)
+        data["metrics"] = {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()}
+        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> EvaluationResult:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data["metrics"] = {k: (float("nan") if v is None else float(v)) for k, v in data["metrics"].items()}
+        return cls(**data)

@@ -120,13 +120,32 @@ def _training_arguments(args, ws) -> dict:
     if default_data:
         arguments["drop_columns"] = list(datagen.ID_COLUMNS)
         arguments["time_column"] = datagen.TIME_COLUMN
-    for flag, key in (("numeric", "numeric_features"), ("categorical", "categorical_features"),
-                      ("drop", "drop_columns"), ("hidden_sizes", "hidden_sizes")):
+    for flag, key in (
+        ("numeric", "numeric_features"),
+        ("categorical", "categorical_features"),
+        ("drop", "drop_columns"),
+        ("hidden_sizes", "hidden_sizes"),
+    ):
         if getattr(args, flag) is not None:
             arguments[key] = getattr(args, flag)
-    for flag in ("time_column", "positive_class", "epochs", "batch_size", "learning_rate", "dropout",
-                 "optimizer", "weight_decay", "class_weighting", "seed", "device", "model_name",
-                 "experiment", "validation_fraction", "test_fraction", "threshold"):
+    for flag in (
+        "time_column",
+        "positive_class",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "dropout",
+        "optimizer",
+        "weight_decay",
+        "class_weighting",
+        "seed",
+        "device",
+        "model_name",
+        "experiment",
+        "validation_fraction",
+        "test_fraction",
+        "threshold",
+    ):
         value = getattr(args, flag)
         if value is not None:
             arguments[flag] = value
@@ -146,8 +165,10 @@ def cmd_run(args) -> int:
         args.artifact_store = os.environ["KFOPS_ARTIFACT_STORE"]
     arguments = _training_arguments(args, ws)
     console.print(f"[bold]kfops run[/] · workspace [cyan]{ws.root}[/]")
-    console.print(f"  data: {arguments.get('data_uri') or 'stored version ' + arguments['data_version']}"
-                  f" · target '{arguments['target']}'")
+    console.print(
+        f"  data: {arguments.get('data_uri') or 'stored version ' + arguments['data_version']}"
+        f" · target '{arguments['target']}'"
+    )
 
     from kfops.pipelines.local import run_pipeline
     from kfops.pipelines.training import training_pipeline
@@ -190,8 +211,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _print_summary(console, ws, arguments: dict, outputs: dict, elapsed: float, log_path: Path,
-                   as_json: bool = False) -> None:
+def _print_summary(
+    console, ws, arguments: dict, outputs: dict, elapsed: float, log_path: Path, as_json: bool = False
+) -> None:
     import mlflow
 
     from kfops.components.contracts import METRIC_NAMES
@@ -204,14 +226,20 @@ def _print_summary(console, ws, arguments: dict, outputs: dict, elapsed: float, 
     aliases = client.get_registered_model(model_name).aliases
     metrics = {k: run.data.metrics[k] for k in METRIC_NAMES if k in run.data.metrics}
     summary = {
-        "data_sha256": outputs["data_sha256"], "run_id": outputs["run_id"], "model_name": model_name,
+        "data_sha256": outputs["data_sha256"],
+        "run_id": outputs["run_id"],
+        "model_name": model_name,
         "model_version": outputs["model_version"],
         "aliases": sorted(a for a, v in aliases.items() if str(v) == str(outputs["model_version"])),
-        "metrics": metrics, "seconds": round(elapsed, 1), "workspace": str(ws.root),
-        "mlflow_tracking_uri": ws.tracking_uri(), "experiment_id": run.info.experiment_id,
+        "metrics": metrics,
+        "seconds": round(elapsed, 1),
+        "workspace": str(ws.root),
+        "mlflow_tracking_uri": ws.tracking_uri(),
+        "experiment_id": run.info.experiment_id,
         "model_uri": f"models:/{model_name}/{outputs['model_version']}",
         "download_uri": client.get_model_version_download_uri(model_name, outputs["model_version"]),
-        "tensorboard": run.data.tags.get("kfops.tensorboard_uri", ""), "log": str(log_path),
+        "tensorboard": run.data.tags.get("kfops.tensorboard_uri", ""),
+        "log": str(log_path),
         "device": run.data.tags.get("kfops.device", ""),
     }
     if as_json:
@@ -226,8 +254,9 @@ def _print_summary(console, ws, arguments: dict, outputs: dict, elapsed: float, 
         table.add_row(name, f"{value:.4f}")
     console.print(table)
     console.print(f"  data version   {summary['data_sha256']}")
-    console.print(f"  MLflow run     {summary['run_id']} (experiment {summary['experiment_id']}, "
-                  f"trained on {summary['device']})")
+    console.print(
+        f"  MLflow run     {summary['run_id']} (experiment {summary['experiment_id']}, trained on {summary['device']})"
+    )
     console.print(f"  model          {summary['model_uri']} · aliases: {', '.join(summary['aliases'])}")
     console.print(f"  model files    {summary['download_uri']}")
     console.print(f"  MLflow store   {summary['mlflow_tracking_uri']}")
@@ -249,7 +278,10 @@ def cmd_compile(args) -> int:
             return EXIT_FAILURE
         print("compiled pipelines and components are current")
         return 0
-    for path in compile_all(image=args.image, cuda_image=args.cuda_image, output_dir=args.output_dir):
+    components_dir = Path(args.output_dir, "components") if args.output_dir else None
+    for path in compile_all(
+        image=args.image, cuda_image=args.cuda_image, output_dir=args.output_dir, components_dir=components_dir
+    ):
         print(f"wrote {path}")
     return 0
 
@@ -289,9 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kfops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the training pipeline locally (kfp.local, no cluster)",
-                         description="Run the training pipeline locally. With no data flags it trains on the "
-                                     "bundled default data (generated card transactions).")
+    run = sub.add_parser(
+        "run",
+        help="run the training pipeline locally (kfp.local, no cluster)",
+        description="Run the training pipeline locally. With no data flags it trains on the "
+        "bundled default data (generated card transactions).",
+    )
     data = run.add_argument_group("data")
     data.add_argument("--data", help="CSV or Parquet file: a local path or s3:// URI")
     data.add_argument("--data-version", help="retrain on a stored snapshot, by its sha256")
@@ -333,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile pipelines and components to YAML")
     comp.add_argument("--image", help="the suite's component image")
     comp.add_argument("--cuda-image", help="the CUDA variant, for GPU training")
-    comp.add_argument("--output-dir", help="write pipelines here instead of the package's compiled/ folder")
+    comp.add_argument(
+        "--output-dir", help="write pipelines here (components under its components/) instead of beside the code"
+    )
     comp.add_argument("--check", action="store_true", help="exit 1 if the committed YAML is out of date")
     comp.set_defaults(func=cmd_compile)
 

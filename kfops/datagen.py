@@ -21,8 +21,20 @@ ID_COLUMNS = ("transaction_id", "customer_id")
 TIME_COLUMN = "event_time"
 
 MERCHANT_CATEGORIES = np.array(
-    ["grocery", "restaurants", "fuel", "travel", "electronics", "fashion", "entertainment", "health",
-     "utilities", "gaming", "jewelry", "money_transfer"]
+    [
+        "grocery",
+        "restaurants",
+        "fuel",
+        "travel",
+        "electronics",
+        "fashion",
+        "entertainment",
+        "health",
+        "utilities",
+        "gaming",
+        "jewelry",
+        "money_transfer",
+    ]
 )
 # Probability of each merchant category for legitimate and fraudulent transactions.
 LEGIT_CATEGORY_P = np.array([0.24, 0.16, 0.12, 0.05, 0.06, 0.09, 0.07, 0.08, 0.08, 0.02, 0.01, 0.02])
@@ -36,16 +48,22 @@ LEGIT_COUNTRY_P = np.array([0.82, 0.04, 0.03, 0.03, 0.04, 0.02, 0.01, 0.003, 0.0
 FRAUD_COUNTRY_P = np.array([0.35, 0.05, 0.04, 0.04, 0.03, 0.08, 0.10, 0.12, 0.10, 0.09])
 
 
-def _choice(rng: np.random.Generator, values: np.ndarray, p_legit: np.ndarray, p_fraud: np.ndarray,
-            fraud: np.ndarray) -> np.ndarray:
+def _choice(
+    rng: np.random.Generator, values: np.ndarray, p_legit: np.ndarray, p_fraud: np.ndarray, fraud: np.ndarray
+) -> np.ndarray:
     out = rng.choice(values, size=fraud.size, p=p_legit / p_legit.sum())
     n_fraud = int(fraud.sum())
     out[fraud] = rng.choice(values, size=n_fraud, p=p_fraud / p_fraud.sum())
     return out
 
 
-def generate_transactions(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, fraud_rate: float = 0.025,
-                          drift: float = 0.0, start: str = "2026-01-01") -> pd.DataFrame:
+def generate_transactions(
+    rows: int = DEFAULT_ROWS,
+    seed: int = DEFAULT_SEED,
+    fraud_rate: float = 0.025,
+    drift: float = 0.0,
+    start: str = "2026-01-01",
+) -> pd.DataFrame:
     """Return ``rows`` card transactions with an ``is_fraud`` label (0/1).
 
     ``fraud_rate`` is the share of positives (kept within 1-5%); ``drift`` in [0, 1] moves amounts up, the
@@ -130,8 +148,9 @@ def generate_transactions(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, fr
     return df
 
 
-def write_transactions(path: str | Path, rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED,
-                       drift: float = 0.0) -> Path:
+def write_transactions(
+    path: str | Path, rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, drift: float = 0.0
+) -> Path:
     """Generate transactions and write them as Parquet or CSV (by the file's suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,12 @@ def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path
         yield components_dir / relative, component_op(func, image)
 
 
-def compile_all(image: str | None = None, cuda_image: str | None = None, output_dir: str | Path | None = None,
-                components_dir: str | Path | None = None) -> list[Path]:
+def compile_all(
+    image: str | None = None,
+    cuda_image: str | None = None,
+    output_dir: str | Path | None = None,
+    components_dir: str | Path | None = None,
+) -> list[Path]:
     """Write every pipeline and component YAML; return the paths written."""
     from kfp import compiler
 
@@ -74,12 +78,16 @@ def stale_files(image: str | None = None, cuda_image: str | None = None) -> list
     """Committed YAML files that differ from a fresh compile (or are missing)."""
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = compile_all(image, cuda_image, output_dir=Path(tmp, "pipelines"),
-                            components_dir=Path(tmp, "components"))
+        fresh = compile_all(
+            image, cuda_image, output_dir=Path(tmp, "pipelines"), components_dir=Path(tmp, "components")
+        )
         for path in fresh:
             relative = path.relative_to(tmp)
-            committed = (COMPILED_DIR / relative.name if relative.parts[0] == "pipelines"
-                         else component_dir() / Path(*relative.parts[1:]))
+            committed = (
+                COMPILED_DIR / relative.name
+                if relative.parts[0] == "pipelines"
+                else component_dir() / Path(*relative.parts[1:])
+            )
             if not committed.exists() or not filecmp.cmp(path, committed, shallow=False):
                 stale.append(str(committed))
     return stale

@@ -5,7 +5,6 @@ can name the images and pick CPU or GPU training at compile time. ``training_pip
 the default images, for ``from kfops.pipelines.training import training_pipeline``.
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -18,13 +17,22 @@ from kfops.components.register.component import register
 from kfops.components.train.component import train
 
 PIPELINE_NAME = "kfops-training"
+
+
+class TrainingOutputs(NamedTuple):
+    data_sha256: str
+    run_id: str
+    model_version: str
+
+
 DEFAULT_TARGET = "is_fraud"
 DEFAULT_MODEL_NAME = "fraud-detector"
 DEFAULT_ARTIFACT_STORE = "s3://kfops"
 
 
-def build_training_pipeline(image: str = DEFAULT_IMAGE, cuda_image: str = DEFAULT_CUDA_IMAGE,
-                            accelerator: str = "cpu", gpu_count: int = 1):
+def build_training_pipeline(
+    image: str = DEFAULT_IMAGE, cuda_image: str = DEFAULT_CUDA_IMAGE, accelerator: str = "cpu", gpu_count: int = 1
+):
     """The training pipeline function; ``accelerator='gpu'`` runs training in ``cuda_image`` on a GPU."""
     if accelerator not in ("cpu", "gpu"):
         raise ValueError(f"accelerator must be 'cpu' or 'gpu', got {accelerator!r}")
@@ -72,53 +80,84 @@ def build_training_pipeline(image: str = DEFAULT_IMAGE, cuda_image: str = DEFAUL
         artifact_store: str = DEFAULT_ARTIFACT_STORE,
         mlflow_tracking_uri: str = "",
         tensorboard_root: str = "",
-    ) -> NamedTuple("TrainingOutputs", [("data_sha256", str), ("run_id", str), ("model_version", str)]):
+    ) -> TrainingOutputs:
         versioned = version_op(
-            data_uri=data_uri, data_version=data_version, artifact_store=artifact_store, target=target,
-            numeric_features=numeric_features, categorical_features=categorical_features,
-            drop_columns=drop_columns, time_column=time_column, positive_class=positive_class,
+            data_uri=data_uri,
+            data_version=data_version,
+            artifact_store=artifact_store,
+            target=target,
+            numeric_features=numeric_features,
+            categorical_features=categorical_features,
+            drop_columns=drop_columns,
+            time_column=time_column,
+            positive_class=positive_class,
         ).set_display_name("version data")
         # Always read the data: the sha256 it hands on is what makes the later steps' cache correct.
         versioned.set_caching_options(False)
         sha256 = versioned.outputs["sha256"]
         splits = split_op(
-            data_sha256=sha256, artifact_store=artifact_store, target=target,
-            validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed,
-            time_column=time_column, split_by_time=split_by_time,
+            data_sha256=sha256,
+            artifact_store=artifact_store,
+            target=target,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
+            seed=split_seed,
+            time_column=time_column,
+            split_by_time=split_by_time,
         ).set_display_name("split")
         prepared = preprocess_op(
-            train=splits.outputs["train"], validation=splits.outputs["validation"], test=splits.outputs["test"],
-            schema_json=versioned.outputs["schema_json"], data_sha256=sha256, max_categories=max_categories,
+            train=splits.outputs["train"],
+            validation=splits.outputs["validation"],
+            test=splits.outputs["test"],
+            schema_json=versioned.outputs["schema_json"],
+            data_sha256=sha256,
+            max_categories=max_categories,
             min_frequency=min_frequency,
         ).set_display_name("preprocess")
         trained = train_op(
             train_features=prepared.outputs["train_features"],
             validation_features=prepared.outputs["validation_features"],
-            feature_spec=prepared.outputs["feature_spec"], raw_train=splits.outputs["train"], data_sha256=sha256,
-            hidden_sizes=hidden_sizes, dropout=dropout, learning_rate=learning_rate, batch_size=batch_size,
-            epochs=epochs, optimizer=optimizer, weight_decay=weight_decay, class_weighting=class_weighting,
-            early_stopping_patience=early_stopping_patience, seed=seed, device=device, experiment=experiment,
-            mlflow_tracking_uri=mlflow_tracking_uri, tensorboard_root=tensorboard_root,
+            feature_spec=prepared.outputs["feature_spec"],
+            raw_train=splits.outputs["train"],
+            data_sha256=sha256,
+            hidden_sizes=hidden_sizes,
+            dropout=dropout,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            class_weighting=class_weighting,
+            early_stopping_patience=early_stopping_patience,
+            seed=seed,
+            device=device,
+            threshold=threshold,
+            experiment=experiment,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            tensorboard_root=tensorboard_root,
         ).set_display_name("train")
         trained.set_cpu_request("1").set_memory_request("2G").set_memory_limit("8G")
         if accelerator == "gpu":
             trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
         evaluated = evaluate_op(
-            model=trained.outputs["model"], test=splits.outputs["test"], threshold=threshold,
+            model=trained.outputs["model"],
+            test=splits.outputs["test"],
             mlflow_tracking_uri=mlflow_tracking_uri,
         ).set_display_name("evaluate")
         registered = register_op(
-            model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"], model_name=model_name,
-            data_sha256=sha256, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, promote_champion=promote_champion,
+            model=trained.outputs["model"],
+            evaluation=evaluated.outputs["evaluation"],
+            model_name=model_name,
+            data_sha256=sha256,
+            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            promote_champion=promote_champion,
             mlflow_tracking_uri=mlflow_tracking_uri,
         ).set_display_name("register")
         # The registry is state outside KFP: always talk to it, never replay a cached answer.
         registered.set_caching_options(False)
         for task in (versioned, splits, prepared, trained, evaluated, registered):
-            task.set_env_variable("KFOPS_IMAGE", cuda_image if task is trained and accelerator == "gpu"
-                                  else image)
-        outputs = NamedTuple("TrainingOutputs", [("data_sha256", str), ("run_id", str), ("model_version", str)])
-        return outputs(sha256, trained.outputs["run_id"], registered.outputs["version"])
+            task.set_env_variable("KFOPS_IMAGE", cuda_image if task is trained and accelerator == "gpu" else image)
+        return TrainingOutputs(sha256, trained.outputs["run_id"], registered.outputs["version"])
 
     return training_pipeline
 

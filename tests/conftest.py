@@ -51,8 +51,7 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def fast_config() -> TrainConfig:
-    return TrainConfig(hidden_sizes=[16, 8], epochs=4, batch_size=256, early_stopping_patience=2, seed=3,
-                       device="cpu")
+    return TrainConfig(hidden_sizes=[16, 8], epochs=4, batch_size=256, early_stopping_patience=2, seed=3, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +69,15 @@ def prepared(tmp_path_factory, transactions):
     schema = resolve_schema(transactions, "transactions", "is_fraud", drop=["transaction_id", "customer_id"])
     splits = split_frame(transactions, "is_fraud", SplitConfig(seed=5))
     sha = canonical_sha256(transactions)
-    spec = fit_feature_spec(splits["train"], "is_fraud", schema.numeric, schema.categorical,
-                            schema.positive_class, schema.negative_class, data_sha256=sha)
+    spec = fit_feature_spec(
+        splits["train"],
+        "is_fraud",
+        schema.numeric,
+        schema.categorical,
+        schema.positive_class,
+        schema.negative_class,
+        data_sha256=sha,
+    )
     spec.save(root / "feature_spec.json")
     paths = {"spec": root / "feature_spec.json", "sha256": sha, "schema": schema}
     for name, frame in splits.items():
@@ -86,8 +92,11 @@ def prepared(tmp_path_factory, transactions):
 def s3_server():
     """moto's S3 server on 127.0.0.1, in its own process (stopped by its pid)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:

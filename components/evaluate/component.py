@@ -8,7 +8,6 @@ from kfops.components.kfp_support import component_op
 def evaluate(
     model: Input[Model],
     test: Input[Dataset],
-    threshold: float,
     mlflow_tracking_uri: str,
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
@@ -21,8 +20,7 @@ def evaluate(
 
     from kfops.components.evaluate.logic import evaluate_model, log_to_mlflow, plot_confusion_matrix
 
-    result, curve = evaluate_model(model.path, test.path, val_loss=float(model.metadata.get("val_loss", "nan")),
-                                   threshold=threshold)
+    result, curve = evaluate_model(model.path, test.path, val_loss=float(model.metadata.get("val_loss", "nan")))
     for name, value in result.metrics.items():
         if math.isfinite(value):
             metrics.log_metric(name, round(float(value), 6))
@@ -34,8 +32,13 @@ def evaluate(
     for artifact in (metrics, classification_metrics):
         with open(artifact.path, "w", encoding="utf-8") as fh:
             json.dump(artifact.metadata, fh, indent=2, sort_keys=True)
-    evaluation.metadata.update({"rows": result.rows, "threshold": threshold, **{
-        k: round(v, 6) for k, v in result.metrics.items() if math.isfinite(v)}})
+    evaluation.metadata.update(
+        {
+            "rows": result.rows,
+            "threshold": result.threshold,
+            **{k: round(v, 6) for k, v in result.metrics.items() if math.isfinite(v)},
+        }
+    )
     plot_confusion_matrix(result, confusion_matrix_png.path)
     if model.metadata.get("run_id"):
         log_to_mlflow(model.metadata["run_id"], result, confusion_matrix_png.path, mlflow_tracking_uri)

@@ -95,8 +95,9 @@ def confusion(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.
     return matrix.tolist()
 
 
-def downsample_curve(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray,
-                     points: int = ROC_CURVE_POINTS) -> tuple[list[float], list[float], list[float]]:
+def downsample_curve(
+    fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, points: int = ROC_CURVE_POINTS
+) -> tuple[list[float], list[float], list[float]]:
     """At most ``points`` points of a ROC curve (the Kubeflow UI draws every point it gets)."""
     if len(fpr) > points:
         keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, points).round().astype(int)])
@@ -105,9 +106,13 @@ def downsample_curve(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray,
     return fpr.tolist(), tpr.tolist(), finite.tolist()
 
 
-def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"),
-                   threshold: float = 0.5) -> tuple[EvaluationResult, dict]:
-    """Score the raw test split with the saved pyfunc model; return metrics and the ROC curve."""
+def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan")) -> tuple[EvaluationResult, dict]:
+    """Score the raw test split with the saved pyfunc model; return metrics and the ROC curve.
+
+    Metrics use the model's own decision threshold, so they describe the predictions serving will make.
+    """
+    import json
+
     import mlflow.pyfunc
     import pandas as pd
 
@@ -115,6 +120,7 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
 
     model = mlflow.pyfunc.load_model(model_dir)
     spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json"))
+    threshold = float(json.loads(Path(model_dir, "artifacts", "network.json").read_text()).get("threshold", 0.5))
     test = pd.read_parquet(test_path)
     if spec.target not in test.columns:
         raise KfopsError(f"evaluate: target '{spec.target}' is not a column of {test_path}")
@@ -126,9 +132,13 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
     missing = set(METRIC_NAMES) - set(metrics)
     if missing:
         raise AssertionError(f"evaluate produced no {sorted(missing)}")
-    result = EvaluationResult(metrics=metrics, confusion_matrix=confusion(y, probability, threshold),
-                              labels=[spec.negative_class, spec.positive_class], threshold=threshold,
-                              rows=len(test))
+    result = EvaluationResult(
+        metrics=metrics,
+        confusion_matrix=confusion(y, probability, threshold),
+        labels=[spec.negative_class, spec.positive_class],
+        threshold=threshold,
+        rows=len(test),
+    )
     fpr, tpr, thresholds = roc_curve(y, probability)
     curve = dict(zip(("fpr", "tpr", "thresholds"), downsample_curve(fpr, tpr, thresholds), strict=True))
     return result, curve
@@ -147,8 +157,15 @@ def plot_confusion_matrix(result: EvaluationResult, path: str | Path) -> Path:
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{matrix[i, j]:,}\n{shares[i, j]:.1%}", ha="center", va="center",
-                    color="white" if shares[i, j] > 0.5 else "black", fontsize=10)
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:,}\n{shares[i, j]:.1%}",
+                ha="center",
+                va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+                fontsize=10,
+            )
     ax.set_xticks([0, 1], labels=result.labels)
     ax.set_yticks([0, 1], labels=result.labels)
     ax.set_xlabel("predicted")
@@ -160,8 +177,7 @@ def plot_confusion_matrix(result: EvaluationResult, path: str | Path) -> Path:
     return Path(path)
 
 
-def log_to_mlflow(run_id: str, result: EvaluationResult, confusion_png: str | Path,
-                  tracking_uri: str = "") -> None:
+def log_to_mlflow(run_id: str, result: EvaluationResult, confusion_png: str | Path, tracking_uri: str = "") -> None:
     """Attach the test metrics, the confusion PNG and the metrics JSON to the training run."""
     import mlflow
 

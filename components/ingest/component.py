@@ -28,9 +28,15 @@ def version_data(
     from kfops.components.ingest.logic import schema_to_json, version_data
 
     version, schema = version_data(
-        data_uri=data_uri, store=artifact_store, target=target, data_version=data_version,
-        numeric=numeric_features, categorical=categorical_features, drop=drop_columns,
-        time_column=time_column, positive_class=positive_class,
+        data_uri=data_uri,
+        store=artifact_store,
+        target=target,
+        data_version=data_version,
+        numeric=numeric_features,
+        categorical=categorical_features,
+        drop=drop_columns,
+        time_column=time_column,
+        positive_class=positive_class,
     )
     print(f"data version {version.sha256} ({version.rows} rows) from {version.source} at {version.uri}")
     outputs = namedtuple("VersionOutputs", ["sha256", "schema_json", "rows", "source"])
@@ -55,16 +61,27 @@ def split_data(
     from kfops.components.ingest.logic import read_snapshot, split_frame, write_split
 
     frame, version = read_snapshot(artifact_store, data_sha256)
-    config = SplitConfig(validation_fraction=validation_fraction, test_fraction=test_fraction, seed=int(seed),
-                         time_column=time_column, by_time=split_by_time)
+    config = SplitConfig(
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        seed=int(seed),
+        time_column=time_column,
+        by_time=split_by_time,
+    )
     splits = split_frame(frame, target, config)
     for name, artifact in (("train", train), ("validation", validation), ("test", test)):
         part = splits[name]
         write_split(part, artifact.path)
-        artifact.metadata.update({
-            "split": name, "rows": len(part), "columns": len(part.columns), "sha256": data_sha256,
-            "source": version.source, "snapshot": version.uri,
-        })
+        artifact.metadata.update(
+            {
+                "split": name,
+                "rows": len(part),
+                "columns": len(part.columns),
+                "sha256": data_sha256,
+                "source": version.source,
+                "snapshot": version.uri,
+            }
+        )
 
 
 version_data_op = component_op(version_data)

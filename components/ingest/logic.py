@@ -45,8 +45,7 @@ def read_table(uri: str) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             df = pd.read_parquet(io.BytesIO(raw))
         else:
-            df = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None,
-                             low_memory=False)
+            df = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
     except pd.errors.EmptyDataError as err:
         raise KfopsError(f"data file {uri} is empty") from err
     except Exception as err:
@@ -83,9 +82,16 @@ def _non_numeric_examples(values: pd.Series) -> tuple[int, list[str]]:
     return len(bad), [f"{v!r} (row {i})" for i, v in bad.head(3).items()]
 
 
-def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str] | None = None,
-                   categorical: list[str] | None = None, drop: list[str] | None = None,
-                   time_column: str = "", positive_class: str = "") -> Schema:
+def resolve_schema(
+    df: pd.DataFrame,
+    source: str,
+    target: str,
+    numeric: list[str] | None = None,
+    categorical: list[str] | None = None,
+    drop: list[str] | None = None,
+    time_column: str = "",
+    positive_class: str = "",
+) -> Schema:
     """Decide each column's role and kind and check the data fits; raise KfopsError naming file and column."""
     numeric, categorical, drop = list(numeric or []), list(categorical or []), list(drop or [])
     columns = list(df.columns)
@@ -102,6 +108,10 @@ def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str
     both = set(numeric) & set(categorical)
     if both:
         raise KfopsError(f"{source}: column(s) {sorted(both)} declared both numeric and categorical")
+    for role, reserved in (("the target", {target}), ("the time column", {time_column} - {""}), ("dropped", set(drop))):
+        clash = (set(numeric) | set(categorical)) & reserved
+        if clash:
+            raise KfopsError(f"{source}: feature column(s) {sorted(clash)} are also {role}")
 
     # Target: at least two classes, no empty labels, binary.
     labels = df[target]
@@ -109,15 +119,20 @@ def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str
         raise KfopsError(f"{source}: target column '{target}' has {int(labels.isna().sum())} empty values")
     classes = sorted(labels.astype(str).unique())
     if len(classes) < 2:
-        raise KfopsError(f"{source}: target column '{target}' has only one class ({classes[0]!r}); "
-                         "a classifier needs two")
+        raise KfopsError(
+            f"{source}: target column '{target}' has only one class ({classes[0]!r}); a classifier needs two"
+        )
     if len(classes) > 2:
-        raise KfopsError(f"{source}: target column '{target}' has {len(classes)} classes "
-                         f"({', '.join(classes[:8])}); kfops trains binary classifiers")
+        raise KfopsError(
+            f"{source}: target column '{target}' has {len(classes)} classes "
+            f"({', '.join(classes[:8])}); kfops trains binary classifiers"
+        )
     if positive_class:
         if positive_class not in classes:
-            raise KfopsError(f"{source}: positive class {positive_class!r} is not a value of '{target}' "
-                             f"(values: {', '.join(classes)})")
+            raise KfopsError(
+                f"{source}: positive class {positive_class!r} is not a value of '{target}' "
+                f"(values: {', '.join(classes)})"
+            )
     else:
         counts = labels.astype(str).value_counts()
         # "1", "true", "yes" read as the positive class; otherwise the rarer class is.
@@ -136,16 +151,17 @@ def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str
             # The user listed features: the rest are not features.
             continue
         if col.isna().all():
-            raise KfopsError(f"{source}: column '{name}' is empty in all {len(df)} rows; "
-                             "drop it (--drop) or fill it")
+            raise KfopsError(f"{source}: column '{name}' is empty in all {len(df)} rows; drop it (--drop) or fill it")
         if name in categorical:
             continue
         if name in numeric:
             if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
                 n_bad, examples = _non_numeric_examples(col)
                 if n_bad:
-                    raise KfopsError(f"{source}: column '{name}' is declared numeric but {n_bad} value(s) are "
-                                     f"not numbers, e.g. {', '.join(examples)}")
+                    raise KfopsError(
+                        f"{source}: column '{name}' is declared numeric but {n_bad} value(s) are "
+                        f"not numbers, e.g. {', '.join(examples)}"
+                    )
             continue
         if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
             inferred_numeric.append(name)
@@ -157,8 +173,10 @@ def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str
             present = col.dropna()
             n_bad, examples = _non_numeric_examples(present)
             if len(present) and n_bad and (len(present) - n_bad) / len(present) >= NUMERIC_TEXT_SHARE:
-                raise KfopsError(f"{source}: column '{name}' is numeric but {n_bad} value(s) are text, e.g. "
-                                 f"{', '.join(examples)}; fix them or declare the column categorical")
+                raise KfopsError(
+                    f"{source}: column '{name}' is numeric but {n_bad} value(s) are text, e.g. "
+                    f"{', '.join(examples)}; fix them or declare the column categorical"
+                )
             if len(present) and n_bad == 0:
                 inferred_numeric.append(name)  # numbers read as text (e.g. quoted in a CSV)
             else:
@@ -176,8 +194,15 @@ def resolve_schema(df: pd.DataFrame, source: str, target: str, numeric: list[str
                 log.info("%s: column '%s' is unique per row; treated as an id and dropped", source, name)
     if not schema_numeric and not schema_categorical:
         raise KfopsError(f"{source}: no feature columns left after target '{target}' and dropped columns")
-    return Schema(target=target, numeric=schema_numeric, categorical=schema_categorical, dropped=drop,
-                  time_column=time_column, positive_class=positive_class, negative_class=negative_class)
+    return Schema(
+        target=target,
+        numeric=schema_numeric,
+        categorical=schema_categorical,
+        dropped=drop,
+        time_column=time_column,
+        positive_class=positive_class,
+        negative_class=negative_class,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- versions
@@ -216,8 +241,12 @@ def write_snapshot(df: pd.DataFrame, store: str, source: str) -> DataVersion:
     sha = canonical_sha256(df)
     base = snapshot_uri(store, sha)
     version = DataVersion(
-        sha256=sha, uri=storage.join(base, SNAPSHOT_FILE), source=source, rows=len(df),
-        columns=list(df.columns), dtypes={c: str(t) for c, t in df.dtypes.items()},
+        sha256=sha,
+        uri=storage.join(base, SNAPSHOT_FILE),
+        source=source,
+        rows=len(df),
+        columns=list(df.columns),
+        dtypes={c: str(t) for c, t in df.dtypes.items()},
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     version_uri = storage.join(base, VERSION_FILE)
@@ -239,17 +268,27 @@ def read_snapshot(store: str, sha256: str) -> tuple[pd.DataFrame, DataVersion]:
         version = DataVersion.from_json(storage.read_bytes(storage.join(base, VERSION_FILE)).decode())
     except FileNotFoundError as err:
         raise KfopsError(f"data version {sha256} is not in the artifact store {store}") from err
-    df = pd.read_parquet(io.BytesIO(storage.read_bytes(version.uri)))
+    try:
+        df = pd.read_parquet(io.BytesIO(storage.read_bytes(version.uri)))
+    except FileNotFoundError as err:
+        raise KfopsError(f"data version {sha256} is incomplete: {version.uri} is missing") from err
     actual = canonical_sha256(df)
     if actual != sha256:
         raise KfopsError(f"data version {sha256} at {version.uri} is corrupt: its content hashes to {actual}")
     return df, version
 
 
-def version_data(data_uri: str, store: str, target: str, data_version: str = "",
-                 numeric: list[str] | None = None, categorical: list[str] | None = None,
-                 drop: list[str] | None = None, time_column: str = "",
-                 positive_class: str = "") -> tuple[DataVersion, Schema]:
+def version_data(
+    data_uri: str,
+    store: str,
+    target: str,
+    data_version: str = "",
+    numeric: list[str] | None = None,
+    categorical: list[str] | None = None,
+    drop: list[str] | None = None,
+    time_column: str = "",
+    positive_class: str = "",
+) -> tuple[DataVersion, Schema]:
     """Read (or look up) the data, check it, and make sure its snapshot is stored. Returns its version."""
     if data_version:
         df, version = read_snapshot(store, data_version)
@@ -269,15 +308,20 @@ def version_data(data_uri: str, store: str, target: str, data_version: str = "",
 def split_frame(df: pd.DataFrame, target: str, config: SplitConfig) -> dict[str, pd.DataFrame]:
     """Seeded split into train/validation/test: stratified on the target, or by time when a column is set."""
     config.check()
+    if target not in df.columns:
+        raise KfopsError(f"split: target column '{target}' not found; columns are: {', '.join(df.columns)}")
     n = len(df)
     if config.by_time:
         if not config.time_column or config.time_column not in df.columns:
             raise KfopsError(f"split by time needs a time column; got {config.time_column!r}")
         order = np.argsort(pd.to_datetime(df[config.time_column], utc=True).to_numpy(), kind="stable")
-        n_test = int(round(n * config.test_fraction))
-        n_val = int(round(n * config.validation_fraction))
-        parts = {"train": order[: n - n_val - n_test], "validation": order[n - n_val - n_test: n - n_test],
-                 "test": order[n - n_test:]}
+        n_test = round(n * config.test_fraction)
+        n_val = round(n * config.validation_fraction)
+        parts = {
+            "train": order[: n - n_val - n_test],
+            "validation": order[n - n_val - n_test : n - n_test],
+            "test": order[n - n_test :],
+        }
     else:
         rng = np.random.default_rng(config.seed)
         labels = df[target].astype(str).to_numpy()
@@ -285,20 +329,24 @@ def split_frame(df: pd.DataFrame, target: str, config: SplitConfig) -> dict[str,
         for label in sorted(set(labels)):
             idx = np.flatnonzero(labels == label)
             rng.shuffle(idx)
-            n_test = int(round(len(idx) * config.test_fraction))
-            n_val = int(round(len(idx) * config.validation_fraction))
+            n_test = round(len(idx) * config.test_fraction)
+            n_val = round(len(idx) * config.validation_fraction)
             parts["test"].append(idx[:n_test])
-            parts["validation"].append(idx[n_test:n_test + n_val])
-            parts["train"].append(idx[n_test + n_val:])
+            parts["validation"].append(idx[n_test : n_test + n_val])
+            parts["train"].append(idx[n_test + n_val :])
         parts = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     splits = {name: df.iloc[idx].reset_index(drop=True) for name, idx in parts.items()}
     for name, frame in splits.items():
         if frame.empty:
-            raise KfopsError(f"split '{name}' is empty: {n} rows are too few for the fractions "
-                             f"{config.validation_fraction}/{config.test_fraction}")
+            raise KfopsError(
+                f"split '{name}' is empty: {n} rows are too few for the fractions "
+                f"{config.validation_fraction}/{config.test_fraction}"
+            )
         if frame[target].nunique() < 2:
-            raise KfopsError(f"split '{name}' has only one class of '{target}' ({len(frame)} rows); "
-                             "use more data or a stratified split")
+            raise KfopsError(
+                f"split '{name}' has only one class of '{target}' ({len(frame)} rows); "
+                "use more data or a stratified split"
+            )
     return splits
 
 

@@ -25,25 +25,38 @@ def preprocess(
     from kfops.components.preprocess.logic import encode_labels, fit_feature_spec, save_matrix, transform_features
 
     schema = schema_from_json(schema_json)
-    frames = {name: pd.read_parquet(a.path) for name, a in
-              (("train", train), ("validation", validation), ("test", test))}
+    frames = {
+        name: pd.read_parquet(a.path) for name, a in (("train", train), ("validation", validation), ("test", test))
+    }
     spec = fit_feature_spec(
-        frames["train"], schema.target, schema.numeric, schema.categorical, schema.positive_class,
-        schema.negative_class, dropped=schema.dropped, data_sha256=data_sha256,
-        max_categories=int(max_categories), min_frequency=int(min_frequency),
+        frames["train"],
+        schema.target,
+        schema.numeric,
+        schema.categorical,
+        schema.positive_class,
+        schema.negative_class,
+        dropped=schema.dropped,
+        data_sha256=data_sha256,
+        max_categories=int(max_categories),
+        min_frequency=int(min_frequency),
     )
     spec.save(feature_spec.path)
-    feature_spec.metadata.update({
-        "features": len(spec.columns), "input_width": spec.input_width, "target": spec.target,
-        "positive_class": spec.positive_class, "sha256": data_sha256,
-    })
-    for name, artifact in (("train", train_features), ("validation", validation_features),
-                           ("test", test_features)):
+    feature_spec.metadata.update(
+        {
+            "features": len(spec.columns),
+            "input_width": spec.input_width,
+            "target": spec.target,
+            "positive_class": spec.positive_class,
+            "sha256": data_sha256,
+        }
+    )
+    for name, artifact in (("train", train_features), ("validation", validation_features), ("test", test_features)):
         frame = frames[name]
         features = transform_features(spec, frame, source=f"{name} split")
         save_matrix(artifact.path, features, encode_labels(spec, frame[spec.target], source=f"{name} split"))
-        artifact.metadata.update({"split": name, "rows": len(frame), "columns": int(features.shape[1]),
-                                  "sha256": data_sha256})
+        artifact.metadata.update(
+            {"split": name, "rows": len(frame), "columns": int(features.shape[1]), "sha256": data_sha256}
+        )
 
 
 preprocess_op = component_op(preprocess)

@@ -18,13 +18,26 @@ DEFAULT_MAX_CATEGORIES = 50
 DEFAULT_MIN_FREQUENCY = 5
 
 
-def fit_feature_spec(train: pd.DataFrame, target: str, numeric: list[str], categorical: list[str],
-                     positive_class: str, negative_class: str, dropped: list[str] | None = None,
-                     data_sha256: str = "", max_categories: int = DEFAULT_MAX_CATEGORIES,
-                     min_frequency: int = DEFAULT_MIN_FREQUENCY) -> FeatureSpec:
+def fit_feature_spec(
+    train: pd.DataFrame,
+    target: str,
+    numeric: list[str],
+    categorical: list[str],
+    positive_class: str,
+    negative_class: str,
+    dropped: list[str] | None = None,
+    data_sha256: str = "",
+    max_categories: int = DEFAULT_MAX_CATEGORIES,
+    min_frequency: int = DEFAULT_MIN_FREQUENCY,
+) -> FeatureSpec:
     """Fit the transform's statistics and vocabularies on the training split."""
     if train.empty:
         raise KfopsError("preprocess: the training split is empty")
+    absent = [c for c in [target, *numeric, *categorical] if c not in train.columns]
+    if absent:
+        raise KfopsError(
+            f"preprocess: column(s) {absent} are not in the training split; it has {', '.join(map(str, train.columns))}"
+        )
     columns: list[ColumnSpec] = []
     for name in numeric:
         values = pd.to_numeric(train[name], errors="coerce").astype(np.float64)
@@ -33,11 +46,19 @@ def fit_feature_spec(train: pd.DataFrame, target: str, numeric: list[str], categ
             raise KfopsError(f"preprocess: numeric column '{name}' is empty in the training split")
         std = float(present.std(ddof=0))
         missing = float(values.isna().mean())
-        columns.append(ColumnSpec(
-            name=name, kind="numeric", mean=float(present.mean()), std=std if std > 1e-12 else 1.0,
-            median=float(present.median()), min=float(present.min()), max=float(present.max()),
-            missing_fraction=missing, add_missing_indicator=missing > 0.0,
-        ))
+        columns.append(
+            ColumnSpec(
+                name=name,
+                kind="numeric",
+                mean=float(present.mean()),
+                std=std if std > 1e-12 else 1.0,
+                median=float(present.median()),
+                min=float(present.min()),
+                max=float(present.max()),
+                missing_fraction=missing,
+                add_missing_indicator=missing > 0.0,
+            )
+        )
     for name in categorical:
         values = train[name]
         counts = values.dropna().astype(str).value_counts()
@@ -47,15 +68,24 @@ def fit_feature_spec(train: pd.DataFrame, target: str, numeric: list[str], categ
         if kept.empty:
             kept = counts.head(max_categories)
         total = float(len(values))
-        columns.append(ColumnSpec(
-            name=name, kind="categorical", vocabulary=[str(v) for v in kept.index],
-            frequencies=[float(c) / total for c in kept.to_numpy()],
-            missing_fraction=float(values.isna().mean()),
-        ))
+        columns.append(
+            ColumnSpec(
+                name=name,
+                kind="categorical",
+                vocabulary=[str(v) for v in kept.index],
+                frequencies=[float(c) / total for c in kept.to_numpy()],
+                missing_fraction=float(values.isna().mean()),
+            )
+        )
     labels = train[target].astype(str)
     return FeatureSpec(
-        target=target, positive_class=positive_class, negative_class=negative_class, columns=columns,
-        dropped_columns=list(dropped or []), data_sha256=data_sha256, train_rows=len(train),
+        target=target,
+        positive_class=positive_class,
+        negative_class=negative_class,
+        columns=columns,
+        dropped_columns=list(dropped or []),
+        data_sha256=data_sha256,
+        train_rows=len(train),
         positive_rate=float((labels == positive_class).mean()),
     )
 
@@ -64,22 +94,25 @@ def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "in
     """Turn raw feature rows into the model's float32 matrix. Missing feature columns are an error."""
     missing = [c.name for c in spec.columns if c.name not in frame.columns]
     if missing:
-        raise KfopsError(f"{source}: missing feature column(s) {missing}; the model expects "
-                         f"{spec.feature_names}")
+        raise KfopsError(f"{source}: missing feature column(s) {missing}; the model expects {spec.feature_names}")
     n = len(frame)
     out = np.zeros((n, spec.input_width), dtype=np.float32)
     at = 0
     for col in spec.columns:
         raw = frame[col.name]
         if col.kind == "numeric":
-            values = raw.to_numpy(dtype=np.float64, na_value=np.nan) if pd.api.types.is_numeric_dtype(raw) \
+            values = (
+                raw.to_numpy(dtype=np.float64, na_value=np.nan)
+                if pd.api.types.is_numeric_dtype(raw)
                 else pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+            )
             if not pd.api.types.is_numeric_dtype(raw):
                 bad = raw.notna().to_numpy() & np.isnan(values)
                 if bad.any():
                     first = int(np.flatnonzero(bad)[0])
-                    raise KfopsError(f"{source}: column '{col.name}' must be numeric; row {first} has "
-                                     f"{raw.iloc[first]!r}")
+                    raise KfopsError(
+                        f"{source}: column '{col.name}' must be numeric; row {first} has {raw.iloc[first]!r}"
+                    )
             is_missing = np.isnan(values)
             out[:, at] = (np.where(is_missing, col.median, values) - col.mean) / col.std
             if col.add_missing_indicator:
@@ -98,8 +131,7 @@ def model_input_frame(spec: FeatureSpec, frame: pd.DataFrame, source: str = "inp
     str (missing as None). MLflow refuses to widen int64 to float64 by itself."""
     missing = [c.name for c in spec.columns if c.name not in frame.columns]
     if missing:
-        raise KfopsError(f"{source}: missing feature column(s) {missing}; the model expects "
-                         f"{spec.feature_names}")
+        raise KfopsError(f"{source}: missing feature column(s) {missing}; the model expects {spec.feature_names}")
     out = {}
     for col in spec.columns:
         raw = frame[col.name]
@@ -120,8 +152,10 @@ def encode_labels(spec: FeatureSpec, labels: pd.Series, source: str = "input") -
     text = labels.astype(str)
     unknown = ~text.isin([spec.positive_class, spec.negative_class])
     if unknown.any():
-        raise KfopsError(f"{source}: target '{spec.target}' has value(s) {sorted(text[unknown].unique())[:5]} "
-                         f"besides {spec.negative_class!r} and {spec.positive_class!r}")
+        raise KfopsError(
+            f"{source}: target '{spec.target}' has value(s) {sorted(text[unknown].unique())[:5]} "
+            f"besides {spec.negative_class!r} and {spec.positive_class!r}"
+        )
     return (text == spec.positive_class).to_numpy(dtype=np.float32)
 
 

@@ -7,6 +7,7 @@ version instead of adding a copy. Promotion to ``champion`` keeps the version it
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from kfops.components.contracts import (
@@ -43,9 +44,17 @@ def _existing_version(client, name: str, run_id: str, model_uri: str):
     return None
 
 
-def register_model(model_uri: str, run_id: str, name: str, evaluation: EvaluationResult | None = None,
-                   data_sha256: str = "", pipeline_run: str = "", description: str = "",
-                   promote_champion: bool = False, tracking_uri: str = "") -> RegisterOutcome:
+def register_model(
+    model_uri: str,
+    run_id: str,
+    name: str,
+    evaluation: EvaluationResult | None = None,
+    data_sha256: str = "",
+    pipeline_run: str = "",
+    description: str = "",
+    promote_champion: bool = False,
+    tracking_uri: str = "",
+) -> RegisterOutcome:
     """Register (or reuse) the version for ``model_uri``, tag it, alias it challenger, optionally champion."""
     import mlflow
 
@@ -64,13 +73,13 @@ def register_model(model_uri: str, run_id: str, name: str, evaluation: Evaluatio
         reused = False
     number = str(version.version)
     text = description or (
-        f"MLP classifier trained on data {data_sha256[:12]}" + (f" by pipeline run {pipeline_run}" if pipeline_run
-                                                                else "")
+        f"MLP classifier trained on data {data_sha256[:12]}"
+        + (f" by pipeline run {pipeline_run}" if pipeline_run else "")
     )
     client.update_model_version(name=name, version=number, description=text)
     tags = {"kfops.data_sha256": data_sha256, "kfops.pipeline_run": pipeline_run, "kfops.run_id": run_id}
     if evaluation is not None:
-        tags.update({f"kfops.metric.{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()})
+        tags.update({f"kfops.metric.{k}": f"{v:.6g}" for k, v in evaluation.metrics.items() if math.isfinite(v)})
     for key, value in tags.items():
         if value:
             client.set_model_version_tag(name, number, key, value)

@@ -24,6 +24,7 @@ def train(
     early_stopping_patience: int,
     seed: int,
     device: str,
+    threshold: float,
     experiment: str,
     mlflow_tracking_uri: str,
     tensorboard_root: str,
@@ -38,24 +39,54 @@ def train(
     from kfops.components.train.logic import train_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = TrainConfig.from_dict(dict(
-        hidden_sizes=hidden_sizes, dropout=dropout, learning_rate=learning_rate, batch_size=batch_size,
-        epochs=epochs, optimizer=optimizer, weight_decay=weight_decay, class_weighting=class_weighting,
-        early_stopping_patience=early_stopping_patience, seed=seed, device=device,
-    ))
-    outcome = train_model(
-        train_features.path, validation_features.path, feature_spec.path, raw_train.path, config, model.path,
-        tensorboard.path, experiment=experiment, tracking_uri=mlflow_tracking_uri,
-        data_uri=raw_train.metadata.get("source", ""), data_sha256=data_sha256, tensorboard_root=tensorboard_root,
+    config = TrainConfig.from_dict(
+        dict(
+            hidden_sizes=hidden_sizes,
+            dropout=dropout,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            class_weighting=class_weighting,
+            early_stopping_patience=early_stopping_patience,
+            seed=seed,
+            device=device,
+            decision_threshold=threshold,
+        )
     )
-    model.metadata.update({
-        "run_id": outcome.run_id, "model_uri": outcome.model_uri, "experiment_id": outcome.experiment_id,
-        "best_epoch": outcome.best_epoch, "val_loss": outcome.best_val_loss, "device": outcome.device,
-        "framework": "pytorch", "flavor": "mlflow.pyfunc", "sha256": data_sha256,
-    })
+    outcome = train_model(
+        train_features.path,
+        validation_features.path,
+        feature_spec.path,
+        raw_train.path,
+        config,
+        model.path,
+        tensorboard.path,
+        experiment=experiment,
+        tracking_uri=mlflow_tracking_uri,
+        data_uri=raw_train.metadata.get("source", ""),
+        data_sha256=data_sha256,
+        tensorboard_root=tensorboard_root,
+    )
+    model.metadata.update(
+        {
+            "run_id": outcome.run_id,
+            "model_uri": outcome.model_uri,
+            "experiment_id": outcome.experiment_id,
+            "best_epoch": outcome.best_epoch,
+            "val_loss": outcome.best_val_loss,
+            "device": outcome.device,
+            "framework": "pytorch",
+            "flavor": "mlflow.pyfunc",
+            "sha256": data_sha256,
+        }
+    )
     tensorboard.metadata.update({"run_id": outcome.run_id, "log_dir": outcome.tensorboard_uri or tensorboard.uri})
-    print(f"MLflow run {outcome.run_id}: best epoch {outcome.best_epoch} of {outcome.epochs_run}, "
-          f"val_loss {outcome.best_val_loss:.4f}, {outcome.samples_per_second:,.0f} samples/s on {outcome.device}")
+    print(
+        f"MLflow run {outcome.run_id}: best epoch {outcome.best_epoch} of {outcome.epochs_run}, "
+        f"val_loss {outcome.best_val_loss:.4f}, {outcome.samples_per_second:,.0f} samples/s on {outcome.device}"
+    )
     outputs = namedtuple("TrainOutputs", ["run_id", "model_uri", "val_loss"])
     return outputs(outcome.run_id, outcome.model_uri, float(outcome.best_val_loss))
 

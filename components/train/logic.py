@@ -75,8 +75,14 @@ def git_commit() -> str:
     if os.environ.get("KFOPS_GIT_COMMIT"):
         return os.environ["KFOPS_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -96,9 +102,9 @@ def model_signature(spec: FeatureSpec):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    inputs = Schema([
-        ColSpec("double" if c.kind == "numeric" else "string", c.name, required=False) for c in spec.columns
-    ])
+    inputs = Schema(
+        [ColSpec("double" if c.kind == "numeric" else "string", c.name, required=False) for c in spec.columns]
+    )
     outputs = Schema([ColSpec("string", "prediction"), ColSpec("double", "probability")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -115,10 +121,23 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version}" for name, version in versions.items() if version != "not installed"]
 
 
-def train_model(train_path: str, validation_path: str, spec_path: str, raw_example_path: str,
-                config: TrainConfig, model_dir: str, tensorboard_dir: str, *, experiment: str = DEFAULT_EXPERIMENT,
-                tracking_uri: str = "", data_uri: str = "", data_sha256: str = "", image: str = "",
-                tensorboard_root: str = "", run_name: str = "") -> TrainOutcome:
+def train_model(
+    train_path: str,
+    validation_path: str,
+    spec_path: str,
+    raw_example_path: str,
+    config: TrainConfig,
+    model_dir: str,
+    tensorboard_dir: str,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    tracking_uri: str = "",
+    data_uri: str = "",
+    data_sha256: str = "",
+    image: str = "",
+    tensorboard_root: str = "",
+    run_name: str = "",
+) -> TrainOutcome:
     """Train, log to MLflow and TensorBoard, and save the pyfunc model to ``model_dir``."""
     import mlflow
     import pandas as pd
@@ -133,8 +152,10 @@ def train_model(train_path: str, validation_path: str, spec_path: str, raw_examp
     x_train, y_train = load_matrix(train_path)
     x_val, y_val = load_matrix(validation_path)
     if x_train.shape[1] != spec.input_width:
-        raise KfopsError(f"train: features in {train_path} have {x_train.shape[1]} columns but the feature spec "
-                         f"{spec_path} describes {spec.input_width}")
+        raise KfopsError(
+            f"train: features in {train_path} have {x_train.shape[1]} columns but the feature spec "
+            f"{spec_path} describes {spec.input_width}"
+        )
     set_tracking(tracking_uri)
     experiment_id = ensure_experiment(experiment)
     example = input_example(spec, pd.read_parquet(raw_example_path, columns=spec.feature_names))
@@ -142,24 +163,31 @@ def train_model(train_path: str, validation_path: str, spec_path: str, raw_examp
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None) as run:
         run_id = run.info.run_id
-        mlflow.set_tags({
-            "kfops.stage": "train",
-            "kfops.data_uri": data_uri,
-            "kfops.data_sha256": data_sha256,
-            "kfops.git_commit": git_commit(),
-            "kfops.image": image or os.environ.get("KFOPS_IMAGE", "local"),
-            "kfops.seed": str(config.seed),
-            "kfops.python": platform.python_version(),
-            **{f"kfops.version.{name}": version for name, version in versions.items()},
-            "mlflow.note.content": f"MLP {config.hidden_sizes} on data {data_sha256[:12]} from {data_uri}",
-        })
+        mlflow.set_tags(
+            {
+                "kfops.stage": "train",
+                "kfops.data_uri": data_uri,
+                "kfops.data_sha256": data_sha256,
+                "kfops.git_commit": git_commit(),
+                "kfops.image": image or os.environ.get("KFOPS_IMAGE", "local"),
+                "kfops.seed": str(config.seed),
+                "kfops.python": platform.python_version(),
+                **{f"kfops.version.{name}": version for name, version in versions.items()},
+                "mlflow.note.content": f"MLP {config.hidden_sizes} on data {data_sha256[:12]} from {data_uri}",
+            }
+        )
         params = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in config.to_dict().items()}
-        params.update({
-            "train_rows": len(x_train), "validation_rows": len(x_val), "input_width": spec.input_width,
-            "numeric_features": len([c for c in spec.columns if c.kind == "numeric"]),
-            "categorical_features": len([c for c in spec.columns if c.kind == "categorical"]),
-            "positive_class": spec.positive_class, "data_sha256": data_sha256,
-        })
+        params.update(
+            {
+                "train_rows": len(x_train),
+                "validation_rows": len(x_val),
+                "input_width": spec.input_width,
+                "numeric_features": len([c for c in spec.columns if c.kind == "numeric"]),
+                "categorical_features": len([c for c in spec.columns if c.kind == "categorical"]),
+                "positive_class": spec.positive_class,
+                "data_sha256": data_sha256,
+            }
+        )
         mlflow.log_params(params)
 
         Path(tensorboard_dir).mkdir(parents=True, exist_ok=True)
@@ -172,23 +200,39 @@ def train_model(train_path: str, validation_path: str, spec_path: str, raw_examp
             for name, value in row.items():
                 if name != "epoch":
                     writer.add_scalar(name.replace("_", "/", 1), value, step)
-            log.info("epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f", step, row["train_loss"],
-                     row["val_loss"], row["val_accuracy"])
+            log.info(
+                "epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f",
+                step,
+                row["train_loss"],
+                row["val_loss"],
+                row["val_accuracy"],
+            )
 
         try:
             result = fit(x_train, y_train, x_val, y_val, config, on_epoch=on_epoch)
         finally:
             writer.close()
-        mlflow.log_metrics({"val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
-                            "train_samples_per_second": result.samples_per_second,
-                            "train_seconds": result.train_seconds})
+        mlflow.log_metrics(
+            {
+                "val_loss": result.best_val_loss,
+                "best_epoch": result.best_epoch,
+                "train_samples_per_second": result.samples_per_second,
+                "train_seconds": result.train_seconds,
+            }
+        )
         mlflow.set_tags({"kfops.device": result.device, "kfops.cuda_graphs": str(result.cuda_graphs)})
         resolved = {
-            "train": config.to_dict(), "device": result.device, "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early, "data": {"uri": data_uri, "sha256": data_sha256},
-            "features": {"numeric": [c.name for c in spec.columns if c.kind == "numeric"],
-                         "categorical": [c.name for c in spec.columns if c.kind == "categorical"],
-                         "target": spec.target, "positive_class": spec.positive_class},
+            "train": config.to_dict(),
+            "device": result.device,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "data": {"uri": data_uri, "sha256": data_sha256},
+            "features": {
+                "numeric": [c.name for c in spec.columns if c.kind == "numeric"],
+                "categorical": [c.name for c in spec.columns if c.kind == "categorical"],
+                "target": spec.target,
+                "positive_class": spec.positive_class,
+            },
             "history": result.history,
         }
         mlflow.log_dict(resolved, "config/resolved_config.json")
@@ -200,22 +244,38 @@ def train_model(train_path: str, validation_path: str, spec_path: str, raw_examp
             mlflow.set_tag("kfops.tensorboard_uri", tensorboard_uri)
 
         with tempfile.TemporaryDirectory() as tmp:
-            weights, network_config = save_network(tmp, result.model, spec.input_width, config.hidden_sizes,
-                                                   config.dropout)
+            weights, network_config = save_network(
+                tmp,
+                result.model,
+                spec.input_width,
+                config.hidden_sizes,
+                config.dropout,
+                threshold=config.decision_threshold,
+            )
             spec_copy = Path(tmp, "feature_spec.json")
             shutil.copyfile(spec_path, spec_copy)
-            artifacts = {"network": str(weights), "network_config": str(network_config),
-                         "feature_spec": str(spec_copy)}
-            model_kwargs = dict(python_model=TabularClassifier(), artifacts=artifacts,
-                                signature=model_signature(spec), input_example=example,
-                                pip_requirements=pip_requirements())
+            artifacts = {"network": str(weights), "network_config": str(network_config), "feature_spec": str(spec_copy)}
+            model_kwargs = dict(
+                python_model=TabularClassifier(),
+                artifacts=artifacts,
+                signature=model_signature(spec),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+            )
             if Path(model_dir).exists():
                 shutil.rmtree(model_dir)
             mlflow.pyfunc.save_model(path=model_dir, **model_kwargs)
             info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
 
     return TrainOutcome(
-        run_id=run_id, experiment_id=experiment_id, model_uri=info.model_uri, model_id=info.model_id or "",
-        best_epoch=result.best_epoch, best_val_loss=result.best_val_loss, epochs_run=len(result.history),
-        device=result.device, samples_per_second=result.samples_per_second, tensorboard_uri=tensorboard_uri,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_uri=info.model_uri,
+        model_id=info.model_id or "",
+        best_epoch=result.best_epoch,
+        best_val_loss=result.best_val_loss,
+        epochs_run=len(result.history),
+        device=result.device,
+        samples_per_second=result.samples_per_second,
+        tensorboard_uri=tensorboard_uri,
     )

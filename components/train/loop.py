@@ -32,7 +32,8 @@ GRAPH_WARMUP_STEPS = 3
 def cpu_limit() -> int:
     """CPUs this process may use: the cgroup quota when set, else the affinity mask."""
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()
         if quota != "max":
             return max(1, math.floor(int(quota) / int(period)))
     except (OSError, ValueError):
@@ -81,8 +82,7 @@ def make_optimizer(model, config: TrainConfig, device: str, capturable: bool = F
         return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, **options)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, **options)
-    return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9, weight_decay=config.weight_decay,
-                           fused=True)
+    return torch.optim.SGD(params, lr=config.learning_rate, momentum=0.9, weight_decay=config.weight_decay, fused=True)
 
 
 @dataclass
@@ -170,13 +170,19 @@ def predict_logits(model, features, device: str, batch: int = EVAL_BATCH):
     out = []
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
         for start in range(0, features.shape[0], batch):
-            out.append(model(features[start:start + batch]).squeeze(-1).float())
+            out.append(model(features[start : start + batch]).squeeze(-1).float())
     model.train()
     return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
-def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, config: TrainConfig,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+def fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: TrainConfig,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
     """Train the MLP with early stopping on validation loss; return the best epoch's model on the CPU."""
     import torch
 
@@ -224,7 +230,7 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
         stepper.loss_sum.zero_()
         for step in range(steps):
             lo = step * batch
-            stepper.step(xs[lo:lo + batch], ys[lo:lo + batch])
+            stepper.step(xs[lo : lo + batch], ys[lo : lo + batch])
         seen = steps * batch if use_graph else n
         trained_samples += seen
         val_logits = predict_logits(model, xv, device)
@@ -232,13 +238,17 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
         train_loss = float(stepper.loss_sum) / seen
         val_prob = torch.sigmoid(val_logits).cpu().numpy()
         row = {
-            "epoch": float(epoch + 1), "train_loss": train_loss, "val_loss": val_loss,
+            "epoch": float(epoch + 1),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
             "val_accuracy": float(((val_prob >= 0.5) == (y_val >= 0.5)).mean()),
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise KfopsError(f"train: loss became {train_loss} (train) / {val_loss} (validation) in epoch "
-                             f"{epoch + 1}; lower the learning rate ({config.learning_rate})")
+            raise KfopsError(
+                f"train: loss became {train_loss} (train) / {val_loss} (validation) in epoch "
+                f"{epoch + 1}; lower the learning rate ({config.learning_rate})"
+            )
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -18,8 +18,9 @@ NETWORK_CONFIG_FILE = "network.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
 
 
-def save_network(directory: str | Path, model, input_width: int, hidden_sizes: list[int], dropout: float,
-                 threshold: float = 0.5) -> tuple[Path, Path]:
+def save_network(
+    directory: str | Path, model, input_width: int, hidden_sizes: list[int], dropout: float, threshold: float = 0.5
+) -> tuple[Path, Path]:
     """Write the torch weights and the architecture they need; return both paths."""
     import torch
 
@@ -28,8 +29,17 @@ def save_network(directory: str | Path, model, input_width: int, hidden_sizes: l
     weights = directory / NETWORK_FILE
     torch.save(model.state_dict(), weights)
     config = directory / NETWORK_CONFIG_FILE
-    config.write_text(json.dumps({"input_width": input_width, "hidden_sizes": list(hidden_sizes),
-                                  "dropout": dropout, "threshold": threshold}, indent=2))
+    config.write_text(
+        json.dumps(
+            {
+                "input_width": input_width,
+                "hidden_sizes": list(hidden_sizes),
+                "dropout": dropout,
+                "threshold": threshold,
+            },
+            indent=2,
+        )
+    )
     return weights, config
 
 

@@ -61,3 +61,12 @@ def test_confusion_matrix_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert EvaluationResult.from_json(result.to_json()) == result
     assert json.loads(result.to_json())["labels"] == ["0", "1"]
+
+
+def test_undefined_metrics_are_null_in_json():
+    result = EvaluationResult(
+        metrics={"roc_auc": float("nan"), "accuracy": 1.0}, confusion_matrix=[[2, 0], [0, 0]], labels=["0", "1"]
+    )
+    text = result.to_json()
+    assert '"roc_auc": null' in text and "NaN" not in text
+    assert np.isnan(EvaluationResult.from_json(text).metrics["roc_auc"])

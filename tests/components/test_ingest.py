@@ -24,7 +24,8 @@ def test_sha256_is_the_same_for_csv_and_parquet_of_the_same_data(tmp_path, trans
     frame.to_csv(tmp_path / "a.csv", index=False)
     frame.to_parquet(tmp_path / "a.parquet", index=False)
     assert canonical_sha256(read_table(str(tmp_path / "a.csv"))) == canonical_sha256(
-        read_table(str(tmp_path / "a.parquet")))
+        read_table(str(tmp_path / "a.parquet"))
+    )
 
 
 def test_sha256_ignores_column_order_but_not_values_rows_or_names(transactions):
@@ -76,8 +77,9 @@ def test_schema_inference_kinds_ids_and_timestamps(transactions):
 
 def test_declared_features_and_positive_class(transactions):
     labelled = transactions.assign(label=np.where(transactions.is_fraud == 1, "fraud", "legit"))
-    schema = resolve_schema(labelled.drop(columns=["is_fraud"]), "t", "label", numeric=["amount"],
-                            categorical=["country"])
+    schema = resolve_schema(
+        labelled.drop(columns=["is_fraud"]), "t", "label", numeric=["amount"], categorical=["country"]
+    )
     assert schema.numeric == ["amount"] and schema.categorical == ["country"]
     assert schema.positive_class == "fraud"  # the rarer class when no label reads as positive
     chosen = resolve_schema(labelled, "t", "label", numeric=["amount"], positive_class="legit")
@@ -176,7 +178,7 @@ def test_time_split_puts_the_newest_rows_last(transactions):
 
 
 def test_split_config_is_checked(transactions):
-    with pytest.raises(KfopsError, match="test_fraction must be between 0 and 0.5"):
+    with pytest.raises(KfopsError, match=r"test_fraction must be between 0 and 0\.5"):
         split_frame(transactions, "is_fraud", SplitConfig(test_fraction=0.7))
     tiny = transactions[transactions.is_fraud == 0].head(30)
     tiny = pd.concat([tiny, transactions[transactions.is_fraud == 1].head(1)])
@@ -207,3 +209,12 @@ def test_unreachable_s3_endpoint_names_endpoint_and_uri(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     with pytest.raises(KfopsError, match=rf"cannot reach S3 endpoint {endpoint} for s3://bucket/data\.csv"):
         read_table("s3://bucket/data.csv")
+
+
+def test_a_feature_cannot_also_be_the_target_time_or_dropped(transactions):
+    with pytest.raises(KfopsError, match=r"feature column\(s\) \['is_fraud'\] are also the target"):
+        resolve_schema(transactions, "d", "is_fraud", numeric=["amount", "is_fraud"])
+    with pytest.raises(KfopsError, match=r"\['amount'\] are also dropped"):
+        resolve_schema(transactions, "d", "is_fraud", numeric=["amount"], drop=["amount"])
+    with pytest.raises(KfopsError, match="also the time column"):
+        resolve_schema(transactions, "d", "is_fraud", categorical=["event_time"], time_column="event_time")

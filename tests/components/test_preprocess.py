@@ -15,12 +15,14 @@ from kfops.components.preprocess.logic import (
 
 @pytest.fixture
 def frame():
-    return pd.DataFrame({
-        "amount": [10.0, 20.0, np.nan, 40.0, 30.0, 20.0],
-        "count": [1, 2, 3, 4, 5, 6],
-        "channel": ["web", "web", "pos", None, "web", "pos"],
-        "y": ["no", "yes", "no", "no", "yes", "no"],
-    })
+    return pd.DataFrame(
+        {
+            "amount": [10.0, 20.0, np.nan, 40.0, 30.0, 20.0],
+            "count": [1, 2, 3, 4, 5, 6],
+            "channel": ["web", "web", "pos", None, "web", "pos"],
+            "y": ["no", "yes", "no", "no", "yes", "no"],
+        }
+    )
 
 
 def fit(frame, **kw):

@@ -20,9 +20,17 @@ def two_models(tmp_path_factory, prepared, fast_config):
     os.environ["MLFLOW_TRACKING_URI"], os.environ["KFOPS_MLFLOW_ARTIFACT_ROOT"] = uri, str(root / "art")
     try:
         outcomes = [
-            train_model(str(prepared["train_matrix"]), str(prepared["validation_matrix"]), str(prepared["spec"]),
-                        str(prepared["train_raw"]), fast_config, str(root / f"model{i}"), str(root / f"tb{i}"),
-                        experiment="reg", data_sha256=prepared["sha256"])
+            train_model(
+                str(prepared["train_matrix"]),
+                str(prepared["validation_matrix"]),
+                str(prepared["spec"]),
+                str(prepared["train_raw"]),
+                fast_config,
+                str(root / f"model{i}"),
+                str(root / f"tb{i}"),
+                experiment="reg",
+                data_sha256=prepared["sha256"],
+            )
             for i in range(2)
         ]
     finally:
@@ -39,10 +47,18 @@ def test_register_tags_aliases_and_reuse(two_models):
     import mlflow
 
     uri, (first, second) = two_models
-    evaluation = EvaluationResult(metrics={"accuracy": 0.97, "f1": 0.8}, confusion_matrix=[[1, 0], [0, 1]],
-                                  labels=["0", "1"])
-    out = register_model(first.model_uri, first.run_id, "fraud", evaluation=evaluation, data_sha256="abc123",
-                         pipeline_run="run-1", tracking_uri=uri)
+    evaluation = EvaluationResult(
+        metrics={"accuracy": 0.97, "f1": 0.8}, confusion_matrix=[[1, 0], [0, 1]], labels=["0", "1"]
+    )
+    out = register_model(
+        first.model_uri,
+        first.run_id,
+        "fraud",
+        evaluation=evaluation,
+        data_sha256="abc123",
+        pipeline_run="run-1",
+        tracking_uri=uri,
+    )
     client = mlflow.MlflowClient()
     version = client.get_model_version("fraud", out.version)
     assert out.version == "1" and out.aliases == ["challenger"] and not out.reused

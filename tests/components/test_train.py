@@ -10,8 +10,8 @@ import pytest
 
 from kfops.components.contracts import KfopsError, TrainConfig
 from kfops.components.preprocess.logic import load_matrix
-from kfops.components.train.loop import build_mlp, fit
 from kfops.components.train.logic import train_model
+from kfops.components.train.loop import build_mlp, fit
 
 
 def matrices(prepared):
@@ -56,11 +56,18 @@ def test_early_stopping(prepared, fast_config):
     assert result.stopped_early and len(result.history) == 3
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("hidden_sizes", [], "hidden_sizes"), ("dropout", 1.5, "dropout"), ("learning_rate", 0, "learning_rate"),
-    ("batch_size", 0, "batch_size"), ("optimizer", "lbfgs", "optimizer"), ("device", "tpu", "device"),
-    ("class_weighting", "x", "class_weighting"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("hidden_sizes", [], "hidden_sizes"),
+        ("dropout", 1.5, "dropout"),
+        ("learning_rate", 0, "learning_rate"),
+        ("batch_size", 0, "batch_size"),
+        ("optimizer", "lbfgs", "optimizer"),
+        ("device", "tpu", "device"),
+        ("class_weighting", "x", "class_weighting"),
+    ],
+)
 def test_bad_config_is_refused(field, value, message):
     with pytest.raises(KfopsError, match=message):
         dataclasses.replace(TrainConfig(), **{field: value}).check()
@@ -94,9 +101,16 @@ def test_train_model_logs_everything_to_mlflow_and_tensorboard(tmp_path, prepare
     import mlflow.pyfunc
 
     outcome = train_model(
-        str(prepared["train_matrix"]), str(prepared["validation_matrix"]), str(prepared["spec"]),
-        str(prepared["train_raw"]), fast_config, str(tmp_path / "model"), str(tmp_path / "tb"),
-        experiment="unit", data_uri="s3://raw/tx.parquet", data_sha256=prepared["sha256"],
+        str(prepared["train_matrix"]),
+        str(prepared["validation_matrix"]),
+        str(prepared["spec"]),
+        str(prepared["train_raw"]),
+        fast_config,
+        str(tmp_path / "model"),
+        str(tmp_path / "tb"),
+        experiment="unit",
+        data_uri="s3://raw/tx.parquet",
+        data_sha256=prepared["sha256"],
         tensorboard_root=str(tmp_path / "tb-store"),
     )
     run = mlflow.MlflowClient().get_run(outcome.run_id)
@@ -110,8 +124,11 @@ def test_train_model_logs_everything_to_mlflow_and_tensorboard(tmp_path, prepare
     assert run.data.metrics["val_loss"] == pytest.approx(outcome.best_val_loss)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(outcome.run_id, "config")}
     assert "config/resolved_config.json" in artifacts
-    resolved = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=outcome.run_id, artifact_path="config/resolved_config.json")).read_text())
+    resolved = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="config/resolved_config.json")
+        ).read_text()
+    )
     assert resolved["train"]["seed"] == 3 and len(resolved["history"]) == outcome.epochs_run
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and list(Path(outcome.tensorboard_uri).glob("events.out.tfevents.*"))
@@ -120,8 +137,8 @@ def test_train_model_logs_everything_to_mlflow_and_tensorboard(tmp_path, prepare
     test = pd.read_parquet(prepared["test_raw"])
     for uri in (str(tmp_path / "model"), outcome.model_uri):
         model = mlflow.pyfunc.load_model(uri)
-        from kfops.components.preprocess.logic import model_input_frame
         from kfops.components.contracts import FeatureSpec
+        from kfops.components.preprocess.logic import model_input_frame
 
         spec = FeatureSpec.load(prepared["spec"])
         out = model.predict(model_input_frame(spec, test.head(50)))
@@ -141,9 +158,16 @@ def test_train_model_refuses_a_spec_that_does_not_match(tmp_path, prepared, fast
     spec = FeatureSpec.load(prepared["spec"])
     spec.columns = spec.columns[:-1]
     spec.save(tmp_path / "spec.json")
-    with pytest.raises(KfopsError, match="feature spec .* describes"):
-        train_model(str(prepared["train_matrix"]), str(prepared["validation_matrix"]), str(tmp_path / "spec.json"),
-                    str(prepared["train_raw"]), fast_config, str(tmp_path / "m"), str(tmp_path / "tb"))
+    with pytest.raises(KfopsError, match=r"feature spec .* describes"):
+        train_model(
+            str(prepared["train_matrix"]),
+            str(prepared["validation_matrix"]),
+            str(tmp_path / "spec.json"),
+            str(prepared["train_raw"]),
+            fast_config,
+            str(tmp_path / "m"),
+            str(tmp_path / "tb"),
+        )
 
 
 def test_no_tracking_uri_is_an_error(monkeypatch):

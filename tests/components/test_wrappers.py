@@ -23,8 +23,14 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
 
     store = str(tmp_path / "store")
     versioned = version_data_op.python_func(
-        data_uri=str(data_file), data_version="", artifact_store=store, target="is_fraud", numeric_features=[],
-        categorical_features=[], drop_columns=["transaction_id", "customer_id"], time_column="event_time",
+        data_uri=str(data_file),
+        data_version="",
+        artifact_store=store,
+        target="is_fraud",
+        numeric_features=[],
+        categorical_features=[],
+        drop_columns=["transaction_id", "customer_id"],
+        time_column="event_time",
         positive_class="",
     )
     assert len(versioned.sha256) == 64 and versioned.rows == 4000 and versioned.source == str(data_file)
@@ -32,9 +38,17 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
 
     train, validation, test = (artifact(dsl.Dataset, tmp_path, n) for n in ("train", "validation", "test"))
     split_data_op.python_func(
-        data_sha256=versioned.sha256, artifact_store=store, target="is_fraud", validation_fraction=0.15,
-        test_fraction=0.15, seed=1, time_column="event_time", split_by_time=True, train=train,
-        validation=validation, test=test,
+        data_sha256=versioned.sha256,
+        artifact_store=store,
+        target="is_fraud",
+        validation_fraction=0.15,
+        test_fraction=0.15,
+        seed=1,
+        time_column="event_time",
+        split_by_time=True,
+        train=train,
+        validation=validation,
+        test=test,
     )
     assert train.metadata["rows"] + validation.metadata["rows"] + test.metadata["rows"] == 4000
     assert test.metadata["sha256"] == versioned.sha256 and test.metadata["source"] == str(data_file)
@@ -42,20 +56,44 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
     spec = artifact(dsl.Artifact, tmp_path, "feature_spec")
     features = {n: artifact(dsl.Dataset, tmp_path, f"{n}_features") for n in ("train", "validation", "test")}
     preprocess_op.python_func(
-        train=train, validation=validation, test=test, schema_json=versioned.schema_json,
-        data_sha256=versioned.sha256, max_categories=50, min_frequency=5, feature_spec=spec,
-        train_features=features["train"], validation_features=features["validation"],
+        train=train,
+        validation=validation,
+        test=test,
+        schema_json=versioned.schema_json,
+        data_sha256=versioned.sha256,
+        max_categories=50,
+        min_frequency=5,
+        feature_spec=spec,
+        train_features=features["train"],
+        validation_features=features["validation"],
         test_features=features["test"],
     )
     assert spec.metadata["input_width"] == features["train"].metadata["columns"]
 
     model, tensorboard = artifact(dsl.Model, tmp_path, "model"), artifact(dsl.Artifact, tmp_path, "tb")
     trained = train_op.python_func(
-        train_features=features["train"], validation_features=features["validation"], feature_spec=spec,
-        raw_train=train, data_sha256=versioned.sha256, hidden_sizes=[16.0, 8.0], dropout=0.0,
-        learning_rate=0.01, batch_size=256, epochs=3, optimizer="adamw", weight_decay=0.0,
-        class_weighting="none", early_stopping_patience=2, seed=1, device="cpu", experiment="wrappers",
-        mlflow_tracking_uri="", tensorboard_root="", model=model, tensorboard=tensorboard,
+        train_features=features["train"],
+        validation_features=features["validation"],
+        feature_spec=spec,
+        raw_train=train,
+        data_sha256=versioned.sha256,
+        hidden_sizes=[16.0, 8.0],
+        dropout=0.0,
+        learning_rate=0.01,
+        batch_size=256,
+        epochs=3,
+        optimizer="adamw",
+        weight_decay=0.0,
+        class_weighting="none",
+        early_stopping_patience=2,
+        seed=1,
+        device="cpu",
+        threshold=0.4,
+        experiment="wrappers",
+        mlflow_tracking_uri="",
+        tensorboard_root="",
+        model=model,
+        tensorboard=tensorboard,
     )
     assert model.metadata["run_id"] == trained.run_id and trained.model_uri.startswith("models:/")
     assert (tmp_path / "model" / "MLmodel").exists()
@@ -63,19 +101,32 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
     metrics = artifact(dsl.Metrics, tmp_path, "metrics")
     classification = artifact(dsl.ClassificationMetrics, tmp_path, "classification")
     evaluation, png = artifact(dsl.Artifact, tmp_path, "evaluation"), artifact(dsl.Artifact, tmp_path, "cm")
-    evaluate_op.python_func(model=model, test=test, threshold=0.5, mlflow_tracking_uri="", metrics=metrics,
-                            classification_metrics=classification, evaluation=evaluation,
-                            confusion_matrix_png=png)
+    evaluate_op.python_func(
+        model=model,
+        test=test,
+        mlflow_tracking_uri="",
+        metrics=metrics,
+        classification_metrics=classification,
+        evaluation=evaluation,
+        confusion_matrix_png=png,
+    )
     assert 0.9 < metrics.metadata["accuracy"] <= 1.0 and "roc_auc" in metrics.metadata
+    assert evaluation.metadata["threshold"] == 0.4  # the model's own threshold, which serving also applies
     matrix = classification.metadata["confusionMatrix"]["rows"]
     assert sum(sum(r["row"]) for r in matrix) == test.metadata["rows"]
     run = mlflow.MlflowClient().get_run(trained.run_id)
     assert run.data.metrics["accuracy"] == pytest.approx(metrics.metadata["accuracy"], abs=1e-6)
     assert run.data.tags["kfops.evaluated"] == "true"
 
-    registered = register_op.python_func(model=model, evaluation=evaluation, model_name="wrapped",
-                                         data_sha256=versioned.sha256, pipeline_run="local-1",
-                                         promote_champion=False, mlflow_tracking_uri="")
+    registered = register_op.python_func(
+        model=model,
+        evaluation=evaluation,
+        model_name="wrapped",
+        data_sha256=versioned.sha256,
+        pipeline_run="local-1",
+        promote_champion=False,
+        mlflow_tracking_uri="",
+    )
     assert registered.version == "1"
     version = mlflow.MlflowClient().get_model_version("wrapped", "1")
     assert version.tags["kfops.data_sha256"] == versioned.sha256 and version.run_id == trained.run_id
@@ -87,7 +138,14 @@ def test_version_wrapper_stops_on_bad_data(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n3,4\n")
     with pytest.raises(KfopsError, match=r"bad\.csv: target column 'is_fraud' not found"):
         version_data_op.python_func(
-            data_uri=str(tmp_path / "bad.csv"), data_version="", artifact_store=str(tmp_path / "s"),
-            target="is_fraud", numeric_features=[], categorical_features=[], drop_columns=[], time_column="",
-            positive_class="")
+            data_uri=str(tmp_path / "bad.csv"),
+            data_version="",
+            artifact_store=str(tmp_path / "s"),
+            target="is_fraud",
+            numeric_features=[],
+            categorical_features=[],
+            drop_columns=[],
+            time_column="",
+            positive_class="",
+        )
     assert not (tmp_path / "s").exists()  # nothing stored for data that failed its checks

@@ -27,7 +27,7 @@ def clean_env(monkeypatch):
 def run_json(capsys, *args) -> dict:
     assert main(["run", *args, "--json"]) == 0
     out = capsys.readouterr().out
-    return json.loads(out[out.index("{"):])
+    return json.loads(out[out.index("{") :])
 
 
 def latest_log(ws: Path) -> str:
@@ -66,25 +66,50 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
     changed = data.copy()
     changed.loc[5, "amount"] += 1.0
     changed.to_csv(tmp_path / "changed.csv", index=False)
-    third = run_json(capsys, "--data", str(tmp_path / "changed.csv"), "--target", "is_fraud", "--drop",
-                     "transaction_id,customer_id", "--workspace", str(ws), *FAST)
+    third = run_json(
+        capsys,
+        "--data",
+        str(tmp_path / "changed.csv"),
+        "--target",
+        "is_fraud",
+        "--drop",
+        "transaction_id,customer_id",
+        "--workspace",
+        str(ws),
+        *FAST,
+    )
     assert third["data_sha256"] != first["data_sha256"]
     assert "cache hit" not in latest_log(ws)
     assert third["model_version"] == "2"
 
     # Retrain on the stored snapshot by its sha256 alone (no file needed), with a fresh training run.
     (tmp_path / "changed.csv").unlink()
-    fourth = run_json(capsys, "--data-version", third["data_sha256"], "--target", "is_fraud", "--drop",
-                      "transaction_id,customer_id", "--workspace", str(ws), "--no-cache", "--promote", *FAST)
+    fourth = run_json(
+        capsys,
+        "--data-version",
+        third["data_sha256"],
+        "--target",
+        "is_fraud",
+        "--drop",
+        "transaction_id,customer_id",
+        "--workspace",
+        str(ws),
+        "--no-cache",
+        "--promote",
+        *FAST,
+    )
     assert fourth["data_sha256"] == third["data_sha256"] and fourth["run_id"] != third["run_id"]
     assert fourth["model_version"] == "3" and fourth["aliases"] == ["challenger", "champion"]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "is empty"),
-    ("amount,is_fraud\n1.0,0\n2.0,0\n3.0,0\n", "has only one class"),
-    ("amount,label\n1.0,0\n2.0,1\n", "target column 'is_fraud' not found"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is empty"),
+        ("amount,is_fraud\n1.0,0\n2.0,0\n3.0,0\n", "has only one class"),
+        ("amount,label\n1.0,0\n2.0,1\n", "target column 'is_fraud' not found"),
+    ],
+)
 def test_bad_data_stops_the_run_and_registers_nothing(tmp_path, capsys, clean_env, content, message):
     ws = tmp_path / "ws"
     (tmp_path / "bad.csv").write_text(content)
@@ -103,8 +128,9 @@ def test_text_in_a_numeric_column_names_file_column_and_value(tmp_path, capsys, 
     frame = transactions.drop(columns=["event_time"]).astype({"amount": object})
     frame.loc[7, "amount"] = "approx 40"
     frame.to_csv(tmp_path / "tx.csv", index=False)
-    code = main(["run", "--data", str(tmp_path / "tx.csv"), "--target", "is_fraud", "--workspace",
-                 str(tmp_path / "ws")])
+    code = main(
+        ["run", "--data", str(tmp_path / "tx.csv"), "--target", "is_fraud", "--workspace", str(tmp_path / "ws")]
+    )
     out = capsys.readouterr().out
     assert code == 2
     assert "tx.csv: column 'amount' is numeric but 1 value(s) are text" in out and "'approx 40'" in out

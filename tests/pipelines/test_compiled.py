@@ -79,8 +79,12 @@ def test_gpu_variant_requests_the_accelerator_on_train_only():
 
 
 def test_images_are_configurable_at_compile_time(tmp_path):
-    compile_all(image="registry.local/kfops:dev", cuda_image="registry.local/kfops-cuda:dev",
-                output_dir=tmp_path, components_dir=tmp_path / "c")
+    compile_all(
+        image="registry.local/kfops:dev",
+        cuda_image="registry.local/kfops-cuda:dev",
+        output_dir=tmp_path,
+        components_dir=tmp_path / "c",
+    )
     spec = yaml.safe_load((tmp_path / "training-gpu.yaml").read_text())
     images = {k: v["container"]["image"] for k, v in spec["deploymentSpec"]["executors"].items()}
     assert images.pop("exec-train") == "registry.local/kfops-cuda:dev"
