@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import time
 from datetime import UTC, datetime
@@ -25,6 +26,17 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def load_default_matrices(rows: int):
@@ -131,7 +143,7 @@ def main() -> None:
             flush=True,
         )
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     header = (
         f"\n## Training throughput · {args.device} · {datetime.now(UTC).date()}\n\n"
         f"Machine: {device_name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
