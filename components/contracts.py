@@ -248,3 +248,52 @@ class EvaluationResult:
         data = json.loads(text)
         data["metrics"] = {k: (float("nan") if v is None else float(v)) for k, v in data["metrics"].items()}
         return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------------ release
+# Which alias moves when, written down once; every component and command follows it:
+#   register  a new version; a blessed one also becomes `challenger`. An unblessed or failed run moves nothing.
+#   promote   a blessed version becomes `champion`; the version it replaces becomes `previous`.
+#   rollback  `champion` goes back to `previous`; the version rolled back from becomes `previous`, so a
+#             second rollback undoes the first.
+TAG_BLESSED = "kfops.blessed"  # "true" / "false", written by the gate on the model version
+TAG_BLESSING_MESSAGE = "kfops.blessing.message"
+TAG_BLESSING_BASELINE = "kfops.blessing.baseline_version"
+TAG_METRIC_PREFIX = "kfops.metric."  # test metrics on the model version, e.g. kfops.metric.f1_macro
+# The metric that breaks a tie between two blessed versions racing to become champion.
+DEFAULT_PROMOTION_METRIC = "f1_macro"
+
+
+@dataclass
+class MetricCheck:
+    """One row of the gate's table: a metric against its thresholds and the baseline."""
+
+    metric: str
+    value: float | None
+    verdict: Literal["pass", "fail", "skipped"]
+    lower: float | None = None
+    upper: float | None = None
+    baseline: float | None = None
+    change: float | None = None  # candidate minus baseline (absolute) or relative change, per the rule
+    reason: str = ""
+
+
+@dataclass
+class Blessing:
+    """The gate's verdict on a candidate model: the contract between evaluation and release."""
+
+    blessed: bool
+    candidate: str  # what was judged: a model version or run id
+    baseline_version: str = ""  # the champion it was compared with ("" when there was none)
+    checks: list[MetricCheck] = field(default_factory=list)
+    message: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> Blessing:
+        data = json.loads(text)
+        data["checks"] = [MetricCheck(**c) for c in data.get("checks", [])]
+        return cls(**data)

@@ -48,7 +48,6 @@ class PipelineProgress:
         self.started: dict[str, float] = {}
         self.failed_task = ""
         self.errors: list[str] = []
-        self.lines: list[str] = []
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -67,26 +66,26 @@ class PipelineProgress:
         return False
 
     def _line(self, line: str) -> None:
-        if self.verbose:
-            return
+        # Failures and error messages are read in every mode; progress lines are printed unless --verbose
+        # already streams the whole log.
+        show = not self.verbose
         if m := re.search(rf"Executing task {self.TASK}", line):
             self.started[m.group(1)] = time.perf_counter()
         elif m := re.search(rf"Task {self.TASK} cache hit", line):
-            self.console.print(f"  [green]✓[/] {m.group(1):<14} [dim]cached[/]")
+            if show:
+                self.console.print(f"  [green]✓[/] {m.group(1):<14} [dim]cached[/]")
         elif m := re.search(rf"Task {self.TASK} finished with status (\w+)", line):
             name, status = m.group(1), m.group(2)
             took = time.perf_counter() - self.started.get(name, time.perf_counter())
-            if status == "SUCCESS":
-                self.console.print(f"  [green]✓[/] {name:<14} [dim]{took:5.1f} s[/]")
-            else:
+            if status != "SUCCESS":
                 self.failed_task = self.failed_task or name
-                self.console.print(f"  [red]✗[/] {name:<14} [dim]{took:5.1f} s[/]")
+            if show:
+                mark = "[green]✓[/]" if status == "SUCCESS" else "[red]✗[/]"
+                self.console.print(f"  {mark} {name:<14} [dim]{took:5.1f} s[/]")
         elif m := re.search(r"(?:KfopsError|kfops\.components\.contracts\.KfopsError): (.*)$", line):
             self.errors.append(m.group(1).strip())
-        elif re.search(r"\bepoch \d+: train_loss", line) or "MLflow run" in line or "test metrics" in line:
-            self.lines.append(line.strip())
-            if "epoch" in line:
-                self.console.print(f"    [dim]{line.split('INFO]:')[-1].strip()}[/]")
+        elif show and (re.search(r"\bepoch \d+: train_loss", line) or "MLflow run" in line):
+            self.console.print(f"    [dim]{line.split('INFO]:')[-1].strip()}[/]")
 
     def close(self) -> None:
         if self.buffer:
@@ -221,7 +220,9 @@ def _print_summary(
     mlflow.set_tracking_uri(ws.tracking_uri())
     client = mlflow.MlflowClient()
     run = client.get_run(outputs["run_id"])
-    model_name = arguments.get("model_name", "fraud-detector")
+    from kfops.pipelines.training import DEFAULT_MODEL_NAME
+
+    model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
     version = client.get_model_version(model_name, outputs["model_version"])
     aliases = client.get_registered_model(model_name).aliases
     metrics = {k: run.data.metrics[k] for k in METRIC_NAMES if k in run.data.metrics}
