@@ -1,0 +1,66 @@
+"""KFP wrapper for validate: Great Expectations on the stored snapshot, right after the data is versioned."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, Markdown, Output
+
+from kfops.components.kfp_support import component_op
+
+
+def validate_data(
+    data_sha256: str,
+    artifact_store: str,
+    target: str,
+    expectation_suite: str,
+    suite_sha256: str,
+    mode: str,
+    max_missing: float,
+    validation_result: Output[Artifact],
+    report: Output[Markdown],
+) -> NamedTuple("ValidateOutputs", [("success", bool), ("failed_expectations", int)]):
+    """Validate the snapshot against the suite (or the default suite); stop the run on failure unless warn."""
+    from collections import namedtuple
+
+    from kfops.components.contracts import KfopsError
+    from kfops.components.ingest.logic import read_snapshot
+    from kfops.components.validate.logic import validate_frame
+
+    if mode not in ("fail", "warn"):
+        raise KfopsError(f"validate: mode must be 'fail' or 'warn', got {mode!r}")
+    # suite_sha256 is not read here: it is in the signature so the cache key changes when the suite does.
+    frame, version = read_snapshot(artifact_store, data_sha256)
+    summary, result = None, None
+    try:
+        summary, result = validate_frame(
+            frame,
+            source=f"{version.source} ({data_sha256[:12]})",
+            suite_uri=expectation_suite,
+            target=target,
+            max_missing=max_missing,
+            mode="warn",
+        )
+    finally:
+        if summary is not None:
+            import json
+
+            with open(validation_result.path, "w", encoding="utf-8") as fh:
+                json.dump(result, fh, indent=2, sort_keys=True)
+            with open(report.path, "w", encoding="utf-8") as fh:
+                fh.write(summary.to_markdown())
+            validation_result.metadata.update(
+                {
+                    "success": summary.success,
+                    "evaluated": summary.evaluated,
+                    "failed": len(summary.failed),
+                    "suite": summary.suite_name,
+                    "sha256": data_sha256,
+                }
+            )
+            print(summary.message())
+    if not summary.success and mode != "warn":
+        raise KfopsError("data validation failed\n" + summary.message())
+    outputs = namedtuple("ValidateOutputs", ["success", "failed_expectations"])
+    return outputs(summary.success, len(summary.failed))
+
+
+validate_data_op = component_op(validate_data)

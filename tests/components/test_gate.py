@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import pytest
+
+from kfops.components.contracts import Blessing, KfopsError
+from kfops.components.gate.logic import (
+    DEFAULT_THRESHOLDS,
+    blessing_markdown,
+    judge,
+    load_thresholds,
+    parse_thresholds,
+)
+
+GOOD = {
+    "accuracy": 0.99,
+    "precision_macro": 0.97,
+    "recall_macro": 0.88,
+    "f1_macro": 0.92,
+    "roc_auc": 0.96,
+    "val_loss": 0.03,
+    "pr_auc": 0.88,
+}
+CHANGE = {"f1_macro": {"lower": 0.85, "change": {"absolute": -0.01}}, "val_loss": {"change": {"relative": 0.1}}}
+
+
+def test_first_run_is_judged_on_value_thresholds_and_says_change_checks_were_skipped():
+    blessing = judge(GOOD, parse_thresholds(CHANGE), baseline=None, candidate_id="run a")
+    assert blessing.blessed
+    verdicts = {(c.metric, c.verdict) for c in blessing.checks}
+    assert verdicts == {("f1_macro", "pass"), ("f1_macro", "skipped"), ("val_loss", "skipped")}
+    assert "no champion yet" in blessing.message
+
+
+def test_a_worse_model_is_refused_and_a_better_one_blessed():
+    champion = dict(GOOD)
+    worse = dict(GOOD, f1_macro=0.90)
+    refused = judge(worse, parse_thresholds(CHANGE), baseline=champion, baseline_version="3")
+    assert not refused.blessed and refused.baseline_version == "3"
+    failed = [c for c in refused.checks if c.verdict == "fail"]
+    assert [c.metric for c in failed] == ["f1_macro"] and failed[0].change == pytest.approx(-0.02)
+    assert "f1_macro" in refused.message and "-0.0200" in refused.message
+    better = judge(dict(GOOD, f1_macro=0.93, val_loss=0.031), parse_thresholds(CHANGE), baseline=champion)
+    assert better.blessed  # val_loss rose 3.3%, within the 10% allowed for a lower-is-better metric
+    much_worse_loss = judge(dict(GOOD, val_loss=0.04), parse_thresholds(CHANGE), baseline=champion)
+    assert not much_worse_loss.blessed
+
+
+def test_value_thresholds_floors_and_ceilings():
+    rules = parse_thresholds({"accuracy": {"lower": 0.995}, "val_loss": {"upper": 0.01}})
+    blessing = judge(GOOD, rules)
+    assert not blessing.blessed and {c.metric for c in blessing.checks if c.verdict == "fail"} == {
+        "accuracy",
+        "val_loss",
+    }
+
+
+def test_no_thresholds_means_not_blessed():
+    blessing = judge(GOOD, parse_thresholds({}))
+    assert not blessing.blessed and "no thresholds" in blessing.message
+
+
+def test_default_thresholds_are_the_reference_documents():
+    rules = {r.metric: r for r in parse_thresholds(DEFAULT_THRESHOLDS)}
+    assert rules["accuracy"].lower == 0.90 and rules["f1_macro"].lower == 0.85
+    assert {"precision_macro", "recall_macro"} <= set(rules)
+
+
+def test_a_missing_metric_value_fails():
+    blessing = judge({"accuracy": float("nan")}, parse_thresholds({"accuracy": {"lower": 0.5}}))
+    assert not blessing.blessed and "no value for accuracy" in blessing.checks[0].reason
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"f2": {"lower": 0.5}}, "'f2' is not a metric the evaluation produces"),
+        ({"accuracy": {"floor": 0.5}}, r"unknown field\(s\) \['floor'\]"),
+        ({"accuracy": {"lower": "high"}}, "accuracy.lower must be a number"),
+        ({"accuracy": {"lower": 0.9, "upper": 0.8}}, "is above its upper"),
+        ({"accuracy": {"change": {"direction": "up", "absolute": 0}}}, "direction must be 'higher' or 'lower'"),
+        ({"accuracy": {"change": {}}}, "needs absolute and/or relative"),
+        (["accuracy"], "must be a mapping"),
+    ],
+)
+def test_bad_thresholds_are_named(config, message):
+    with pytest.raises(KfopsError, match=message):
+        parse_thresholds(config)
+
+
+def test_thresholds_file_yaml_and_json(tmp_path):
+    (tmp_path / "t.yaml").write_text("thresholds:\n  accuracy: {lower: 0.9}\n  f1_macro:\n    change: {absolute: 0}\n")
+    assert load_thresholds(str(tmp_path / "t.yaml")) == {
+        "accuracy": {"lower": 0.9},
+        "f1_macro": {"change": {"absolute": 0}},
+    }
+    (tmp_path / "bad.yaml").write_text("thresholds: [\n")
+    with pytest.raises(KfopsError, match=r"bad\.yaml is not valid YAML"):
+        load_thresholds(str(tmp_path / "bad.yaml"))
+    with pytest.raises(KfopsError, match="does not exist"):
+        load_thresholds(str(tmp_path / "none.yaml"))
+
+
+def test_blessing_round_trip_and_markdown():
+    blessing = judge(GOOD, parse_thresholds(CHANGE), baseline=dict(GOOD), baseline_version="2", candidate_id="r")
+    assert Blessing.from_json(blessing.to_json()) == blessing
+    text = blessing_markdown(blessing)
+    assert text.startswith("# Blessed") and "| f1_macro |" in text and "champion version 2" in text
