@@ -140,7 +140,7 @@ def generate_transactions(
     )
     # Missing values where real feeds have them.
     df.loc[rng.random(rows) < 0.03, "customer_age"] = np.nan
-    df.loc[rng.random(rows) < 0.05 + 0.15 * drift, "distance_from_home_km"] = np.nan
+    df.loc[rng.random(rows) < 0.04 + 0.15 * drift, "distance_from_home_km"] = np.nan
     df.loc[rng.random(rows) < 0.02, "device_type"] = None
     # A little label noise: chargebacks are never perfectly recorded.
     flip = rng.random(rows) < 0.001

@@ -9,6 +9,7 @@ training unchecked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -306,10 +307,9 @@ def run_suite(
     gx = _gx()
     suite = build_suite(suite_dict, source=suite_dict.get("name", "suite"))
     context = gx.get_context(mode="ephemeral")
-    try:
+    # Progress bars are cosmetic; a GX without the setting just draws them.
+    with contextlib.suppress(Exception):
         context.variables.progress_bars = {"globally": False, "metric_calculations": False}
-    except Exception:  # older or newer GX without the setting: the bars are cosmetic
-        pass
     batch = (
         context.data_sources.add_pandas("kfops")
         .add_dataframe_asset("data")
