@@ -84,6 +84,9 @@ class PipelineProgress:
                 self.console.print(f"  {mark} {name:<14} [dim]{took:5.1f} s[/]")
         elif m := re.search(r"(?:KfopsError|kfops\.components\.contracts\.KfopsError): (.*)$", line):
             self.errors.append(m.group(1).strip())
+        elif self.errors and re.match(r"\s*(?:- |\S.*: \d+ of \d+ expectations)", line) and not self.failed_task:
+            # The lines a multi-line error goes on with (validation lists every failed expectation).
+            self.errors[-1] += "\n    " + line.strip()
         elif show and (re.search(r"\bepoch \d+: train_loss", line) or "MLflow run" in line):
             self.console.print(f"    [dim]{line.split('INFO]:')[-1].strip()}[/]")
 
@@ -150,8 +153,20 @@ def _training_arguments(args, ws) -> dict:
             arguments[flag] = value
     if args.split_by_time:
         arguments["split_by_time"] = True
-    if args.promote:
-        arguments["promote_champion"] = True
+    if args.no_promote:
+        arguments["promote_champion"] = False
+    if args.suite:
+        arguments["expectation_suite"] = (
+            args.suite if args.suite.startswith("s3://") else str(Path(args.suite).resolve())
+        )
+    if args.warn_only:
+        arguments["validation_mode"] = "warn"
+    if args.max_missing is not None:
+        arguments["max_missing"] = args.max_missing
+    if args.thresholds:
+        from kfops.components.gate.logic import load_thresholds, thresholds_json
+
+        arguments["thresholds"] = thresholds_json(load_thresholds(args.thresholds))
     return arguments
 
 
@@ -225,6 +240,8 @@ def _print_summary(
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
     version = client.get_model_version(model_name, outputs["model_version"])
     aliases = client.get_registered_model(model_name).aliases
+    from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE
+
     metrics = {k: run.data.metrics[k] for k in METRIC_NAMES if k in run.data.metrics}
     summary = {
         "data_sha256": outputs["data_sha256"],
@@ -242,6 +259,8 @@ def _print_summary(
         "tensorboard": run.data.tags.get("kfops.tensorboard_uri", ""),
         "log": str(log_path),
         "device": run.data.tags.get("kfops.device", ""),
+        "blessed": version.tags.get(TAG_BLESSED) == "true",
+        "blessing": version.tags.get(TAG_BLESSING_MESSAGE, ""),
     }
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -258,7 +277,9 @@ def _print_summary(
     console.print(
         f"  MLflow run     {summary['run_id']} (experiment {summary['experiment_id']}, trained on {summary['device']})"
     )
-    console.print(f"  model          {summary['model_uri']} · aliases: {', '.join(summary['aliases'])}")
+    color = "green" if summary["blessed"] else "red"
+    console.print(f"  gate           [{color}]{summary['blessing'] or 'no verdict recorded'}[/]")
+    console.print(f"  model          {summary['model_uri']} · aliases: {', '.join(summary['aliases']) or 'none'}")
     console.print(f"  model files    {summary['download_uri']}")
     console.print(f"  MLflow store   {summary['mlflow_tracking_uri']}")
     console.print(f"  TensorBoard    {summary['tensorboard']}")
@@ -316,6 +337,49 @@ def cmd_data_versions(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ suite
+def cmd_suite_init(args) -> int:
+    from kfops.components.ingest.logic import read_table
+    from kfops.components.validate.logic import profile_suite
+
+    frame = read_table(args.data)
+    if args.target and args.target not in frame.columns:
+        from kfops.components.contracts import KfopsError
+
+        raise KfopsError(f"{args.data}: target column '{args.target}' not found")
+    suite = profile_suite(
+        frame,
+        target=args.target or "",
+        name=args.name or Path(args.output).stem,
+        ignore=args.ignore or [],
+        max_missing=args.max_missing,
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(suite['expectations'])} expectations for {len(frame.columns)} columns to {args.output}")
+    return 0
+
+
+def cmd_suite_validate(args) -> int:
+    from kfops.components.ingest.logic import read_table
+    from kfops.components.validate.logic import validate_frame
+
+    frame = read_table(args.data)
+    summary, result = validate_frame(
+        frame,
+        args.data,
+        suite_uri=args.suite or "",
+        target=args.target or "",
+        max_missing=args.max_missing,
+        mode="warn",
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(summary.message())
+    return 0 if summary.success else EXIT_FAILURE
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kfops", description="Kubeflow Pipelines MLOps suite.")
@@ -357,7 +421,22 @@ def build_parser() -> argparse.ArgumentParser:
     reg = run.add_argument_group("tracking and registry")
     reg.add_argument("--model-name", help="registered model name (default fraud-detector)")
     reg.add_argument("--experiment", help="MLflow experiment (default kfops-training)")
-    reg.add_argument("--promote", action="store_true", help="also make the new version the champion")
+    reg.add_argument(
+        "--no-promote",
+        action="store_true",
+        help="register a blessed model as challenger only; do not make it the champion",
+    )
+    gates = run.add_argument_group("quality gates")
+    gates.add_argument(
+        "--suite",
+        help="Great Expectations suite JSON for the data (default: a suite drawn from "
+        "the data's schema); write one with `kfops suite init`",
+    )
+    gates.add_argument("--warn-only", action="store_true", help="record validation failures and go on")
+    gates.add_argument("--max-missing", type=float, help="default suite: allowed share of empty values (0.05)")
+    gates.add_argument(
+        "--thresholds", help="YAML/JSON gate thresholds (default: accuracy >= 0.90, macro precision/recall/F1 >= 0.85)"
+    )
     where = run.add_argument_group("where")
     where.add_argument("--workspace", help="local workspace folder (default ./.kfops or $KFOPS_WORKSPACE)")
     where.add_argument("--artifact-store", help="folder or s3:// URI for data snapshots (default: workspace)")
@@ -388,6 +467,25 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--artifact-store")
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(func=cmd_data_versions)
+    from kfops.cli_registry import add_commands; add_commands(sub)  # noqa: E702, I001  # fmt: skip
+
+    suite = sub.add_parser("suite", help="Great Expectations suites for the validate step")
+    suite_sub = suite.add_subparsers(dest="suite_command", required=True)
+    init = suite_sub.add_parser("init", help="profile a reference dataset into a suite you can edit")
+    init.add_argument("--data", required=True, help="reference CSV or Parquet (local or s3://)")
+    init.add_argument("--output", required=True, help="suite JSON to write")
+    init.add_argument("--target", help="the label column (its classes become a value set)")
+    init.add_argument("--ignore", type=_csv_list, help="columns to leave out, such as ids (comma-separated)")
+    init.add_argument("--name", help="suite name (default: the output file's name)")
+    init.add_argument("--max-missing", type=float, default=0.05, help="allowed share of empty values")
+    init.set_defaults(func=cmd_suite_init)
+    check = suite_sub.add_parser("validate", help="validate a dataset with a suite (or the default suite)")
+    check.add_argument("--data", required=True)
+    check.add_argument("--suite", help="suite JSON (default: the default suite drawn from the data)")
+    check.add_argument("--target")
+    check.add_argument("--max-missing", type=float, default=0.05)
+    check.add_argument("--json", action="store_true", help="print GX's result JSON")
+    check.set_defaults(func=cmd_suite_validate)
     return parser
 
 

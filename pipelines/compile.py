@@ -22,18 +22,23 @@ COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 def _component_functions():
     from kfops.components.evaluate.component import evaluate
+    from kfops.components.gate.component import gate
     from kfops.components.ingest.component import split_data, version_data
     from kfops.components.preprocess.component import preprocess
-    from kfops.components.register.component import register
+    from kfops.components.register.component import promote, register
     from kfops.components.train.component import train
+    from kfops.components.validate.component import validate_data
 
     return {
         "ingest/version_data.yaml": version_data,
         "ingest/split_data.yaml": split_data,
+        "validate/validate_data.yaml": validate_data,
         "preprocess/preprocess.yaml": preprocess,
         "train/train.yaml": train,
         "evaluate/evaluate.yaml": evaluate,
+        "gate/gate.yaml": gate,
         "register/register.yaml": register,
+        "register/promote.yaml": promote,
     }
 
 

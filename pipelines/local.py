@@ -74,10 +74,43 @@ def configure_environment(ws: LocalWorkspace) -> dict[str, str]:
     return values
 
 
+def _resolve_task_output_channels() -> None:
+    """Let kfp.local's dsl.If see task outputs named like ``gate-blessed``.
+
+    kfp 2.17's local condition evaluator reads a channel ``pipelinechannel--<task>-<output>`` as a task output
+    only when it contains ``--`` or ``-Output``; otherwise it looks for a pipeline input of that name, finds
+    none, and treats the condition as False. The compiled YAML is right and a cluster evaluates it correctly;
+    this teaches the local evaluator the same, by trying each ``<task>-<output>`` split against the task
+    outputs it already holds.
+    """
+    from kfp.local.orchestrator import enhanced_dag_orchestrator as orchestrator
+
+    evaluator = orchestrator.ConditionEvaluator
+    if getattr(evaluator, "_kfops_patched", False):
+        return
+    original = evaluator._resolve_pipeline_channel
+
+    def resolve(channel_ref, io_store):
+        value = original(channel_ref, io_store)
+        if value is not None:
+            return value
+        parts = channel_ref.replace("pipelinechannel--", "").split("-")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                return io_store.get_task_output("-".join(parts[:cut]), "-".join(parts[cut:]))
+            except Exception:
+                continue
+        return None
+
+    evaluator._resolve_pipeline_channel = staticmethod(resolve)
+    evaluator._kfops_patched = True
+
+
 def init_local(ws: LocalWorkspace, enable_caching: bool = True) -> None:
     """Start kfp.local with the subprocess runner in the current environment."""
     from kfp import local
 
+    _resolve_task_output_channels()
     configure_environment(ws)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest, version, split, preprocess, train, evaluate, register.
+"""The training pipeline: version, validate, split, preprocess, train, evaluate, gate, register, promote.
 
 ``build_training_pipeline`` returns the pipeline function for a given image and device, so ``kfops compile``
 can name the images and pick CPU or GPU training at compile time. ``training_pipeline`` is the CPU pipeline with
@@ -10,11 +10,14 @@ from typing import NamedTuple
 from kfp import dsl
 
 from kfops.components.evaluate.component import evaluate
+from kfops.components.gate.component import gate
+from kfops.components.gate.logic import DEFAULT_THRESHOLDS, thresholds_json
 from kfops.components.ingest.component import split_data, version_data
 from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, component_op
 from kfops.components.preprocess.component import preprocess
-from kfops.components.register.component import register
+from kfops.components.register.component import promote, register
 from kfops.components.train.component import train
+from kfops.components.validate.component import validate_data
 
 PIPELINE_NAME = "kfops-training"
 
@@ -37,15 +40,19 @@ def build_training_pipeline(
     if accelerator not in ("cpu", "gpu"):
         raise ValueError(f"accelerator must be 'cpu' or 'gpu', got {accelerator!r}")
     version_op = component_op(version_data, image)
+    validate_op = component_op(validate_data, image)
     split_op = component_op(split_data, image)
     preprocess_op = component_op(preprocess, image)
     train_op = component_op(train, cuda_image if accelerator == "gpu" else image)
     evaluate_op = component_op(evaluate, image)
+    gate_op = component_op(gate, image)
     register_op = component_op(register, image)
+    promote_op = component_op(promote, image)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Version, split, preprocess and train on tabular data; evaluate; register in MLflow.",
+        description="Version and validate tabular data, train and evaluate a classifier, bless it against "
+        "thresholds and the champion, register it in MLflow and promote it when blessed.",
     )
     def training_pipeline(
         data_uri: str = "",
@@ -57,6 +64,9 @@ def build_training_pipeline(
         time_column: str = "",
         split_by_time: bool = False,
         positive_class: str = "",
+        expectation_suite: str = "",
+        validation_mode: str = "fail",
+        max_missing: float = 0.05,
         validation_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_seed: int = 42,
@@ -74,8 +84,10 @@ def build_training_pipeline(
         seed: int = 42,
         device: str = "auto",
         threshold: float = 0.5,
+        thresholds: str = thresholds_json(DEFAULT_THRESHOLDS),
         model_name: str = DEFAULT_MODEL_NAME,
-        promote_champion: bool = False,
+        promote_champion: bool = True,
+        promotion_metric: str = "f1_macro",
         experiment: str = "kfops-training",
         artifact_store: str = DEFAULT_ARTIFACT_STORE,
         mlflow_tracking_uri: str = "",
@@ -91,10 +103,20 @@ def build_training_pipeline(
             drop_columns=drop_columns,
             time_column=time_column,
             positive_class=positive_class,
+            expectation_suite=expectation_suite,
         ).set_display_name("version data")
         # Always read the data: the sha256 it hands on is what makes the later steps' cache correct.
         versioned.set_caching_options(False)
         sha256 = versioned.outputs["sha256"]
+        validated = validate_op(
+            data_sha256=sha256,
+            artifact_store=artifact_store,
+            target=target,
+            expectation_suite=expectation_suite,
+            suite_sha256=versioned.outputs["suite_sha256"],
+            mode=validation_mode,
+            max_missing=max_missing,
+        ).set_display_name("validate")
         splits = split_op(
             data_sha256=sha256,
             artifact_store=artifact_store,
@@ -105,6 +127,7 @@ def build_training_pipeline(
             time_column=time_column,
             split_by_time=split_by_time,
         ).set_display_name("split")
+        splits.after(validated)  # nothing trains on data that failed validation
         prepared = preprocess_op(
             train=splits.outputs["train"],
             validation=splits.outputs["validation"],
@@ -144,18 +167,41 @@ def build_training_pipeline(
             test=splits.outputs["test"],
             mlflow_tracking_uri=mlflow_tracking_uri,
         ).set_display_name("evaluate")
+        judged = gate_op(
+            evaluation=evaluated.outputs["evaluation"],
+            model=trained.outputs["model"],
+            test=splits.outputs["test"],
+            thresholds=thresholds,
+            model_name=model_name,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+        ).set_display_name("gate")
+        # The champion moves between runs: judge against the current one, never a cached verdict.
+        judged.set_caching_options(False)
         registered = register_op(
             model=trained.outputs["model"],
             evaluation=evaluated.outputs["evaluation"],
+            blessing=judged.outputs["blessing"],
             model_name=model_name,
             data_sha256=sha256,
             pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            promote_champion=promote_champion,
             mlflow_tracking_uri=mlflow_tracking_uri,
         ).set_display_name("register")
         # The registry is state outside KFP: always talk to it, never replay a cached answer.
         registered.set_caching_options(False)
-        for task in (versioned, splits, prepared, trained, evaluated, registered):
+        tasks = [versioned, validated, splits, prepared, trained, evaluated, judged, registered]
+        # KFP conditions, not Python comparisons (hence == True).
+        blessed = dsl.If(judged.outputs["blessed"] == True, name="blessed")  # noqa: E712
+        wanted = dsl.If(promote_champion == True, name="promote-champion")  # noqa: E712
+        with blessed, wanted:
+            promoted = promote_op(
+                model_name=model_name,
+                version=registered.outputs["version"],
+                metric=promotion_metric,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+            ).set_display_name("promote")
+            promoted.set_caching_options(False)
+            tasks.append(promoted)
+        for task in tasks:
             task.set_env_variable("KFOPS_IMAGE", cuda_image if task is trained and accelerator == "gpu" else image)
         return TrainingOutputs(sha256, trained.outputs["run_id"], registered.outputs["version"])
 

@@ -12,7 +12,7 @@ def gate(
     evaluation: Input[Artifact],
     model: Input[Model],
     test: Input[Dataset],
-    thresholds: dict,
+    thresholds: str,
     model_name: str,
     mlflow_tracking_uri: str,
     blessing: Output[Artifact],
@@ -25,13 +25,15 @@ def gate(
     import mlflow
 
     from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE, EvaluationResult
-    from kfops.components.gate.logic import blessing_markdown, run_gate, write_blessing
+    from kfops.components.gate.logic import blessing_markdown, run_gate, thresholds_from_text, write_blessing
     from kfops.components.train.logic import set_tracking
 
     set_tracking(mlflow_tracking_uri)
     result = EvaluationResult.from_json(Path(evaluation.path).read_text(encoding="utf-8"))
     run_id = model.metadata.get("run_id", "")
-    verdict = run_gate(result.metrics, test.path, thresholds, model_name, candidate_id=f"run {run_id}")
+    verdict = run_gate(
+        result.metrics, test.path, thresholds_from_text(thresholds), model_name, candidate_id=f"run {run_id}"
+    )
     write_blessing(verdict, blessing.path)
     with open(report.path, "w", encoding="utf-8") as fh:
         fh.write(blessing_markdown(verdict))

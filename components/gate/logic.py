@@ -41,12 +41,13 @@ from kfops.components.contracts import (
 
 log = logging.getLogger(__name__)
 
-# The reference document's deployment gate.
+# The reference document's deployment gate, plus "no worse than the champion by more than a point of macro F1"
+# on the same test rows, since a blessed model replaces the champion.
 DEFAULT_THRESHOLDS: dict[str, dict[str, Any]] = {
     "accuracy": {"lower": 0.90},
+    "f1_macro": {"lower": 0.85, "change": {"absolute": -0.01}},
     "precision_macro": {"lower": 0.85},
     "recall_macro": {"lower": 0.85},
-    "f1_macro": {"lower": 0.85},
 }
 RULE_KEYS = {"lower", "upper", "change"}
 CHANGE_KEYS = {"absolute", "relative", "direction"}
@@ -311,4 +312,23 @@ def write_blessing(blessing: Blessing, path: str | Path) -> None:
 
 
 def thresholds_json(thresholds: dict[str, Any]) -> str:
+    """Thresholds as the pipeline parameter carries them: JSON text with sorted keys.
+
+    A text parameter rather than a dict: the KFP compiler writes a dict default into the YAML's header in an
+    order that changes from process to process, which would make the committed YAML never current.
+    """
     return json.dumps(thresholds, sort_keys=True)
+
+
+def thresholds_from_text(text: str) -> dict[str, Any]:
+    """Parse the pipeline parameter (JSON or YAML text); empty means no thresholds."""
+    import yaml
+
+    if not text.strip():
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise KfopsError(f"thresholds parameter is not valid JSON/YAML: {err}") from err
+    parse_thresholds(data)
+    return data if set(data or {}) != {"thresholds"} else data["thresholds"]

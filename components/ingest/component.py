@@ -21,10 +21,20 @@ def version_data(
     drop_columns: list,
     time_column: str,
     positive_class: str,
-) -> NamedTuple("VersionOutputs", [("sha256", str), ("schema_json", str), ("rows", int), ("source", str)]):
-    """Read and check the data (local path or s3:// URI), snapshot it content-addressed, return its sha256."""
+    expectation_suite: str,
+) -> NamedTuple(
+    "VersionOutputs", [("sha256", str), ("schema_json", str), ("rows", int), ("source", str), ("suite_sha256", str)]
+):
+    """Read and check the data (local path or s3:// URI), snapshot it content-addressed, return its sha256.
+
+    The expectation suite's sha256 is returned too, so the cached validation step reruns when the suite
+    file changes even though its path does not.
+    """
+    import hashlib
     from collections import namedtuple
 
+    from kfops.components import storage
+    from kfops.components.contracts import KfopsError
     from kfops.components.ingest.logic import schema_to_json, version_data
 
     version, schema = version_data(
@@ -39,8 +49,14 @@ def version_data(
         positive_class=positive_class,
     )
     print(f"data version {version.sha256} ({version.rows} rows) from {version.source} at {version.uri}")
-    outputs = namedtuple("VersionOutputs", ["sha256", "schema_json", "rows", "source"])
-    return outputs(version.sha256, schema_to_json(schema), version.rows, version.source)
+    suite_sha256 = ""
+    if expectation_suite:
+        try:
+            suite_sha256 = hashlib.sha256(storage.read_bytes(expectation_suite)).hexdigest()
+        except FileNotFoundError as err:
+            raise KfopsError(f"expectation suite {expectation_suite} does not exist") from err
+    outputs = namedtuple("VersionOutputs", ["sha256", "schema_json", "rows", "source", "suite_sha256"])
+    return outputs(version.sha256, schema_to_json(schema), version.rows, version.source, suite_sha256)
 
 
 def split_data(

@@ -1,7 +1,8 @@
 """Register: put the trained model in the MLflow registry and point the ``challenger`` alias at it.
 
 Idempotent: registering the same logged model again (a re-run that hit the KFP cache for training) reuses its
-version instead of adding a copy. Promotion to ``champion`` keeps the version it replaces as ``previous``.
+version instead of adding a copy. Promotion to ``champion`` (see ``promotion``) keeps the version it replaces as
+``previous``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from dataclasses import dataclass, field
 from kfops.components.contracts import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
-    ALIAS_PREVIOUS,
+    TAG_BLESSED,
+    TAG_BLESSING_BASELINE,
+    TAG_BLESSING_MESSAGE,
+    Blessing,
     EvaluationResult,
     KfopsError,
 )
+from kfops.components.register import promotion
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +54,20 @@ def register_model(
     run_id: str,
     name: str,
     evaluation: EvaluationResult | None = None,
+    blessing: Blessing | None = None,
     data_sha256: str = "",
     pipeline_run: str = "",
     description: str = "",
     promote_champion: bool = False,
     tracking_uri: str = "",
 ) -> RegisterOutcome:
-    """Register (or reuse) the version for ``model_uri``, tag it, alias it challenger, optionally champion."""
+    """Register (or reuse) the version for ``model_uri`` and tag it; then follow the alias policy in contracts.
+
+    With the gate's ``blessing``: the verdict becomes version tags; a blessed version becomes ``challenger``
+    (and ``champion`` with ``promote_champion``); an unblessed one gets no alias, so every alias stays as it was.
+    Without a blessing (the component used on its own, outside the gated pipeline), the version becomes
+    ``challenger`` and ``promote_champion`` promotes it unchecked.
+    """
     import mlflow
 
     from kfops.components.train.logic import set_tracking
@@ -80,31 +92,32 @@ def register_model(
     tags = {"kfops.data_sha256": data_sha256, "kfops.pipeline_run": pipeline_run, "kfops.run_id": run_id}
     if evaluation is not None:
         tags.update({f"kfops.metric.{k}": f"{v:.6g}" for k, v in evaluation.metrics.items() if math.isfinite(v)})
+    if blessing is not None:
+        tags.update(
+            {
+                TAG_BLESSED: str(blessing.blessed).lower(),
+                TAG_BLESSING_MESSAGE: blessing.message[:5000],
+                TAG_BLESSING_BASELINE: blessing.baseline_version or "none",
+            }
+        )
     for key, value in tags.items():
         if value:
             client.set_model_version_tag(name, number, key, value)
 
+    outcome = RegisterOutcome(name=name, version=number, reused=reused)
+    if blessing is not None and not blessing.blessed:
+        log.info("model %s version %s is not blessed: no alias moves (%s)", name, number, blessing.message)
+        outcome.download_uri = client.get_model_version_download_uri(name, number)
+        return outcome
     client.set_registered_model_alias(name, ALIAS_CHALLENGER, number)
-    outcome = RegisterOutcome(name=name, version=number, aliases=[ALIAS_CHALLENGER], reused=reused)
+    outcome.aliases.append(ALIAS_CHALLENGER)
     if promote_champion:
-        outcome.previous_champion = promote(client, name, number)
-        outcome.aliases.append(ALIAS_CHAMPION)
+        # Gated: the blessing tag written above is what promotion checks. Ungated: promoted on the caller's word.
+        result = promotion.promote(client, name, number, force=blessing is None)
+        outcome.previous_champion = result.replaced
+        if result.won:
+            outcome.aliases.append(ALIAS_CHAMPION)
+        else:
+            log.warning("%s", result.message)
     outcome.download_uri = client.get_model_version_download_uri(name, number)
     return outcome
-
-
-def promote(client, name: str, version: str) -> str:
-    """Make ``version`` the champion; the one it replaces becomes ``previous``. Returns that one ('' if none)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        current = client.get_model_version_by_alias(name, ALIAS_CHAMPION).version
-    except MlflowException:
-        current = ""
-    if str(current) == str(version):
-        return ""
-    if current:
-        client.set_registered_model_alias(name, ALIAS_PREVIOUS, str(current))
-    client.set_registered_model_alias(name, ALIAS_CHAMPION, str(version))
-    log.info("model %s: champion is now version %s (was %s)", name, version, current or "none")
-    return str(current)

@@ -62,6 +62,7 @@ def test_no_thresholds_means_not_blessed():
 def test_default_thresholds_are_the_reference_documents():
     rules = {r.metric: r for r in parse_thresholds(DEFAULT_THRESHOLDS)}
     assert rules["accuracy"].lower == 0.90 and rules["f1_macro"].lower == 0.85
+    assert rules["f1_macro"].absolute == -0.01 and rules["f1_macro"].higher_is_better
     assert {"precision_macro", "recall_macro"} <= set(rules)
 
 
@@ -105,3 +106,15 @@ def test_blessing_round_trip_and_markdown():
     assert Blessing.from_json(blessing.to_json()) == blessing
     text = blessing_markdown(blessing)
     assert text.startswith("# Blessed") and "| f1_macro |" in text and "champion version 2" in text
+
+
+def test_thresholds_parameter_text():
+    from kfops.components.gate.logic import thresholds_from_text, thresholds_json
+
+    assert thresholds_from_text(thresholds_json(DEFAULT_THRESHOLDS)) == DEFAULT_THRESHOLDS
+    assert thresholds_from_text("") == {}
+    assert thresholds_from_text("accuracy: {lower: 0.8}") == {"accuracy": {"lower": 0.8}}
+    with pytest.raises(KfopsError, match="not valid JSON/YAML"):
+        thresholds_from_text("{accuracy: [")
+    with pytest.raises(KfopsError, match="'auc' is not a metric"):
+        thresholds_from_text('{"auc": {"lower": 0.8}}')

@@ -7,11 +7,14 @@ import json
 import pytest
 from kfp import dsl
 
+from kfops.components.contracts import Blessing
 from kfops.components.evaluate.component import evaluate_op
+from kfops.components.gate.component import gate_op
 from kfops.components.ingest.component import split_data_op, version_data_op
 from kfops.components.preprocess.component import preprocess_op
-from kfops.components.register.component import register_op
+from kfops.components.register.component import promote_op, register_op
 from kfops.components.train.component import train_op
+from kfops.components.validate.component import validate_data_op
 
 
 def artifact(cls, tmp_path, name):
@@ -32,8 +35,14 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
         drop_columns=["transaction_id", "customer_id"],
         time_column="event_time",
         positive_class="",
+        expectation_suite="",
     )
-    assert len(versioned.sha256) == 64 and versioned.rows == 4000 and versioned.source == str(data_file)
+    assert (
+        len(versioned.sha256) == 64
+        and versioned.suite_sha256 == ""
+        and versioned.rows == 4000
+        and versioned.source == str(data_file)
+    )
     assert json.loads(versioned.schema_json)["target"] == "is_fraud"
 
     train, validation, test = (artifact(dsl.Dataset, tmp_path, n) for n in ("train", "validation", "test"))
@@ -118,18 +127,93 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
     assert run.data.metrics["accuracy"] == pytest.approx(metrics.metadata["accuracy"], abs=1e-6)
     assert run.data.tags["kfops.evaluated"] == "true"
 
+    blessing, gate_report = artifact(dsl.Artifact, tmp_path, "blessing"), artifact(dsl.Markdown, tmp_path, "gate")
+    judged = gate_op.python_func(
+        evaluation=evaluation,
+        model=model,
+        test=test,
+        thresholds='{"accuracy": {"lower": 0.9}}',
+        model_name="wrapped",
+        mlflow_tracking_uri="",
+        blessing=blessing,
+        report=gate_report,
+    )
+    assert judged.blessed and Blessing.from_json((tmp_path / "blessing").read_text()).blessed
+    assert (tmp_path / "gate").read_text().startswith("# Blessed")
+    client = mlflow.MlflowClient()
+    assert client.get_run(trained.run_id).data.tags["kfops.blessed"] == "true"
+
     registered = register_op.python_func(
         model=model,
         evaluation=evaluation,
+        blessing=blessing,
         model_name="wrapped",
         data_sha256=versioned.sha256,
         pipeline_run="local-1",
-        promote_champion=False,
         mlflow_tracking_uri="",
     )
     assert registered.version == "1"
-    version = mlflow.MlflowClient().get_model_version("wrapped", "1")
+    version = client.get_model_version("wrapped", "1")
     assert version.tags["kfops.data_sha256"] == versioned.sha256 and version.run_id == trained.run_id
+    assert version.tags["kfops.blessed"] == "true"
+    assert {k: str(v) for k, v in client.get_registered_model("wrapped").aliases.items()} == {"challenger": "1"}
+
+    promoted = promote_op.python_func(model_name="wrapped", version="1", metric="f1_macro", mlflow_tracking_uri="")
+    assert promoted.won and promoted.champion == "1"
+    assert str(client.get_model_version_by_alias("wrapped", "champion").version) == "1"
+
+    # The same model judged unblessed (an impossible floor) registers with no alias moved.
+    refused = gate_op.python_func(
+        evaluation=evaluation,
+        model=model,
+        test=test,
+        thresholds='{"accuracy": {"lower": 0.9999}}',
+        model_name="strict",
+        mlflow_tracking_uri="",
+        blessing=blessing,
+        report=gate_report,
+    )
+    assert not refused.blessed and "accuracy" in refused.message
+    register_op.python_func(
+        model=model,
+        evaluation=evaluation,
+        blessing=blessing,
+        model_name="strict",
+        data_sha256=versioned.sha256,
+        pipeline_run="local-2",
+        mlflow_tracking_uri="",
+    )
+    assert client.get_registered_model("strict").aliases == {}
+    assert client.get_model_version("strict", "1").tags["kfops.blessed"] == "false"
+
+
+def test_validate_wrapper_writes_report_and_stops_or_warns(tmp_path, transactions):
+    from kfops.components.contracts import KfopsError
+    from kfops.components.ingest.logic import write_snapshot
+
+    store = str(tmp_path / "store")
+    bad = transactions.copy()
+    bad.loc[bad.index[:800], "amount"] = None  # 20% empty: over the default suite's 5%
+    version = write_snapshot(bad, store, source="bad.parquet")
+    result, report = artifact(dsl.Artifact, tmp_path, "result"), artifact(dsl.Markdown, tmp_path, "report")
+    kwargs = dict(
+        data_sha256=version.sha256,
+        artifact_store=store,
+        target="is_fraud",
+        expectation_suite="",
+        suite_sha256="",
+        max_missing=0.05,
+        validation_result=result,
+        report=report,
+    )
+    with pytest.raises(KfopsError, match="column 'amount': expect_column_values_to_not_be_null"):
+        validate_data_op.python_func(mode="fail", **kwargs)
+    assert "| amount |" in (tmp_path / "report").read_text()  # the report is written even when it stops
+    warned = validate_data_op.python_func(mode="warn", **kwargs)
+    assert not warned.success and warned.failed_expectations == 1
+    assert result.metadata["failed"] == 1
+    with pytest.raises(KfopsError, match="mode must be 'fail' or 'warn'"):
+        validate_data_op.python_func(mode="loud", **kwargs)
 
 
 def test_version_wrapper_stops_on_bad_data(tmp_path):
@@ -147,5 +231,6 @@ def test_version_wrapper_stops_on_bad_data(tmp_path):
             drop_columns=[],
             time_column="",
             positive_class="",
+            expectation_suite="",
         )
     assert not (tmp_path / "s").exists()  # nothing stored for data that failed its checks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def run_json(capsys, *args) -> dict:
     return json.loads(out[out.index("{") :])
 
 
+def strip(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def latest_log(ws: Path) -> str:
     return sorted((ws / "logs").glob("run-*.log"))[-1].read_text()
 
@@ -38,10 +43,14 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
     import mlflow
 
     ws = tmp_path / "ws"
-    first = run_json(capsys, "--rows", "3000", "--workspace", str(ws), *FAST)
+    lenient, strict = tmp_path / "lenient.yaml", tmp_path / "strict.yaml"
+    lenient.write_text("accuracy: {lower: 0.5}\n")
+    strict.write_text("thresholds:\n  accuracy: {lower: 0.99999}\n")
+    first = run_json(capsys, "--rows", "3000", "--workspace", str(ws), "--thresholds", str(lenient), *FAST)
     data = pd.read_parquet(next((ws / "data").glob("transactions-3000-*.parquet")))
     assert first["data_sha256"] == canonical_sha256(data)
-    assert first["model_version"] == "1" and first["aliases"] == ["challenger"]
+    assert first["model_version"] == "1" and first["aliases"] == ["challenger", "champion"]
+    assert first["blessed"] and "check(s) passed" in first["blessing"]
     assert set(first["metrics"]) >= {"accuracy", "f1_macro", "roc_auc", "pr_auc", "val_loss"}
     assert first["metrics"]["accuracy"] > 0.9
     assert list(Path(first["tensorboard"]).glob("events.out.tfevents.*"))
@@ -55,14 +64,14 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
     assert client.get_run(first["run_id"]).data.tags["kfops.data_uri"].endswith("transactions-3000-seed7.parquet")
 
     # Same data and parameters: every cached step is a cache hit and the registry is not duplicated.
-    second = run_json(capsys, "--rows", "3000", "--workspace", str(ws), *FAST)
+    second = run_json(capsys, "--rows", "3000", "--workspace", str(ws), "--thresholds", str(lenient), *FAST)
     log = latest_log(ws)
-    for task in ("split-data", "preprocess", "train", "evaluate"):
+    for task in ("validate-data", "split-data", "preprocess", "train", "evaluate"):
         assert f"Task {task} cache hit" in log
-    assert "Executing task 'version-data'" in log.replace("\x1b[96m", "").replace("\x1b[0m", "")
+    assert "Executing task 'version-data'" in strip(log)
     assert second["run_id"] == first["run_id"] and second["model_version"] == "1"
 
-    # Changed data never hits the cache.
+    # Changed data never hits the cache; judged unblessed, its version moves no alias.
     changed = data.copy()
     changed.loc[5, "amount"] += 1.0
     changed.to_csv(tmp_path / "changed.csv", index=False)
@@ -76,11 +85,16 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
         "transaction_id,customer_id",
         "--workspace",
         str(ws),
+        "--thresholds",
+        str(strict),
         *FAST,
     )
     assert third["data_sha256"] != first["data_sha256"]
     assert "cache hit" not in latest_log(ws)
-    assert third["model_version"] == "2"
+    assert third["model_version"] == "2" and not third["blessed"] and third["aliases"] == []
+    assert "accuracy" in third["blessing"] and "Executing task 'promote'" not in strip(latest_log(ws))
+    aliases = {k: str(v) for k, v in client.get_registered_model("fraud-detector").aliases.items()}
+    assert aliases == {"challenger": "1", "champion": "1"}
 
     # Retrain on the stored snapshot by its sha256 alone (no file needed), with a fresh training run.
     (tmp_path / "changed.csv").unlink()
@@ -95,11 +109,36 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
         "--workspace",
         str(ws),
         "--no-cache",
-        "--promote",
+        "--thresholds",
+        str(lenient),
         *FAST,
     )
     assert fourth["data_sha256"] == third["data_sha256"] and fourth["run_id"] != third["run_id"]
     assert fourth["model_version"] == "3" and fourth["aliases"] == ["challenger", "champion"]
+    aliases = {k: str(v) for k, v in client.get_registered_model("fraud-detector").aliases.items()}
+    assert aliases == {"challenger": "3", "champion": "3", "previous": "1"}
+
+
+def test_data_that_fails_validation_stops_before_training(tmp_path, capsys, clean_env, transactions):
+    frame = transactions.copy()
+    frame.loc[frame.index[:800], "customer_age"] = None  # 20% empty: the default suite allows 5%
+    frame.to_parquet(tmp_path / "gappy.parquet", index=False)
+    args = [
+        "run",
+        "--data",
+        str(tmp_path / "gappy.parquet"),
+        "--target",
+        "is_fraud",
+        "--workspace",
+        str(tmp_path / "ws"),
+    ]
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert "validate-data" in out and "column 'customer_age': expect_column_values_to_not_be_null" in out
+    assert "Executing task 'train'" not in strip(latest_log(tmp_path / "ws"))
+    # --warn-only records the failure and trains anyway.
+    assert main([*args, "--warn-only", *FAST, "--no-promote", "--json"]) == 0
+    assert "Executing task 'train'" in strip(latest_log(tmp_path / "ws"))
 
 
 @pytest.mark.parametrize(
@@ -134,3 +173,12 @@ def test_text_in_a_numeric_column_names_file_column_and_value(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert code == 2
     assert "tx.csv: column 'amount' is numeric but 1 value(s) are text" in out and "'approx 40'" in out
+
+
+def test_the_default_run_on_the_default_data_is_blessed_and_promoted(tmp_path, capsys, clean_env):
+    # `kfops run` exactly as the quick start runs it: 100,000 rows, default model, default gate thresholds.
+    result = run_json(capsys, "--workspace", str(tmp_path / "ws"))
+    assert result["blessed"], result["blessing"]
+    assert result["aliases"] == ["challenger", "champion"]
+    assert result["metrics"]["accuracy"] >= 0.90 and result["metrics"]["f1_macro"] >= 0.85
+    assert "1 change check(s) skipped (no champion yet)" in result["blessing"]

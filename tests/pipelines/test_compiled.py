@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -35,7 +36,15 @@ def test_compile_is_deterministic(tmp_path):
 
 def test_expected_files_exist():
     assert {p.name for p in PIPELINES} == {"training.yaml", "training-gpu.yaml"}
-    assert {p.parent.name for p in COMPONENT_YAMLS} == {"ingest", "preprocess", "train", "evaluate", "register"}
+    assert {p.parent.name for p in COMPONENT_YAMLS} == {
+        "ingest",
+        "validate",
+        "preprocess",
+        "train",
+        "evaluate",
+        "gate",
+        "register",
+    }
 
 
 @pytest.mark.parametrize("path", PIPELINES + COMPONENT_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -91,12 +100,17 @@ def test_images_are_configurable_at_compile_time(tmp_path):
     assert set(images.values()) == {"registry.local/kfops:dev"}
 
 
-def test_caching_is_off_for_the_data_version_and_registry_steps():
+def test_caching_is_off_for_the_data_version_gate_and_registry_steps():
     spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["version-data"]["cachingOptions"] == {}
-    assert tasks["register"]["cachingOptions"] == {}
-    assert tasks["train"]["cachingOptions"] == {"enableCache": True}
+    for name in ("version-data", "gate", "register"):
+        assert tasks[name]["cachingOptions"] == {}, name
+    for name in ("validate-data", "split-data", "train", "evaluate"):
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+    # The validation step is keyed on the suite's content too, and nothing splits data before it passes.
+    validate_inputs = tasks["validate-data"]["inputs"]["parameters"]
+    assert validate_inputs["suite_sha256"]["taskOutputParameter"]["producerTask"] == "version-data"
+    assert "validate-data" in tasks["split-data"]["dependentTasks"]
     # Cached steps receive the data's sha256, never the file path.
     split_inputs = tasks["split-data"]["inputs"]["parameters"]
     assert split_inputs["data_sha256"]["taskOutputParameter"]["producerTask"] == "version-data"
@@ -109,3 +123,15 @@ def test_components_load_on_their_own(path: Path):
 
     component = components.load_component_from_file(str(path))
     assert component.name == path.stem.replace("_", "-")
+
+
+def test_promotion_runs_only_when_blessed_and_wanted():
+    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    outer = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-blessed'] == true"
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
+    assert "promote_champion" in inner["triggerPolicy"]["condition"]
+    assert "promote" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert json.loads(defaults["thresholds"]["defaultValue"])["accuracy"] == {"lower": 0.9}
+    assert defaults["promote_champion"]["defaultValue"] is True
