@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kfops-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training clean
+.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training bench-validate clean
 
 setup: $(STAMP)
 
@@ -40,7 +40,7 @@ compile: setup
 check-compiled: setup
 	$(BIN)/kfops compile --check
 
-bench: bench-e2e bench-training
+bench: bench-e2e bench-training bench-validate
 
 bench-e2e: setup
 	$(BIN)/python benchmarks/bench_e2e.py
@@ -50,3 +50,6 @@ bench-training: setup
 
 clean:
 	rm -rf .kfops .pytest_cache .ruff_cache
+
+bench-validate: setup
+	$(BIN)/python benchmarks/bench_validate.py

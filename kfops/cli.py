@@ -99,8 +99,11 @@ class PipelineProgress:
 def _console(file=None):
     from rich.console import Console
 
-    # Bind to the stream as it is now: `kfops run` swaps sys.stdout for its progress reader.
-    return Console(highlight=False, soft_wrap=True, file=file or sys.stdout)
+    # Bind to the stream as it is now: `kfops run` swaps sys.stdout for its progress reader. Piped output
+    # (logs, CI) gets a wide page instead of rich's 80 columns, so tables are not squeezed to slivers.
+    stream = file or sys.stdout
+    width = None if getattr(stream, "isatty", lambda: False)() else 200
+    return Console(highlight=False, soft_wrap=True, file=stream, width=width)
 
 
 # ------------------------------------------------------------------------------------------------ run
