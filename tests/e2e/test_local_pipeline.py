@@ -182,3 +182,37 @@ def test_the_default_run_on_the_default_data_is_blessed_and_promoted(tmp_path, c
     assert result["aliases"] == ["challenger", "champion"]
     assert result["metrics"]["accuracy"] >= 0.90 and result["metrics"]["f1_macro"] >= 0.85
     assert "1 change check(s) skipped (no champion yet)" in result["blessing"]
+
+
+def test_data_and_snapshots_on_s3(tmp_path, capsys, clean_env, s3_env, transactions):
+    # MinIO's API through moto on 127.0.0.1: the data is read from s3:// and the snapshot stored there; the
+    # tasks get the endpoint and credentials from the environment, as pods get them from a Secret.
+    from kfops.components import storage
+    from kfops.components.ingest.logic import list_versions
+
+    storage.write_bytes("s3://raw/tx.parquet", transactions.to_parquet(index=False))
+    result = run_json(
+        capsys,
+        "--data",
+        "s3://raw/tx.parquet",
+        "--target",
+        "is_fraud",
+        "--drop",
+        "transaction_id,customer_id",
+        "--artifact-store",
+        "s3://kfops-e2e",
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--thresholds",
+        str(_lenient(tmp_path)),
+        *FAST,
+    )
+    assert [v.sha256 for v in list_versions("s3://kfops-e2e")] == [result["data_sha256"]]
+    assert storage.exists(f"s3://kfops-e2e/datasets/{result['data_sha256']}/data.parquet")
+    assert result["model_version"] == "1"
+
+
+def _lenient(tmp_path: Path) -> Path:
+    path = tmp_path / "lenient.yaml"
+    path.write_text("accuracy: {lower: 0.5}\n")
+    return path
