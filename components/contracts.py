@@ -31,8 +31,6 @@ METRIC_NAMES: tuple[str, ...] = (
 # Direction of improvement, for gates and sweeps.
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "val_loss" for name in METRIC_NAMES}
 
-SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
-
 FeatureKind = Literal["numeric", "categorical"]
 
 # Registry aliases, written down once.

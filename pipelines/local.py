@@ -49,10 +49,6 @@ class LocalWorkspace:
     def tensorboard(self) -> str:
         return str(self.root / "tensorboard")
 
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
     def tracking_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
 

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +102,6 @@ class ValidationSummary:
                 args = ", ".join(f"{k}={v}" for k, v in f.kwargs.items() if k != "column")
                 out.append(f"| {f.column or '(table)'} | `{f.expectation}` | {args[:160]} | {f.observed} |")
         return "\n".join(out) + "\n"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------------------------ suites
