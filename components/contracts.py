@@ -254,7 +254,7 @@ class EvaluationResult:
 #   promote   a blessed version becomes `champion`; the version it replaces becomes `previous`.
 #   rollback  `champion` goes back to `previous`; the version rolled back from becomes `previous`, so a
 #             second rollback undoes the first.
-TAG_BLESSED = "kfops.blessed"  # "true" / "false", written by the gate on the model version
+TAG_BLESSED = "kfops.blessed"  # "true" / "false": the gate writes it on the MLflow run, register on the version
 TAG_BLESSING_MESSAGE = "kfops.blessing.message"
 TAG_BLESSING_BASELINE = "kfops.blessing.baseline_version"
 TAG_METRIC_PREFIX = "kfops.metric."  # test metrics on the model version, e.g. kfops.metric.f1_macro

@@ -438,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_argument("--warn-only", action="store_true", help="record validation failures and go on")
     gates.add_argument("--max-missing", type=float, help="default suite: allowed share of empty values (0.05)")
     gates.add_argument(
-        "--thresholds", help="YAML/JSON gate thresholds (default: accuracy >= 0.90, macro precision/recall/F1 >= 0.85)"
+        "--thresholds",
+        help="YAML/JSON gate thresholds (default: accuracy >= 0.90, macro precision/recall/F1 >= 0.85, macro F1 "
+        "at most 0.01 below the champion's)",
     )
     where = run.add_argument_group("where")
     where.add_argument("--workspace", help="local workspace folder (default ./.kfops or $KFOPS_WORKSPACE)")

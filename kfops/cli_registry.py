@@ -436,8 +436,9 @@ def add_commands(subparsers) -> None:
     promote = models_sub.add_parser(
         "promote",
         help="make a blessed version the champion (its predecessor becomes previous)",
-        description="Make a blessed version the champion; the version it replaces becomes previous. A better "
-        "blessed champion stays (exit 1). Concurrent promotions are settled by the metric, then the newer version.",
+        description="Make a blessed version the champion; the version it replaces becomes previous (the gate "
+        "has already judged it against that champion). Concurrent promotions are settled by the metric, then the "
+        "newer version; one that loses such a race exits 1.",
     )
     promote.add_argument("ref", metavar="NAME/VERSION", help="e.g. fraud-detector/3 (or NAME@challenger)")
     promote.add_argument(
@@ -446,9 +447,7 @@ def add_commands(subparsers) -> None:
         choices=METRIC_NAMES,
         help=f"metric that decides between candidates (default {DEFAULT_PROMOTION_METRIC})",
     )
-    promote.add_argument(
-        "--force", action="store_true", help="promote even if not blessed or worse than the current champion"
-    )
+    promote.add_argument("--force", action="store_true", help="promote even if the gate did not bless the version")
     _common(promote)
     promote.set_defaults(func=cmd_models_promote)
     rollback = models_sub.add_parser("rollback", help="champion goes back to previous (run again to undo)")

@@ -260,14 +260,24 @@ def champion_metrics(model_name: str, test_path: str) -> tuple[str, dict[str, fl
                 artifact_uri=client.get_model_version_download_uri(model_name, version), dst_path=tmp
             )
             result, _ = evaluate_model(local, test_path)
-        return version, result.metrics, ""
+        # Re-scoring gives no validation loss: the champion's own, as recorded, stands in for it.
+        recorded = _recorded_metrics(champion)
+        metrics = {k: (recorded.get(k, v) if _finite(v) is None else v) for k, v in result.metrics.items()}
+        return version, metrics, ""
     except (KfopsError, MlflowException, OSError) as err:
-        recorded = {
-            k[len(TAG_METRIC_PREFIX) :]: float(v) for k, v in champion.tags.items() if k.startswith(TAG_METRIC_PREFIX)
-        }
+        recorded = _recorded_metrics(champion)
         note = f"champion v{version} could not score this test split ({err}); its recorded metrics were used"
         log.warning(note)
         return version, recorded, note
+
+
+def _recorded_metrics(version) -> dict[str, float]:
+    """The test metrics register wrote on a model version's tags."""
+    out = {}
+    for key, value in (version.tags or {}).items():
+        if key.startswith(TAG_METRIC_PREFIX) and _finite(value) is not None:
+            out[key[len(TAG_METRIC_PREFIX) :]] = float(value)
+    return out
 
 
 def run_gate(

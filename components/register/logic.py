@@ -1,4 +1,5 @@
-"""Register: put the trained model in the MLflow registry and point the ``challenger`` alias at it.
+"""Register: put the trained model in the MLflow registry, with the gate's verdict, and point the
+``challenger`` alias at it when it is blessed (the alias policy in ``contracts``).
 
 Idempotent: registering the same logged model again (a re-run that hit the KFP cache for training) reuses its
 version instead of adding a copy. Promotion to ``champion`` (see ``promotion``) keeps the version it replaces as

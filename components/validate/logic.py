@@ -3,7 +3,7 @@
 Suites are GX's own suite JSON (``suite.to_json_dict()``), kept in the repo or the artifact store, so users
 edit them with GX's documentation at hand. ``profile_suite`` writes a starting suite from a reference dataset
 (``kfops suite init``); ``default_suite`` is what applies when a dataset has none: the columns it must have,
-their types, at most a share of empty values (5% by default) and the target's classes, so no data enters
+their types, at most a share of empty values (5% by default) and a target with exactly two classes, so no data enters
 training unchecked.
 """
 

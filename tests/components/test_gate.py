@@ -118,3 +118,34 @@ def test_thresholds_parameter_text():
         thresholds_from_text("{accuracy: [")
     with pytest.raises(KfopsError, match="'auc' is not a metric"):
         thresholds_from_text('{"auc": {"lower": 0.8}}')
+
+
+def test_champion_is_rescored_on_the_candidates_test_split(tmp_path, prepared, fast_config, mlflow_store):
+    import mlflow
+
+    from kfops.components.contracts import EvaluationResult
+    from kfops.components.evaluate.logic import evaluate_model
+    from kfops.components.gate.logic import run_gate
+    from kfops.components.register.logic import register_model
+    from kfops.components.train.logic import train_model
+
+    outcome = train_model(
+        str(prepared["train_matrix"]),
+        str(prepared["validation_matrix"]),
+        str(prepared["spec"]),
+        str(prepared["train_raw"]),
+        fast_config,
+        str(tmp_path / "m"),
+        str(tmp_path / "tb"),
+    )
+    scored, _ = evaluate_model(str(tmp_path / "m"), str(prepared["test_raw"]), val_loss=outcome.best_val_loss)
+    register_model(outcome.model_uri, outcome.run_id, "gated", evaluation=scored, promote_champion=True)
+    # The same model as candidate: every change is zero, and the champion's val_loss comes from its tags.
+    config = {"f1_macro": {"change": {"absolute": 0.0}}, "val_loss": {"change": {"absolute": 0.0}}}
+    blessing = run_gate(scored.metrics, str(prepared["test_raw"]), config, "gated", candidate_id="same")
+    assert blessing.blessed and blessing.baseline_version == "1", blessing.message
+    assert {c.metric: c.change for c in blessing.checks} == {"f1_macro": 0.0, "val_loss": pytest.approx(0.0, abs=1e-6)}
+    worse = dict(scored.metrics, f1_macro=scored.metrics["f1_macro"] - 0.05)
+    assert not run_gate(worse, str(prepared["test_raw"]), config, "gated").blessed
+    assert mlflow.MlflowClient().get_model_version_by_alias("gated", "champion").version in (1, "1")
+    assert EvaluationResult.from_json(scored.to_json()).metrics["f1_macro"] == scored.metrics["f1_macro"]
