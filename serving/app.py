@@ -1,0 +1,184 @@
+"""KServe's REST application around one TabularPredictor, and a server that binds the host it is given.
+
+``build_app`` makes a fresh FastAPI app with KServe's own endpoints (V1, V2, health, ``/metrics``) and
+exception handlers, the way ``RESTServer.create_application`` does, but on a new app object each time:
+``create_application`` decorates the one module-level ``kserve.model_server.app``, so a second call (a second
+test, a second model) would add a second set of routes that the first set shadows.
+
+Additions to KServe's app: a request body that FastAPI cannot validate as a V2 inference request is a 400 (not
+a 422) with the field named; every 4xx/5xx answer of a model endpoint counts in ``model_request_errors_total``.
+
+``serve`` runs uvicorn on ``host``:``port`` (KServe's ModelServer always binds 0.0.0.0), access log off, and
+loads the model after the socket is open, so ``/v2/models/NAME/ready`` answers 503 until the model is loaded
+(liveness ``/v2/health/live`` answers at once). A model that fails to load stops the server with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+log = logging.getLogger(__name__)
+
+_MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
+
+
+def _is_scoring(scope) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") == "POST" and (path.endswith(":predict") or path.endswith("/infer"))
+
+
+class ErrorCounter:
+    """Pure ASGI middleware: counts error answers of model endpoints by model and status code, and the scoring
+    requests in flight per model (the dynamic batcher waits for rows only while some are on their way)."""
+
+    def __init__(self, app, models) -> None:
+        self.app = app
+        self.models = models  # the ModelRepository: only registered names become label values
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        match = _MODEL_PATH.match(scope.get("path", ""))
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        name = match.group(1)
+        predictor = self.models.get_model(name)
+        model = name if predictor is not None else "unknown"
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                from kfops.serving import metrics
+
+                metrics.count_error(model, message["status"])
+            await send(message)
+
+        scoring = predictor is not None and hasattr(predictor, "requests_in_flight") and _is_scoring(scope)
+        if scoring:
+            predictor.requests_in_flight += 1
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if scoring:
+                predictor.requests_in_flight -= 1
+
+
+def build_app(predictor, *, enable_docs: bool = False):
+    """KServe's FastAPI app serving ``predictor`` (loaded or not: readiness follows ``predictor.ready``)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, ORJSONResponse
+    from kserve.errors import InvalidInput, ModelNotReady
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+    from kserve.protocol.rest.server import RESTServer
+
+    import kfops.serving.metrics  # noqa: F401  (merges the suite's collectors into /metrics)
+
+    repository = ModelRepository()
+    repository.update(predictor)
+    dataplane = DataPlane(model_registry=repository)
+    extension = ModelRepositoryExtension(model_registry=repository)
+    app = FastAPI(
+        title="kfops model server",
+        docs_url="/docs" if enable_docs else None,
+        redoc_url=None,
+        default_response_class=ORJSONResponse,
+    )
+    rest = RESTServer(app, dataplane, extension, http_port=0)
+    # What RESTServer.create_application does, on this app (its timing middleware only writes trace logs).
+    rest._register_endpoints(app)
+    rest._add_exception_handlers(app)
+
+    async def request_validation_handler(_, exc: RequestValidationError):
+        # The V2 infer body is Union[InferenceRequest, bytes]: drop the errors of the bytes branch.
+        errors = [e for e in exc.errors() if "bytes" not in e.get("loc", ())] or list(exc.errors())
+        problems = []
+        for error in errors[:5]:
+            if error.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({(error.get('ctx') or {}).get('error', 'decode error')})")
+                continue
+            path = [str(p) for p in error.get("loc", ()) if p not in ("body", "InferenceRequest")]
+            problems.append(f"{'.'.join(path) or 'body'}: {error.get('msg', 'invalid')}")
+        return JSONResponse(status_code=400, content={"error": "invalid request: " + "; ".join(problems)})
+
+    async def invalid_input_handler(_, exc: InvalidInput):
+        # KServe's handler logs a full traceback at ERROR for every bad request; one line at INFO is enough.
+        log.info("bad request: %s", exc)
+        return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    async def model_not_ready_handler(_, exc: ModelNotReady):
+        # Readiness probes hit this every few seconds while a model loads: no traceback for each.
+        log.debug("%s", exc)
+        return JSONResponse(status_code=503, content={"error": str(exc)})
+
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.add_exception_handler(InvalidInput, invalid_input_handler)
+    app.add_exception_handler(ModelNotReady, model_not_ready_handler)
+    app.add_middleware(ErrorCounter, models=repository)
+    app.state.predictor = predictor
+    app.state.dataplane = dataplane
+    return app
+
+
+async def _load_then_ready(predictor, server) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, predictor.load)
+    except Exception as err:
+        log.error("model %s failed to load: %s", predictor.name, err)
+        server.kfops_exit_code = 1
+        server.should_exit = True
+
+
+def serve(predictor, host: str = "127.0.0.1", port: int = 8080, *, timeout_keep_alive: int = 65) -> int:
+    """Serve ``predictor`` on host:port until SIGTERM/SIGINT; load it in the background. Returns an exit code."""
+    import uvicorn
+
+    app = build_app(predictor)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=timeout_keep_alive,
+        lifespan="off",
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, which kills the process before
+            # the batcher and payload logger are closed; shut down gracefully and exit normally instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    server = Server(config)
+    server.kfops_exit_code = 0
+
+    async def main() -> None:
+        loader = None
+
+        async def start_loading():
+            nonlocal loader
+            while not server.started and not server.should_exit:
+                await asyncio.sleep(0.01)
+            loader = asyncio.ensure_future(_load_then_ready(predictor, server))
+
+        waiter = asyncio.ensure_future(start_loading())
+        try:
+            await server.serve()
+        finally:
+            waiter.cancel()
+            if loader is not None and not loader.done():
+                loader.cancel()
+            predictor.stop()
+
+    asyncio.run(main())
+    return server.kfops_exit_code

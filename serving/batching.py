@@ -1,0 +1,244 @@
+"""An asyncio dynamic batcher: many small requests become one model call, off the event loop.
+
+Each request puts its rows (already validated: a small pandas DataFrame) on a queue and awaits a future. One
+consumer task merges queued requests into a batch of at most ``max_batch_rows`` rows: it takes what is waiting;
+while the model is busy with the previous batch it keeps collecting until the model is free (that wait costs
+nothing, the rows could not run earlier); when the model is idle it waits at most ``max_wait_ms`` after the
+batch's first request for more, and only while more requests are in the server than in the batch (``in_flight``,
+counted by the app's middleware from the moment a request arrives): a lone client's request runs at once. Without
+that count (``in_flight`` None) it always waits up to ``max_wait_ms``. The batch runs in a single worker thread
+(``run_in_executor`` on a one-thread pool), so the event loop keeps accepting and parsing requests while torch
+computes; torch uses ``torch_threads`` threads (default ``cpu_limit()``). Each caller's future gets exactly its
+own rows back, in order.
+
+A failing batch fails only its own callers, with ``kserve.errors.InferenceError`` (a 500 with a message); the
+consumer goes on with the next batch. A request larger than ``max_batch_rows`` runs as a batch of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchTimings:
+    """Per-request timings reported back with the rows."""
+
+    queue_seconds: float  # from submit to the start of the batch's model call
+    predict_seconds: float  # the batch's model call
+    batch_rows: int  # rows in the merged batch
+    batch_requests: int  # requests merged into it
+
+
+@dataclass
+class _Item:
+    frame: pd.DataFrame
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+
+def _set_torch_threads(threads: int | None = None) -> None:
+    try:
+        import torch
+
+        from kfops.components.train.loop import cpu_limit
+
+        torch.set_num_threads(threads or cpu_limit())
+    except ImportError:  # a batcher around a non-torch function
+        pass
+
+
+class DynamicBatcher:
+    """Merge concurrent requests' rows into batches for ``run_batch`` (a blocking function of a DataFrame that
+    returns a DataFrame with one row per input row)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[pd.DataFrame], pd.DataFrame],
+        max_batch_rows: int = 256,
+        max_wait_ms: float = 5.0,
+        on_batch: Callable[[int, int], None] | None = None,
+        name: str = "model",
+        in_flight: Callable[[], int] | None = None,
+        torch_threads: int | None = None,
+    ) -> None:
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.run_batch = run_batch
+        self.max_batch_rows = int(max_batch_rows)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.on_batch = on_batch
+        self.in_flight = in_flight if in_flight is not None else (lambda: self.max_batch_rows + 1)
+        self.name = name
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"kfops-predict-{name}",
+            initializer=_set_torch_threads,
+            initargs=(torch_threads,),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._consumer: asyncio.Task | None = None
+        self._closed = False
+        self.batches = 0  # batches run (for tests and diagnostics)
+
+    # ------------------------------------------------------------------------------------------ public
+    async def submit(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, BatchTimings]:
+        """Score ``frame``'s rows in some merged batch; return exactly its rows (index 0..n-1) and timings."""
+        if self._closed:
+            from kserve.errors import InferenceError
+
+            raise InferenceError("the model server is shutting down")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._consumer is None or self._consumer.done():
+            self._start(loop)
+        item = _Item(frame=frame, future=loop.create_future())
+        self._queue.put_nowait(item)
+        return await item.future
+
+    async def aclose(self) -> None:
+        """Stop the consumer and the worker thread (requests still queued fail)."""
+        self._closed = True
+        if self._consumer is not None and not self._consumer.done():
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._consumer
+        self._fail_queued("the model server is shutting down")
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Synchronous shutdown of the worker thread (the consumer dies with its loop)."""
+        self._closed = True
+        if self._consumer is not None and not self._consumer.done():
+            self._consumer.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A new event loop (a test client per request, a restarted server): the old queue and consumer belong
+        # to the old loop, which no longer runs; start afresh on this one.
+        self._loop = loop
+        self._queue = asyncio.Queue()
+        self._consumer = loop.create_task(self._consume(), name=f"kfops-batcher-{self.name}")
+
+    def _fail_queued(self, message: str) -> None:
+        if self._queue is None:
+            return
+        from kserve.errors import InferenceError
+
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(InferenceError(message))
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        carry: _Item | None = None
+        running: asyncio.Task | None = None
+        while True:
+            try:
+                first = carry if carry is not None else await queue.get()
+                carry = None
+                batch = [first]
+                rows = first.rows
+                deadline = loop.time() + self.max_wait
+                while rows < self.max_batch_rows:
+                    try:
+                        item = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        if running is not None and not running.done():
+                            # The model is busy: collect until it is free or a request arrives.
+                            getter = asyncio.ensure_future(queue.get())
+                            done, _ = await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)
+                            if getter in done:
+                                item = getter.result()
+                            else:
+                                getter.cancel()  # not done: cancelling it takes no item off the queue
+                                continue
+                        else:
+                            remaining = deadline - loop.time()
+                            if remaining <= 0 or self.in_flight() <= len(batch):
+                                break  # out of time, or no request on its way: waiting could only add latency
+                            try:
+                                item = await asyncio.wait_for(queue.get(), remaining)
+                            except TimeoutError:
+                                break
+                    if rows + item.rows > self.max_batch_rows:
+                        carry = item
+                        break
+                    batch.append(item)
+                    rows += item.rows
+                if running is not None:
+                    await asyncio.wait({running})
+                running = loop.create_task(self._execute(batch, rows))
+            except asyncio.CancelledError:
+                if running is not None and not running.done():
+                    running.cancel()
+                raise
+            except Exception:  # never let the consumer die: log and go on
+                log.exception("batcher %s: unexpected error while collecting a batch", self.name)
+
+    async def _execute(self, batch: list[_Item], rows: int) -> None:
+        from kserve.errors import InferenceError
+
+        loop = asyncio.get_running_loop()
+        live = [item for item in batch if not item.future.done()]  # callers that went away are skipped
+        if not live:
+            return
+        rows = sum(item.rows for item in live)
+        started = time.perf_counter()
+        try:
+            merged = (
+                live[0].frame.reset_index(drop=True)
+                if len(live) == 1
+                else pd.concat([item.frame for item in live], ignore_index=True)
+            )
+            if self.on_batch is not None:
+                self.on_batch(rows, len(live))
+            result = await loop.run_in_executor(self._executor, self.run_batch, merged)
+            if len(result) != rows:
+                raise RuntimeError(f"the model returned {len(result)} rows for a batch of {rows}")
+        except asyncio.CancelledError:
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(InferenceError("the model server is shutting down"))
+            raise
+        except Exception as err:
+            log.exception("batcher %s: a batch of %d rows failed", self.name, rows)
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(InferenceError(f"prediction failed: {type(err).__name__}: {err}"))
+            return
+        finally:
+            self.batches += 1
+        predict_seconds = time.perf_counter() - started
+        result = result.reset_index(drop=True)
+        at = 0
+        for item in live:
+            part = result.iloc[at : at + item.rows].reset_index(drop=True)
+            at += item.rows
+            if not item.future.done():
+                timings = BatchTimings(
+                    queue_seconds=started - item.enqueued,
+                    predict_seconds=predict_seconds,
+                    batch_rows=rows,
+                    batch_requests=len(live),
+                )
+                item.future.set_result((part, timings))

@@ -1,0 +1,122 @@
+"""Prometheus collectors of the serving path, exposed on KServe's own ``/metrics``.
+
+KServe's ``metrics_handler`` renders ``prometheus_client.REGISTRY`` (the default registry). The suite's collectors
+live on a dedicated ``SERVING_REGISTRY`` (so tests can read them without KServe's) and a small bridge collector,
+registered once per process on the default registry, merges them into KServe's output.
+
+- ``model_predictions_total{model,version,predicted_class}``: rows scored.
+- ``model_prediction_latency_seconds{model,version,stage}``: per request; stages ``parse`` (validation and
+  decoding), ``queue`` (waiting in the dynamic batcher), ``predict`` (the merged batch in the model), ``total``.
+- ``model_request_errors_total{model,status_code}``: every 4xx/5xx answer of a model endpoint.
+- ``model_batch_size``: rows in each merged batch the model ran.
+- ``model_payload_log_dropped_total{model}``: payload-log records dropped (queue full or sink failure).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+SERVING_REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+STAGES = ("parse", "queue", "predict", "total")
+
+PREDICTIONS = Counter(
+    "model_predictions_total",
+    "Rows scored, by predicted class.",
+    ["model", "version", "predicted_class"],
+    registry=SERVING_REGISTRY,
+)
+LATENCY = Histogram(
+    "model_prediction_latency_seconds",
+    "Seconds per request in each stage: parse, queue, predict, total.",
+    ["model", "version", "stage"],
+    buckets=LATENCY_BUCKETS,
+    registry=SERVING_REGISTRY,
+)
+REQUEST_ERRORS = Counter(
+    "model_request_errors_total",
+    "Requests to a model endpoint answered with an error status.",
+    ["model", "status_code"],
+    registry=SERVING_REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "model_batch_size",
+    "Rows in each merged batch the model ran.",
+    buckets=BATCH_BUCKETS,
+    registry=SERVING_REGISTRY,
+)
+PAYLOAD_LOG_DROPPED = Counter(
+    "model_payload_log_dropped_total",
+    "Payload-log records dropped (queue full or sink failure).",
+    ["model"],
+    registry=SERVING_REGISTRY,
+)
+
+
+class _Bridge:
+    """Yields the serving registry's metrics from the default registry (what KServe's /metrics renders)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self):
+        yield from self._registry.collect()
+
+    def describe(self):
+        # An empty describe() keeps the default registry from collecting us at registration time and from
+        # checking our names against its own; KServe's metric names do not overlap ours.
+        return []
+
+
+_bridge_lock = threading.Lock()
+_bridged = False
+
+
+def install_bridge() -> None:
+    """Merge SERVING_REGISTRY into the default registry once per process (idempotent)."""
+    global _bridged
+    with _bridge_lock:
+        if _bridged:
+            return
+        REGISTRY.register(_Bridge(SERVING_REGISTRY))
+        _bridged = True
+
+
+install_bridge()
+
+
+def count_payload_drop(model: str, n: int) -> None:
+    """What the payload logger calls for records it drops."""
+    if n > 0:
+        PAYLOAD_LOG_DROPPED.labels(model=model).inc(n)
+
+
+def observe_batch(rows: int) -> None:
+    BATCH_SIZE.observe(rows)
+
+
+def observe_latency(model: str, version: str, stage: str, seconds: float) -> None:
+    LATENCY.labels(model=model, version=version, stage=stage).observe(seconds)
+
+
+def count_predictions(model: str, version: str, labels) -> None:
+    """Count predicted labels (any iterable of class labels)."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    for label, n in counts.items():
+        PREDICTIONS.labels(model=model, version=version, predicted_class=str(label)).inc(n)
+
+
+def count_error(model: str, status_code: int) -> None:
+    REQUEST_ERRORS.labels(model=model, status_code=str(status_code)).inc()
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """The current value of one sample (0.0 when absent): for tests and diagnostics."""
+    value = SERVING_REGISTRY.get_sample_value(name, labels or {})
+    return float(value or 0.0)

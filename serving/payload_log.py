@@ -1,0 +1,430 @@
+"""Payload logging that never blocks serving: requests and predictions to JSONL or Parquet files.
+
+KServe's own payload logger holds a queue of 100 that blocks the request path when full. This one does not:
+``PayloadLogger.log()`` only appends the caller's list to a bounded in-memory queue (bounded in rows) and
+returns; when the queue is full the records are dropped and counted, never waited for. A daemon thread drains
+the queue and writes batches (``batch_rows`` rows, or whatever is waiting after ``flush_seconds``) through the
+one storage seam, ``kfops.components.storage``, to a local folder or an ``s3://`` prefix::
+
+    <sink>/model=<model_name>/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
+
+The date comes from each record's ``timestamp`` field (ISO 8601, UTC if it carries no offset), so a batch that
+spans midnight becomes two files. A record without a usable timestamp goes under the UTC date it was logged.
+A failing sink (unreachable S3, full disk) costs that batch's rows, counted as dropped, and the thread goes on.
+
+Threading: ``on_drop(n)`` runs on the caller's thread for queue-full drops (keep it cheap, e.g. a Prometheus
+``Counter.inc``) and on the writer thread for sink failures; whatever it raises is logged and swallowed.
+Records are read by the writer thread later: do not mutate a dict after logging it. Memory is bounded by
+``max_queue`` rows waiting plus the ``batch_rows`` the writer holds while it writes.
+
+Call ``close()`` on shutdown (loggers still open at interpreter exit are closed by an ``atexit`` hook, with a
+short timeout). The writer thread does not survive ``fork()``: create loggers in the serving process itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import datetime as dt
+import io
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kfops.components import storage
+from kfops.components.contracts import KfopsError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("jsonl", "parquet")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_IDLE_WAKE_SECONDS = 1.0  # the writer wakes at least this often, to report queue-full drops
+_DROP_REPORT_SECONDS = 10.0  # queue-full drops are logged at most this often (they are always counted)
+_ATEXIT_CLOSE_SECONDS = 5.0
+
+_open_loggers: weakref.WeakSet[PayloadLogger] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_loggers() -> None:
+    for logger in list(_open_loggers):
+        logger.close(timeout=_ATEXIT_CLOSE_SECONDS)
+
+
+class PayloadLogger:
+    """Log flat request/prediction records to ``<sink>/model=<name>/date=<day>/`` without ever blocking."""
+
+    def __init__(
+        self,
+        sink_uri: str,
+        model_name: str,
+        fmt: str = "jsonl",
+        max_queue: int = 10_000,
+        batch_rows: int = 1_000,
+        flush_seconds: float = 2.0,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        if not isinstance(sink_uri, str) or not sink_uri.strip():
+            raise KfopsError(f"payload log sink_uri must be a non-empty local path or s3:// URI, got {sink_uri!r}")
+        if storage.is_s3(sink_uri):
+            storage.split_s3(sink_uri)  # raises KfopsError naming the URI when it has no bucket
+        if not isinstance(model_name, str) or not _MODEL_NAME.match(model_name):
+            raise KfopsError(
+                f"payload log model_name must be a non-empty name of letters, digits, '.', '_' or '-' "
+                f"(it becomes the model= partition), got {model_name!r}"
+            )
+        if fmt not in FORMATS:
+            raise KfopsError(f"payload log fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        for name, value in (("max_queue", max_queue), ("batch_rows", batch_rows)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise KfopsError(f"payload log {name} must be a positive integer, got {value!r}")
+        if (
+            isinstance(flush_seconds, bool)
+            or not isinstance(flush_seconds, int | float)
+            or not math.isfinite(flush_seconds)
+            or flush_seconds <= 0
+        ):
+            raise KfopsError(f"payload log flush_seconds must be a positive number of seconds, got {flush_seconds!r}")
+        if on_drop is not None and not callable(on_drop):
+            raise KfopsError(f"payload log on_drop must be callable or None, got {on_drop!r}")
+
+        self.sink_uri = sink_uri.rstrip("/") if storage.is_s3(sink_uri) else sink_uri
+        self.model_name = model_name
+        self.fmt = fmt
+        self.max_queue = max_queue
+        self.batch_rows = batch_rows
+        self.flush_seconds = float(flush_seconds)
+        self.on_drop = on_drop
+        self.on_drop_errors = 0  # times on_drop raised (swallowed; logged only when on the writer thread)
+
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the writer waits here for rows, flushes and close
+        self._progress = threading.Condition(self._lock)  # flush() waits here for rows to be done
+        # Each entry: (monotonic time logged, wall time logged, list of records).
+        self._queue: collections.deque[tuple[float, float, list]] = collections.deque()
+        self._pending = 0  # rows in the queue
+        self._accepted = 0  # rows ever accepted onto the queue
+        self._taken = 0  # rows the writer has taken off the queue
+        self._done = 0  # rows the writer has finished with (written or dropped)
+        self._flush_target = 0  # flush() asked for every row up to this one to be done
+        self._closing = False
+        self._written = 0
+        self._dropped = 0
+        self._files = 0
+        self._full_drops_unreported = 0
+        self._next_drop_report = 0.0
+
+        self._thread = threading.Thread(target=self._run, name=f"payload-log-{model_name}", daemon=True)
+        self._thread.start()
+        _open_loggers.add(self)
+
+    # ----------------------------------------------------------------------------------------------- counters
+    @property
+    def written(self) -> int:
+        """Rows written to the sink."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Rows lost: queue full, logger closed, unusable record, or the sink failed."""
+        return self._dropped
+
+    @property
+    def files(self) -> int:
+        """Files written to the sink."""
+        return self._files
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting on the queue now."""
+        return self._pending
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread is running."""
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------------------------------------ calling
+    def log(self, records: list[dict]) -> None:
+        """Queue records for writing and return at once. Never blocks, never raises; drops when full."""
+        try:
+            # A shallow copy (pointers only, no serialising): the caller may reuse its list once we return.
+            records = [records] if isinstance(records, dict) else list(records)
+            n = len(records)
+            if n == 0:
+                return
+            with self._lock:
+                if self._closing or self._pending + n > self.max_queue:
+                    self._dropped += n
+                    self._full_drops_unreported += n
+                    full = True
+                else:
+                    was_empty = self._pending == 0
+                    self._queue.append((time.monotonic(), time.time(), records))
+                    self._pending += n
+                    self._accepted += n
+                    # Wake the writer only when it has something new to decide: a first row starts the
+                    # flush_seconds clock, a full batch is ready to write.
+                    if was_empty or self._pending >= self.batch_rows:
+                        self._work.notify()
+                    full = False
+            if full:
+                self._report_drop(n)
+        except Exception:  # never into the request path; counted, and logged by the writer thread
+            with self._lock:
+                self._dropped += 1
+                self._full_drops_unreported += 1
+            self._report_drop(1)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every row queued before this call is written (or dropped); False if the time ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._accepted
+            if target > self._flush_target:
+                self._flush_target = target
+                self._work.notify()
+            while self._done < target:
+                if not self._thread.is_alive():
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._progress.wait(remaining if remaining is not None else _IDLE_WAKE_SECONDS)
+            return True
+
+    def close(self, timeout: float = 10) -> bool:
+        """Write everything queued, then stop the writer thread. Idempotent; False if it did not stop in time."""
+        with self._lock:
+            if not self._closing:
+                self._closing = True
+                self._work.notify()
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            _open_loggers.discard(self)
+        else:
+            log.warning(
+                "payload logger for %s did not stop within %ss; %d rows still queued",
+                self.model_name,
+                timeout,
+                self._pending,
+            )
+        return stopped
+
+    def __enter__(self) -> PayloadLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"PayloadLogger({self.sink_uri!r}, {self.model_name!r}, fmt={self.fmt!r}, written={self._written}, "
+            f"dropped={self._dropped}, files={self._files}, queued={self._pending})"
+        )
+
+    # ------------------------------------------------------------------------------------------------ writing
+    def _report_drop(self, n: int) -> None:
+        if self.on_drop is None:
+            return
+        try:
+            self.on_drop(n)
+        except Exception:
+            self.on_drop_errors += 1
+            if threading.current_thread() is self._thread:  # the caller's thread does no I/O, even for this
+                log.exception("payload logger for %s: on_drop callback failed", self.model_name)
+
+    def _next_batch(self) -> list[tuple[float, list]] | None:
+        """Wait for a batch to write: ``[(wall time logged, records), ...]``.
+
+        Empty when the writer is idle and has queue-full drops to report; None when closed and drained.
+        """
+        with self._lock:
+            while True:
+                if self._pending:
+                    if self._closing or self._pending >= self.batch_rows or self._flush_target > self._taken:
+                        break
+                    remaining = self._queue[0][0] + self.flush_seconds - time.monotonic()
+                    if remaining <= 0:
+                        break
+                elif self._closing:
+                    return None
+                else:
+                    remaining = _IDLE_WAKE_SECONDS
+                if self._full_drops_unreported and time.monotonic() >= self._next_drop_report:
+                    return []
+                self._work.wait(min(remaining, _IDLE_WAKE_SECONDS))
+            batch: list[tuple[float, list]] = []
+            room = self.batch_rows
+            while room and self._queue:
+                logged_mono, logged_wall, records = self._queue.popleft()
+                if len(records) > room:  # split the entry; the rest keeps its place and its age
+                    self._queue.appendleft((logged_mono, logged_wall, records[room:]))
+                    records = records[:room]
+                batch.append((logged_wall, records))
+                room -= len(records)
+            taken = self.batch_rows - room
+            self._pending -= taken
+            self._taken += taken
+            return batch
+
+    def _report_full_drops(self, force: bool = False) -> None:
+        """Log queue-full drops from the writer thread (at most every few seconds): the caller's does no I/O."""
+        with self._lock:
+            if not self._full_drops_unreported or (not force and time.monotonic() < self._next_drop_report):
+                return
+            n, self._full_drops_unreported = self._full_drops_unreported, 0
+            self._next_drop_report = time.monotonic() + _DROP_REPORT_SECONDS
+        if n:
+            log.warning(
+                "payload logger for %s dropped %d rows: queue full (max_queue=%d), logger closed or not a list",
+                self.model_name,
+                n,
+                self.max_queue,
+            )
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = self._next_batch()
+                self._report_full_drops(force=batch is None)
+                if batch is None:
+                    return
+                if batch:
+                    self._write_batch(batch)
+            except Exception:  # the thread must outlive any bad batch
+                log.exception("payload logger for %s: unexpected error in the writer thread", self.model_name)
+                time.sleep(0.05)
+
+    def _write_batch(self, batch: list[tuple[float, list]]) -> None:
+        rows = sum(len(records) for _, records in batch)
+        by_date: dict[str, list[dict]] = {}
+        unusable = 0
+        try:
+            for logged_wall, records in batch:
+                fallback = None
+                for record in records:
+                    if not isinstance(record, dict):
+                        unusable += 1
+                        continue
+                    day = _utc_date(record.get("timestamp"))
+                    if day is None:
+                        if fallback is None:
+                            fallback = dt.datetime.fromtimestamp(logged_wall, dt.UTC).date().isoformat()
+                        day = fallback
+                    by_date.setdefault(day, []).append(record)
+            if unusable:
+                log.warning("payload logger for %s dropped %d records that are not dicts", self.model_name, unusable)
+                self._count(dropped=unusable)
+            for day, records in sorted(by_date.items()):
+                self._write_file(day, records)
+        finally:
+            with self._lock:
+                self._done += rows
+                self._progress.notify_all()
+
+    def _write_file(self, day: str, records: list[dict]) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        uri = storage.join(
+            self.sink_uri, f"model={self.model_name}", f"date={day}", f"{stamp}-{uuid.uuid4().hex}.{self.fmt}"
+        )
+        try:
+            data = _to_jsonl(records) if self.fmt == "jsonl" else _to_parquet(records)
+            storage.write_bytes(uri, data)
+        except Exception as err:
+            log.warning(
+                "payload logger for %s dropped %d rows: cannot write %s: %s", self.model_name, len(records), uri, err
+            )
+            self._count(dropped=len(records))
+            return
+        self._count(written=len(records), files=1)
+
+    def _count(self, written: int = 0, dropped: int = 0, files: int = 0) -> None:
+        with self._lock:
+            self._written += written
+            self._dropped += dropped
+            self._files += files
+        if dropped:
+            self._report_drop(dropped)
+
+
+# ---------------------------------------------------------------------------------------------- serialising
+def _utc_date(value: Any) -> str | None:
+    """The UTC calendar date of a timestamp (ISO string, datetime or epoch seconds), or None if unusable."""
+    try:
+        if isinstance(value, str):
+            moment = dt.datetime.fromisoformat(value.strip())
+        elif isinstance(value, dt.datetime):  # pandas.Timestamp too
+            moment = value
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return dt.datetime.fromtimestamp(value, dt.UTC).date().isoformat()
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.date().isoformat()
+
+
+def _clean(value: Any) -> Any:
+    """A JSON- and Arrow-friendly value: NaN, inf, NA and NaT become None; numpy scalars become Python ones."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas.NA, pandas.NaT
+        return None
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalar
+        return _clean(value.item())
+    if hasattr(value, "tolist"):  # numpy array
+        return _clean(value.tolist())
+    return str(value)
+
+
+def _clean_record(record: dict) -> dict:
+    return {str(key): _clean(value) for key, value in record.items()}
+
+
+def _to_jsonl(records: Iterable[dict]) -> bytes:
+    lines = (json.dumps(_clean_record(r), allow_nan=False, ensure_ascii=False, separators=(",", ":")) for r in records)
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _to_parquet(records: list[dict]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [_clean_record(r) for r in records]
+    columns: dict[str, None] = {}  # the union of keys, in order of first appearance
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, None)
+    arrays = {}
+    for key in columns:
+        values = [row.get(key) for row in rows]
+        try:
+            arrays[key] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in one column: keep them as text
+            arrays[key] = pa.array([None if v is None else _as_text(v) for v in values], type=pa.string())
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(arrays), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, allow_nan=False)

@@ -1,0 +1,450 @@
+"""The KServe predictor for the suite's models: V1 and V2 (Open Inference Protocol) over one TabularClassifier.
+
+V1  ``POST /v1/models/NAME:predict``::
+
+        {"instances": [{"amount": 12.5, "merchant_category": "grocery", ...}, ...]}
+        {"instances": [[12.5, "grocery", ...], ...]}          # values in FeatureSpec.feature_names order
+    ->  {"predictions": [{"prediction": "1", "probability": 0.93, "model_version": "3"}, ...]}
+
+V2  ``POST /v2/models/NAME/infer``: one named input per feature, as MLServer's pandas codec does: BYTES for
+    categorical features, FP64/FP32/INT64 (any numeric type) for numeric ones, shape ``[n]`` or ``[n, 1]``.
+    Outputs ``prediction`` (BYTES) and ``probability`` (FP64); ``model_version`` is set on the response and
+    in its parameters. ``GET /v2/models/NAME`` lists one input per feature with its datatype and shape [-1].
+
+Every malformed request is a ``kserve.errors.InvalidInput`` (HTTP 400) whose message names the field: a body
+that is not a JSON object, unknown or missing features, a list instance of the wrong length, strings where
+numbers belong, NaN or infinite numbers (or beyond float32, |x| > 1e38), an empty batch, more rows than
+``max_request_rows``. ``null`` is a missing value (the model imputes it) for either kind of feature.
+
+Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop. Served
+through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests in flight
+(``requests_in_flight``) so that an idle batcher waits ``max_wait_ms`` for rows only while some are on their way;
+registered in a plain KServe ModelServer instead, it never waits and merges only what queues while the model
+is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import kserve
+import numpy as np
+import pandas as pd
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from kfops.serving import metrics
+from kfops.serving.batching import BatchTimings, DynamicBatcher
+from kfops.serving.model_store import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_ROWS = 256
+DEFAULT_MAX_WAIT_MS = 5.0
+DEFAULT_MAX_REQUEST_ROWS = 10_000
+NUMERIC_V2_TYPES = frozenset(
+    {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
+)
+VARIANT = "default"
+MAX_ABS_NUMBER = 1e38  # float32 holds about 3.4e38; larger values would become inf inside the model
+_SHOWN = 60  # characters of a bad value quoted in a message
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+@dataclass
+class ParsedRequest:
+    """What preprocess hands to predict: validated raw feature rows and where they came from."""
+
+    frame: pd.DataFrame
+    protocol: str  # "v1" or "v2"
+    request_id: str
+    started: float  # perf_counter at the start of preprocess
+
+
+class FeatureValidator:
+    """Turns request values into typed feature columns, raising InvalidInput that names the field."""
+
+    def __init__(self, loaded: LoadedModel, max_request_rows: int) -> None:
+        self.spec = loaded.spec
+        self.names = loaded.spec.feature_names
+        self.kinds = {c.name: c.kind for c in loaded.spec.columns}
+        self.known = frozenset(self.names)
+        self.max_request_rows = max_request_rows
+
+    def check_rows(self, n: int, where: str) -> None:
+        if n == 0:
+            raise InvalidInput(f"{where} is empty: send at least one row")
+        if n > self.max_request_rows:
+            raise InvalidInput(
+                f"{where} has {n} rows, more than this server's maximum of {self.max_request_rows} per request"
+            )
+
+    def value(self, name: str, value: Any, where: str) -> Any:
+        """One validated value: float (NaN for missing) for numeric features, str or None for categorical."""
+        if value is None:
+            return math.nan if self.kinds[name] == "numeric" else None
+        if self.kinds[name] == "numeric":
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                raise InvalidInput(
+                    f"{where}: feature '{name}' must be a number (or null), got {type(value).__name__} {_show(value)}"
+                )
+            try:
+                number = float(value)
+            except OverflowError:
+                raise InvalidInput(f"{where}: feature '{name}' is too large: {_show(value)}") from None
+            if not math.isfinite(number):
+                raise InvalidInput(f"{where}: feature '{name}' must be a finite number, got {number}")
+            if abs(number) > MAX_ABS_NUMBER:
+                raise InvalidInput(
+                    f"{where}: feature '{name}' is out of range: {number:g} (the model computes in float32, "
+                    f"|value| must be at most {MAX_ABS_NUMBER:g})"
+                )
+            return number
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{where}: feature '{name}' is not valid UTF-8") from None
+        if isinstance(value, int | np.integer) and not isinstance(value, bool):
+            return str(int(value))
+        raise InvalidInput(
+            f"{where}: feature '{name}' must be a string (or null), got {type(value).__name__} {_show(value)}"
+        )
+
+    def frame(self, columns: dict[str, list]) -> pd.DataFrame:
+        data = {}
+        for name in self.names:
+            if self.kinds[name] == "numeric":
+                data[name] = np.asarray(columns[name], dtype=np.float64)
+            else:
+                data[name] = pd.Series(columns[name], dtype=object)
+        return pd.DataFrame(data)
+
+    # ------------------------------------------------------------------------------------------ V1
+    def v1(self, body: Any) -> pd.DataFrame:
+        if isinstance(body, bytes | bytearray | str):
+            raise InvalidInput("request body must be JSON (content-type application/json) with an 'instances' list")
+        if not isinstance(body, dict):
+            raise InvalidInput(
+                f"request body must be a JSON object with an 'instances' list, got a JSON {type(body).__name__}"
+            )
+        if "instances" not in body:
+            raise InvalidInput(f"request body has no 'instances' field (it has: {sorted(map(str, body))[:10]})")
+        instances = body["instances"]
+        if not isinstance(instances, list):
+            raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
+        self.check_rows(len(instances), "'instances'")
+        columns: dict[str, list] = {name: [] for name in self.names}
+        width = len(self.names)
+        for i, row in enumerate(instances):
+            where = f"instances[{i}]"
+            if isinstance(row, dict):
+                if row.keys() != self.known:
+                    unknown = sorted(str(k) for k in row if k not in self.known)
+                    missing = [n for n in self.names if n not in row]
+                    parts = []
+                    if unknown:
+                        parts.append(f"unknown feature(s) {unknown[:10]}")
+                    if missing:
+                        parts.append(f"missing feature(s) {missing}")
+                    raise InvalidInput(f"{where}: {' and '.join(parts)}; the model expects {self.names}")
+                for name in self.names:
+                    columns[name].append(self.value(name, row[name], where))
+            elif isinstance(row, list):
+                if len(row) != width:
+                    raise InvalidInput(
+                        f"{where}: a list instance must have {width} values (one per feature, in the order "
+                        f"{self.names}), got {len(row)}"
+                    )
+                for name, value in zip(self.names, row, strict=True):
+                    columns[name].append(self.value(name, value, where))
+            else:
+                raise InvalidInput(
+                    f"{where} must be an object keyed by feature name or a list of {width} values, "
+                    f"got {type(row).__name__}"
+                )
+        return self.frame(columns)
+
+    # ------------------------------------------------------------------------------------------ V2
+    def v2(self, request: InferRequest) -> pd.DataFrame:
+        inputs = list(request.inputs or [])
+        if not inputs:
+            raise InvalidInput(f"'inputs' is empty: send one input per feature {self.names}")
+        by_name: dict[str, Any] = {}
+        for infer_input in inputs:
+            name = infer_input.name
+            if name in by_name:
+                raise InvalidInput(f"input '{name}' appears more than once")
+            by_name[name] = infer_input
+        unknown = sorted(str(n) for n in by_name if n not in self.known)
+        missing = [n for n in self.names if n not in by_name]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown input(s) {unknown[:10]}")
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            raise InvalidInput(f"{' and '.join(parts)}; the model expects one input per feature: {self.names}")
+        columns: dict[str, list] = {}
+        rows = None
+        for name in self.names:
+            values = self._v2_values(by_name[name])
+            if rows is None:
+                rows = len(values)
+                self.check_rows(rows, f"input '{name}'")
+            elif len(values) != rows:
+                raise InvalidInput(
+                    f"input '{name}' has {len(values)} rows but input '{self.names[0]}' has {rows}: "
+                    "every input must have the same number of rows"
+                )
+            where = f"input '{name}'"
+            columns[name] = [self.value(name, v, f"{where} row {i}") for i, v in enumerate(values)]
+        return self.frame(columns)
+
+    def _v2_values(self, infer_input) -> list:
+        name = infer_input.name
+        where = f"input '{name}'"
+        datatype = str(infer_input.datatype or "").upper()
+        kind = self.kinds[name]
+        if kind == "numeric" and datatype not in NUMERIC_V2_TYPES:
+            raise InvalidInput(f"{where}: numeric feature must have datatype FP64, FP32 or INT64, got {datatype!r}")
+        if kind == "categorical" and datatype != "BYTES":
+            raise InvalidInput(f"{where}: categorical feature must have datatype BYTES, got {datatype!r}")
+        shape = infer_input.shape
+        if (
+            not isinstance(shape, list | tuple)
+            or not shape
+            or len(shape) > 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+            or (len(shape) == 2 and shape[1] != 1)
+        ):
+            raise InvalidInput(f"{where}: shape must be [n] or [n, 1], got {_show(shape)}")
+        data = infer_input.data
+        if data is None:
+            try:  # binary tensor extension
+                data = infer_input.as_numpy().reshape(-1).tolist()
+            except Exception as err:
+                raise InvalidInput(f"{where}: cannot read its data: {err}") from None
+        if not isinstance(data, list):
+            raise InvalidInput(f"{where}: 'data' must be a list, got {type(data).__name__}")
+        flat = []
+        for value in data:
+            if isinstance(value, list):  # [[v], [v], ...] for shape [n, 1]
+                if len(value) != 1:
+                    raise InvalidInput(f"{where}: nested rows must hold one value each, got {_show(value)}")
+                value = value[0]
+            if isinstance(value, list | dict):
+                raise InvalidInput(f"{where}: values must be scalars, got {_show(value)}")
+            flat.append(value)
+        if len(flat) != shape[0]:
+            raise InvalidInput(f"{where}: shape {list(shape)} says {shape[0]} rows but 'data' holds {len(flat)}")
+        return flat
+
+
+class TabularPredictor(kserve.Model):
+    """A KServe predictor for one TabularClassifier, loaded from the registry or a model folder."""
+
+    def __init__(
+        self,
+        name: str,
+        model_ref: str = "",
+        tracking_uri: str = "",
+        *,
+        loaded: LoadedModel | None = None,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS,
+        payload_logger: Any = None,
+        variant: str = VARIANT,
+        torch_threads: int | None = None,
+    ) -> None:
+        super().__init__(name)
+        if not model_ref and loaded is None:
+            raise ValueError("TabularPredictor needs a model_ref or a LoadedModel")
+        if max_request_rows < 1:
+            raise ValueError(f"max_request_rows must be >= 1, got {max_request_rows}")
+        self.model_ref = model_ref
+        self.tracking_uri = tracking_uri
+        self.loaded: LoadedModel | None = loaded
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_ms = max_wait_ms
+        self.max_request_rows = max_request_rows
+        self.payload_logger = payload_logger
+        self.variant = variant
+        self.torch_threads = torch_threads  # None: cpu_limit()
+        self.validator: FeatureValidator | None = None
+        # Requests to this model's predict/infer endpoints now in the server, counted by the app's middleware
+        # (kfops.serving.app.ErrorCounter): the batcher waits for more rows only while some are on their way.
+        self.requests_in_flight = 0
+        self.batcher: DynamicBatcher | None = None
+        self.ready = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    @property
+    def version(self) -> str:
+        return self.loaded.version if self.loaded is not None else ""
+
+    def load(self) -> bool:
+        if self.ready:
+            return True
+        if self.loaded is None:
+            self.loaded = load_model(self.model_ref, self.tracking_uri)
+        self.validator = FeatureValidator(self.loaded, self.max_request_rows)
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch_rows=self.max_batch_rows,
+            max_wait_ms=self.max_wait_ms,
+            on_batch=lambda rows, requests: metrics.observe_batch(rows),
+            name=self.name,
+            in_flight=lambda: self.requests_in_flight,
+            torch_threads=self.torch_threads,
+        )
+        self.ready = True
+        log.info(
+            "model %s ready: %s version %s (%d features)",
+            self.name,
+            self.loaded.name or self.loaded.path,
+            self.loaded.version or "?",
+            len(self.loaded.spec.columns),
+        )
+        return self.ready
+
+    def stop(self) -> None:
+        self.ready = False
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.payload_logger is not None:
+            try:
+                self.payload_logger.close()
+            except Exception:
+                log.exception("closing the payload logger failed")
+
+    def _run_batch(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Runs in the batcher's worker thread. The validator already typed the columns as
+        ``model_input_frame`` would (numeric float64 with NaN, categorical str or None), so the frame goes to the
+        model as is: ``model_input_frame`` again would cost more than the model itself for small batches."""
+        return self.loaded.predict(frame)
+
+    # ------------------------------------------------------------------------------------------ metadata
+    def get_input_types(self) -> list[dict]:
+        if self.loaded is None:
+            return []
+        return [
+            {"name": c.name, "datatype": "FP64" if c.kind == "numeric" else "BYTES", "shape": [-1]}
+            for c in self.loaded.spec.columns
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [
+            {"name": "prediction", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probability", "datatype": "FP64", "shape": [-1]},
+        ]
+
+    # ------------------------------------------------------------------------------------------ handlers
+    def validate(self, payload):
+        # KServe's check assumes a dict or InferRequest; preprocess has already validated everything.
+        return payload
+
+    async def preprocess(self, payload, headers: dict[str, str] | None = None) -> ParsedRequest:
+        started = time.perf_counter()
+        if not self.ready or self.validator is None:
+            from kserve.errors import ModelNotReady
+
+            raise ModelNotReady(self.name)
+        header_id = (headers or {}).get("x-request-id", "")
+        if isinstance(payload, InferRequest):
+            frame = self.validator.v2(payload)
+            protocol = "v2"
+            request_id = payload.id or header_id
+        else:
+            frame = self.validator.v1(payload)
+            protocol = "v1"
+            request_id = header_id
+        parsed = ParsedRequest(frame, protocol, request_id or uuid.uuid4().hex, started)
+        metrics.observe_latency(self.name, self.version, "parse", time.perf_counter() - started)
+        return parsed
+
+    async def predict(self, payload: ParsedRequest, headers=None, response_headers=None):
+        if not isinstance(payload, ParsedRequest):  # preprocess always makes one; defensive
+            raise InvalidInput("request could not be parsed")
+        try:
+            result, timings = await self.batcher.submit(payload.frame)
+        except InferenceError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # anything else from the batcher is still a server-side failure with a message
+            raise InferenceError(f"prediction failed: {type(err).__name__}: {err}") from err
+        self._observe(payload, result, timings)
+        if self.payload_logger is not None:
+            self._log_payload(payload, result)
+        return self._respond(payload, result)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _observe(self, payload: ParsedRequest, result: pd.DataFrame, timings: BatchTimings) -> None:
+        version = self.version
+        metrics.observe_latency(self.name, version, "queue", timings.queue_seconds)
+        metrics.observe_latency(self.name, version, "predict", timings.predict_seconds)
+        metrics.observe_latency(self.name, version, "total", time.perf_counter() - payload.started)
+        metrics.count_predictions(self.name, version, result["prediction"].tolist())
+
+    def _respond(self, payload: ParsedRequest, result: pd.DataFrame):
+        version = self.version
+        labels = [str(v) for v in result["prediction"].tolist()]
+        probabilities = [float(v) for v in result["probability"].tolist()]
+        if payload.protocol == "v1":
+            return {
+                "predictions": [
+                    {"prediction": label, "probability": p, "model_version": version}
+                    for label, p in zip(labels, probabilities, strict=True)
+                ]
+            }
+        n = len(labels)
+        return InferResponse(
+            response_id=payload.request_id,
+            model_name=self.name,
+            model_version=version or None,
+            infer_outputs=[
+                InferOutput(name="prediction", shape=[n], datatype="BYTES", data=labels),
+                InferOutput(name="probability", shape=[n], datatype="FP64", data=probabilities),
+            ],
+            parameters={"model_version": version},
+        )
+
+    def _log_payload(self, payload: ParsedRequest, result: pd.DataFrame) -> None:
+        """One flat record per row to the payload logger (non-blocking); never fails the request."""
+        try:
+            timestamp = dt.datetime.now(dt.UTC).isoformat()
+            features = payload.frame.to_dict(orient="records")
+            labels = result["prediction"].tolist()
+            probabilities = result["probability"].tolist()
+            records = []
+            for row, label, p in zip(features, labels, probabilities, strict=True):
+                record = {
+                    "request_id": payload.request_id,
+                    "timestamp": timestamp,
+                    "model": self.name,
+                    "model_version": self.version,
+                    "variant": self.variant,
+                }
+                for key, value in row.items():
+                    record[key] = None if isinstance(value, float) and math.isnan(value) else value
+                record["prediction"] = str(label)
+                record["probability"] = float(p)
+                records.append(record)
+            self.payload_logger.log(records)
+        except Exception:
+            log.exception("payload logging failed for request %s", payload.request_id)

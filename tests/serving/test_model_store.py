@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kfops.components.contracts import KfopsError
+from kfops.components.preprocess.logic import model_input_frame
+from kfops.serving.model_store import load_model
+
+
+@pytest.mark.parametrize("form", ["{name}@champion", "models:/{name}@champion", "{name}/{version}", "{name}"])
+def test_registry_references_load_the_registered_version(registered_model, form):
+    m = registered_model
+    loaded = load_model(form.format(name=m.name, version=m.version), m.tracking_uri)
+    assert (loaded.name, loaded.version) == (m.name, m.version)
+    assert loaded.spec.feature_names == m.spec.feature_names
+    assert loaded.threshold == pytest.approx(0.5)
+    rows = m.rows.head(40)
+    out = loaded.predict(model_input_frame(loaded.spec, rows))
+    expected = m.expected(rows)
+    assert out["prediction"].tolist() == expected["prediction"].tolist()
+    assert np.allclose(out["probability"], expected["probability"])
+
+
+def test_a_model_folder_loads_without_a_registry(registered_model, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    loaded = load_model(str(registered_model.model_dir))
+    assert loaded.version == "" and loaded.spec.feature_names == registered_model.spec.feature_names
+    assert loaded.path == str(registered_model.model_dir)
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("no-such-model@champion", "model 'no-such-model' does not exist"),
+        ("{name}@canary", "has no alias 'canary'"),
+        ("{name}/99", "has no version 99"),
+        ("{name}/x", "the version must be a number"),
+        ("", "empty model reference"),
+    ],
+)
+def test_unknown_references_are_clear_errors(registered_model, ref, message):
+    with pytest.raises(KfopsError, match=message):
+        load_model(ref.format(name=registered_model.name), registered_model.tracking_uri)
+
+
+def test_folders_that_are_not_models_and_a_missing_registry(tmp_path, monkeypatch):
+    with pytest.raises(KfopsError, match="no MLmodel file"):
+        load_model(str(tmp_path))
+    with pytest.raises(KfopsError, match="does not exist"):
+        load_model(str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(KfopsError, match="MLFLOW_TRACKING_URI"):
+        load_model("fraud@champion")
