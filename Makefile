@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kfops-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training bench-validate clean
+.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training bench-validate bench-serving clean
 
 setup: $(STAMP)
 
@@ -40,7 +40,7 @@ compile: setup
 check-compiled: setup
 	$(BIN)/kfops compile --check
 
-bench: bench-e2e bench-training bench-validate
+bench: bench-e2e bench-training bench-validate bench-serving
 
 bench-e2e: setup
 	$(BIN)/python benchmarks/bench_e2e.py
@@ -53,3 +53,6 @@ clean:
 
 bench-validate: setup
 	$(BIN)/python benchmarks/bench_validate.py
+
+bench-serving: setup
+	$(BIN)/python benchmarks/bench_serving.py
