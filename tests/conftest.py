@@ -120,3 +120,19 @@ def s3_env(s3_server, monkeypatch) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return s3_server
+
+
+def train_prepared(prepared, config: TrainConfig, model_dir, tensorboard_dir, **kwargs):
+    """Train a real model on the ``prepared`` fixture's data and log it to MLflow (``kwargs`` go to train_model)."""
+    from kfops.components.train.logic import train_model
+
+    return train_model(
+        str(prepared["train_matrix"]),
+        str(prepared["validation_matrix"]),
+        str(prepared["spec"]),
+        str(prepared["train_raw"]),
+        config,
+        str(model_dir),
+        str(tensorboard_dir),
+        **kwargs,
+    )

@@ -9,7 +9,7 @@ import pytest
 
 from kfops.cli import EXIT_USER_ERROR, main
 from kfops.components.contracts import TAG_BLESSED, TAG_METRIC_PREFIX
-from kfops.components.train.logic import train_model
+from tests.conftest import train_prepared
 
 MODEL = "fraud-cli"
 
@@ -27,11 +27,8 @@ def store(tmp_path_factory, prepared, fast_config):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(root / "art"))
         for i, lr in enumerate((3e-3, 1e-2)):
-            outcome = train_model(
-                str(prepared["train_matrix"]),
-                str(prepared["validation_matrix"]),
-                str(prepared["spec"]),
-                str(prepared["train_raw"]),
+            outcome = train_prepared(
+                prepared,
                 dataclasses.replace(fast_config, learning_rate=lr),
                 str(root / f"model{i}"),
                 str(root / f"tb{i}"),

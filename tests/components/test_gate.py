@@ -10,6 +10,7 @@ from kfops.components.gate.logic import (
     load_thresholds,
     parse_thresholds,
 )
+from tests.conftest import train_prepared
 
 GOOD = {
     "accuracy": 0.99,
@@ -127,13 +128,9 @@ def test_champion_is_rescored_on_the_candidates_test_split(tmp_path, prepared, f
     from kfops.components.evaluate.logic import evaluate_model
     from kfops.components.gate.logic import run_gate
     from kfops.components.register.logic import register_model
-    from kfops.components.train.logic import train_model
 
-    outcome = train_model(
-        str(prepared["train_matrix"]),
-        str(prepared["validation_matrix"]),
-        str(prepared["spec"]),
-        str(prepared["train_raw"]),
+    outcome = train_prepared(
+        prepared,
         fast_config,
         str(tmp_path / "m"),
         str(tmp_path / "tb"),

@@ -23,7 +23,7 @@ from kfops.components.contracts import (
 )
 from kfops.components.register import promotion
 from kfops.components.register.promotion import parse_model_ref, promote, resolve_version, rollback
-from kfops.components.train.logic import train_model
+from tests.conftest import train_prepared
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,11 +37,8 @@ def registry(tmp_path_factory, prepared, fast_config):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(root / "art"))
-        outcome = train_model(
-            str(prepared["train_matrix"]),
-            str(prepared["validation_matrix"]),
-            str(prepared["spec"]),
-            str(prepared["train_raw"]),
+        outcome = train_prepared(
+            prepared,
             fast_config,
             str(root / "model"),
             str(root / "tb"),

@@ -4,7 +4,7 @@ import pytest
 
 from kfops.components.contracts import EvaluationResult, KfopsError
 from kfops.components.register.logic import register_model
-from kfops.components.train.logic import train_model
+from tests.conftest import train_prepared
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,8 @@ def two_models(tmp_path_factory, prepared, fast_config):
     os.environ["MLFLOW_TRACKING_URI"], os.environ["KFOPS_MLFLOW_ARTIFACT_ROOT"] = uri, str(root / "art")
     try:
         outcomes = [
-            train_model(
-                str(prepared["train_matrix"]),
-                str(prepared["validation_matrix"]),
-                str(prepared["spec"]),
-                str(prepared["train_raw"]),
+            train_prepared(
+                prepared,
                 fast_config,
                 str(root / f"model{i}"),
                 str(root / f"tb{i}"),

@@ -12,6 +12,7 @@ from kfops.components.contracts import KfopsError, TrainConfig
 from kfops.components.preprocess.logic import load_matrix
 from kfops.components.train.logic import train_model
 from kfops.components.train.loop import build_mlp, fit
+from tests.conftest import train_prepared
 
 
 def matrices(prepared):
@@ -100,11 +101,8 @@ def test_train_model_logs_everything_to_mlflow_and_tensorboard(tmp_path, prepare
     import mlflow
     import mlflow.pyfunc
 
-    outcome = train_model(
-        str(prepared["train_matrix"]),
-        str(prepared["validation_matrix"]),
-        str(prepared["spec"]),
-        str(prepared["train_raw"]),
+    outcome = train_prepared(
+        prepared,
         fast_config,
         str(tmp_path / "model"),
         str(tmp_path / "tb"),

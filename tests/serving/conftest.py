@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from kfops.components.contracts import FeatureSpec
+from tests.conftest import train_prepared
 
 MODEL_NAME = "fraud-serving"
 
@@ -51,19 +52,14 @@ def _no_orjson_warning():
 def registered_model(tmp_path_factory, prepared, fast_config) -> RegisteredModel:
     import mlflow
 
-    from kfops.components.train.logic import train_model
-
     root = tmp_path_factory.mktemp("serving-model")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(root / "mlartifacts"))
         mlflow.set_tracking_uri(uri)
-        outcome = train_model(
-            str(prepared["train_matrix"]),
-            str(prepared["validation_matrix"]),
-            str(prepared["spec"]),
-            str(prepared["train_raw"]),
+        outcome = train_prepared(
+            prepared,
             fast_config,
             str(root / "model"),
             str(root / "tb"),
