@@ -205,16 +205,13 @@ class DynamicBatcher:
         rows = sum(item.rows for item in live)
         started = time.perf_counter()
         try:
-            merged = (
-                live[0].frame.reset_index(drop=True)
-                if len(live) == 1
-                else pd.concat([item.frame for item in live], ignore_index=True)
-            )
             if self.on_batch is not None:
                 self.on_batch(rows, len(live))
-            result = await loop.run_in_executor(self._executor, self.run_batch, merged)
-            if len(result) != rows:
-                raise RuntimeError(f"the model returned {len(result)} rows for a batch of {rows}")
+            # Merging, scoring and splitting all run in the worker thread: pandas work on a batch of dozens of
+            # requests costs milliseconds, which on the event loop would stall every other request.
+            parts = await loop.run_in_executor(
+                self._executor, self._score, [item.frame for item in live], [item.rows for item in live]
+            )
         except asyncio.CancelledError:
             for item in live:
                 if not item.future.done():
@@ -229,11 +226,7 @@ class DynamicBatcher:
         finally:
             self.batches += 1
         predict_seconds = time.perf_counter() - started
-        result = result.reset_index(drop=True)
-        at = 0
-        for item in live:
-            part = result.iloc[at : at + item.rows].reset_index(drop=True)
-            at += item.rows
+        for item, part in zip(live, parts, strict=True):
             if not item.future.done():
                 timings = BatchTimings(
                     queue_seconds=started - item.enqueued,
@@ -242,3 +235,19 @@ class DynamicBatcher:
                     batch_requests=len(live),
                 )
                 item.future.set_result((part, timings))
+
+    def _score(self, frames: list[pd.DataFrame], sizes: list[int]) -> list[pd.DataFrame]:
+        """Worker thread: one model call over the merged frames; each caller's rows back, index 0..n-1."""
+        merged = frames[0].reset_index(drop=True) if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        result = self.run_batch(merged)
+        rows = sum(sizes)
+        if len(result) != rows:
+            raise RuntimeError(f"the model returned {len(result)} rows for a batch of {rows}")
+        result = result.reset_index(drop=True)
+        if len(sizes) == 1:
+            return [result]
+        parts, at = [], 0
+        for n in sizes:
+            parts.append(result.iloc[at : at + n].reset_index(drop=True))
+            at += n
+        return parts

@@ -359,6 +359,8 @@ class PayloadLogger:
 # ---------------------------------------------------------------------------------------------- serialising
 def _utc_date(value: Any) -> str | None:
     """The UTC calendar date of a timestamp (ISO string, datetime or epoch seconds), or None if unusable."""
+    if isinstance(value, str) and len(value) > 10 and value[10] == "T" and value.endswith(("+00:00", "Z")):
+        return value[:10]  # already UTC (what the predictor writes): no parse per record
     try:
         if isinstance(value, str):
             moment = dt.datetime.fromisoformat(value.strip())
@@ -401,8 +403,18 @@ def _clean_record(record: dict) -> dict:
 
 
 def _to_jsonl(records: Iterable[dict]) -> bytes:
-    lines = (json.dumps(_clean_record(r), allow_nan=False, ensure_ascii=False, separators=(",", ":")) for r in records)
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    # orjson writes NaN and infinities as null and numpy scalars natively; anything else it cannot write goes
+    # through _clean. It is ~10x faster than json here, and this thread shares the GIL with the request path.
+    import orjson
+
+    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    lines = []
+    for record in records:
+        try:
+            lines.append(orjson.dumps(record, option=option, default=_clean))
+        except TypeError:
+            lines.append(orjson.dumps(_clean_record(record), option=option))
+    return b"\n".join(lines) + b"\n"
 
 
 def _to_parquet(records: list[dict]) -> bytes:

@@ -67,6 +67,7 @@ class ParsedRequest:
     """What preprocess hands to predict: validated raw feature rows and where they came from."""
 
     frame: pd.DataFrame
+    columns: dict[str, list]  # the same rows as validated lists, for the payload log (cheaper than the frame)
     protocol: str  # "v1" or "v2"
     request_id: str
     started: float  # perf_counter at the start of preprocess
@@ -134,7 +135,7 @@ class FeatureValidator:
         return pd.DataFrame(data)
 
     # ------------------------------------------------------------------------------------------ V1
-    def v1(self, body: Any) -> pd.DataFrame:
+    def v1(self, body: Any) -> dict[str, list]:
         if isinstance(body, bytes | bytearray | str):
             raise InvalidInput("request body must be JSON (content-type application/json) with an 'instances' list")
         if not isinstance(body, dict):
@@ -176,10 +177,10 @@ class FeatureValidator:
                     f"{where} must be an object keyed by feature name or a list of {width} values, "
                     f"got {type(row).__name__}"
                 )
-        return self.frame(columns)
+        return columns
 
     # ------------------------------------------------------------------------------------------ V2
-    def v2(self, request: InferRequest) -> pd.DataFrame:
+    def v2(self, request: InferRequest) -> dict[str, list]:
         inputs = list(request.inputs or [])
         if not inputs:
             raise InvalidInput(f"'inputs' is empty: send one input per feature {self.names}")
@@ -212,7 +213,7 @@ class FeatureValidator:
                 )
             where = f"input '{name}'"
             columns[name] = [self.value(name, v, f"{where} row {i}") for i, v in enumerate(values)]
-        return self.frame(columns)
+        return columns
 
     def _v2_values(self, infer_input) -> list:
         name = infer_input.name
@@ -366,14 +367,16 @@ class TabularPredictor(kserve.Model):
             raise ModelNotReady(self.name)
         header_id = (headers or {}).get("x-request-id", "")
         if isinstance(payload, InferRequest):
-            frame = self.validator.v2(payload)
+            columns = self.validator.v2(payload)
             protocol = "v2"
             request_id = payload.id or header_id
         else:
-            frame = self.validator.v1(payload)
+            columns = self.validator.v1(payload)
             protocol = "v1"
             request_id = header_id
-        parsed = ParsedRequest(frame, protocol, request_id or uuid.uuid4().hex, started)
+        parsed = ParsedRequest(
+            self.validator.frame(columns), columns, protocol, request_id or uuid.uuid4().hex, started
+        )
         metrics.observe_latency(self.name, self.version, "parse", time.perf_counter() - started)
         return parsed
 
@@ -428,11 +431,11 @@ class TabularPredictor(kserve.Model):
         """One flat record per row to the payload logger (non-blocking); never fails the request."""
         try:
             timestamp = dt.datetime.now(dt.UTC).isoformat()
-            features = payload.frame.to_dict(orient="records")
             labels = result["prediction"].tolist()
             probabilities = result["probability"].tolist()
+            names = list(payload.columns)
             records = []
-            for row, label, p in zip(features, labels, probabilities, strict=True):
+            for i, (label, p) in enumerate(zip(labels, probabilities, strict=True)):
                 record = {
                     "request_id": payload.request_id,
                     "timestamp": timestamp,
@@ -440,8 +443,9 @@ class TabularPredictor(kserve.Model):
                     "model_version": self.version,
                     "variant": self.variant,
                 }
-                for key, value in row.items():
-                    record[key] = None if isinstance(value, float) and math.isnan(value) else value
+                for name in names:
+                    value = payload.columns[name][i]
+                    record[name] = None if isinstance(value, float) and math.isnan(value) else value
                 record["prediction"] = str(label)
                 record["probability"] = float(p)
                 records.append(record)

@@ -149,9 +149,9 @@ def bad_v1_cases(m):
     names = m.spec.feature_names
     drop_amount = {k: v for k, v in _v1_row(m).items() if k != "amount"}
     return [
-        ("malformed JSON", b'{"instances": [', "Unrecognized request format"),
-        ("NaN literal", b'{"instances": [[NaN]]}', "Unrecognized request format"),
-        ("Infinity literal", b'{"instances": [{"amount": Infinity}]}', "Unrecognized request format"),
+        ("malformed JSON", b'{"instances": [', "not valid JSON"),
+        ("NaN literal", b'{"instances": [[NaN]]}', "not valid JSON"),
+        ("Infinity literal", b'{"instances": [{"amount": Infinity}]}', "not valid JSON"),
         ("not an object", [1, 2], "'instances'"),
         ("no instances", {"rows": []}, "'instances'"),
         ("instances not a list", {"instances": {"amount": 1}}, "'instances' must be a list"),
@@ -168,7 +168,7 @@ def bad_v1_cases(m):
         ("bool for a number", {"instances": [_v1_row(m, amount=True)]}, "feature 'amount' must be a number"),
         ("huge number", b'{"instances": [[1e999]]}', "infinity"),
         ("number beyond float32", {"instances": [_v1_row(m, amount=1e300)]}, "feature 'amount' is out of range"),
-        ("huge integer", {"instances": [_v1_row(m, amount=10**400)]}, "Unrecognized request format"),
+        ("huge integer", {"instances": [_v1_row(m, amount=10**400)]}, "not valid JSON"),
         ("number for a category", {"instances": [_v1_row(m, merchant_category=1.5)]}, "'merchant_category'"),
         ("object for a category", {"instances": [_v1_row(m, channel={"a": 1})]}, "'channel'"),
         ("row is a scalar", {"instances": [5]}, "instances[0] must be an object"),
