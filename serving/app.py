@@ -176,7 +176,26 @@ def build_app(predictor, *, enable_docs: bool = False):
     app.add_middleware(ErrorCounter, models=repository)
     app.state.predictor = predictor
     app.state.dataplane = dataplane
+    app.state.model_repository_extension = extension
     return app
+
+
+def grpc_server(app, host: str, port: int):
+    """KServe's V2 gRPC service (GRPCInferenceService) over the same dataplane as ``app``, bound to host:port.
+
+    KServe's own GRPCServer always listens on [::]; this one honours ``host`` like the REST server does.
+    Bad input is INVALID_ARGUMENT, a model still loading UNAVAILABLE (KServe's ExceptionToStatusInterceptor).
+    """
+    from grpc import aio
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    server = aio.server(interceptors=(ExceptionToStatusInterceptor(),))
+    servicer = InferenceServicer(app.state.dataplane, app.state.model_repository_extension)
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{host}:{port}")
+    return server
 
 
 async def _load_then_ready(predictor, server) -> None:
@@ -193,8 +212,11 @@ async def _load_then_ready(predictor, server) -> None:
         server.should_exit = True
 
 
-def serve(predictor, host: str = "127.0.0.1", port: int = 8080, *, timeout_keep_alive: int = 65) -> int:
-    """Serve ``predictor`` on host:port until SIGTERM/SIGINT; load it in the background. Returns an exit code."""
+def serve(
+    predictor, host: str = "127.0.0.1", port: int = 8080, *, grpc_port: int | None = None, timeout_keep_alive: int = 65
+) -> int:
+    """Serve ``predictor`` on host:port (REST) and, with ``grpc_port``, V2 gRPC on host:grpc_port, until
+    SIGTERM/SIGINT; load it in the background. Returns an exit code."""
     import uvicorn
 
     app = build_app(predictor)
@@ -230,9 +252,15 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 8080, *, timeout_keep_
             loader = asyncio.ensure_future(_load_then_ready(predictor, server))
 
         waiter = asyncio.ensure_future(start_loading())
+        grpc = grpc_server(app, host, grpc_port) if grpc_port is not None else None
+        if grpc is not None:
+            await grpc.start()
+            log.info("V2 gRPC on %s:%d", host, grpc_port)
         try:
             await server.serve()
         finally:
+            if grpc is not None:
+                await grpc.stop(grace=5)
             waiter.cancel()
             if loader is not None and not loader.done():
                 loader.cancel()

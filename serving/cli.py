@@ -24,6 +24,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, workspace: bool = Tr
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--grpc-port", type=int, help="also serve the V2 gRPC protocol on this port (same host)")
     parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
     if workspace:
         parser.add_argument(
@@ -104,8 +105,9 @@ def run_serve(args) -> int:
         raise KfopsError(f"serve: --torch-threads must be >= 1, got {args.torch_threads}")
     if args.max_wait_ms < 0:
         raise KfopsError(f"serve: --max-wait-ms must be >= 0, got {args.max_wait_ms}")
-    if not 0 <= args.port <= 65535:
-        raise KfopsError(f"serve: --port must be between 0 and 65535, got {args.port}")
+    for flag, number in (("--port", args.port), ("--grpc-port", args.grpc_port)):
+        if number is not None and not 0 <= number <= 65535:
+            raise KfopsError(f"serve: {flag} must be between 0 and 65535, got {number}")
 
     from kfops.serving.app import serve
     from kfops.serving.predictor import TabularPredictor
@@ -123,7 +125,7 @@ def run_serve(args) -> int:
         torch_threads=args.torch_threads,
     )
     logging.getLogger(__name__).info("serving %s as '%s' on http://%s:%d", args.model, name, args.host, args.port)
-    return serve(predictor, args.host, args.port)
+    return serve(predictor, args.host, args.port, grpc_port=args.grpc_port)
 
 
 def add_serve_command(sub) -> None:

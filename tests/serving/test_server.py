@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
 from kfops.cli import build_parser, main
 
@@ -47,19 +48,20 @@ def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 90
 
 def test_a_real_server_answers_kserves_own_client_over_v1_and_v2(registered_model, tmp_path):
     m = registered_model
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": m.tracking_uri}
     command = [sys.executable, "-m", "kfops.serving", "--model", f"{m.name}@champion", "--name", NAME]
     command += ["--host", "127.0.0.1", "--port", str(port), "--max-batch-rows", "64", "--max-wait-ms", "2"]
-    command += ["--payload-log", str(tmp_path / "payloads")]
+    command += ["--payload-log", str(tmp_path / "payloads"), "--grpc-port", str(grpc_port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_ready(base, proc, log)
         rows = m.rows.iloc[100:112]
         expected = m.expected(rows)
+        full_rows = m.rows.dropna().head(12)
 
         async def drive():
             v1 = InferenceRESTClient(RESTConfig(protocol="v1", retries=0, timeout=30))
@@ -80,12 +82,38 @@ def test_a_real_server_answers_kserves_own_client_over_v1_and_v2(registered_mode
                 with pytest.raises(httpx.HTTPStatusError, match="missing feature"):
                     await v1.infer(base, {"instances": [{"amount": 1.0}]}, model_name=NAME)
                 again = await v1.infer(base, {"instances": v1_objects(rows.head(1))}, model_name=NAME)
-                return v1_out, v2_out, again
+                # V2 over gRPC, on the same host, the same model and validation.
+                # gRPC tensors have no null: rows with every feature present.
+                complete = [
+                    InferInput(
+                        name=col.name,
+                        shape=[len(full_rows)],
+                        datatype="FP64" if col.kind == "numeric" else "BYTES",
+                        data=full_rows[col.name].tolist(),
+                    )
+                    for col in m.spec.columns
+                ]
+                grpc_client = InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=2, timeout=30)
+                try:
+                    grpc_out = await grpc_client.infer(InferRequest(model_name=NAME, infer_inputs=complete))
+                    with pytest.raises(grpc.RpcError) as bad:
+                        await grpc_client.infer(InferRequest(model_name=NAME, infer_inputs=complete[1:]))
+                    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert "missing input(s) ['amount']" in bad.value.details()
+                finally:
+                    await grpc_client.close()
+                return v1_out, v2_out, again, grpc_out
             finally:
                 await v1.close()
                 await v2.close()
 
-        v1_out, v2_out, again = asyncio.run(drive())
+        v1_out, v2_out, again, grpc_out = asyncio.run(drive())
+        grpc_outputs = {o.name: o for o in grpc_out.outputs}
+        grpc_expected = m.expected(full_rows)
+        assert [v.decode() if isinstance(v, bytes) else v for v in grpc_outputs["prediction"].data] == (
+            grpc_expected["prediction"].tolist()
+        )
+        assert np.allclose(grpc_outputs["probability"].data, grpc_expected["probability"], atol=1e-6)
         labels = expected["prediction"].tolist()
         assert [p["prediction"] for p in v1_out["predictions"]] == labels
         assert np.allclose([p["probability"] for p in v1_out["predictions"]], expected["probability"], atol=1e-6)
@@ -106,7 +134,7 @@ def test_a_real_server_answers_kserves_own_client_over_v1_and_v2(registered_mode
     records = [
         json.loads(line) for f in (tmp_path / "payloads").rglob("*.jsonl") for line in f.read_text().splitlines()
     ]
-    assert len(records) == 12 + 12 + 1 and {r["model_version"] for r in records} == {m.version}
+    assert len(records) == 12 + 12 + 1 + 12 and {r["model_version"] for r in records} == {m.version}
 
 
 def test_kfops_serve_is_a_cli_command_and_a_bad_reference_exits_1(registered_model, capsys):
