@@ -30,6 +30,7 @@ import re
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
 
 
@@ -43,9 +44,10 @@ class ErrorCounter:
     requests in flight per model (the dynamic batcher waits for rows only while some are on their way); serves
     V1 predict of a ready TabularPredictor on the fast path (see the module doc)."""
 
-    def __init__(self, app, models) -> None:
+    def __init__(self, app, models, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
         self.models = models  # the ModelRepository: only registered names become label values
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -67,40 +69,89 @@ class ErrorCounter:
             await send(message)
 
         scoring = predictor is not None and hasattr(predictor, "requests_in_flight") and _is_scoring(scope)
-        if scoring:
-            predictor.requests_in_flight += 1
+        if not scoring:
+            await self.app(scope, receive, counting_send)
+            return
+        predictor.requests_in_flight += 1
         try:
-            if scoring and scope["path"].endswith(":predict") and getattr(predictor, "ready", False):
-                await _fast_v1(predictor, scope, receive, counting_send)
+            # A scoring body is read here, bounded, so an oversized one is a 400 before anything parses it.
+            body = await _read_body(scope, receive, self.max_body_bytes)
+            if body is None:
+                return  # the client went away
+            if isinstance(body, _TooLarge):
+                await _answer(counting_send, 400, {"error": str(body)})
+                return
+            if scope["path"].endswith(":predict") and getattr(predictor, "ready", False):
+                await _fast_v1(predictor, scope, body, counting_send)
             else:
-                await self.app(scope, receive, counting_send)
+                await self.app(scope, _replay(body, receive), counting_send)
         finally:
-            if scoring:
-                predictor.requests_in_flight -= 1
+            predictor.requests_in_flight -= 1
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def _fast_v1(predictor, scope, receive, send) -> None:
+class _TooLarge(str):
+    """The message for a request body over the limit."""
+
+
+async def _read_body(scope, receive, limit: int):
+    """The whole request body, or _TooLarge past ``limit`` bytes, or None if the client disconnected."""
+    too_large = _TooLarge(f"request body is larger than this server's maximum of {limit:,} bytes")
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"content-length":
+            try:
+                if int(value) > limit:
+                    return too_large
+            except ValueError:
+                pass
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that hands the already-read body to the app, then waits on the real one."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _answer(send, status: int, payload: dict, extra_headers=()) -> None:
+    import orjson
+
+    await send({"type": "http.response.start", "status": status, "headers": [*_JSON_HEADERS, *extra_headers]})
+    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+async def _fast_v1(predictor, scope, body: bytes, send) -> None:
     """V1 predict straight through the predictor: the same validation, batching, metrics and bodies."""
     import orjson
     from kserve.errors import InferenceError, InvalidInput, ModelNotReady
 
-    chunks = []
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     try:
         if "json" not in headers.get("content-type", "application/json"):
             raise InvalidInput("request body must be JSON (content-type application/json) with an 'instances' list")
         try:
-            body = orjson.loads(b"".join(chunks))
+            body = orjson.loads(body)
         except orjson.JSONDecodeError as err:
             raise InvalidInput(f"the body is not valid JSON ({err})") from None
         parsed = await predictor.preprocess(body, headers)
@@ -113,14 +164,11 @@ async def _fast_v1(predictor, scope, receive, send) -> None:
     except InferenceError as err:
         log.error("prediction failed: %s", err)
         status, answer = 500, {"error": str(err)}
-    out = [*_JSON_HEADERS]
-    if headers.get("x-request-id"):
-        out.append((b"x-request-id", headers["x-request-id"].encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+    extra = [(b"x-request-id", headers["x-request-id"].encode("latin-1"))] if headers.get("x-request-id") else []
+    await _answer(send, status, answer, extra)
 
 
-def build_app(predictor, *, enable_docs: bool = False):
+def build_app(predictor, *, enable_docs: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
     """KServe's FastAPI app serving ``predictor`` (loaded or not: readiness follows ``predictor.ready``)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -173,7 +221,7 @@ def build_app(predictor, *, enable_docs: bool = False):
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.add_exception_handler(ModelNotReady, model_not_ready_handler)
-    app.add_middleware(ErrorCounter, models=repository)
+    app.add_middleware(ErrorCounter, models=repository, max_body_bytes=max_body_bytes)
     app.state.predictor = predictor
     app.state.dataplane = dataplane
     app.state.model_repository_extension = extension
@@ -213,13 +261,19 @@ async def _load_then_ready(predictor, server) -> None:
 
 
 def serve(
-    predictor, host: str = "127.0.0.1", port: int = 8080, *, grpc_port: int | None = None, timeout_keep_alive: int = 65
+    predictor,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    grpc_port: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    timeout_keep_alive: int = 65,
 ) -> int:
     """Serve ``predictor`` on host:port (REST) and, with ``grpc_port``, V2 gRPC on host:grpc_port, until
     SIGTERM/SIGINT; load it in the background. Returns an exit code."""
     import uvicorn
 
-    app = build_app(predictor)
+    app = build_app(predictor, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(
         app,
         host=host,

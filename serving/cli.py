@@ -25,6 +25,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, workspace: bool = Tr
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--grpc-port", type=int, help="also serve the V2 gRPC protocol on this port (same host)")
+    parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (a 400 past it)")
     parser.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
     if workspace:
         parser.add_argument(
@@ -103,6 +104,8 @@ def run_serve(args) -> int:
             raise KfopsError(f"serve: {flag} must be >= 1, got {number}")
     if args.torch_threads is not None and args.torch_threads < 1:
         raise KfopsError(f"serve: --torch-threads must be >= 1, got {args.torch_threads}")
+    if args.max_body_mb <= 0:
+        raise KfopsError(f"serve: --max-body-mb must be positive, got {args.max_body_mb}")
     if args.max_wait_ms < 0:
         raise KfopsError(f"serve: --max-wait-ms must be >= 0, got {args.max_wait_ms}")
     for flag, number in (("--port", args.port), ("--grpc-port", args.grpc_port)):
@@ -125,7 +128,9 @@ def run_serve(args) -> int:
         torch_threads=args.torch_threads,
     )
     logging.getLogger(__name__).info("serving %s as '%s' on http://%s:%d", args.model, name, args.host, args.port)
-    return serve(predictor, args.host, args.port, grpc_port=args.grpc_port)
+    return serve(
+        predictor, args.host, args.port, grpc_port=args.grpc_port, max_body_bytes=int(args.max_body_mb * 1024 * 1024)
+    )
 
 
 def add_serve_command(sub) -> None:

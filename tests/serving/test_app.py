@@ -378,3 +378,15 @@ def test_payload_log_drops_are_counted(tmp_path):
     logger.log([{"a": 1}] * 3)  # more than the queue holds: dropped, never waited for
     logger.close()
     assert metrics.sample("model_payload_log_dropped_total", {"model": "dropper"}) == before + 3
+
+
+def test_an_oversized_body_is_a_400_and_the_server_keeps_serving(predictor, registered_model):
+    from kfops.serving.app import build_app
+
+    body = {"instances": v1_objects(registered_model.rows.head(50))}
+    with TestClient(build_app(predictor, max_body_bytes=2_000), raise_server_exceptions=False) as small:
+        for url in (V1, "/v2/models/fraud/infer"):
+            r = small.post(url, json=body)
+            assert r.status_code == 400 and "larger than this server's maximum of 2,000 bytes" in r.json()["error"]
+        ok = small.post(V1, json={"instances": v1_objects(registered_model.rows.head(1))})
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
