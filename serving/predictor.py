@@ -125,6 +125,25 @@ class FeatureValidator:
             f"{where}: feature '{name}' must be a string (or null), got {type(value).__name__} {_show(value)}"
         )
 
+    def column(self, name: str, values: list, where) -> list:
+        """A whole column validated at once: the common case (numbers for numeric features, strings for
+        categorical ones, nulls) in vectorised passes; anything else goes value by value through ``value``,
+        which raises the exact message. ``where(i)`` names row i."""
+        if self.kinds[name] == "numeric":
+            if all(type(v) is float or type(v) is int or v is None for v in values):
+                try:
+                    array = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+                except OverflowError:
+                    array = None
+                if array is not None:
+                    present = np.array([v is not None for v in values], dtype=bool)
+                    bad = present & (~np.isfinite(array) | (np.abs(array) > MAX_ABS_NUMBER))
+                    if not bad.any():
+                        return array.tolist()
+        elif all(type(v) is str or v is None for v in values):
+            return list(values)
+        return [self.value(name, v, where(i)) for i, v in enumerate(values)]
+
     def frame(self, columns: dict[str, list]) -> pd.DataFrame:
         data = {}
         for name in self.names:
@@ -148,8 +167,8 @@ class FeatureValidator:
         if not isinstance(instances, list):
             raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
         self.check_rows(len(instances), "'instances'")
-        columns: dict[str, list] = {name: [] for name in self.names}
         width = len(self.names)
+        # Check every row's shape first, then validate column by column (vectorised where it can be).
         for i, row in enumerate(instances):
             where = f"instances[{i}]"
             if isinstance(row, dict):
@@ -162,21 +181,21 @@ class FeatureValidator:
                     if missing:
                         parts.append(f"missing feature(s) {missing}")
                     raise InvalidInput(f"{where}: {' and '.join(parts)}; the model expects {self.names}")
-                for name in self.names:
-                    columns[name].append(self.value(name, row[name], where))
             elif isinstance(row, list):
                 if len(row) != width:
                     raise InvalidInput(
                         f"{where}: a list instance must have {width} values (one per feature, in the order "
                         f"{self.names}), got {len(row)}"
                     )
-                for name, value in zip(self.names, row, strict=True):
-                    columns[name].append(self.value(name, value, where))
             else:
                 raise InvalidInput(
                     f"{where} must be an object keyed by feature name or a list of {width} values, "
                     f"got {type(row).__name__}"
                 )
+        columns: dict[str, list] = {}
+        for j, name in enumerate(self.names):
+            values = [row[name] if isinstance(row, dict) else row[j] for row in instances]
+            columns[name] = self.column(name, values, lambda i: f"instances[{i}]")
         return columns
 
     # ------------------------------------------------------------------------------------------ V2
@@ -211,8 +230,7 @@ class FeatureValidator:
                     f"input '{name}' has {len(values)} rows but input '{self.names[0]}' has {rows}: "
                     "every input must have the same number of rows"
                 )
-            where = f"input '{name}'"
-            columns[name] = [self.value(name, v, f"{where} row {i}") for i, v in enumerate(values)]
+            columns[name] = self.column(name, values, lambda i, where=f"input '{name}'": f"{where} row {i}")
         return columns
 
     def _v2_values(self, infer_input) -> list:
