@@ -42,13 +42,24 @@ class BatchTimings:
 
 @dataclass
 class _Item:
-    frame: pd.DataFrame
+    frame: pd.DataFrame | dict[str, list]  # rows as a frame, or as equal-length columns
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
     def rows(self) -> int:
+        if isinstance(self.frame, dict):
+            return len(next(iter(self.frame.values()), ()))
         return len(self.frame)
+
+
+def _merge(parts: list) -> pd.DataFrame | dict[str, list]:
+    """One input for the model call: frames concatenated, or columns joined list by list (no frame per request)."""
+    if isinstance(parts[0], dict):
+        if len(parts) == 1:
+            return parts[0]
+        return {name: [v for part in parts for v in part[name]] for name in parts[0]}
+    return parts[0].reset_index(drop=True) if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def _set_torch_threads(threads: int | None = None) -> None:
@@ -99,8 +110,9 @@ class DynamicBatcher:
         self.batches = 0  # batches run (for tests and diagnostics)
 
     # ------------------------------------------------------------------------------------------ public
-    async def submit(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, BatchTimings]:
-        """Score ``frame``'s rows in some merged batch; return exactly its rows (index 0..n-1) and timings."""
+    async def submit(self, frame: pd.DataFrame | dict[str, list]) -> tuple[pd.DataFrame, BatchTimings]:
+        """Score ``frame``'s rows (a DataFrame, or a dict of equal-length columns, which the batch merges without
+        a frame per request) in some merged batch; return exactly its rows (index 0..n-1) and timings."""
         if self._closed:
             from kserve.errors import InferenceError
 
@@ -238,8 +250,7 @@ class DynamicBatcher:
 
     def _score(self, frames: list[pd.DataFrame], sizes: list[int]) -> list[pd.DataFrame]:
         """Worker thread: one model call over the merged frames; each caller's rows back, index 0..n-1."""
-        merged = frames[0].reset_index(drop=True) if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        result = self.run_batch(merged)
+        result = self.run_batch(_merge(frames))
         rows = sum(sizes)
         if len(result) != rows:
             raise RuntimeError(f"the model returned {len(result)} rows for a batch of {rows}")

@@ -66,8 +66,7 @@ def _show(value: Any) -> str:
 class ParsedRequest:
     """What preprocess hands to predict: validated raw feature rows and where they came from."""
 
-    frame: pd.DataFrame
-    columns: dict[str, list]  # the same rows as validated lists, for the payload log (cheaper than the frame)
+    columns: dict[str, list]  # validated rows as columns; the batcher makes one frame per batch, in its thread
     protocol: str  # "v1" or "v2"
     request_id: str
     started: float  # perf_counter at the start of preprocess
@@ -351,10 +350,11 @@ class TabularPredictor(kserve.Model):
             except Exception:
                 log.exception("closing the payload logger failed")
 
-    def _run_batch(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _run_batch(self, batch: pd.DataFrame | dict[str, list]) -> pd.DataFrame:
         """Runs in the batcher's worker thread. The validator already typed the columns as
         ``model_input_frame`` would (numeric float64 with NaN, categorical str or None), so the frame goes to the
         model as is: ``model_input_frame`` again would cost more than the model itself for small batches."""
+        frame = self.validator.frame(batch) if isinstance(batch, dict) else batch
         return self.loaded.predict(frame)
 
     # ------------------------------------------------------------------------------------------ metadata
@@ -392,9 +392,7 @@ class TabularPredictor(kserve.Model):
             columns = self.validator.v1(payload)
             protocol = "v1"
             request_id = header_id
-        parsed = ParsedRequest(
-            self.validator.frame(columns), columns, protocol, request_id or uuid.uuid4().hex, started
-        )
+        parsed = ParsedRequest(columns, protocol, request_id or uuid.uuid4().hex, started)
         metrics.observe_latency(self.name, self.version, "parse", time.perf_counter() - started)
         return parsed
 
@@ -402,7 +400,7 @@ class TabularPredictor(kserve.Model):
         if not isinstance(payload, ParsedRequest):  # preprocess always makes one; defensive
             raise InvalidInput("request could not be parsed")
         try:
-            result, timings = await self.batcher.submit(payload.frame)
+            result, timings = await self.batcher.submit(payload.columns)
         except InferenceError:
             raise
         except asyncio.CancelledError:
