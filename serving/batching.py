@@ -110,9 +110,12 @@ class DynamicBatcher:
         self.batches = 0  # batches run (for tests and diagnostics)
 
     # ------------------------------------------------------------------------------------------ public
-    async def submit(self, frame: pd.DataFrame | dict[str, list]) -> tuple[pd.DataFrame, BatchTimings]:
-        """Score ``frame``'s rows (a DataFrame, or a dict of equal-length columns, which the batch merges without
-        a frame per request) in some merged batch; return exactly its rows (index 0..n-1) and timings."""
+    async def submit(
+        self, frame: pd.DataFrame | dict[str, list]
+    ) -> tuple[pd.DataFrame | dict[str, list], BatchTimings]:
+        """Score ``frame``'s rows in some merged batch; return exactly its rows and timings. A DataFrame gets a
+        DataFrame back (index 0..n-1); a dict of equal-length columns gets a dict of result columns (lists), and
+        the batch is merged and split without a frame per request."""
         if self._closed:
             from kserve.errors import InferenceError
 
@@ -254,6 +257,14 @@ class DynamicBatcher:
         rows = sum(sizes)
         if len(result) != rows:
             raise RuntimeError(f"the model returned {len(result)} rows for a batch of {rows}")
+        if isinstance(frames[0], dict):
+            # Columns in, columns out: plain lists sliced per caller (a small DataFrame each costs more).
+            columns = {name: result[name].tolist() for name in result.columns}
+            parts, at = [], 0
+            for n in sizes:
+                parts.append({name: values[at : at + n] for name, values in columns.items()})
+                at += n
+            return parts
         result = result.reset_index(drop=True)
         if len(sizes) == 1:
             return [result]

@@ -57,6 +57,12 @@ MAX_ABS_NUMBER = 1e38  # float32 holds about 3.4e38; larger values would become 
 _SHOWN = 60  # characters of a bad value quoted in a message
 
 
+def _values(result, name: str) -> list:
+    """A result column as a list, whether the batcher returned a DataFrame or columns."""
+    column = result[name]
+    return column if isinstance(column, list) else column.tolist()
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
@@ -418,12 +424,12 @@ class TabularPredictor(kserve.Model):
         metrics.observe_latency(self.name, version, "queue", timings.queue_seconds)
         metrics.observe_latency(self.name, version, "predict", timings.predict_seconds)
         metrics.observe_latency(self.name, version, "total", time.perf_counter() - payload.started)
-        metrics.count_predictions(self.name, version, result["prediction"].tolist())
+        metrics.count_predictions(self.name, version, _values(result, "prediction"))
 
     def _respond(self, payload: ParsedRequest, result: pd.DataFrame):
         version = self.version
-        labels = [str(v) for v in result["prediction"].tolist()]
-        probabilities = [float(v) for v in result["probability"].tolist()]
+        labels = [str(v) for v in _values(result, "prediction")]
+        probabilities = [float(v) for v in _values(result, "probability")]
         if payload.protocol == "v1":
             return {
                 "predictions": [
@@ -447,8 +453,8 @@ class TabularPredictor(kserve.Model):
         """One flat record per row to the payload logger (non-blocking); never fails the request."""
         try:
             timestamp = dt.datetime.now(dt.UTC).isoformat()
-            labels = result["prediction"].tolist()
-            probabilities = result["probability"].tolist()
+            labels = _values(result, "prediction")
+            probabilities = _values(result, "probability")
             names = list(payload.columns)
             records = []
             for i, (label, p) in enumerate(zip(labels, probabilities, strict=True)):

@@ -9,6 +9,8 @@ and serving transform rows with the same code.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -90,6 +92,27 @@ def fit_feature_spec(
     )
 
 
+# Below this many rows a dict lookup per value beats building a pandas Categorical (serving's small batches).
+SMALL_BATCH_ROWS = 512
+
+
+def category_codes(raw: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """Each value's index in the vocabulary, compared as text; missing or unseen values get len(vocabulary), the
+    unknown bucket."""
+    unknown = len(vocabulary)
+    if len(raw) < SMALL_BATCH_ROWS:
+        index = {v: i for i, v in enumerate(vocabulary)}
+        codes = np.empty(len(raw), dtype=np.int64)
+        for i, v in enumerate(raw.tolist()):
+            if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                codes[i] = unknown
+            else:
+                codes[i] = index.get(v if isinstance(v, str) else str(v), unknown)
+        return codes
+    codes = pd.Categorical(raw.astype("string"), categories=vocabulary).codes
+    return np.where(codes < 0, unknown, codes)
+
+
 def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
     """Turn raw feature rows into the model's float32 matrix. Missing feature columns are an error."""
     missing = [c.name for c in spec.columns if c.name not in frame.columns]
@@ -118,9 +141,7 @@ def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "in
             if col.add_missing_indicator:
                 out[:, at + 1] = is_missing
         else:
-            codes = pd.Categorical(raw.astype("string"), categories=col.vocabulary).codes
-            # Code -1 (unseen or missing) lands in the unknown bucket, the last slot.
-            codes = np.where(codes < 0, len(col.vocabulary), codes)
+            codes = category_codes(raw, col.vocabulary)
             out[np.arange(n), at + codes] = 1.0
         at += col.width
     return out

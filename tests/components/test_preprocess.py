@@ -94,3 +94,17 @@ def test_model_input_frame_types(frame):
     assert typed["count"].dtype == np.float64 and typed["amount"].dtype == np.float64
     assert typed["channel"].tolist() == ["web", "web", "pos", None, "web", "pos"]
     assert list(typed.columns) == ["amount", "count", "channel"]
+
+
+def test_small_and_large_batches_encode_categories_alike():
+    from kfops.components.preprocess.logic import SMALL_BATCH_ROWS, category_codes
+
+    vocabulary = ["web", "pos", "1", "1.5", "True"]
+    values = ["web", "pos", None, float("nan"), 1, 1.5, True, "atm", "", pd.NA, "POS", 2]
+    small = pd.Series(values, dtype=object)
+    large = pd.Series(values * (SMALL_BATCH_ROWS // len(values) + 1), dtype=object)
+    assert len(small) < SMALL_BATCH_ROWS <= len(large)
+    small_codes = category_codes(small, vocabulary)
+    large_codes = category_codes(large, vocabulary)
+    np.testing.assert_array_equal(small_codes, large_codes[: len(values)])
+    assert small_codes.tolist() == [0, 1, 5, 5, 2, 3, 4, 5, 5, 5, 5, 5]
