@@ -57,18 +57,23 @@ class ErrorCounter:
         if match is None:
             await self.app(scope, receive, send)
             return
+        from kfops.serving import metrics
+
         name = match.group(1)
         predictor = self.models.get_model(name)
         model = name if predictor is not None else "unknown"
 
-        async def counting_send(message):
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                from kfops.serving import metrics
+        scoring = predictor is not None and hasattr(predictor, "requests_in_flight") and _is_scoring(scope)
 
-                metrics.count_error(model, message["status"])
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if scoring:
+                    metrics.count_request(model, predictor.version, status)
+                if status >= 400:
+                    metrics.count_error(model, status)
             await send(message)
 
-        scoring = predictor is not None and hasattr(predictor, "requests_in_flight") and _is_scoring(scope)
         if not scoring:
             await self.app(scope, receive, counting_send)
             return

@@ -7,6 +7,8 @@ registered once per process on the default registry, merges them into KServe's o
 - ``model_predictions_total{model,version,predicted_class}``: rows scored.
 - ``model_prediction_latency_seconds{model,version,stage}``: per request; stages ``parse`` (validation and
   decoding), ``queue`` (waiting in the dynamic batcher), ``predict`` (the merged batch in the model), ``total``.
+- ``model_requests_total{model,version,status_code}``: every answer of a scoring endpoint (V1 predict, V2
+  infer), successes included: the denominator of an error rate (canary analysis compares it by ``version``).
 - ``model_request_errors_total{model,status_code}``: every 4xx/5xx answer of a model endpoint.
 - ``model_batch_size``: rows in each merged batch the model ran.
 - ``model_payload_log_dropped_total{model}``: payload-log records dropped (queue full or sink failure).
@@ -35,6 +37,12 @@ LATENCY = Histogram(
     "Seconds per request in each stage: parse, queue, predict, total.",
     ["model", "version", "stage"],
     buckets=LATENCY_BUCKETS,
+    registry=SERVING_REGISTRY,
+)
+REQUESTS = Counter(
+    "model_requests_total",
+    "Answers of scoring endpoints (V1 predict, V2 infer), by model version and status code.",
+    ["model", "version", "status_code"],
     registry=SERVING_REGISTRY,
 )
 REQUEST_ERRORS = Counter(
@@ -110,6 +118,10 @@ def count_predictions(model: str, version: str, labels) -> None:
         counts[label] = counts.get(label, 0) + 1
     for label, n in counts.items():
         PREDICTIONS.labels(model=model, version=version, predicted_class=str(label)).inc(n)
+
+
+def count_request(model: str, version: str, status_code: int) -> None:
+    REQUESTS.labels(model=model, version=version, status_code=str(status_code)).inc()
 
 
 def count_error(model: str, status_code: int) -> None:

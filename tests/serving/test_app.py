@@ -313,6 +313,11 @@ def test_metrics_move_and_are_on_kserves_metrics_endpoint(client, registered_mod
 
     before = {label: predictions(label) for label in expected}
     errors_before = metrics.sample("model_request_errors_total", {"model": NAME, "status_code": "400"})
+
+    def answers(status):
+        return metrics.sample("model_requests_total", {"model": NAME, "version": version, "status_code": status})
+
+    answers_before = {status: answers(status) for status in ("200", "400")}
     totals_before = metrics.sample(
         "model_prediction_latency_seconds_count", {"model": NAME, "version": version, "stage": "total"}
     )
@@ -322,6 +327,11 @@ def test_metrics_move_and_are_on_kserves_metrics_endpoint(client, registered_mod
     for label, n in expected.items():
         assert predictions(label) == before[label] + n
     assert metrics.sample("model_request_errors_total", {"model": NAME, "status_code": "400"}) == errors_before + 2
+    # Both scoring answers count by version and status: the error rate's numerator and denominator.
+    assert answers("200") == answers_before["200"] + 1
+    assert answers("400") == answers_before["400"] + 2
+    client.get(f"/v2/models/{NAME}")  # metadata is no scoring request
+    assert answers("200") == answers_before["200"] + 1
     for stage in ("parse", "queue", "predict", "total"):
         assert (
             metrics.sample(
