@@ -15,12 +15,13 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from decimal import Decimal
-from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 from jsonschema import Draft7Validator
+
+from tests.crd_schemas import schema_errors, validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
@@ -28,8 +29,6 @@ SERVING = MANIFESTS / "serving"
 EXAMPLE_ISVC = SERVING / "examples" / "inferenceservice.yaml"
 DOCKERFILE = REPO_ROOT / "images" / "serving" / "Dockerfile"
 COMPONENT_DOCKERFILE = REPO_ROOT / "images" / "component" / "Dockerfile"
-# CI checks the shared folder out beside the repository (as in the development layout).
-SCHEMA_DIR = REPO_ROOT.parent / "shared" / "schemas" / "kserve"
 
 RUNTIME_NAME = "kfops-pytorch-tabular"
 MODEL_FORMAT = "kfops-mlflow-pyfunc"
@@ -37,99 +36,6 @@ CONTAINER = "kserve-container"
 PORT = 8080
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-# metadata is only `type: object` in a CRD schema (the API server checks it itself): check the parts the
-# manifests use. Names: DNS-1035 labels (KServe's rule for InferenceService names, stricter than Kubernetes').
-_DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-OBJECT_META = {
-    "type": "object",
-    "required": ["name"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "pattern": _DNS1035, "maxLength": 63},
-        "namespace": {"type": "string", "pattern": _DNS1035, "maxLength": 63},
-        "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-}
-
-
-# ---------------------------------------------------------------------------------------------- schemas
-
-
-def _to_json_schema(node):
-    """A CRD structural schema as JSON Schema: x-kubernetes-* extensions dropped (int-or-string kept as its
-    anyOf, embedded resources allowed their apiVersion/kind/metadata), `nullable` as a null type, and unknown
-    fields rejected on every object that lists its properties, unless it preserves unknown fields."""
-    if isinstance(node, list):
-        return [_to_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {}
-    for key, value in node.items():
-        if key.startswith("x-kubernetes-") or key == "nullable":
-            continue
-        if key in ("properties", "patternProperties", "definitions"):
-            out[key] = {name: _to_json_schema(sub) for name, sub in value.items()}
-        else:
-            out[key] = _to_json_schema(value)
-    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("nullable") and isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
-    if node.get("x-kubernetes-embedded-resource"):
-        props = out.setdefault("properties", {})
-        props.setdefault("apiVersion", {"type": "string"})
-        props.setdefault("kind", {"type": "string"})
-        props.setdefault("metadata", {"type": "object"})
-    preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
-    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out and not preserve:
-        out["additionalProperties"] = False
-    return out
-
-
-@cache
-def _crds() -> dict[tuple[str, str], dict]:
-    """(group, kind) -> CRD, for every CRD in SCHEMA_DIR."""
-    if not SCHEMA_DIR.is_dir():
-        pytest.fail(
-            f"KServe CRD schemas not found at {SCHEMA_DIR}: check out the shared folder beside the repository "
-            "(../shared/schemas/kserve/*.yaml)",
-            pytrace=False,
-        )
-    crds = {}
-    for path in sorted(SCHEMA_DIR.glob("*.yaml")):
-        crd = yaml.load(path.read_text(), Loader=_Loader)
-        crds[(crd["spec"]["group"], crd["spec"]["names"]["kind"])] = crd
-    assert crds, f"no CRD files in {SCHEMA_DIR}"
-    return crds
-
-
-@cache
-def _validator(api_version: str, kind: str) -> Draft7Validator:
-    group, _, version = api_version.rpartition("/")
-    crd = _crds().get((group, kind))
-    assert crd is not None, f"no CRD for kind {kind} in group {group!r} under {SCHEMA_DIR}"
-    versions = {v["name"]: v for v in crd["spec"]["versions"]}
-    assert version in versions, f"{kind}: version {version!r} not in the CRD (has {sorted(versions)})"
-    assert versions[version].get("served", True), f"{kind} {version} is not served"
-    schema = _to_json_schema(versions[version]["schema"]["openAPIV3Schema"])
-    properties = schema["properties"]
-    properties.pop("status", None)  # written by the controller, never part of a manifest
-    properties |= {"apiVersion": {"const": api_version}, "kind": {"const": kind}, "metadata": OBJECT_META}
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
-    return Draft7Validator(schema)
-
-
-def schema_errors(obj: dict) -> list[str]:
-    """Every schema violation of one object, as 'path: message' strings (empty when valid)."""
-    api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
-    validator = _validator(api_version, kind)
-    return sorted(
-        f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
-        for error in validator.iter_errors(obj)
-    )
-
 
 # ------------------------------------------------------------------------------------------- manifests
 
@@ -447,7 +353,7 @@ def test_validator_rejects_wrong_fields(target, mutate, where, request):
     [("serving.kserve.io/v1alpha1", "ServingRuntime"), ("serving.kserve.io/v1beta1", "InferenceService")],
 )
 def test_converted_crd_schemas_are_valid_json_schema(api_version, kind):
-    Draft7Validator.check_schema(_validator(api_version, kind).schema)
+    Draft7Validator.check_schema(validator(api_version, kind).schema)
 
 
 def test_validator_rejects_an_unknown_api_version(runtime):
