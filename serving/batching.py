@@ -1,15 +1,15 @@
 """An asyncio dynamic batcher: many small requests become one model call, off the event loop.
 
-Each request puts its rows (already validated: a small pandas DataFrame) on a queue and awaits a future. One
+Each request puts its rows (validated columns, or a DataFrame) on a queue and awaits a future. One
 consumer task merges queued requests into a batch of at most ``max_batch_rows`` rows: it takes what is waiting;
 while the model is busy with the previous batch it keeps collecting until the model is free (that wait costs
-nothing, the rows could not run earlier); when the model is idle it waits at most ``max_wait_ms`` after the
-batch's first request for more, and only while more requests are in the server than in the batch (``in_flight``,
-counted by the app's middleware from the moment a request arrives): a lone client's request runs at once. Without
-that count (``in_flight`` None) it always waits up to ``max_wait_ms``. The batch runs in a single worker thread
+nothing, the rows could not run earlier); when the model is idle it waits at most ``max_wait_ms`` after the batch's
+first request for more, and only while more requests are in the server than in the batch (``in_flight``, counted by
+the app's middleware from the moment a request arrives): a lone client's request runs at once. Without that count
+(``in_flight`` None) it always waits up to ``max_wait_ms``. The batch runs in a single worker thread
 (``run_in_executor`` on a one-thread pool), so the event loop keeps accepting and parsing requests while torch
-computes; torch uses ``torch_threads`` threads (default ``cpu_limit()``). Each caller's future gets exactly its
-own rows back, in order.
+computes; torch uses ``torch_threads`` threads (default ``serving_threads()``: half the CPU limit, at least 1). Each
+caller's future gets exactly its own rows back, in order.
 
 A failing batch fails only its own callers, with ``kserve.errors.InferenceError`` (a 500 with a message); the
 consumer goes on with the next batch. A request larger than ``max_batch_rows`` runs as a batch of its own.
@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -62,24 +63,37 @@ def _merge(parts: list) -> pd.DataFrame | dict[str, list]:
     return parts[0].reset_index(drop=True) if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
+def _as_list(values) -> list:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def serving_threads() -> int:
+    """torch threads for the predict worker: half the container's CPU limit, at least 1. The event loop (parsing,
+    validating, answering) needs a core of its own; torch's threads spin-wait at each operator's barrier, so on
+    a busy 2-CPU pod a second thread made a 256-row predict several times slower (benchmarks/bench_serving.py),
+    and batches of a few hundred rows gain nothing from more."""
+    from kfops.components.train.loop import cpu_limit
+
+    return max(1, cpu_limit() // 2)
+
+
 def _set_torch_threads(threads: int | None = None) -> None:
     try:
         import torch
 
-        from kfops.components.train.loop import cpu_limit
-
-        torch.set_num_threads(threads or cpu_limit())
+        torch.set_num_threads(threads or serving_threads())
     except ImportError:  # a batcher around a non-torch function
         pass
 
 
 class DynamicBatcher:
-    """Merge concurrent requests' rows into batches for ``run_batch`` (a blocking function of a DataFrame that
-    returns a DataFrame with one row per input row)."""
+    """Merge concurrent requests' rows into batches for ``run_batch``: a blocking function of the merged rows (a
+    DataFrame, or a dict of equal-length columns) that returns one result row per input row (a DataFrame, or for
+    columns a dict of equal-length result columns)."""
 
     def __init__(
         self,
-        run_batch: Callable[[pd.DataFrame], pd.DataFrame],
+        run_batch: Callable[[Any], Any],
         max_batch_rows: int = 256,
         max_wait_ms: float = 5.0,
         on_batch: Callable[[int, int], None] | None = None,
@@ -255,11 +269,13 @@ class DynamicBatcher:
         """Worker thread: one model call over the merged frames; each caller's rows back, index 0..n-1."""
         result = self.run_batch(_merge(frames))
         rows = sum(sizes)
-        if len(result) != rows:
-            raise RuntimeError(f"the model returned {len(result)} rows for a batch of {rows}")
+        returned = len(next(iter(result.values()), ())) if isinstance(result, dict) else len(result)
+        if returned != rows:
+            raise RuntimeError(f"the model returned {returned} rows for a batch of {rows}")
         if isinstance(frames[0], dict):
-            # Columns in, columns out: plain lists sliced per caller (a small DataFrame each costs more).
-            columns = {name: result[name].tolist() for name in result.columns}
+            # Columns in, columns out: plain lists sliced per caller (a small DataFrame each costs more). The
+            # model may answer with a DataFrame or a dict of equal-length columns (arrays or lists).
+            columns = {name: _as_list(values) for name, values in result.items()}
             parts, at = [], 0
             for n in sizes:
                 parts.append({name: values[at : at + n] for name, values in columns.items()})

@@ -16,6 +16,7 @@ registered once per process on the default registry, merges them into KServe's o
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -107,8 +108,24 @@ def observe_batch(rows: int) -> None:
     BATCH_SIZE.observe(rows)
 
 
+# Labelled children, cached: ``labels()`` builds and locks a lookup on every call, several times per request.
+@functools.lru_cache(maxsize=4096)
+def _latency(model: str, version: str, stage: str):
+    return LATENCY.labels(model=model, version=version, stage=stage)
+
+
+@functools.lru_cache(maxsize=4096)
+def _predictions(model: str, version: str, predicted_class: str):
+    return PREDICTIONS.labels(model=model, version=version, predicted_class=predicted_class)
+
+
+@functools.lru_cache(maxsize=4096)
+def _requests(model: str, version: str, status_code: int):
+    return REQUESTS.labels(model=model, version=version, status_code=str(status_code))
+
+
 def observe_latency(model: str, version: str, stage: str, seconds: float) -> None:
-    LATENCY.labels(model=model, version=version, stage=stage).observe(seconds)
+    _latency(model, version, stage).observe(seconds)
 
 
 def count_predictions(model: str, version: str, labels) -> None:
@@ -117,11 +134,11 @@ def count_predictions(model: str, version: str, labels) -> None:
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     for label, n in counts.items():
-        PREDICTIONS.labels(model=model, version=version, predicted_class=str(label)).inc(n)
+        _predictions(model, version, str(label)).inc(n)
 
 
 def count_request(model: str, version: str, status_code: int) -> None:
-    REQUESTS.labels(model=model, version=version, status_code=str(status_code)).inc()
+    _requests(model, version, status_code).inc()
 
 
 def count_error(model: str, status_code: int) -> None:

@@ -44,6 +44,14 @@ class LoadedModel:
         """Raw feature rows in (typed as the model's signature wants), prediction + probability out."""
         return self.classifier.predict(None, frame)
 
+    def predict_columns(self, columns: dict[str, list], rows: int) -> dict[str, Any]:
+        """``predict`` for validated columns (numeric floats with NaN, categorical str or None), with no DataFrame:
+        the same transform and network, {"prediction": labels, "probability": float64 array}."""
+        from kfops.components.preprocess.logic import transform_columns
+
+        probability = self.classifier.score_matrix(transform_columns(self.spec, columns, rows))
+        return {"prediction": self.classifier.labels(probability), "probability": probability}
+
 
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~", "file:")) or os.path.isdir(os.path.expanduser(ref))

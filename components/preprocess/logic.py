@@ -10,6 +10,7 @@ and serving transform rows with the same code.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,21 +97,36 @@ def fit_feature_spec(
 SMALL_BATCH_ROWS = 512
 
 
-def category_codes(raw: pd.Series, vocabulary: list[str]) -> np.ndarray:
+def category_codes(raw: pd.Series | Sequence, vocabulary: list[str]) -> np.ndarray:
     """Each value's index in the vocabulary, compared as text; missing or unseen values get len(vocabulary), the
-    unknown bucket."""
+    unknown bucket. ``raw`` is a Series or a plain sequence of values."""
     unknown = len(vocabulary)
     if len(raw) < SMALL_BATCH_ROWS:
         index = {v: i for i, v in enumerate(vocabulary)}
         codes = np.empty(len(raw), dtype=np.int64)
-        for i, v in enumerate(raw.tolist()):
+        for i, v in enumerate(raw.tolist() if isinstance(raw, pd.Series) else raw):
             if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
                 codes[i] = unknown
             else:
                 codes[i] = index.get(v if isinstance(v, str) else str(v), unknown)
         return codes
+    if not isinstance(raw, pd.Series):
+        raw = pd.Series(raw, dtype=object)
     codes = pd.Categorical(raw.astype("string"), categories=vocabulary).codes
     return np.where(codes < 0, unknown, codes)
+
+
+def _fill_numeric(out: np.ndarray, at: int, col: ColumnSpec, values: np.ndarray) -> None:
+    """Scaled values (the median for missing) into column ``at``, the missing indicator beside it."""
+    is_missing = np.isnan(values)
+    out[:, at] = (np.where(is_missing, col.median, values) - col.mean) / col.std
+    if col.add_missing_indicator:
+        out[:, at + 1] = is_missing
+
+
+def _fill_categorical(out: np.ndarray, at: int, col: ColumnSpec, raw) -> None:
+    codes = category_codes(raw, col.vocabulary)
+    out[np.arange(len(codes)), at + codes] = 1.0
 
 
 def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
@@ -136,13 +152,24 @@ def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "in
                     raise KfopsError(
                         f"{source}: column '{col.name}' must be numeric; row {first} has {raw.iloc[first]!r}"
                     )
-            is_missing = np.isnan(values)
-            out[:, at] = (np.where(is_missing, col.median, values) - col.mean) / col.std
-            if col.add_missing_indicator:
-                out[:, at + 1] = is_missing
+            _fill_numeric(out, at, col, values)
         else:
-            codes = category_codes(raw, col.vocabulary)
-            out[np.arange(n), at + codes] = 1.0
+            _fill_categorical(out, at, col, raw)
+        at += col.width
+    return out
+
+
+def transform_columns(spec: FeatureSpec, columns: Mapping[str, Sequence], rows: int) -> np.ndarray:
+    """``transform_features`` for already-validated columns, with no DataFrame: numeric features as float
+    sequences (NaN for missing), categorical ones as str or None. The same matrix, for serving's small batches,
+    where building a frame costs more than the model."""
+    out = np.zeros((rows, spec.input_width), dtype=np.float32)
+    at = 0
+    for col in spec.columns:
+        if col.kind == "numeric":
+            _fill_numeric(out, at, col, np.asarray(columns[col.name], dtype=np.float64))
+        else:
+            _fill_categorical(out, at, col, columns[col.name])
         at += col.width
     return out
 

@@ -63,21 +63,31 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(min(cpu_limit(), torch.get_num_threads()))
 
     def predict_proba(self, frame):
-        import torch
 
         from kfops.components.preprocess.logic import transform_features
 
-        features = transform_features(self.spec, frame, source="model input")
+        return self.score_matrix(transform_features(self.spec, frame, source="model input"))
+
+    def score_matrix(self, features):
+        """Positive-class probabilities (float64) for an already transformed float32 feature matrix."""
+        import torch
+
         with torch.inference_mode():
             logits = self.network(torch.from_numpy(features)).squeeze(-1)
             return torch.sigmoid(logits).numpy().astype("float64")
 
-    def predict(self, context, model_input, params=None):
+    def labels(self, probability):
+        """The predicted class per probability, at the model's decision threshold (object array of labels)."""
         import numpy as np
+
+        return np.where(probability >= self.threshold, self.spec.positive_class, self.spec.negative_class).astype(
+            object
+        )
+
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         probability = self.predict_proba(model_input)
-        labels = np.where(probability >= self.threshold, self.spec.positive_class, self.spec.negative_class)
-        return pd.DataFrame({"prediction": labels.astype(object), "probability": probability})
+        return pd.DataFrame({"prediction": self.labels(probability), "probability": probability})

@@ -108,3 +108,15 @@ def test_small_and_large_batches_encode_categories_alike():
     large_codes = category_codes(large, vocabulary)
     np.testing.assert_array_equal(small_codes, large_codes[: len(values)])
     assert small_codes.tolist() == [0, 1, 5, 5, 2, 3, 4, 5, 5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("repeat", [1, 200])  # below and above SMALL_BATCH_ROWS (600 and 1,200 rows)
+def test_transform_columns_matches_transform_features(frame, repeat):
+    from kfops.components.preprocess.logic import transform_columns
+
+    spec = fit(frame)
+    rows = pd.concat([frame] * repeat, ignore_index=True)
+    typed = model_input_frame(spec, rows)
+    # What serving's validator hands over: numeric floats with NaN for missing, categorical str or None.
+    columns = {name: typed[name].tolist() for name in spec.feature_names}
+    np.testing.assert_array_equal(transform_columns(spec, columns, len(rows)), transform_features(spec, rows))

@@ -239,10 +239,11 @@ def test_bad_v2_requests_are_400_naming_the_field(client, registered_model):
 def test_a_failing_batch_is_a_500_with_a_message_and_the_server_goes_on(
     client, predictor, registered_model, monkeypatch
 ):
-    def boom(frame):
+    def boom(*args):
         raise RuntimeError("weights on fire")
 
     monkeypatch.setattr(predictor.loaded, "predict", boom)
+    monkeypatch.setattr(predictor.loaded, "predict_columns", boom)
     r = client.post(V1, json={"instances": v1_objects(registered_model.rows.head(2))})
     assert r.status_code == 500 and "weights on fire" in r.json()["error"]
     monkeypatch.undo()
