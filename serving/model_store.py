@@ -6,7 +6,8 @@ References:
   resolved in the MLflow registry (``tracking_uri``, else ``MLFLOW_TRACKING_URI``) and downloaded from the
   version's real artifact location (``get_model_version_download_uri``; a version's ``source`` is a
   ``models:/m-...`` id in MLflow 3).
-- a local folder holding ``MLmodel``, as KServe's storage initializer lays a model out under ``/mnt/models``.
+- a local folder holding ``MLmodel``, as KServe's storage initializer lays a model out under ``/mnt/models``;
+  its version comes from ``$KFOPS_MODEL_VERSION`` (the deploy step sets it), else it is "".
 
 Heavy imports (MLflow, torch) happen inside ``load_model``.
 """
@@ -24,6 +25,7 @@ from kfops.components.contracts import FeatureSpec, KfopsError
 log = logging.getLogger(__name__)
 
 MLMODEL_FILE = "MLmodel"
+MODEL_VERSION_ENV = "KFOPS_MODEL_VERSION"  # the registered version of a model folder, set by the deploy step
 
 
 @dataclass
@@ -123,7 +125,9 @@ def load_model_dir(path: Path, source: str = "") -> LoadedModel:
     extra = dict(getattr(metadata, "metadata", None) or {})
     return LoadedModel(
         name=str(extra.get("model_name", "")),
-        version=str(extra.get("model_version", "")),
+        # KServe's storage initializer copies only the files: the deploy step names the registered version in
+        # the container's environment so metrics, answers and payload logs carry it.
+        version=str(extra.get("model_version", "") or os.environ.get(MODEL_VERSION_ENV, "")),
         classifier=classifier,
         spec=spec,
         threshold=float(getattr(classifier, "threshold", 0.5)),

@@ -14,7 +14,9 @@ V2  ``POST /v2/models/NAME/infer``: one named input per feature, as MLServer's p
 Every malformed request is a ``kserve.errors.InvalidInput`` (HTTP 400) whose message names the field: a body
 that is not a JSON object, unknown or missing features, a list instance of the wrong length, strings where
 numbers belong, NaN or infinite numbers (or beyond float32, |x| > 1e38), an empty batch, more rows than
-``max_request_rows``. ``null`` is a missing value (the model imputes it) for either kind of feature.
+``max_request_rows``. ``null`` is a missing value (the model imputes it) for either kind of feature. In V2,
+NaN in a float input (FP16/FP32/FP64) is a missing value too, as MLServer's pandas codec reads it: gRPC's typed
+contents and the binary tensor extension have no null. Infinities stay a 400 in every protocol.
 
 Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop. Served
 through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests in flight
@@ -280,6 +282,7 @@ class FeatureValidator:
                 raise InvalidInput(f"{where}: cannot read its data: {err}") from None
         if not isinstance(data, list):
             raise InvalidInput(f"{where}: 'data' must be a list, got {type(data).__name__}")
+        nan_is_missing = datatype.startswith("FP")
         flat = []
         for value in data:
             if isinstance(value, list):  # [[v], [v], ...] for shape [n, 1]
@@ -288,6 +291,8 @@ class FeatureValidator:
                 value = value[0]
             if isinstance(value, list | dict):
                 raise InvalidInput(f"{where}: values must be scalars, got {_show(value)}")
+            if nan_is_missing and value != value:  # NaN: the float tensors' missing value (see the module doc)
+                value = None
             flat.append(value)
         if len(flat) != shape[0]:
             raise InvalidInput(f"{where}: shape {list(shape)} says {shape[0]} rows but 'data' holds {len(flat)}")

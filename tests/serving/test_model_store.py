@@ -24,9 +24,13 @@ def test_registry_references_load_the_registered_version(registered_model, form)
 
 def test_a_model_folder_loads_without_a_registry(registered_model, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("KFOPS_MODEL_VERSION", raising=False)
     loaded = load_model(str(registered_model.model_dir))
     assert loaded.version == "" and loaded.spec.feature_names == registered_model.spec.feature_names
     assert loaded.path == str(registered_model.model_dir)
+    # In a cluster the deploy step names the registered version in the environment (the files cannot say it).
+    monkeypatch.setenv("KFOPS_MODEL_VERSION", "7")
+    assert load_model(str(registered_model.model_dir)).version == "7"
 
 
 @pytest.mark.parametrize(
