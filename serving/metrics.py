@@ -141,6 +141,19 @@ def count_request(model: str, version: str, status_code: int) -> None:
     _requests(model, version, status_code).inc()
 
 
+# The answers a scoring endpoint gives, created at 0 when a model loads (see init_request_series).
+INITIAL_STATUS_CODES = (200, 400, 500, 503)
+
+
+def init_request_series(model: str, version: str) -> None:
+    """Create the common ``model_requests_total`` series at 0: Prometheus' ``increase()`` has no earlier sample
+    for a series born inside a window, so without this a canary's first 5xx answers would not be counted."""
+    for status_code in INITIAL_STATUS_CODES:
+        _requests(model, version, status_code)
+    for status_code in (400, 500, 503):
+        REQUEST_ERRORS.labels(model=model, status_code=str(status_code))
+
+
 def count_error(model: str, status_code: int) -> None:
     REQUEST_ERRORS.labels(model=model, status_code=str(status_code)).inc()
 

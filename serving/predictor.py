@@ -14,9 +14,10 @@ V2  ``POST /v2/models/NAME/infer``: one named input per feature, as MLServer's p
 Every malformed request is a ``kserve.errors.InvalidInput`` (HTTP 400) whose message names the field: a body
 that is not a JSON object, unknown or missing features, a list instance of the wrong length, strings where
 numbers belong, NaN or infinite numbers (or beyond float32, |x| > 1e38), an empty batch, more rows than
-``max_request_rows``. ``null`` is a missing value (the model imputes it) for either kind of feature. In V2,
-NaN in a float input (FP16/FP32/FP64) is a missing value too, as MLServer's pandas codec reads it: gRPC's typed
-contents and the binary tensor extension have no null. Infinities stay a 400 in every protocol.
+``max_request_rows``. ``null`` is a missing value (the model imputes it) for either kind of feature. Where the
+protocol has no null (V2 over gRPC, and the binary tensor extension over REST) NaN in a float input
+(FP16/FP32/FP64) is the missing value, as MLServer's pandas codec reads it; in JSON it stays a 400 (send null).
+Infinities are a 400 everywhere.
 
 Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop. Served
 through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests in flight
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH_ROWS = 256
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_REQUEST_ROWS = 10_000
+BINARY_HEADER = "inference-header-content-length"  # the V2 binary tensor extension's JSON-length header
 NUMERIC_V2_TYPES = frozenset(
     {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
 )
@@ -222,7 +224,8 @@ class FeatureValidator:
         return columns
 
     # ------------------------------------------------------------------------------------------ V2
-    def v2(self, request: InferRequest) -> dict[str, list]:
+    def v2(self, request: InferRequest, nan_is_missing: bool = False) -> dict[str, list]:
+        """Columns from a V2 request; ``nan_is_missing`` for encodings without null (gRPC, binary tensors)."""
         inputs = list(request.inputs or [])
         if not inputs:
             raise InvalidInput(f"'inputs' is empty: send one input per feature {self.names}")
@@ -244,7 +247,7 @@ class FeatureValidator:
         columns: dict[str, list] = {}
         rows = None
         for name in self.names:
-            values = self._v2_values(by_name[name])
+            values = self._v2_values(by_name[name], nan_is_missing)
             if rows is None:
                 rows = len(values)
                 self.check_rows(rows, f"input '{name}'")
@@ -256,7 +259,7 @@ class FeatureValidator:
             columns[name] = self.column(name, values, lambda i, where=f"input '{name}'": f"{where} row {i}")
         return columns
 
-    def _v2_values(self, infer_input) -> list:
+    def _v2_values(self, infer_input, nan_is_missing: bool) -> list:
         name = infer_input.name
         where = f"input '{name}'"
         datatype = str(infer_input.datatype or "").upper()
@@ -282,7 +285,7 @@ class FeatureValidator:
                 raise InvalidInput(f"{where}: cannot read its data: {err}") from None
         if not isinstance(data, list):
             raise InvalidInput(f"{where}: 'data' must be a list, got {type(data).__name__}")
-        nan_is_missing = datatype.startswith("FP")
+        nan_is_missing = nan_is_missing and datatype.startswith("FP")
         flat = []
         for value in data:
             if isinstance(value, list):  # [[v], [v], ...] for shape [n, 1]
@@ -357,6 +360,9 @@ class TabularPredictor(kserve.Model):
             in_flight=lambda: self.requests_in_flight,
             torch_threads=self.torch_threads,
         )
+        # Series that exist from the start: PromQL's increase() cannot count a series' first sample, so a 5xx
+        # series born during a canary window would undercount the canary's errors.
+        metrics.init_request_series(self.name, self.version)
         self.ready = True
         log.info(
             "model %s ready: %s version %s (%d features)",
@@ -415,7 +421,9 @@ class TabularPredictor(kserve.Model):
             raise ModelNotReady(self.name)
         header_id = (headers or {}).get("x-request-id", "")
         if isinstance(payload, InferRequest):
-            columns = self.validator.v2(payload)
+            # gRPC's typed contents and REST's binary tensor extension (announced by this header) have no null.
+            no_null = bool(payload.from_grpc) or BINARY_HEADER in (headers or {})
+            columns = self.validator.v2(payload, nan_is_missing=no_null)
             protocol = "v2"
             request_id = payload.id or header_id
         else:
