@@ -147,3 +147,140 @@ def download_to(uri: str, local_path: str | Path) -> Path:
     local_path.parent.mkdir(parents=True, exist_ok=True)
     local_path.write_bytes(read_bytes(uri))
     return local_path
+
+
+# ------------------------------------------------------------------------------------ listing and streaming
+def _hidden(relative: str) -> bool:
+    """Temporary and marker files (``.name.tmp-*``, ``_manifest.json``, ``_SUCCESS``) and what is under them."""
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+
+
+def list_files(uri: str) -> list[tuple[str, int]]:
+    """``(uri, size in bytes)`` of every file under a local folder or s3:// prefix, recursively, sorted by URI.
+    Names starting with ``.`` or ``_`` (below ``uri``) are skipped: temporary and marker files."""
+    if not is_s3(uri):
+        root = Path(uri)
+        if not root.is_dir():
+            return []
+        found = [(p, p.relative_to(root).as_posix()) for p in root.rglob("*") if p.is_file()]
+        return sorted((str(p), p.stat().st_size) for p, rel in found if not _hidden(rel))
+    bucket, key = split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    objects = _s3_call(uri, lambda: list(s3_client().list_objects(bucket, prefix=prefix, recursive=True)))
+    return sorted(
+        (f"s3://{bucket}/{o.object_name}", int(o.size or 0))
+        for o in objects
+        if not o.is_dir and not _hidden(o.object_name[len(prefix) :])
+    )
+
+
+def size(uri: str) -> int:
+    """Size of one file or object in bytes; FileNotFoundError when it does not exist."""
+    if not is_s3(uri):
+        path = Path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(f"{uri} does not exist")
+        return path.stat().st_size
+    bucket, key = split_s3(uri)
+    return int(_s3_call(uri, s3_client().stat_object, bucket, key).size)
+
+
+def iter_bytes(uri: str, offset: int = 0, length: int | None = None, chunk_size: int = 8 << 20):
+    """The bytes of ``[offset, offset + length)`` of a file or object (to its end when ``length`` is None), in
+    chunks of at most ``chunk_size``: memory stays bounded however large the file. S3 reads one ranged GET."""
+    if length is not None and length <= 0:
+        return
+    if not is_s3(uri):
+        try:
+            fh = open(uri, "rb")  # noqa: SIM115 - closed below; a generator cannot use `with` across yields cleanly
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{uri} does not exist") from err
+        try:
+            fh.seek(offset)
+            left = length
+            while left is None or left > 0:
+                block = fh.read(chunk_size if left is None else min(chunk_size, left))
+                if not block:
+                    return
+                if left is not None:
+                    left -= len(block)
+                yield block
+        finally:
+            fh.close()
+        return
+    bucket, key = split_s3(uri)
+    response = _s3_call(uri, s3_client().get_object, bucket, key, offset=offset, length=length or 0)
+    try:
+        yield from response.stream(chunk_size)
+    except Exception as err:
+        raise _s3_error(uri, err) from err
+    finally:
+        response.close()
+        response.release_conn()
+
+
+class _S3RangeFile(io.RawIOBase):
+    """A seekable read-only file over one S3 object: each read is a ranged GET (Parquet reads footers and
+    column chunks this way, never the whole object)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__()
+        self.uri = uri
+        self.bucket, self.key = split_s3(uri)
+        self.client = s3_client()
+        self.length = int(_s3_call(uri, self.client.stat_object, self.bucket, self.key).size)
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self.length - self.position)
+        if want <= 0:
+            return 0
+        response = _s3_call(self.uri, self.client.get_object, self.bucket, self.key, offset=self.position, length=want)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def open_binary(uri: str, buffer_size: int = 1 << 20):
+    """A seekable binary file to read a local file or an S3 object (ranged GETs, ``buffer_size`` at a time)."""
+    if not is_s3(uri):
+        try:
+            return open(uri, "rb")  # the caller closes it
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{uri} does not exist") from err
+    return io.BufferedReader(_S3RangeFile(uri), buffer_size=buffer_size)
+
+
+def upload_file(local_path: str | Path, uri: str) -> None:
+    """Put a local file at a local path or s3:// URI, whole or not at all (rename locally, one PUT on S3)."""
+    if not is_s3(uri):
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+        return
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    if not _s3_call(uri, client.bucket_exists, bucket):
+        _s3_call(uri, client.make_bucket, bucket)
+    _s3_call(uri, client.fput_object, bucket, key, str(local_path))

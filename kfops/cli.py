@@ -473,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(func=cmd_data_versions)
     from kfops.cli_registry import add_commands; add_commands(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_ab import add_commands as add_ab; add_ab(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_deploy import add_commands as add_deploy; add_deploy(sub)  # noqa: E702, I001  # fmt: skip
     from kfops.serving.cli import add_serve_command; add_serve_command(sub)  # noqa: E702, I001  # fmt: skip
 
     suite = sub.add_parser("suite", help="Great Expectations suites for the validate step")

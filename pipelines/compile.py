@@ -21,6 +21,8 @@ COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 
 def _component_functions():
+    from kfops.components.ab_analysis.component import ab_analysis, ab_analysis_uri
+    from kfops.components.deploy.component import deploy
     from kfops.components.evaluate.component import evaluate
     from kfops.components.gate.component import gate
     from kfops.components.ingest.component import split_data, version_data
@@ -39,6 +41,9 @@ def _component_functions():
         "gate/gate.yaml": gate,
         "register/register.yaml": register,
         "register/promote.yaml": promote,
+        "ab_analysis/ab_analysis.yaml": ab_analysis,
+        "ab_analysis/ab_analysis_uri.yaml": ab_analysis_uri,
+        "deploy/deploy.yaml": deploy,
     }
 
 

@@ -44,6 +44,8 @@ def test_expected_files_exist():
         "evaluate",
         "gate",
         "register",
+        "ab_analysis",
+        "deploy",
     }
 
 

@@ -1,0 +1,202 @@
+"""A small client for InferenceServices over the ``kubernetes`` package: get, create, merge-patch.
+
+``CustomObjectsApi`` of kubernetes 30.1 sends PATCH as ``application/merge-patch+json`` and keeps ``None`` as
+JSON ``null``, so a patch can remove a field (KServeClient.patch drops ``None`` and cannot). Creates and patches
+ask for strict field validation, so a field the CRD does not know is an error instead of being dropped.
+
+Connection: an explicit ``host`` (tests, a proxy from ``kubectl proxy``), else the in-cluster service account
+(a KFP step), else the kubeconfig (``KUBECONFIG`` or ``~/.kube/config``, optionally one ``context``). API errors
+become ``KubeError`` (a ``KfopsError``) saying what to fix for 401, 403, 404, 409 and 422.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from kfops.components.contracts import KfopsError
+from kfops.components.deploy.isvc import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "kfops"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+class KubeError(KfopsError):
+    """A Kubernetes API request failed; ``status`` is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def _status_body(body: Any) -> dict[str, Any]:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(body or "")
+    except (TypeError, ValueError):
+        return {"message": str(body or "").strip()}
+    return parsed if isinstance(parsed, dict) else {"message": str(parsed)}
+
+
+class KubeClient:
+    """InferenceServices in any namespace, through one ``kubernetes.client.ApiClient``."""
+
+    def __init__(self, api_client, default_namespace: str = "default", request_timeout_s: float = 30.0):
+        from kubernetes import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.host = api_client.configuration.host
+        self.default_namespace = default_namespace
+        self.request_timeout_s = request_timeout_s
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The live object, or None if there is none."""
+        try:
+            return self._call(
+                "read",
+                namespace,
+                name,
+                self.api.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                missing_ok=True,
+            )
+        except _Missing:
+            return None
+
+    def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = (body.get("metadata") or {}).get("name", "?")
+        return self._call(
+            "create",
+            namespace,
+            name,
+            self.api.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            body,
+            field_manager=FIELD_MANAGER,
+            field_validation="Strict",
+        )
+
+    def patch(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Send ``patch`` as a JSON merge patch (RFC 7386): ``None`` removes a field."""
+        return self._call(
+            "patch",
+            namespace,
+            name,
+            self.api.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            patch,
+            field_manager=FIELD_MANAGER,
+            field_validation="Strict",
+        )
+
+    def _call(self, verb: str, namespace: str, name: str, method, *args, missing_ok: bool = False, **kwargs):
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        where = f"{verb} InferenceService {namespace}/{name}"
+        try:
+            return method(*args, _request_timeout=self.request_timeout_s, **kwargs)
+        except ApiException as err:
+            status = _status_body(err.body)
+            details = status.get("details") or {}
+            if err.status == 404 and missing_ok and details.get("name") == name:
+                raise _Missing() from err
+            raise _api_error(where, namespace, err.status, status) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise KubeError(f"{where}: cannot reach the Kubernetes API at {self.host}: {err}") from err
+
+
+class _Missing(Exception):
+    """The object does not exist (a 404 that names it)."""
+
+
+def _api_error(where: str, namespace: str, code: int, status: dict[str, Any]) -> KubeError:
+    message = str(status.get("message") or "").strip()
+    reason = str(status.get("reason") or "")
+    causes = (status.get("details") or {}).get("causes") or []
+    fields = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}" for c in causes if isinstance(c, dict))
+    if code == 401:
+        text = (
+            "unauthorized: the API server rejected the credentials (the kubeconfig user or the service-account "
+            "token); log in again or check the token"
+        )
+    elif code == 403:
+        text = (
+            f"forbidden: {message}. The identity needs get, create and patch on "
+            f"inferenceservices.serving.kserve.io in namespace {namespace} (a Role and a RoleBinding; see "
+            "components/deploy/README.md)"
+        )
+    elif code == 404:
+        text = (
+            f"not found: {message or 'the server could not find the requested resource'}. Is KServe installed (the "
+            f"CRD inferenceservices.serving.kserve.io) and does namespace {namespace} exist?"
+        )
+    elif code == 409:
+        text = (
+            f"conflict: {message}. The object changed since it was read (another deploy or rollout?); look at it "
+            "and run again"
+        )
+    elif code == 422:
+        text = f"invalid: {message}" + (f" ({fields})" if fields and fields not in message else "")
+    else:
+        text = f"API error {code} {reason}: {message}".rstrip(": ")
+    return KubeError(f"{where}: {text}", status=code, reason=reason)
+
+
+# ------------------------------------------------------------------------------------------------ connecting
+def connect(host: str = "", context: str = "", token: str = "") -> KubeClient:
+    """A ``KubeClient`` for an explicit host, the in-cluster service account, or the kubeconfig (in that order)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    namespace = "default"
+    if host:
+        configuration.host = host.rstrip("/")
+        if token:
+            configuration.api_key = {"authorization": token}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
+    elif os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException as err:
+            raise KubeError(f"cannot use the in-cluster service account: {err}") from err
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as handle:
+                namespace = handle.read().strip() or namespace
+        except OSError:
+            pass
+    else:
+        try:
+            # The kubernetes package reads KUBECONFIG once, at import: pass it as it is now.
+            files = os.environ.get("KUBECONFIG") or None
+            config.load_kube_config(config_file=files, context=context or None, client_configuration=configuration)
+            contexts, active = config.list_kube_config_contexts(config_file=files)
+        except (config.ConfigException, OSError, TypeError) as err:
+            where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise KubeError(
+                f"no Kubernetes connection: not in a cluster, and the kubeconfig ({where}) gave none"
+                + (f" for context '{context}'" if context else "")
+                + f": {err}"
+            ) from err
+        chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+        namespace = ((chosen or {}).get("context") or {}).get("namespace") or namespace
+    api_client = client.ApiClient(configuration=configuration)
+    log.debug("Kubernetes API at %s, default namespace %s", configuration.host, namespace)
+    return KubeClient(api_client, default_namespace=namespace)
