@@ -250,10 +250,18 @@ class EvaluationResult:
 
 # ------------------------------------------------------------------------------------------------ release
 # Which alias moves when, written down once; every component and command follows it:
+#   gate      moves no alias: it writes the verdict (TAG_BLESSED) that every later step checks.
 #   register  a new version; a blessed one also becomes `challenger`. An unblessed or failed run moves nothing.
-#   promote   a blessed version becomes `champion`; the version it replaces becomes `previous`.
-#   rollback  `champion` goes back to `previous`; the version rolled back from becomes `previous`, so a
-#             second rollback undoes the first.
+#   deploy    moves no alias: it serves a blessed version (never an unblessed one), as a canary beside the
+#             version serving now, or at 100% when nothing serves yet.
+#   promote   a blessed version becomes `champion`; the version it replaces becomes `previous`. In the pipelines:
+#             directly after register (no deployment), after a first deployment, or at a canary's last step.
+#   rollout   at its last step, promote (above), and `challenger` is removed from the promoted version. A canary
+#             rolled back (a breach, or no verdict) leaves `champion` on the stable version (moved back there if it
+#             had been promoted already, the canary becoming `previous`) and loses `challenger`, so nothing
+#             redeploys it by alias; the version is tagged kfops.rollout.status / kfops.rollout.reason.
+#   rollback  (kfops models rollback) `champion` goes back to `previous`; the version rolled back from becomes
+#             `previous`, so a second rollback undoes the first.
 TAG_BLESSED = "kfops.blessed"  # "true" / "false": the gate writes it on the MLflow run, register on the version
 TAG_BLESSING_MESSAGE = "kfops.blessing.message"
 TAG_BLESSING_BASELINE = "kfops.blessing.baseline_version"

@@ -22,12 +22,16 @@ COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
 def _component_functions():
     from kfops.components.ab_analysis.component import ab_analysis, ab_analysis_uri
+    from kfops.components.batch_predict.component import plan_batch, score_batch_shard, summarize_batch
     from kfops.components.deploy.component import deploy
     from kfops.components.evaluate.component import evaluate
     from kfops.components.gate.component import gate
     from kfops.components.ingest.component import split_data, version_data
+    from kfops.components.monitor.component import monitor_drift, monitor_drift_dataset
+    from kfops.components.outcomes.component import outcome_performance
     from kfops.components.preprocess.component import preprocess
     from kfops.components.register.component import promote, register
+    from kfops.components.rollout.component import rollout
     from kfops.components.train.component import train
     from kfops.components.validate.component import validate_data
 
@@ -44,6 +48,13 @@ def _component_functions():
         "ab_analysis/ab_analysis.yaml": ab_analysis,
         "ab_analysis/ab_analysis_uri.yaml": ab_analysis_uri,
         "deploy/deploy.yaml": deploy,
+        "rollout/rollout.yaml": rollout,
+        "monitor/monitor_drift.yaml": monitor_drift,
+        "monitor/monitor_drift_dataset.yaml": monitor_drift_dataset,
+        "batch_predict/plan_batch.yaml": plan_batch,
+        "batch_predict/score_batch_shard.yaml": score_batch_shard,
+        "batch_predict/summarize_batch.yaml": summarize_batch,
+        "outcomes/outcome_performance.yaml": outcome_performance,
     }
 
 
@@ -56,10 +67,14 @@ def component_dir() -> Path:
 
 def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path):
     from kfops.components.kfp_support import component_op
+    from kfops.pipelines.batch_prediction import build_batch_prediction_pipeline
+    from kfops.pipelines.deployment import build_deployment_pipeline
     from kfops.pipelines.training import build_training_pipeline
 
     yield output_dir / "training.yaml", build_training_pipeline(image, cuda_image, accelerator="cpu")
     yield output_dir / "training-gpu.yaml", build_training_pipeline(image, cuda_image, accelerator="gpu")
+    yield output_dir / "deployment.yaml", build_deployment_pipeline(image)
+    yield output_dir / "batch-prediction.yaml", build_batch_prediction_pipeline(image)
     for relative, func in _component_functions().items():
         yield components_dir / relative, component_op(func, image)
 

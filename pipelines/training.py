@@ -1,5 +1,9 @@
 """The training pipeline: version, validate, split, preprocess, train, evaluate, gate, register, promote.
 
+With ``deploy=True`` a blessed model is served instead of promoted directly: the deployment steps
+(``pipelines/deployment.py``: deploy, then the canary rollout, which promotes it at its last step) run behind the
+gate's blessing; with ``deploy=False`` (the default, and what a local run does) ``promote_champion`` decides.
+
 ``build_training_pipeline`` returns the pipeline function for a given image and device, so ``kfops compile``
 can name the images and pick CPU or GPU training at compile time. ``training_pipeline`` is the CPU pipeline with
 the default images, for ``from kfops.pipelines.training import training_pipeline``.
@@ -18,6 +22,7 @@ from kfops.components.preprocess.component import preprocess
 from kfops.components.register.component import promote, register
 from kfops.components.train.component import train
 from kfops.components.validate.component import validate_data
+from kfops.pipelines.deployment import add_deployment_steps
 
 PIPELINE_NAME = "kfops-training"
 
@@ -88,6 +93,18 @@ def build_training_pipeline(
         model_name: str = DEFAULT_MODEL_NAME,
         promote_champion: bool = True,
         promotion_metric: str = "f1_macro",
+        deploy: bool = False,
+        isvc_name: str = "",
+        namespace: str = "",
+        deployment_mode: str = "knative",
+        canary_percent: int = 10,
+        service_account: str = "kfops-model-reader",
+        canary_steps: list = [10, 25, 50, 100],  # noqa: B006
+        canary_window_seconds: float = 300.0,
+        prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
+        canary_max_error_rate: float = 0.01,
+        canary_max_p99_ratio: float = 1.5,
+        canary_min_requests: int = 50,
         experiment: str = "kfops-training",
         artifact_store: str = DEFAULT_ARTIFACT_STORE,
         mlflow_tracking_uri: str = "",
@@ -190,17 +207,37 @@ def build_training_pipeline(
         registered.set_caching_options(False)
         tasks = [versioned, validated, splits, prepared, trained, evaluated, judged, registered]
         # KFP conditions, not Python comparisons (hence == True).
-        blessed = dsl.If(judged.outputs["blessed"] == True, name="blessed")  # noqa: E712
-        wanted = dsl.If(promote_champion == True, name="promote-champion")  # noqa: E712
-        with blessed, wanted:
-            promoted = promote_op(
-                model_name=model_name,
-                version=registered.outputs["version"],
-                metric=promotion_metric,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-            ).set_display_name("promote")
-            promoted.set_caching_options(False)
-            tasks.append(promoted)
+        with dsl.If(judged.outputs["blessed"] == True, name="blessed"):  # noqa: E712
+            wanted = dsl.If(promote_champion == True, name="promote-champion")  # noqa: E712
+            with dsl.If(deploy == False, name="no-deploy"), wanted:  # noqa: E712
+                promoted = promote_op(
+                    model_name=model_name,
+                    version=registered.outputs["version"],
+                    metric=promotion_metric,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                ).set_display_name("promote")
+                promoted.set_caching_options(False)
+                tasks.append(promoted)
+            # Served (deploy=True): the canary rollout promotes it at its last step, so no promotion above.
+            with dsl.If(deploy == True, name="deploy"):  # noqa: E712
+                add_deployment_steps(
+                    image,
+                    model_name=model_name,
+                    version=registered.outputs["version"],
+                    isvc_name=isvc_name,
+                    namespace=namespace,
+                    deployment_mode=deployment_mode,
+                    canary_percent=canary_percent,
+                    service_account=service_account,
+                    steps=canary_steps,
+                    window_seconds=canary_window_seconds,
+                    prometheus_url=prometheus_url,
+                    max_error_rate=canary_max_error_rate,
+                    max_p99_ratio=canary_max_p99_ratio,
+                    min_requests=canary_min_requests,
+                    promotion_metric=promotion_metric,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                )
         for task in tasks:
             task.set_env_variable("KFOPS_IMAGE", cuda_image if task is trained and accelerator == "gpu" else image)
         return TrainingOutputs(sha256, trained.outputs["run_id"], registered.outputs["version"])

@@ -70,7 +70,10 @@ ANNOTATION_STABLE_PREDICTOR = "kfops.io/stable-predictor"
 
 # The predictor fields kfops owns; patches replace these and leave every other field alone.
 PREDICTOR_FIELDS = ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "serviceAccountName", "logger")
-MODEL_FIELDS = ("name", "modelFormat", "runtime", "protocolVersion", "storageUri", "resources", "image")
+MODEL_FIELDS = ("name", "modelFormat", "runtime", "protocolVersion", "storageUri", "resources", "image", "env")
+# The registered version, for the server: KServe's storage initializer copies the files, which do not say it
+# (kfops.serving.model_store reads it; metrics, answers and payload logs carry it).
+MODEL_VERSION_ENV = "KFOPS_MODEL_VERSION"
 
 SCALE_METRICS = ("cpu", "memory", "concurrency", "rps")
 LOGGER_MODES = ("all", "request", "response")
@@ -222,6 +225,7 @@ def build_predictor(spec: DeploySpec, version: str, storage_uri: str, name: str 
         "protocolVersion": spec.protocol_version,
         "storageUri": storage_uri,
         "resources": resources,
+        "env": [{"name": MODEL_VERSION_ENV, "value": str(version)}],
     }
     if spec.image:
         # KServe merges the predictor's model container into the runtime's: only the image changes.

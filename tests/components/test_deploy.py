@@ -60,6 +60,7 @@ def rev(n: int) -> str:
 
 
 def model_block(uri: str, resources: dict = RESOURCES) -> dict:
+    version = next(str(v) for v, u in S3.items() if u == uri)
     return {
         "name": "kserve-container",
         "modelFormat": {"name": "kfops-mlflow-pyfunc", "version": "1"},
@@ -67,6 +68,8 @@ def model_block(uri: str, resources: dict = RESOURCES) -> dict:
         "protocolVersion": "v2",
         "storageUri": uri,
         "resources": resources,
+        # The server reads the registered version from here (the files copied from storage do not say it).
+        "env": [{"name": "KFOPS_MODEL_VERSION", "value": version}],
     }
 
 

@@ -35,7 +35,12 @@ def test_compile_is_deterministic(tmp_path):
 
 
 def test_expected_files_exist():
-    assert {p.name for p in PIPELINES} == {"training.yaml", "training-gpu.yaml"}
+    assert {p.name for p in PIPELINES} == {
+        "training.yaml",
+        "training-gpu.yaml",
+        "deployment.yaml",
+        "batch-prediction.yaml",
+    }
     assert {p.parent.name for p in COMPONENT_YAMLS} == {
         "ingest",
         "validate",
@@ -46,6 +51,10 @@ def test_expected_files_exist():
         "register",
         "ab_analysis",
         "deploy",
+        "rollout",
+        "monitor",
+        "batch_predict",
+        "outcomes",
     }
 
 
@@ -127,13 +136,50 @@ def test_components_load_on_their_own(path: Path):
     assert component.name == path.stem.replace("_", "-")
 
 
+def _dag(spec: dict, component: str) -> dict:
+    return spec["components"][component]["dag"]["tasks"]
+
+
 def test_promotion_runs_only_when_blessed_and_wanted():
     spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
     outer = spec["root"]["dag"]["tasks"]["condition-1"]
     assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-blessed'] == true"
-    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
-    assert "promote_champion" in inner["triggerPolicy"]["condition"]
-    assert "promote" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
+    blessed = _dag(spec, "comp-condition-1")
+    # Not deploying: promote when wanted. Deploying: the deployment steps, and no promotion of their own here.
+    assert blessed["condition-2"]["triggerPolicy"]["condition"].endswith("pipelinechannel--deploy'] == false")
+    assert "promote_champion" in _dag(spec, "comp-condition-2")["condition-3"]["triggerPolicy"]["condition"]
+    assert "promote" in _dag(spec, "comp-condition-3")
+    assert blessed["condition-4"]["triggerPolicy"]["condition"].endswith("pipelinechannel--deploy'] == true")
+    deploying = _dag(spec, "comp-condition-4")
+    assert set(deploying) == {"deploy", "condition-5", "condition-6"}
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert json.loads(defaults["thresholds"]["defaultValue"])["accuracy"] == {"lower": 0.9}
     assert defaults["promote_champion"]["defaultValue"] is True
+    assert defaults["deploy"]["defaultValue"] is False  # local runs never reach for a cluster
+
+
+def test_deployment_rolls_a_canary_out_and_promotes_anything_else():
+    spec = yaml.safe_load((COMPILED_DIR / "deployment.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"deploy", "condition-1", "condition-2"}
+    canary, other = tasks["condition-1"], tasks["condition-2"]
+    assert (
+        canary["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--deploy-operation'] == 'canary'"
+    )
+    assert (
+        other["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--deploy-operation'] != 'canary'"
+    )
+    assert set(_dag(spec, "comp-condition-1")) == {"rollout"}
+    assert set(_dag(spec, "comp-condition-2")) == {"promote"}
+    promote_version = _dag(spec, "comp-condition-2")["promote"]["inputs"]["parameters"]["version"]
+    assert promote_version["componentInputParameter"] == "pipelinechannel--deploy-deployed_version"
+    for name in ("deploy", "rollout", "promote"):  # cluster and registry state: never a cached answer
+        owner = (
+            tasks if name == "deploy" else _dag(spec, "comp-condition-1" if name == "rollout" else "comp-condition-2")
+        )
+        assert owner[name]["cachingOptions"] == {}, name
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["version"]["defaultValue"] == "challenger"
+    assert defaults["steps"]["defaultValue"] == [10.0, 25.0, 50.0, 100.0]
