@@ -1,0 +1,563 @@
+"""Outcomes: ground-truth labels (or business outcomes) by request id, and live model performance from them.
+
+Predictions are known when they are served; what really happened (chargeback or not) arrives hours or weeks later.
+``log_outcomes`` appends outcome records to the same kind of sink the serving payload log writes to::
+
+    <sink>/outcomes/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
+
+one flat record per outcome: ``request_id`` (text), ``outcome`` (the value as given: a class label, a number or a
+boolean), ``timestamp`` (when it was observed, ISO 8601 UTC; default: when it was logged; it picks the date
+partition) and ``logged_at``. Appending never rewrites: a corrected outcome is a new record, and readers keep the
+latest ``timestamp`` per request id (``superseded_outcomes`` counts the others).
+
+``live_performance`` joins the payload log (``<sink>/model=<name>/date=<day>/*.jsonl|parquet``, rows with
+``request_id``, ``timestamp``, ``model``, ``model_version``, ``variant``, ``prediction``) to the outcomes on
+``request_id`` and computes, per model, version and variant, over a window of prediction times: rows joined,
+accuracy, precision, recall and F1 of the positive class, the predicted and the observed positive rate, and what
+did not join (predictions with no outcome yet, outcomes with no prediction in the window). A request of several
+rows has one id: its outcome applies to each of its rows. The payload log and the outcomes may share one sink.
+
+``record_outcomes(body, sink)`` is the body of the HTTP route ``POST /v1/outcomes`` beside the predictor: it takes
+the parsed JSON body (a list of records, ``{"outcomes": [...]}`` or one record) and returns ``{"recorded": n,
+"files": [...]}``; a ``KfopsError`` is the client's fault (a 400). It does blocking I/O: call it off the event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import math
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kfops.components import storage
+from kfops.components.contracts import KfopsError
+
+log = logging.getLogger(__name__)
+
+OUTCOMES_DIR = "outcomes"
+FORMATS = ("jsonl", "parquet")
+RECORD_FIELDS = ("request_id", "outcome", "timestamp")
+MAX_HTTP_RECORDS = 10_000
+PAYLOAD_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant", "prediction")
+_DATE_PART = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+
+
+# ------------------------------------------------------------------------------------------------ time
+def parse_time(value: Any, now: dt.datetime | None = None, what: str = "time") -> dt.datetime | None:
+    """An aware UTC datetime from ISO 8601 text (a naive one is UTC), a date, epoch seconds, a datetime, or a
+    relative ``30m``/``24h``/``7d``/``2w`` before ``now``. None for None or ""."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    try:
+        if isinstance(value, dt.datetime):  # pandas.Timestamp too
+            moment = value
+        elif isinstance(value, dt.date):
+            moment = dt.datetime(value.year, value.month, value.day)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(float(value), dt.UTC)
+        elif isinstance(value, str):
+            text = value.strip()
+            relative = _RELATIVE.match(text.lower())
+            if relative:
+                seconds = float(relative.group(1)) * _UNITS[relative.group(2)]
+                return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=seconds)
+            moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        else:
+            raise TypeError(type(value).__name__)
+    except (ValueError, TypeError, OverflowError, OSError) as err:
+        raise KfopsError(
+            f"{what} {value!r} is not a time: use ISO 8601 (2026-11-26 or 2026-11-26T08:00:00Z), epoch seconds, "
+            f"or a span back from now such as 30m, 24h, 7d ({err})"
+        ) from err
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat()
+
+
+# ------------------------------------------------------------------------------------------------ logging outcomes
+def _scalar(value: Any) -> Any:
+    """A JSON scalar for an outcome value (numpy and pandas scalars unwrapped); None when missing."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(type(value).__name__)
+
+
+def normalize_outcomes(
+    records: Iterable[Mapping[str, Any]] | pd.DataFrame, source: str = "outcomes", now: dt.datetime | None = None
+) -> list[dict[str, Any]]:
+    """Validated outcome records ``{request_id, outcome, timestamp, logged_at}``; KfopsError naming the row and
+    the field for a missing column, an empty id, a missing or non-scalar outcome or an unreadable timestamp."""
+    now = now or dt.datetime.now(dt.UTC)
+    if isinstance(records, pd.DataFrame):
+        frame = records
+        for name in ("request_id", "outcome"):
+            if name not in frame.columns:
+                raise KfopsError(
+                    f"{source}: no '{name}' column; it has: {', '.join(map(str, frame.columns)) or 'no columns'}"
+                )
+        keep = [c for c in RECORD_FIELDS if c in frame.columns]
+        rows: list[Any] = frame[keep].to_dict(orient="records")
+    elif isinstance(records, Mapping):
+        rows = [records]
+    else:
+        rows = list(records)
+    if not rows:
+        raise KfopsError(f"{source}: no outcome records")
+    logged_at = _iso(now)
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{source} record {i}"
+        if not isinstance(row, Mapping):
+            raise KfopsError(f"{where}: expected an object with request_id and outcome, got {type(row).__name__}")
+        for name in ("request_id", "outcome"):
+            if name not in row:
+                raise KfopsError(f"{where}: no '{name}' field (it has: {', '.join(map(str, row)) or 'nothing'})")
+        raw_id = row["request_id"]
+        try:
+            request_id = _scalar(raw_id)
+        except TypeError:
+            request_id = None
+        if isinstance(request_id, float) and request_id.is_integer():
+            request_id = int(request_id)  # an id column read as float (CSV with a gap) is still the integer id
+        request_id = "" if request_id is None or isinstance(request_id, bool) else str(request_id).strip()
+        if not request_id:
+            raise KfopsError(f"{where}: request_id is empty ({raw_id!r})")
+        try:
+            outcome = _scalar(row["outcome"])
+        except TypeError as err:
+            raise KfopsError(
+                f"{where} (request_id {request_id!r}): outcome must be a label, number or boolean, got a {err}"
+            ) from err
+        if outcome is None or (isinstance(outcome, str) and not outcome.strip()):
+            raise KfopsError(f"{where} (request_id {request_id!r}): outcome is empty; log an outcome once it is known")
+        stamp = parse_time(row.get("timestamp"), now, what=f"{where} (request_id {request_id!r}): timestamp")
+        out.append(
+            {
+                "request_id": request_id,
+                "outcome": outcome.strip() if isinstance(outcome, str) else outcome,
+                "timestamp": _iso(stamp or now),
+                "logged_at": logged_at,
+            }
+        )
+    return out
+
+
+def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
+    if fmt == "jsonl":
+        import orjson
+
+        return b"".join(orjson.dumps(r) + b"\n" for r in records)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    outcomes = [r["outcome"] for r in records]
+    kinds = {type(v) for v in outcomes}
+    # One Parquet column has one type: mixed kinds (labels and numbers) are kept as text.
+    column = pa.array(outcomes) if len(kinds) == 1 or kinds <= {int, float} else pa.array([str(v) for v in outcomes])
+    table = pa.table(
+        {
+            "request_id": pa.array([r["request_id"] for r in records], pa.string()),
+            "outcome": column,
+            "timestamp": pa.array([r["timestamp"] for r in records], pa.string()),
+            "logged_at": pa.array([r["logged_at"] for r in records], pa.string()),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def log_outcomes(
+    records: Iterable[Mapping[str, Any]] | pd.DataFrame,
+    sink: str,
+    fmt: str = "jsonl",
+    source: str = "outcomes",
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Validate and append outcome records under ``<sink>/outcomes/date=<day>/`` (one new file per day touched;
+    nothing is written unless every record is valid). Returns ``{"recorded": n, "files": [uri, ...]}``."""
+    if fmt not in FORMATS:
+        raise KfopsError(f"outcomes: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not isinstance(sink, str) or not sink.strip():
+        raise KfopsError("outcomes: no sink given; pass a folder or an s3:// URI")
+    sink = sink.strip()
+    if storage.is_s3(sink):
+        storage.split_s3(sink)
+    normalized = normalize_outcomes(records, source, now)
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for record in normalized:
+        by_day.setdefault(record["timestamp"][:10], []).append(record)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    files = []
+    for day, rows in sorted(by_day.items()):
+        uri = storage.join(sink, OUTCOMES_DIR, f"date={day}", f"{stamp}-{uuid.uuid4().hex}.{fmt}")
+        storage.write_bytes(uri, _encode(rows, fmt))
+        files.append(uri)
+    log.info("logged %d outcome(s) to %s in %d file(s)", len(normalized), sink, len(files))
+    return {"recorded": len(normalized), "files": files}
+
+
+def record_outcomes(body: Any, sink: str, fmt: str = "jsonl", max_records: int = MAX_HTTP_RECORDS) -> dict[str, Any]:
+    """The ``POST /v1/outcomes`` handler's work: ``body`` is the parsed JSON (a list of ``{"request_id",
+    "outcome", "timestamp"?}``, ``{"outcomes": [...]}`` or one record). KfopsError means a bad request."""
+    if isinstance(body, Mapping) and "outcomes" in body:
+        records = body["outcomes"]
+    elif isinstance(body, Mapping):
+        records = [body]
+    else:
+        records = body
+    if not isinstance(records, list):
+        raise KfopsError(
+            'outcomes: the body must be a list of {"request_id", "outcome", "timestamp"?} objects, '
+            f'{{"outcomes": [...]}} or one such object; got {type(records).__name__}'
+        )
+    if len(records) > max_records:
+        raise KfopsError(f"outcomes: {len(records)} records in one request; send at most {max_records}")
+    return log_outcomes(records, sink, fmt=fmt, source="request body")
+
+
+def read_outcome_file(uri: str) -> pd.DataFrame:
+    """A CSV, Parquet or JSONL file of outcomes (columns request_id, outcome, optional timestamp), for
+    ``kfops outcomes log --file``. Ids and text outcomes stay text."""
+    kind = next((k for s, k in _SUFFIXES.items() if uri.lower().endswith(s)), None)
+    if kind is None:
+        raise KfopsError(f"outcomes file {uri}: unsupported file type; use .csv, .parquet or .jsonl")
+    try:
+        raw = storage.read_bytes(uri)
+    except FileNotFoundError as err:
+        raise KfopsError(f"outcomes file {uri} does not exist") from err
+    if not raw.strip():
+        raise KfopsError(f"outcomes file {uri} is empty")
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(io.BytesIO(raw))
+        elif kind == "jsonl":
+            frame = pd.read_json(io.BytesIO(raw), lines=True, dtype=False)
+        else:
+            frame = pd.read_csv(io.BytesIO(raw), dtype={"request_id": str}, keep_default_na=True)
+    except Exception as err:
+        raise KfopsError(f"cannot read {kind} file {uri}: {err}") from err
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _partition_files(
+    uri: str, since: dt.datetime | None, until: dt.datetime | None, model: str = ""
+) -> list[tuple[str, dict[str, str]]]:
+    """Data files under ``uri`` in ``date=YYYY-MM-DD`` partitions whose day can hold times in [since, until),
+    with their ``key=value`` path parts; files outside any date partition are skipped."""
+    base = uri.rstrip("/") if storage.is_s3(uri) else uri
+    found = []
+    for path, _ in storage.list_files(base):
+        relative = path[len(base) :].replace("\\", "/").strip("/")
+        if not any(relative.lower().endswith(s) for s in _SUFFIXES if s != ".csv"):
+            continue
+        parts = dict(p.split("=", 1) for p in relative.split("/")[:-1] if "=" in p)
+        day_match = next((_DATE_PART.match(p) for p in relative.split("/")[:-1] if _DATE_PART.match(p)), None)
+        if day_match is None:
+            continue
+        day = dt.date.fromisoformat(day_match.group(1))
+        if since is not None and day < since.date():
+            continue
+        if until is not None and day > until.date():
+            continue
+        if model and parts.get("model", model) != model:
+            continue
+        found.append((path, parts))
+    return found
+
+
+def _read_records(uri: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Selected columns of one JSONL or Parquet file (absent columns are null)."""
+    raw = storage.read_bytes(uri)
+    if not raw.strip():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        if raw[:4] == b"PAR1":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(raw))
+            present = [c for c in columns if c in table.column_names]
+            frame = table.select(present).to_pandas()
+        else:
+            import orjson
+
+            lines = [line for line in raw.split(b"\n") if line.strip()]
+            records = orjson.loads(b"[" + b",".join(lines) + b"]")
+            frame = pd.DataFrame.from_records(
+                [{c: r.get(c) for c in columns if c in r} for r in records if isinstance(r, dict)]
+            )
+    except Exception as err:
+        raise KfopsError(f"cannot read {uri}: {err}") from err
+    for c in columns:
+        if c not in frame.columns:
+            frame[c] = None
+    return frame[list(columns)]
+
+
+def _utc_times(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+
+
+def read_outcomes(
+    uri: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> tuple[pd.DataFrame, int]:
+    """The latest outcome per request id (``request_id``, ``outcome``, ``timestamp``) logged under ``uri`` (the
+    sink given to ``log_outcomes``, or its ``outcomes`` folder) with a timestamp in [since, until), and how many
+    older outcomes for the same ids were superseded."""
+    folder = storage.join(uri, OUTCOMES_DIR)
+    files = _partition_files(folder, since, until)
+    if not files and uri.rstrip("/").endswith("/" + OUTCOMES_DIR):
+        files = _partition_files(uri, since, until)
+    frames = [_read_records(path, ("request_id", "outcome", "timestamp")) for path, _ in files]
+    frame = (
+        pd.concat([f for f in frames if not f.empty], ignore_index=True)
+        if any(not f.empty for f in frames)
+        else pd.DataFrame(columns=["request_id", "outcome", "timestamp"])
+    )
+    frame = frame[frame["request_id"].notna()].copy()
+    frame["request_id"] = frame["request_id"].astype(str)
+    frame["time"] = _utc_times(frame["timestamp"])
+    if since is not None:
+        frame = frame[frame["time"] >= since]
+    if until is not None:
+        frame = frame[frame["time"] < until]
+    before = len(frame)
+    # Latest timestamp wins; among equal timestamps the later file (files are named by write time) wins.
+    frame = frame.reset_index(drop=True).reset_index(names="order")
+    frame = frame.sort_values(["time", "order"], na_position="first").drop_duplicates("request_id", keep="last")
+    return frame[["request_id", "outcome", "timestamp"]].reset_index(drop=True), before - len(frame)
+
+
+def read_predictions(
+    uri: str, since: dt.datetime | None = None, until: dt.datetime | None = None, model: str = ""
+) -> pd.DataFrame:
+    """Payload-log rows (``PAYLOAD_COLUMNS``) under ``uri`` (the payload-log sink, or one ``model=`` folder of it)
+    with a timestamp in [since, until), optionally of one model."""
+    files = [(p, parts) for p, parts in _partition_files(uri, since, until, model) if not _under_outcomes(uri, p)]
+    frames = []
+    for path, parts in files:
+        frame = _read_records(path, PAYLOAD_COLUMNS)
+        if "model" in parts:
+            frame["model"] = frame["model"].where(frame["model"].notna(), parts["model"])
+        frames.append(frame)
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=[*PAYLOAD_COLUMNS, "time"])
+    frame = pd.concat(frames, ignore_index=True)
+    frame["time"] = _utc_times(frame["timestamp"])
+    if since is not None:
+        frame = frame[frame["time"] >= since]
+    if until is not None:
+        frame = frame[frame["time"] < until]
+    if model:
+        frame = frame[frame["model"].astype(str) == model]
+    frame = frame[frame["request_id"].notna()].copy()
+    frame["request_id"] = frame["request_id"].astype(str)
+    for column in ("model", "model_version", "variant"):
+        frame[column] = frame[column].fillna("").astype(str)
+    return frame.reset_index(drop=True)
+
+
+def _under_outcomes(base: str, path: str) -> bool:
+    relative = path[len(base.rstrip("/")) :].replace("\\", "/").strip("/")
+    return relative.split("/", 1)[0] == OUTCOMES_DIR
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def label_text(value: Any) -> str | None:
+    """A prediction or outcome as the class label text it stands for: ``1.0`` is ``"1"``, ``True`` is ``"true"``."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def infer_positive_class(labels: Iterable[str]) -> str:
+    """``1``, ``true`` or ``yes`` (in that order) when present among the labels; else a KfopsError asking for it."""
+    seen = sorted({str(v) for v in labels if v is not None})
+    for candidate in ("1", "true", "yes"):
+        for value in seen:
+            if value.lower() == candidate:
+                return value
+    raise KfopsError(
+        f"outcomes: cannot tell the positive class from the labels {seen[:10]}; pass positive_class (--positive-class)"
+    )
+
+
+@dataclass
+class GroupPerformance:
+    """Live performance of one model version and variant over the window."""
+
+    model: str
+    model_version: str
+    variant: str
+    predictions: int  # payload-log rows in the window
+    joined: int  # of them, rows with an outcome whose value is a class
+    unmatched_predictions: int  # rows with no outcome (yet)
+    invalid_outcomes: int  # rows whose outcome is not one of the two classes: left out of the metrics
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    positive_rate: float | None  # share of joined rows predicted positive
+    outcome_positive_rate: float | None  # share of joined rows whose outcome is positive
+
+
+@dataclass
+class LivePerformance:
+    """``live_performance``'s answer: per-group metrics and what did not join."""
+
+    since: str | None
+    until: str | None
+    positive_class: str
+    negative_class: str | None
+    predictions: int
+    outcomes: int  # outcomes in the window, latest per request id
+    superseded_outcomes: int
+    unmatched_outcomes: int  # outcomes whose request id has no prediction in the window
+    groups: list[GroupPerformance] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _group_performance(key: tuple[str, str, str], rows: pd.DataFrame, positive: str, negative: str | None):
+    has_outcome = rows["outcome_label"].notna()
+    valid = has_outcome & rows["outcome_label"].isin([positive, negative])
+    joined = rows[valid]
+    predicted = joined["prediction_label"] == positive
+    actual = joined["outcome_label"] == positive
+    tp, fp = int((predicted & actual).sum()), int((predicted & ~actual).sum())
+    fn, tn = int((~predicted & actual).sum()), int((~predicted & ~actual).sum())
+    n = len(joined)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision is not None and recall is not None and precision + recall > 0
+        else (0.0 if precision is not None and recall is not None else None)
+    )
+    return GroupPerformance(
+        model=key[0],
+        model_version=key[1],
+        variant=key[2],
+        predictions=len(rows),
+        joined=n,
+        unmatched_predictions=int((~has_outcome).sum()),
+        invalid_outcomes=int((has_outcome & ~valid).sum()),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        accuracy=_ratio(tp + tn, n),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        positive_rate=_ratio(tp + fp, n),
+        outcome_positive_rate=_ratio(tp + fn, n),
+    )
+
+
+def live_performance(
+    payload_log_uri: str,
+    outcomes_uri: str = "",
+    since: Any = None,
+    until: Any = None,
+    positive_class: str = "",
+    model: str = "",
+    now: dt.datetime | None = None,
+) -> LivePerformance:
+    """Join predictions made in [since, until) to their outcomes and score each model version and variant.
+
+    ``outcomes_uri`` defaults to ``payload_log_uri`` (one sink for both). Outcomes are read from ``since`` on
+    with no upper bound: an outcome usually arrives after the window it judges. ``since``/``until`` take what
+    ``parse_time`` does (``24h``, ``2026-11-26``...). The positive class defaults to ``1``/``true``/``yes``;
+    the negative class is the model's other predicted label.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    start = parse_time(since, now, what="since")
+    end = parse_time(until, now, what="until")
+    if start is not None and end is not None and start >= end:
+        raise KfopsError(f"outcomes: the window is empty: since {_iso(start)} is not before until {_iso(end)}")
+    predictions = read_predictions(payload_log_uri, start, end, model)
+    outcomes, superseded = read_outcomes(outcomes_uri or payload_log_uri, start, None)
+    predictions["prediction_label"] = predictions["prediction"].map(label_text)
+    outcomes["outcome_label"] = outcomes["outcome"].map(label_text)
+    predicted_labels = sorted({v for v in predictions["prediction_label"] if v is not None})
+    if len(predicted_labels) > 2:
+        raise KfopsError(
+            f"outcomes: the payload log holds {len(predicted_labels)} predicted labels {predicted_labels[:10]}; "
+            "live performance is for binary classifiers"
+        )
+    labels = predicted_labels + sorted(set(outcomes["outcome_label"].dropna()) - set(predicted_labels))
+    outcome_values = set(outcomes["outcome_label"].dropna())
+    if predicted_labels and {"true", "false"} & outcome_values and set(predicted_labels) <= {"0", "1"}:
+        # Boolean outcomes for a 0/1 model: the same classes.
+        outcomes["outcome_label"] = outcomes["outcome_label"].replace({"true": "1", "false": "0"})
+        labels = predicted_labels + sorted(set(outcomes["outcome_label"].dropna()) - set(predicted_labels))
+    positive = positive_class.strip() if positive_class and positive_class.strip() else None
+    if positive is None:
+        positive = infer_positive_class(labels) if labels else "1"
+    others = [v for v in predicted_labels if v != positive]
+    if others:
+        negative: str | None = others[0]
+    else:  # every prediction was positive (or none): the commonest other outcome is the negative class
+        counts = outcomes.loc[outcomes["outcome_label"] != positive, "outcome_label"].value_counts()
+        negative = str(counts.index[0]) if len(counts) else None
+    joined = predictions.merge(outcomes[["request_id", "outcome_label"]], on="request_id", how="left")
+    predicted_ids = set(predictions["request_id"])
+    groups = [
+        _group_performance(key, rows, positive, negative)
+        for key, rows in joined.groupby(["model", "model_version", "variant"], sort=True, dropna=False)
+    ]
+    return LivePerformance(
+        since=_iso(start) if start else None,
+        until=_iso(end) if end else None,
+        positive_class=positive,
+        negative_class=negative,
+        predictions=len(predictions),
+        outcomes=len(outcomes),
+        superseded_outcomes=superseded,
+        unmatched_outcomes=int((~outcomes["request_id"].isin(predicted_ids)).sum()),
+        groups=groups,
+    )

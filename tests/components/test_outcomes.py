@@ -1,0 +1,212 @@
+"""Outcomes: logging by request id (CLI, file, HTTP body), and live performance joined to a real payload log,
+checked against a hand count."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kfops.cli import main
+from kfops.components import storage
+from kfops.components.contracts import KfopsError
+from kfops.components.outcomes.logic import (
+    live_performance,
+    log_outcomes,
+    parse_time,
+    read_outcomes,
+    record_outcomes,
+)
+from kfops.serving.payload_log import PayloadLogger
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # outcomes logged with no timestamp get the real now
+
+
+def stamp(hours_ago: float) -> str:
+    return (NOW - dt.timedelta(hours=hours_ago)).isoformat()
+
+
+def payload(request_id: str, version: str, variant: str, prediction: str, hours_ago: float = 1.0) -> dict:
+    """A record as the predictor logs it (features included)."""
+    return {
+        "request_id": request_id,
+        "timestamp": stamp(hours_ago),
+        "model": "fraud",
+        "model_version": version,
+        "variant": variant,
+        "amount": 12.5,
+        "channel": "online",
+        "prediction": prediction,
+        "probability": 0.9 if prediction == "1" else 0.1,
+    }
+
+
+def write_payload_log(sink: str, records: list[dict], fmt: str = "jsonl") -> None:
+    with PayloadLogger(sink, "fraud", fmt=fmt, flush_seconds=0.05) as logger:
+        logger.log(records)
+    assert logger.written == len(records)
+
+
+# ------------------------------------------------------------------------------------------------ logging
+def test_log_from_the_command_line_and_a_file(tmp_path, capsys):
+    sink = str(tmp_path / "sink")
+    assert main(["outcomes", "log", "--sink", sink, "--request-id", "r-1", "--outcome", "1", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["recorded"] == 1
+    path = Path(first["files"][0])
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert path.parent == tmp_path / "sink" / "outcomes" / f"date={today}" and path.suffix == ".jsonl"
+    record = json.loads(path.read_text())
+    assert record["request_id"] == "r-1" and record["outcome"] == "1" and record["timestamp"].startswith(today)
+
+    table = pd.DataFrame(
+        {
+            "request_id": ["a", "b", "c"],
+            "outcome": [0, 1, 1],
+            "timestamp": ["2026-11-20T10:00:00Z", "2026-11-21T23:59:59+00:00", "2026-11-21T22:00:00-05:00"],
+            "note": ["x", "y", "z"],
+        }
+    )
+    table.to_csv(tmp_path / "outcomes.csv", index=False)
+    assert (
+        main(["outcomes", "log", "--sink", sink, "--file", str(tmp_path / "outcomes.csv"), "--format", "parquet"]) == 0
+    )
+    assert "logged 3 outcome(s)" in capsys.readouterr().out
+    days = sorted(p.parent.name for p in (tmp_path / "sink" / "outcomes").rglob("*.parquet"))
+    assert days == ["date=2026-11-20", "date=2026-11-21", "date=2026-11-22"]  # -05:00 is the next UTC day
+    frame, superseded = read_outcomes(sink)
+    assert superseded == 0 and sorted(frame["request_id"]) == ["a", "b", "c", "r-1"]
+    assert frame.set_index("request_id").loc["c", "timestamp"] == "2026-11-22T03:00:00+00:00"
+
+
+def test_bad_outcomes_are_refused_naming_the_row(tmp_path, capsys):
+    sink = str(tmp_path / "sink")
+    pd.DataFrame({"id": ["a"], "outcome": [1]}).to_csv(tmp_path / "no_id.csv", index=False)
+    assert main(["outcomes", "log", "--sink", sink, "--file", str(tmp_path / "no_id.csv")]) == 2
+    assert "no 'request_id' column; it has: id, outcome" in capsys.readouterr().err
+    pd.DataFrame({"request_id": ["a", " "], "outcome": [1, 0]}).to_parquet(tmp_path / "blank.parquet")
+    assert main(["outcomes", "log", "--sink", sink, "--file", str(tmp_path / "blank.parquet")]) == 2
+    assert "blank.parquet record 1: request_id is empty" in capsys.readouterr().err
+    assert main(["outcomes", "log", "--sink", sink, "--request-id", "a"]) == 2
+    assert "give --request-id and --outcome" in capsys.readouterr().err
+    with pytest.raises(KfopsError, match=r"record 1 \(request_id 'b'\): outcome is empty"):
+        log_outcomes([{"request_id": "a", "outcome": 1}, {"request_id": "b", "outcome": None}], sink)
+    with pytest.raises(KfopsError, match=r"record 0 \(request_id 'a'\): timestamp 'yesterday' is not a time"):
+        log_outcomes([{"request_id": "a", "outcome": 1, "timestamp": "yesterday"}], sink)
+    with pytest.raises(KfopsError, match="outcome must be a label, number or boolean"):
+        log_outcomes([{"request_id": "a", "outcome": {"nested": 1}}], sink)
+    with pytest.raises(KfopsError, match="no outcome records"):
+        log_outcomes([], sink)
+    assert not (tmp_path / "sink").exists()  # nothing written by any refused call
+
+
+def test_record_outcomes_takes_the_http_body_shapes(tmp_path):
+    sink = str(tmp_path / "sink")
+    assert record_outcomes({"request_id": "a", "outcome": True}, sink)["recorded"] == 1
+    assert record_outcomes([{"request_id": 7, "outcome": 0.0}], sink)["recorded"] == 1
+    body = {"outcomes": [{"request_id": "c", "outcome": "fraud", "timestamp": 1_790_000_000}]}
+    result = record_outcomes(body, sink)
+    assert result["recorded"] == 1 and "date=2026-09-21" in result["files"][0]
+    with pytest.raises(KfopsError, match="the body must be a list"):
+        record_outcomes({"outcomes": "a"}, sink)
+    with pytest.raises(KfopsError, match="send at most 2"):
+        record_outcomes([{"request_id": str(i), "outcome": 1} for i in range(3)], sink, max_records=2)
+    with pytest.raises(KfopsError, match="record 0: no 'outcome' field"):
+        record_outcomes([{"request_id": "x"}], sink)
+    frame, _ = read_outcomes(sink)
+    assert dict(zip(frame["request_id"], frame["outcome"], strict=True)) == {"a": True, "7": 0.0, "c": "fraud"}
+
+
+def test_parse_time_forms():
+    assert parse_time("24h", NOW) == NOW - dt.timedelta(hours=24)
+    assert parse_time("90m", NOW) == NOW - dt.timedelta(minutes=90)
+    assert parse_time("2026-11-20", NOW) == dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+    assert parse_time("2026-11-20T10:00:00Z") == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
+    assert parse_time("2026-11-20T10:00:00+02:00") == dt.datetime(2026, 11, 20, 8, tzinfo=dt.UTC)
+    assert parse_time("") is None and parse_time(None) is None
+
+
+# ------------------------------------------------------------------------------------------------ performance
+def test_live_performance_against_a_hand_count(tmp_path):
+    sink = str(tmp_path / "sink")
+    stable = [payload(f"s{i}", "1", "stable", p) for i, p in enumerate("1100110000")]
+    stable += [payload("s-old", "1", "stable", "1", hours_ago=30)]  # before the window
+    batch = [payload("multi", "2", "challenger", p) for p in ("1", "0")]  # one request, two rows
+    challenger = [payload(f"c{i}", "2", "challenger", p) for i, p in enumerate("10101")] + batch
+    write_payload_log(sink, stable)
+    write_payload_log(sink, challenger, fmt="parquet")
+    outcomes = (
+        # stable predictions 1100110000, outcomes 1010 1 0 0 ? 1 0   (s7 has none yet)
+        [{"request_id": f"s{i}", "outcome": o} for i, o in enumerate([1, 0, 1, 0, 1, 0, 0], start=0)]
+        + [{"request_id": "s8", "outcome": 1}, {"request_id": "s9", "outcome": 0}]
+        # challenger predictions 10101 + multi (1, 0); outcomes 1 1 0 "maybe" 1, multi 1
+        + [{"request_id": f"c{i}", "outcome": o} for i, o in enumerate([1, 1, 0, "maybe", 1])]
+        + [{"request_id": "multi", "outcome": 1}]
+        + [{"request_id": "ghost", "outcome": 1}, {"request_id": "s-old", "outcome": 1}]
+    )
+    log_outcomes(outcomes, sink, now=NOW - dt.timedelta(hours=2))
+    # s1 was corrected later: 0 -> 1 (the later timestamp wins).
+    log_outcomes([{"request_id": "s1", "outcome": "1", "timestamp": stamp(0.5)}], sink, now=NOW)
+
+    report = live_performance(sink, since="24h", until=NOW, now=NOW)
+    assert report.positive_class == "1" and report.negative_class == "0"
+    assert report.predictions == 17 and report.superseded_outcomes == 1
+    # 17 request ids have an outcome; 'ghost' and 's-old' have no prediction in the window.
+    assert report.outcomes == 17 and report.unmatched_outcomes == 2
+    by_key = {(g.model_version, g.variant): g for g in report.groups}
+    assert set(by_key) == {("1", "stable"), ("2", "challenger")}
+
+    s = by_key[("1", "stable")]
+    # predicted 1 1 0 0 1 1 0 _ 0 0 ; actual 1 1 1 0 1 0 0 _ 1 0 (s1 corrected to 1, s7 missing)
+    assert (s.predictions, s.joined, s.unmatched_predictions, s.invalid_outcomes) == (10, 9, 1, 0)
+    assert (s.tp, s.fp, s.tn, s.fn) == (3, 1, 3, 2)
+    assert s.accuracy == pytest.approx(6 / 9) and s.precision == pytest.approx(3 / 4)
+    assert s.recall == pytest.approx(3 / 5) and s.f1 == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+    assert s.positive_rate == pytest.approx(4 / 9) and s.outcome_positive_rate == pytest.approx(5 / 9)
+
+    c = by_key[("2", "challenger")]
+    # predicted 1 0 1 0 1 | 1 0 ; actual 1 1 0 maybe 1 | 1 1 -> c3 invalid; 6 joined
+    assert (c.predictions, c.joined, c.unmatched_predictions, c.invalid_outcomes) == (7, 6, 0, 1)
+    assert (c.tp, c.fp, c.tn, c.fn) == (3, 1, 0, 2)
+    assert c.accuracy == pytest.approx(3 / 6) and c.precision == pytest.approx(3 / 4)
+    assert c.recall == pytest.approx(3 / 5)
+
+    # The model filter keeps this model's rows; another model has none.
+    only = live_performance(sink, since=stamp(24), until=stamp(0), model="fraud", now=NOW)
+    assert {g.variant for g in only.groups} == {"stable", "challenger"}
+    none = live_performance(sink, since=stamp(24), model="other", now=NOW)
+    assert none.predictions == 0 and none.groups == []
+    with pytest.raises(KfopsError, match="the window is empty"):
+        live_performance(sink, since="1h", until="2h", now=NOW)
+
+
+def test_report_command_json_and_table(tmp_path, capsys):
+    sink = str(tmp_path / "logs")
+    write_payload_log(sink, [payload("a", "3", "default", "yes"), payload("b", "3", "default", "no")])
+    outcomes = tmp_path / "outcomes"
+    log_outcomes([{"request_id": "a", "outcome": "yes"}, {"request_id": "b", "outcome": "yes"}], str(outcomes))
+    args = ["outcomes", "report", "--payload-log", sink, "--outcomes", str(outcomes)]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["positive_class"] == "yes" and report["negative_class"] == "no"
+    (group,) = report["groups"]
+    assert (group["tp"], group["fn"], group["accuracy"], group["recall"]) == (1, 1, 0.5, 0.5)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "live performance" in out and "0.5000" in out and "2 prediction(s), 2 outcome(s)" in out
+    write_payload_log(sink, [payload("c", "3", "default", "maybe")])
+    assert main([*args, "--json"]) == 2
+    assert "live performance is for binary classifiers" in capsys.readouterr().err
+
+
+def test_outcomes_and_payload_log_on_s3(s3_env):
+    sink = "s3://monitoring/prod"
+    write_payload_log(sink, [payload("a", "1", "stable", "1"), payload("b", "1", "stable", "0")])
+    record_outcomes([{"request_id": "a", "outcome": 1}, {"request_id": "b", "outcome": 1}], sink)
+    assert any("/outcomes/date=" in uri for uri, _ in storage.list_files(sink))
+    report = live_performance(sink, since="48h", now=NOW)
+    (group,) = report.groups
+    assert (group.joined, group.tp, group.fn, group.recall) == (2, 1, 1, 0.5)
