@@ -173,8 +173,18 @@ async def _fast_v1(predictor, scope, body: bytes, send) -> None:
     await _answer(send, status, answer, extra)
 
 
-def build_app(predictor, *, enable_docs: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
-    """KServe's FastAPI app serving ``predictor`` (loaded or not: readiness follows ``predictor.ready``)."""
+def build_app(
+    predictor,
+    *,
+    enable_docs: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    outcomes_sink: str = "",
+):
+    """KServe's FastAPI app serving ``predictor`` (loaded or not: readiness follows ``predictor.ready``).
+
+    With ``outcomes_sink`` (a folder or s3:// prefix, usually the payload log's), ``POST /v1/outcomes`` records
+    ground-truth outcomes by request id under ``<sink>/outcomes/`` (``kfops.components.outcomes``), to be joined
+    with the payload log for live performance and A/B analysis."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, ORJSONResponse
@@ -223,6 +233,8 @@ def build_app(predictor, *, enable_docs: bool = False, max_body_bytes: int = DEF
         log.debug("%s", exc)
         return JSONResponse(status_code=503, content={"error": str(exc)})
 
+    if outcomes_sink:
+        _add_outcomes_route(app, outcomes_sink, max_body_bytes)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.add_exception_handler(ModelNotReady, model_not_ready_handler)
@@ -231,6 +243,38 @@ def build_app(predictor, *, enable_docs: bool = False, max_body_bytes: int = DEF
     app.state.dataplane = dataplane
     app.state.model_repository_extension = extension
     return app
+
+
+def _add_outcomes_route(app, sink: str, max_body_bytes: int) -> None:
+    from fastapi.responses import JSONResponse
+
+    async def record(request):  # a plain Starlette endpoint: it gets the Request
+        import orjson
+
+        from kfops.components.contracts import KfopsError
+        from kfops.components.outcomes.logic import record_outcomes
+
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return JSONResponse(
+                status_code=400, content={"error": f"request body is larger than {max_body_bytes:,} bytes"}
+            )
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            return JSONResponse(status_code=400, content={"error": f"the body is not valid JSON ({err})"})
+        try:
+            # Writing to the sink blocks (a file, an S3 put): off the event loop.
+            written = await asyncio.to_thread(record_outcomes, parsed, sink)
+        except KfopsError as err:
+            log.info("bad outcomes request: %s", err)
+            return JSONResponse(status_code=400, content={"error": str(err)})
+        except OSError as err:
+            log.error("outcomes could not be written to %s: %s", sink, err)
+            return JSONResponse(status_code=503, content={"error": f"outcomes could not be written: {err}"})
+        return JSONResponse(status_code=200, content=written)
+
+    app.add_route("/v1/outcomes", record, methods=["POST"])
 
 
 def grpc_server(app, host: str, port: int):
@@ -273,12 +317,13 @@ def serve(
     grpc_port: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     timeout_keep_alive: int = 65,
+    outcomes_sink: str = "",
 ) -> int:
     """Serve ``predictor`` on host:port (REST) and, with ``grpc_port``, V2 gRPC on host:grpc_port, until
     SIGTERM/SIGINT; load it in the background. Returns an exit code."""
     import uvicorn
 
-    app = build_app(predictor, max_body_bytes=max_body_bytes)
+    app = build_app(predictor, max_body_bytes=max_body_bytes, outcomes_sink=outcomes_sink)
     config = uvicorn.Config(
         app,
         host=host,

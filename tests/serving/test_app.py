@@ -423,6 +423,46 @@ def test_each_scored_row_is_payload_logged(registered_model, tmp_path):
     assert sum(1 for rec in records if rec["request_id"] == "v2-req") == 1
 
 
+def test_outcomes_posted_beside_the_predictor_join_the_payload_log(registered_model, tmp_path):
+    """POST /v1/outcomes records ground truth by request id beside the payload log; joined, they give the live
+    performance of the version that served; a bad body is a 400 naming the problem."""
+    from kfops.components.outcomes.logic import live_performance
+    from kfops.serving.cli import make_payload_logger
+
+    m = registered_model
+    sink = str(tmp_path / "payloads")
+    p = TabularPredictor(
+        "judged", f"{m.name}/{m.version}", m.tracking_uri, payload_logger=make_payload_logger(sink, "judged")
+    )
+    p.load()
+    rows = m.rows.head(6)
+    with TestClient(build_app(p, outcomes_sink=sink), raise_server_exceptions=False) as c:
+        answers = []
+        for i in range(len(rows)):
+            r = c.post(
+                "/v1/models/judged:predict",
+                json={"instances": v1_objects(rows.iloc[[i]])},
+                headers={"x-request-id": f"r{i}"},
+            )
+            assert r.status_code == 200
+            answers.append(r.json()["predictions"][0]["prediction"])
+        # Ground truth arrives later: the first four say the model was right, the last two that it was wrong.
+        truth = answers[:4] + [
+            m.spec.positive_class if a == m.spec.negative_class else m.spec.negative_class for a in answers[4:]
+        ]
+        body = {"outcomes": [{"request_id": f"r{i}", "outcome": t} for i, t in enumerate(truth)]}
+        r = c.post("/v1/outcomes", json=body)
+        assert r.status_code == 200 and r.json()["recorded"] == 6, r.text
+        bad = c.post("/v1/outcomes", json={"outcomes": [{"outcome": "1"}]})
+        assert bad.status_code == 400 and "request_id" in bad.json()["error"]
+        assert c.post("/v1/outcomes", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    p.stop()
+    performance = live_performance(sink, positive_class=m.spec.positive_class)
+    (group,) = performance.groups
+    assert (group.model, group.model_version, group.joined) == ("judged", m.version, 6)
+    assert group.accuracy == pytest.approx(4 / 6)
+
+
 def test_payload_log_drops_are_counted(tmp_path):
     from kfops.serving.cli import make_payload_logger
 
