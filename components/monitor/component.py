@@ -1,0 +1,131 @@
+"""KFP wrappers for the monitor: drift JSON, Evidently's HTML report and a Markdown summary for the Kubeflow UI,
+and ``drift_detected`` / ``drift_share`` to branch on (``dsl.If``) in a continuous-training pipeline."""
+
+from typing import NamedTuple
+
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
+
+from kfops.components.kfp_support import component_op
+
+
+def monitor_drift(
+    current_uri: str,
+    reference_uri: str,
+    model: str,
+    artifact_store: str,
+    mlflow_tracking_uri: str,
+    date_from: str,
+    date_to: str,
+    model_version: str,
+    stattest: str,
+    threshold: float,
+    drift_share: float,
+    min_rows: int,
+    features: list,
+    ignore: list,
+    sample_rows: int,
+    pushgateway: str,
+    webhook: str,
+    drift: Output[Artifact],
+    report: Output[HTML],
+    summary: Output[Markdown],
+) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
+    """Drift of a window (payload-log folder or data file, local or s3://) against ``reference_uri`` or the
+    training data of ``model`` (NAME@ALIAS). ``threshold`` < 0 and empty ``features`` mean the defaults."""
+    from collections import namedtuple
+
+    from kfops.components.monitor.logic import monitor_to_paths
+
+    result = monitor_to_paths(
+        drift.path,
+        report.path,
+        summary.path,
+        current_uri,
+        reference_uri,
+        stattest=stattest,
+        threshold=threshold,
+        drift_share=drift_share,
+        min_rows=min_rows,
+        features=features,
+        ignore=ignore,
+        model=model,
+        tracking_uri=mlflow_tracking_uri,
+        artifact_store=artifact_store,
+        date_from=date_from,
+        date_to=date_to,
+        model_version=model_version,
+        sample_rows=sample_rows,
+        pushgateway=pushgateway,
+        webhook=webhook,
+    )
+    drift.metadata.update(
+        {
+            "verdict": result.verdict,
+            "drift_share": result.drift_share,
+            "drifted": ", ".join(result.drifted),
+            "tested_features": result.tested_features,
+        }
+    )
+    print(result.headline())
+    outputs = namedtuple("MonitorOutputs", ["drift_detected", "drift_share", "verdict"])
+    return outputs(result.dataset_drift, float(result.drift_share), result.verdict)
+
+
+def monitor_drift_dataset(
+    reference: Input[Dataset],
+    current_uri: str,
+    date_from: str,
+    date_to: str,
+    model_version: str,
+    stattest: str,
+    threshold: float,
+    drift_share: float,
+    min_rows: int,
+    features: list,
+    ignore: list,
+    sample_rows: int,
+    pushgateway: str,
+    webhook: str,
+    drift: Output[Artifact],
+    report: Output[HTML],
+    summary: Output[Markdown],
+) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
+    """Drift of a window against a Dataset artifact of the pipeline (e.g. split_data's ``train``)."""
+    from collections import namedtuple
+
+    from kfops.components.monitor.logic import monitor_to_paths
+
+    result = monitor_to_paths(
+        drift.path,
+        report.path,
+        summary.path,
+        current_uri,
+        reference.path,
+        stattest=stattest,
+        threshold=threshold,
+        drift_share=drift_share,
+        min_rows=min_rows,
+        features=features,
+        ignore=ignore,
+        date_from=date_from,
+        date_to=date_to,
+        model_version=model_version,
+        sample_rows=sample_rows,
+        pushgateway=pushgateway,
+        webhook=webhook,
+    )
+    drift.metadata.update(
+        {
+            "verdict": result.verdict,
+            "drift_share": result.drift_share,
+            "drifted": ", ".join(result.drifted),
+            "tested_features": result.tested_features,
+        }
+    )
+    print(result.headline())
+    outputs = namedtuple("MonitorOutputs", ["drift_detected", "drift_share", "verdict"])
+    return outputs(result.dataset_drift, float(result.drift_share), result.verdict)
+
+
+monitor_drift_op = component_op(monitor_drift)
+monitor_drift_dataset_op = component_op(monitor_drift_dataset)

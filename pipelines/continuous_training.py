@@ -1,0 +1,94 @@
+"""The continuous-training pipeline: monitor the live window for drift; on drift, retrain, gate and roll out.
+
+``monitor-drift`` compares ``current_uri`` (the payload logs, or any dataset) with the training data of
+``monitored_model`` (``NAME@champion``); when the dataset drifted, the training pipeline runs on ``data_uri`` (the
+fresh data): versioned, validated, trained, evaluated, gated against the champion re-scored on the new test
+split, registered, and, when blessed, deployed as a canary and rolled out (``deploy=True``, the default here) or
+promoted directly (``deploy=False``). No drift, nothing runs after the monitor.
+
+Schedule it as a recurring run (``kfops schedule``); for retraining on a calendar whatever the drift, schedule
+the training pipeline itself. ``kfops retrain --if-drift`` runs the same loop once on a laptop.
+"""
+
+from kfp import dsl
+
+from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, component_op
+from kfops.components.monitor.component import monitor_drift
+from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE, DEFAULT_MODEL_NAME, DEFAULT_TARGET, build_training_pipeline
+
+PIPELINE_NAME = "kfops-continuous-training"
+
+
+def build_continuous_training_pipeline(
+    image: str = DEFAULT_IMAGE, cuda_image: str = DEFAULT_CUDA_IMAGE, accelerator: str = "cpu"
+):
+    """The continuous-training pipeline function for these images (``accelerator`` as in the training pipeline)."""
+    monitor_op = component_op(monitor_drift, image)
+    training = build_training_pipeline(image, cuda_image, accelerator=accelerator)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Monitor the serving model's live data for drift against its training data; on drift, "
+        "retrain on fresh data, gate the new model against the champion, and roll it out as a canary.",
+    )
+    def continuous_training_pipeline(
+        current_uri: str,
+        data_uri: str,
+        monitored_model: str = f"{DEFAULT_MODEL_NAME}@champion",
+        model_name: str = DEFAULT_MODEL_NAME,
+        target: str = DEFAULT_TARGET,
+        drop_columns: list = [],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
+        time_column: str = "",
+        date_from: str = "",
+        date_to: str = "",
+        stattest: str = "auto",
+        drift_share: float = 0.5,
+        min_rows: int = 30,
+        pushgateway: str = "",
+        webhook: str = "",
+        deploy: bool = True,
+        namespace: str = "",
+        prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
+        artifact_store: str = DEFAULT_ARTIFACT_STORE,
+        mlflow_tracking_uri: str = "",
+    ):
+        monitored = monitor_op(
+            current_uri=current_uri,
+            reference_uri="",
+            model=monitored_model,
+            artifact_store=artifact_store,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            date_from=date_from,
+            date_to=date_to,
+            model_version="",
+            stattest=stattest,
+            threshold=-1.0,
+            drift_share=drift_share,
+            min_rows=min_rows,
+            features=[],
+            ignore=[],
+            sample_rows=20_000,
+            pushgateway=pushgateway,
+            webhook=webhook,
+        ).set_display_name("monitor drift")
+        # Live data changes between runs: never a cached verdict.
+        monitored.set_caching_options(False)
+        monitored.set_env_variable("KFOPS_IMAGE", image)
+        with dsl.If(monitored.outputs["drift_detected"] == True, name="drifted"):  # noqa: E712
+            training(
+                data_uri=data_uri,
+                target=target,
+                drop_columns=drop_columns,
+                time_column=time_column,
+                model_name=model_name,
+                deploy=deploy,
+                namespace=namespace,
+                prometheus_url=prometheus_url,
+                artifact_store=artifact_store,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+            ).set_display_name("retrain")
+
+    return continuous_training_pipeline
+
+
+continuous_training_pipeline = build_continuous_training_pipeline()
