@@ -1,0 +1,120 @@
+"""The container images (images/*/Dockerfile), ``make images``, and the names the compiled pipelines and the
+manifests use. No Docker engine here: the Dockerfiles are checked as text, and ``make -n images`` shows the
+exact build commands.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kfops import __version__
+from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+from tests.manifests.test_serving_manifests import _SECRET_PATTERNS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGES = REPO_ROOT / "images"
+DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
+PINNED_BASE = re.compile(r"^FROM (?P<name>[\w./-]+):(?P<tag>[\w.-]+)@sha256:[0-9a-f]{64}$", re.MULTILINE)
+SENSITIVE = re.compile(r"(?i)(SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL)")
+
+
+def _make_images(*variables: str) -> dict[str, str]:
+    """images/<folder> -> the tag `make images` gives it (from a dry run)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        [make, "-n", "images", *variables], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    tags = {}
+    for line in result.stdout.replace("\\\n", " ").splitlines():  # continued lines joined
+        match = re.search(r"docker build -f images/([\w-]+)/Dockerfile -t (\S+) .*--build-arg KFOPS_IMAGE=(\S+)", line)
+        if match:
+            assert match.group(2) == match.group(3), line
+            assert line.rstrip().endswith(" ."), "the build context is the repository root"
+            tags[match.group(1)] = match.group(2)
+    return tags
+
+
+def test_dockerfiles_exist():
+    assert {p.parent.name for p in DOCKERFILES} == {"component", "component-cuda", "serving", "mlflow"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_conventions(dockerfile):
+    text = dockerfile.read_text()
+    # one stage, its base pinned by tag and digest
+    froms = re.findall(r"^FROM .*$", text, re.MULTILINE)
+    assert len(froms) == 1 and PINNED_BASE.match(froms[0]), froms
+    assert ":latest" not in froms[0]
+    # non-root, numeric (Kubernetes runAsNonRoot can only verify a numeric user), and the last USER
+    users = re.findall(r"^USER (.+)$", text, re.MULTILINE)
+    assert users and users[-1] == "1000:1000"
+    assert text.rindex("\nUSER ") > max(m.start() for m in re.finditer(r"^RUN ", text, re.MULTILINE))
+    # writes only under /tmp
+    assert "HOME=/tmp" in text and "TMPDIR=/tmp" in text
+    # no credential baked in, not even an ARG/ENV for one
+    for what, pattern in _SECRET_PATTERNS.items():
+        assert not pattern.search(text), what
+    for name in re.findall(r"^(?:ARG|ENV)\s+(\w+)", text, re.MULTILINE):
+        assert not SENSITIVE.search(name), name
+    # OCI labels; the image's own name defaults to what `make images` tags it
+    title = re.search(r'org\.opencontainers\.image\.title="([\w-]+)"', text).group(1)
+    for label in ("description", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert f"ARG KFOPS_IMAGE=ghcr.io/kfops/{title}:{__version__}" in text
+
+
+@pytest.mark.parametrize("name", ["component", "component-cuda", "serving"])
+def test_suite_images_install_the_suite(name):
+    text = (IMAGES / name / "Dockerfile").read_text()
+    assert "COPY . /src" in text
+    assert re.search(r"pip install --no-cache-dir /src\b", text)
+    assert "import kfops" in text or "kfops." in text  # the smoke test imports the suite
+
+
+def test_mlflow_image_pins_what_it_installs():
+    text = (IMAGES / "mlflow" / "Dockerfile").read_text()
+    packages = re.findall(r'"([\w.-]+)==([\w.]+)"', text)
+    assert {name for name, _ in packages} == {"mlflow", "psycopg2-binary", "boto3"}
+    installed = re.search(r"^RUN pip install (.+?)\\$", text, re.MULTILINE).group(1)
+    assert all("==" in arg for arg in installed.split() if arg.startswith('"'))
+    assert "COPY" not in text, "the tracking server needs nothing from the repository"
+
+
+def test_make_images_tags_what_pipelines_and_manifests_name():
+    tags = _make_images()
+    assert set(tags) == {p.parent.name for p in DOCKERFILES}
+    assert tags["component"] == DEFAULT_IMAGE == f"ghcr.io/kfops/kfops:{__version__}"
+    assert tags["component-cuda"] == DEFAULT_CUDA_IMAGE
+    runtime = yaml.safe_load((REPO_ROOT / "manifests" / "serving" / "servingruntime.yaml").read_text())
+    assert tags["serving"] == runtime["spec"]["containers"][0]["image"]
+    mlflow = yaml.safe_load((REPO_ROOT / "manifests" / "base" / "mlflow" / "deployment.yaml").read_text())
+    assert tags["mlflow"] == mlflow["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_make_images_follows_the_registry():
+    tags = _make_images("REGISTRY=registry.example.com/ml")
+    assert tags["component"] == f"registry.example.com/ml/kfops:{__version__}"
+
+
+def test_compiled_pipelines_name_the_suite_images():
+    images = set()
+    for path in sorted((REPO_ROOT / "pipelines" / "compiled").glob("*.yaml")):
+        found = set(re.findall(r"^\s+image: (\S+)$", path.read_text(), re.MULTILINE))
+        assert found, path.name
+        assert found <= {DEFAULT_IMAGE, DEFAULT_CUDA_IMAGE}, (path.name, found)
+        images |= found
+    assert images == {DEFAULT_IMAGE, DEFAULT_CUDA_IMAGE}
+
+
+def test_build_context_leaves_local_state_out():
+    ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".venv-checkov", ".kfops", "mlruns"} <= ignored
