@@ -1,4 +1,7 @@
-"""A small client for InferenceServices over the ``kubernetes`` package: get, create, merge-patch.
+"""A small client for custom objects over the ``kubernetes`` package: get, create, merge-patch.
+
+It talks to InferenceServices by default; ``client.for_resource(CustomResource(...))`` gives the same connection
+for another kind (Katib Experiments, Kubeflow Trainer TrainJobs).
 
 ``CustomObjectsApi`` of kubernetes 30.1 sends PATCH as ``application/merge-patch+json`` and keeps ``None`` as
 JSON ``null``, so a patch can remove a field (KServeClient.patch drops ``None`` and cannot). Creates and patches
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from kfops.components.contracts import KfopsError
@@ -23,6 +27,21 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "kfops"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+@dataclass(frozen=True)
+class CustomResource:
+    """A kind of custom object: where its API is, and what to tell a user when it is missing or forbidden."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    provider: str  # what installs the CRD, named in "not found" errors
+    rbac_doc: str  # where the needed Role is described, named in "forbidden" errors
+
+
+INFERENCE_SERVICES = CustomResource(GROUP, VERSION, PLURAL, "InferenceService", "KServe", "components/deploy/README.md")
 
 
 class KubeError(KfopsError):
@@ -45,15 +64,28 @@ def _status_body(body: Any) -> dict[str, Any]:
 
 
 class KubeClient:
-    """InferenceServices in any namespace, through one ``kubernetes.client.ApiClient``."""
+    """Custom objects of one kind (InferenceServices unless told otherwise) in any namespace, through one
+    ``kubernetes.client.ApiClient``."""
 
-    def __init__(self, api_client, default_namespace: str = "default", request_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        api_client,
+        default_namespace: str = "default",
+        request_timeout_s: float = 30.0,
+        resource: CustomResource = INFERENCE_SERVICES,
+    ):
         from kubernetes import client
 
+        self.api_client = api_client
         self.api = client.CustomObjectsApi(api_client)
         self.host = api_client.configuration.host
         self.default_namespace = default_namespace
         self.request_timeout_s = request_timeout_s
+        self.resource = resource
+
+    def for_resource(self, resource: CustomResource) -> KubeClient:
+        """The same connection and default namespace, for another kind of object."""
+        return KubeClient(self.api_client, self.default_namespace, self.request_timeout_s, resource)
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The live object, or None if there is none."""
@@ -63,10 +95,10 @@ class KubeClient:
                 namespace,
                 name,
                 self.api.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
+                self.resource.group,
+                self.resource.version,
                 namespace,
-                PLURAL,
+                self.resource.plural,
                 name,
                 missing_ok=True,
             )
@@ -80,10 +112,10 @@ class KubeClient:
             namespace,
             name,
             self.api.create_namespaced_custom_object,
-            GROUP,
-            VERSION,
+            self.resource.group,
+            self.resource.version,
             namespace,
-            PLURAL,
+            self.resource.plural,
             body,
             field_manager=FIELD_MANAGER,
             field_validation="Strict",
@@ -96,10 +128,10 @@ class KubeClient:
             namespace,
             name,
             self.api.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
+            self.resource.group,
+            self.resource.version,
             namespace,
-            PLURAL,
+            self.resource.plural,
             name,
             patch,
             field_manager=FIELD_MANAGER,
@@ -110,7 +142,7 @@ class KubeClient:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
-        where = f"{verb} InferenceService {namespace}/{name}"
+        where = f"{verb} {self.resource.kind} {namespace}/{name}"
         try:
             return method(*args, _request_timeout=self.request_timeout_s, **kwargs)
         except ApiException as err:
@@ -118,7 +150,7 @@ class KubeClient:
             details = status.get("details") or {}
             if err.status == 404 and missing_ok and details.get("name") == name:
                 raise _Missing() from err
-            raise _api_error(where, namespace, err.status, status) from err
+            raise _api_error(where, namespace, err.status, status, self.resource) from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise KubeError(f"{where}: cannot reach the Kubernetes API at {self.host}: {err}") from err
 
@@ -127,7 +159,9 @@ class _Missing(Exception):
     """The object does not exist (a 404 that names it)."""
 
 
-def _api_error(where: str, namespace: str, code: int, status: dict[str, Any]) -> KubeError:
+def _api_error(
+    where: str, namespace: str, code: int, status: dict[str, Any], resource: CustomResource = INFERENCE_SERVICES
+) -> KubeError:
     message = str(status.get("message") or "").strip()
     reason = str(status.get("reason") or "")
     causes = (status.get("details") or {}).get("causes") or []
@@ -140,13 +174,13 @@ def _api_error(where: str, namespace: str, code: int, status: dict[str, Any]) ->
     elif code == 403:
         text = (
             f"forbidden: {message}. The identity needs get, create and patch on "
-            f"inferenceservices.serving.kserve.io in namespace {namespace} (a Role and a RoleBinding; see "
-            "components/deploy/README.md)"
+            f"{resource.plural}.{resource.group} in namespace {namespace} (a Role and a RoleBinding; see "
+            f"{resource.rbac_doc})"
         )
     elif code == 404:
         text = (
-            f"not found: {message or 'the server could not find the requested resource'}. Is KServe installed (the "
-            f"CRD inferenceservices.serving.kserve.io) and does namespace {namespace} exist?"
+            f"not found: {message or 'the server could not find the requested resource'}. Is {resource.provider} "
+            f"installed (the CRD {resource.plural}.{resource.group}) and does namespace {namespace} exist?"
         )
     elif code == 409:
         text = (

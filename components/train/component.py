@@ -1,4 +1,5 @@
-"""KFP wrapper for train. The GPU variant of the pipeline runs this same component in the CUDA image."""
+"""KFP wrappers for train: ``train`` (in the task's own pod; the GPU variant of the pipeline runs it in the CUDA
+image) and ``train_distributed`` (a Kubeflow Trainer TrainJob across nodes and GPUs, same outputs)."""
 
 from typing import NamedTuple
 
@@ -30,12 +31,22 @@ def train(
     tensorboard_root: str,
     model: Output[Model],
     tensorboard: Output[Artifact],
+    parent_run_id: str = "",
+    checkpoint_every: int = 0,
+    sweep_study: str = "",
+    sweep_trial_id: int = -1,
+    sweep_storage: str = "",
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str), ("val_loss", float)]):
-    """Train the MLP, log the MLflow run and TensorBoard events, save the pyfunc model."""
+    """Train the MLP, log the MLflow run and TensorBoard events, save the pyfunc model. ``checkpoint_every`` > 0
+    checkpoints beside the model output and resumes a retried task from there; ``sweep_*`` make the run a
+    sweep trial that reports each epoch to its Optuna study and stops when the study prunes it."""
     import logging
+    import os
     from collections import namedtuple
 
+    from kfops.components import storage
     from kfops.components.contracts import TrainConfig
+    from kfops.components.train.checkpoint import CheckpointStore
     from kfops.components.train.logic import train_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -55,6 +66,17 @@ def train(
             decision_threshold=threshold,
         )
     )
+    checkpoint = None
+    if checkpoint_every > 0:
+        # The output's URI is fixed when the task starts, so a retried pod finds its predecessor's checkpoint.
+        base = model.uri.replace("minio://", "s3://", 1).rstrip("/")
+        checkpoint = CheckpointStore(storage.join(base.rsplit("/", 1)[0], "checkpoints"), checkpoint_every)
+    tags, epoch_hook = {}, None
+    if sweep_study:
+        from kfops.components.sweep.optuna_backend import EpochReporter
+
+        epoch_hook = EpochReporter(sweep_storage or os.environ["KFOPS_SWEEP_STORAGE"], sweep_study, sweep_trial_id)
+        tags = {"kfops.sweep.study": sweep_study, "kfops.sweep.trial": str(epoch_hook.trial.number)}
     outcome = train_model(
         train_features.path,
         validation_features.path,
@@ -68,6 +90,10 @@ def train(
         data_uri=raw_train.metadata.get("source", ""),
         data_sha256=data_sha256,
         tensorboard_root=tensorboard_root,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        epoch_hook=epoch_hook,
+        checkpoint=checkpoint,
     )
     model.metadata.update(
         {
@@ -92,3 +118,125 @@ def train(
 
 
 train_op = component_op(train)
+
+
+def train_distributed(
+    train_features: Input[Dataset],
+    validation_features: Input[Dataset],
+    feature_spec: Input[Artifact],
+    raw_train: Input[Dataset],
+    data_sha256: str,
+    hidden_sizes: list,
+    dropout: float,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    optimizer: str,
+    weight_decay: float,
+    class_weighting: str,
+    early_stopping_patience: int,
+    seed: int,
+    threshold: float,
+    experiment: str,
+    mlflow_tracking_uri: str,
+    model: Output[Model],
+    trainjob: Output[Artifact],
+    image: str,
+    namespace: str = "",
+    num_nodes: int = 2,
+    gpus_per_node: int = 1,
+    procs_per_node: int = 0,
+    cpu: str = "4",
+    memory: str = "16Gi",
+    runtime: str = "torch-distributed",
+    env_secret: str = "kfops-training-env",
+    checkpoint_every: int = 1,
+    timeout_seconds: int = 86400,
+    poll_seconds: float = 15.0,
+) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str), ("val_loss", float)]):
+    """Train on ``num_nodes`` nodes x ``gpus_per_node`` GPUs: submit a Kubeflow Trainer TrainJob running the
+    suite's training under torchrun (NCCL), wait for it, and hand on rank 0's MLflow run and model as ``train``
+    does. The data must be in the artifact store (s3://); checkpoints go beside the model output."""
+    import hashlib
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    import mlflow
+
+    from kfops.components import storage
+    from kfops.components.contracts import TrainConfig
+    from kfops.components.deploy.kube import connect
+    from kfops.components.train.trainjob import TrainJobSpec, build_trainjob, find_run, submit_and_wait
+
+    def s3(artifact) -> str:
+        return artifact.uri.replace("minio://", "s3://", 1)
+
+    config = TrainConfig.from_dict(
+        dict(
+            hidden_sizes=hidden_sizes,
+            dropout=dropout,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            epochs=epochs,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            class_weighting=class_weighting,
+            early_stopping_patience=early_stopping_patience,
+            seed=seed,
+            decision_threshold=threshold,
+        )
+    )
+    api = connect()
+    output_dir = s3(model).rstrip("/").rsplit("/", 1)[0]
+    # One name per task output: a retried step finds (and watches) the TrainJob it submitted before.
+    name = "kfops-train-" + hashlib.sha256(model.uri.encode()).hexdigest()[:12]
+    spec = TrainJobSpec(
+        name=name,
+        namespace=namespace or api.default_namespace,
+        image=image,
+        train_features=s3(train_features),
+        validation_features=s3(validation_features),
+        feature_spec=s3(feature_spec),
+        raw_train=s3(raw_train),
+        config=config,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        procs_per_node=procs_per_node,
+        cpu=cpu,
+        memory=memory,
+        runtime=runtime,
+        env_secret=env_secret,
+        experiment=experiment,
+        data_sha256=data_sha256,
+        data_uri=raw_train.metadata.get("source", ""),
+        checkpoint_uri=storage.join(output_dir, "checkpoints") if checkpoint_every > 0 else "",
+        checkpoint_every=max(1, checkpoint_every),
+    )
+    manifest = build_trainjob(spec)
+    Path(trainjob.path).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    result = submit_and_wait(api, manifest, timeout_s=timeout_seconds, poll_s=poll_seconds)
+    run = find_run(spec.name, experiment, mlflow_tracking_uri)
+    model_uri = run.data.tags["kfops.model_uri"]
+    mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=model.path)
+    val_loss = float(run.data.metrics.get("val_loss", float("nan")))
+    model.metadata.update(
+        {
+            "run_id": run.info.run_id,
+            "model_uri": model_uri,
+            "experiment_id": run.info.experiment_id,
+            "val_loss": val_loss,
+            "device": "cuda" if gpus_per_node else "cpu",
+            "framework": "pytorch",
+            "flavor": "mlflow.pyfunc",
+            "sha256": data_sha256,
+            "trainjob": f"{spec.namespace}/{spec.name}",
+        }
+    )
+    trainjob.metadata.update({"trainjob": f"{spec.namespace}/{spec.name}", "seconds": round(result.seconds, 1)})
+    print(f"TrainJob {spec.namespace}/{spec.name} complete in {result.seconds:.0f} s; MLflow run {run.info.run_id}")
+    outputs = namedtuple("TrainOutputs", ["run_id", "model_uri", "val_loss"])
+    return outputs(run.info.run_id, model_uri, val_loss)
+
+
+train_distributed_op = component_op(train_distributed)

@@ -1,8 +1,13 @@
 """Train: fit the MLP on the preprocessed splits and record everything in MLflow and TensorBoard.
 
 One MLflow run per training: parameters, tags that pin the data and code it came from, per-epoch losses and
-validation accuracy, the resolved configuration, TensorBoard event files, and the model as one pyfunc (torch
-module plus feature spec) that everything downstream loads.
+validation metrics, the resolved configuration, TensorBoard event files, and the model as one pyfunc (torch
+module plus feature spec) that everything downstream loads. The best epoch's validation metrics are logged as
+``val_<metric>`` (``val_loss``, ``val_accuracy``, ``val_f1_macro``, ...): what sweeps optimise.
+
+A sweep trial is a child run (``parent_run_id``); a checkpointed training that resumes after a restart logs into
+the run it started (its id is in the checkpoint). Data-parallel (torchrun), only rank 0 talks to MLflow and
+TensorBoard and saves the model; the other ranks train and return.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -42,6 +48,9 @@ class TrainOutcome:
     device: str
     samples_per_second: float
     tensorboard_uri: str
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's val_* metrics
+    resumed_from_epoch: int = 0
+    world_size: int = 1
 
 
 def set_tracking(tracking_uri: str = "") -> str:
@@ -116,6 +125,18 @@ def input_example(spec: FeatureSpec, raw_rows):
     return model_input_frame(spec, raw_rows.head(2), source="input example").reset_index(drop=True)
 
 
+def validation_metrics(y_val, threshold: float):
+    """The per-epoch hook adding the suite's metrics on the validation split (``val_f1_macro``, ...); accuracy
+    stays ``fit``'s ``val_accuracy`` (at 0.5), the others use the model's decision threshold."""
+    from kfops.components.evaluate.logic import binary_metrics
+
+    def metrics(probability) -> dict[str, float]:
+        values = binary_metrics(y_val, probability, threshold)
+        return {f"val_{name}": float(v) for name, v in values.items() if name != "accuracy"}
+
+    return metrics
+
+
 def pip_requirements() -> list[str]:
     versions = package_versions(MODEL_PIP_PACKAGES)
     return [f"{name}=={version}" for name, version in versions.items() if version != "not installed"]
@@ -137,14 +158,23 @@ def train_model(
     image: str = "",
     tensorboard_root: str = "",
     run_name: str = "",
+    parent_run_id: str = "",
+    tags: dict[str, str] | None = None,
+    epoch_hook: Callable[[dict[str, float]], None] | None = None,
+    checkpoint=None,
 ) -> TrainOutcome:
-    """Train, log to MLflow and TensorBoard, and save the pyfunc model to ``model_dir``."""
+    """Train, log to MLflow and TensorBoard, and save the pyfunc model to ``model_dir``.
+
+    ``parent_run_id`` makes the run a child (a sweep trial); ``tags`` are added to the run; ``epoch_hook`` gets
+    each epoch's row after it is logged and may raise ``loop.StopTraining`` (the run then ends KILLED and the
+    exception goes on); ``checkpoint`` (a ``checkpoint.CheckpointStore``) checkpoints and resumes."""
     import mlflow
     import pandas as pd
     from torch.utils.tensorboard import SummaryWriter
 
     from kfops.components.preprocess.logic import load_matrix
-    from kfops.components.train.loop import fit
+    from kfops.components.train import distributed
+    from kfops.components.train.loop import StopTraining, fit
     from kfops.components.train.pyfunc import TabularClassifier, save_network
 
     config.check()
@@ -156,13 +186,40 @@ def train_model(
             f"train: features in {train_path} have {x_train.shape[1]} columns but the feature spec "
             f"{spec_path} describes {spec.input_width}"
         )
+    resume = checkpoint.load() if checkpoint is not None else None
+    epoch_metrics = validation_metrics(y_val, config.decision_threshold)
+    dist_ctx = distributed.current()
+    if dist_ctx is not None and not dist_ctx.is_main:
+        # Rank 0 records the run; this rank trains its share and, for a checkpoint, hands over its RNG state.
+        result = fit(
+            x_train, y_train, x_val, y_val, config, epoch_metrics=epoch_metrics, checkpoint=checkpoint, resume=resume
+        )
+        return TrainOutcome(
+            run_id="",
+            experiment_id="",
+            model_uri="",
+            model_id="",
+            best_epoch=result.best_epoch,
+            best_val_loss=result.best_val_loss,
+            epochs_run=len(result.history),
+            device=result.device,
+            samples_per_second=result.samples_per_second,
+            tensorboard_uri="",
+            world_size=result.world_size,
+        )
     set_tracking(tracking_uri)
     experiment_id = ensure_experiment(experiment)
     example = input_example(spec, pd.read_parquet(raw_example_path, columns=spec.feature_names))
     versions = package_versions()
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None) as run:
+    resumed_run = _resumable_run((resume or {}).get("extra", {}).get("mlflow_run_id", ""))
+    start = {"run_id": resumed_run} if resumed_run else {"experiment_id": experiment_id, "run_name": run_name or None}
+    if parent_run_id and not resumed_run:
+        start["parent_run_id"] = parent_run_id
+    with mlflow.start_run(**start) as run:
         run_id = run.info.run_id
+        if tags:
+            mlflow.set_tags(tags)
         mlflow.set_tags(
             {
                 "kfops.stage": "train",
@@ -188,7 +245,8 @@ def train_model(
                 "data_sha256": data_sha256,
             }
         )
-        mlflow.log_params(params)
+        if not resumed_run:  # a resumed run logged its parameters when it started
+            mlflow.log_params(params)
 
         Path(tensorboard_dir).mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(log_dir=tensorboard_dir)
@@ -207,20 +265,47 @@ def train_model(
                 row["val_loss"],
                 row["val_accuracy"],
             )
+            if epoch_hook is not None:
+                epoch_hook(row)
 
         try:
-            result = fit(x_train, y_train, x_val, y_val, config, on_epoch=on_epoch)
+            result = fit(
+                x_train,
+                y_train,
+                x_val,
+                y_val,
+                config,
+                on_epoch=on_epoch,
+                epoch_metrics=epoch_metrics,
+                checkpoint=checkpoint,
+                resume=resume,
+                checkpoint_extra={"mlflow_run_id": run_id},
+            )
+        except StopTraining as stopped:
+            mlflow.set_tag("kfops.stopped", str(stopped))
+            mlflow.end_run(status="KILLED")
+            raise
         finally:
             writer.close()
+        best_row = result.history[result.best_epoch - 1] if result.best_epoch else {}
+        val_metrics = {k: float(v) for k, v in best_row.items() if k.startswith("val_")}
+        val_metrics["val_loss"] = result.best_val_loss
         mlflow.log_metrics(
             {
-                "val_loss": result.best_val_loss,
+                **val_metrics,
                 "best_epoch": result.best_epoch,
                 "train_samples_per_second": result.samples_per_second,
                 "train_seconds": result.train_seconds,
             }
         )
-        mlflow.set_tags({"kfops.device": result.device, "kfops.cuda_graphs": str(result.cuda_graphs)})
+        mlflow.set_tags(
+            {
+                "kfops.device": result.device,
+                "kfops.cuda_graphs": str(result.cuda_graphs),
+                "kfops.world_size": str(result.world_size),
+                **({"kfops.resumed_from_epoch": str(result.resumed_from_epoch)} if result.resumed_from_epoch else {}),
+            }
+        )
         resolved = {
             "train": config.to_dict(),
             "device": result.device,
@@ -266,6 +351,7 @@ def train_model(
                 shutil.rmtree(model_dir)
             mlflow.pyfunc.save_model(path=model_dir, **model_kwargs)
             info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
+        mlflow.set_tag("kfops.model_uri", info.model_uri)
 
     return TrainOutcome(
         run_id=run_id,
@@ -278,4 +364,22 @@ def train_model(
         device=result.device,
         samples_per_second=result.samples_per_second,
         tensorboard_uri=tensorboard_uri,
+        val_metrics=val_metrics,
+        resumed_from_epoch=result.resumed_from_epoch,
+        world_size=result.world_size,
     )
+
+
+def _resumable_run(run_id: str) -> str:
+    """``run_id`` if that MLflow run exists here (a checkpoint's run, to log into again), else ``""``."""
+    if not run_id:
+        return ""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        log.warning("the checkpoint's MLflow run %s is not in this tracking store: starting a new run", run_id)
+        return ""
+    return run_id

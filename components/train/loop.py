@@ -7,6 +7,12 @@ gather and then takes batches as contiguous slices (views, no copies, no per-sam
 no step waits for the host. On CUDA the forward, backward and optimizer step run in bf16 autocast and are
 captured once as a CUDA graph that each step replays, which removes the per-kernel launch cost that dominates
 a small network.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, process group joined by ``distributed.init_from_env``) the same loop
+trains data-parallel with DistributedDataParallel: each rank takes its slice of every batch, losses and
+validation outputs are combined across ranks so every rank sees the same metrics and stops at the same epoch
+(see ``distributed.py``). With a ``CheckpointStore`` it saves a checkpoint every N epochs and resumes from the
+latest one (``checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ import numpy as np
 from kfops.components.contracts import KfopsError, TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` callback to end training after that epoch (a sweep's pruner does)."""
+
 
 EVAL_BATCH = 65_536
 GRAPH_WARMUP_STEPS = 3
@@ -96,6 +107,8 @@ class FitResult:
     train_seconds: float = 0.0
     samples_per_second: float = 0.0
     cuda_graphs: bool = False
+    world_size: int = 1
+    resumed_from_epoch: int = 0  # the checkpoint's epoch this run continued from (0: started afresh)
 
 
 class _Stepper:
@@ -111,7 +124,7 @@ class _Stepper:
         if use_graph:
             self._capture(batch_size, width)
 
-    def _forward_backward(self, xb, yb):
+    def _forward_backward(self, xb, yb, scale: float = 1.0):
         import torch
 
         if self.autocast:
@@ -120,7 +133,7 @@ class _Stepper:
         else:
             logits = self.model(xb).squeeze(-1)
         loss = self.loss_fn(logits, yb)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer.step()
         self.loss_sum.add_(loss.detach(), alpha=xb.shape[0])
 
@@ -152,14 +165,15 @@ class _Stepper:
                         value.zero_()
             self.loss_sum.zero_()
 
-    def step(self, xb, yb) -> None:
+    def step(self, xb, yb, scale: float = 1.0) -> None:
+        """One step; ``scale`` weights the loss's gradient (a rank's share of a data-parallel batch)."""
         if self.graph is not None:
             self.static_x.copy_(xb, non_blocking=True)
             self.static_y.copy_(yb, non_blocking=True)
             self.graph.replay()
             return
         self.optimizer.zero_grad(set_to_none=True)
-        self._forward_backward(xb, yb)
+        self._forward_backward(xb, yb, scale)
 
 
 def predict_logits(model, features, device: str, batch: int = EVAL_BATCH):
@@ -182,16 +196,35 @@ def fit(
     y_val: np.ndarray,
     config: TrainConfig,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    *,
+    epoch_metrics: Callable[[np.ndarray], dict[str, float]] | None = None,
+    checkpoint=None,
+    resume: dict | None = None,
+    checkpoint_extra: dict | None = None,
 ) -> FitResult:
-    """Train the MLP with early stopping on validation loss; return the best epoch's model on the CPU."""
+    """Train the MLP with early stopping on validation loss; return the best epoch's model on the CPU.
+
+    ``on_epoch`` gets each epoch's row (``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``,
+    ``epoch_seconds`` and what ``epoch_metrics`` adds from the validation probabilities); it may raise
+    ``StopTraining``. ``checkpoint`` (a ``checkpoint.CheckpointStore``) saves every N epochs; training resumes
+    from ``resume`` (a loaded checkpoint) or, when that is None, from the store's latest checkpoint.
+    ``checkpoint_extra`` is saved with each checkpoint. In a torchrun process group it trains data-parallel."""
     import torch
+
+    from kfops.components.train import distributed
 
     config.check()
     if len(x_train) == 0 or len(x_val) == 0:
         raise KfopsError("train: the training and validation splits must not be empty")
+    dist_ctx = distributed.current()
+    world = dist_ctx.world_size if dist_ctx else 1
+    rank = dist_ctx.rank if dist_ctx else 0
     device = resolve_device(config.device)
+    if dist_ctx and (device == "cuda") != (dist_ctx.backend == "nccl"):
+        raise KfopsError(f"train: device {device} does not match the process group's backend {dist_ctx.backend}")
     if device == "cpu":
-        torch.set_num_threads(cpu_limit())
+        per_process = dist_ctx.local_world_size if dist_ctx else 1
+        torch.set_num_threads(max(1, cpu_limit() // per_process))
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -202,6 +235,11 @@ def fit(
     yv = torch.as_tensor(np.ascontiguousarray(y_val, dtype=np.float32), device=device)
     n, width = xt.shape
     model = build_mlp(width, config.hidden_sizes, config.dropout).to(device)
+    network = model
+    if dist_ctx:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
 
     positives = float(y_train.sum())
     pos_weight = None
@@ -211,31 +249,55 @@ def fit(
     eval_loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     batch = min(config.batch_size, n)
-    use_graph = device == "cuda" and config.cuda_graphs
+    # CUDA graphs capture one process's step; data-parallel steps synchronise gradients across processes.
+    use_graph = device == "cuda" and config.cuda_graphs and dist_ctx is None
     # A captured graph has one batch shape: the last partial batch of an epoch is skipped (the data is
-    # reshuffled every epoch, so every row is still trained on).
+    # reshuffled every epoch, so every row is still trained on). Data-parallel: a last batch with fewer rows
+    # than ranks is skipped, as each rank needs at least one row.
     steps = n // batch if use_graph else math.ceil(n / batch)
-    optimizer = make_optimizer(model, config, device, capturable=use_graph)
-    stepper = _Stepper(model, optimizer, loss_fn, device, use_graph, batch, width)
+    if dist_ctx and n - (steps - 1) * batch < world:
+        steps -= 1
+    if steps < 1:
+        raise KfopsError(f"train: {n} training rows cannot be split over {world} processes")
+    optimizer = make_optimizer(network, config, device, capturable=use_graph)
+    stepper = _Stepper(network, optimizer, loss_fn, device, use_graph, batch, width)
 
-    result = FitResult(model=model, device=device, cuda_graphs=use_graph)
-    best_state, waited = None, 0
+    result = FitResult(model=model, device=device, cuda_graphs=use_graph, world_size=world)
+    best_state, waited, first_epoch = None, 0, 0
+    if checkpoint is not None and resume is None:
+        resume = checkpoint.load()
+    if resume is not None:
+        best_state, waited, first_epoch = _restore(
+            resume, config, model, optimizer, generator, result, device, rank, world
+        )
     trained_samples = 0
     started = time.perf_counter()
-    model.train()
-    for epoch in range(config.epochs):
+    network.train()
+    for epoch in range(first_epoch, config.epochs):
+        if result.stopped_early:
+            break
         epoch_start = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=generator)
         xs, ys = xt[perm], yt[perm]
         stepper.loss_sum.zero_()
         for step in range(steps):
             lo = step * batch
-            stepper.step(xs[lo : lo + batch], ys[lo : lo + batch])
-        seen = steps * batch if use_graph else n
+            if dist_ctx:
+                hi = min(lo + batch, n)
+                a, b = distributed.slice_of(lo, hi, rank, world)
+                # DDP averages gradients over ranks: weighting each rank's mean loss by its share of the batch
+                # makes that average the gradient of the whole batch's mean loss.
+                stepper.step(xs[a:b], ys[a:b], scale=(b - a) * world / (hi - lo))
+            else:
+                stepper.step(xs[lo : lo + batch], ys[lo : lo + batch])
+        seen = steps * batch if use_graph else min(steps * batch, n)
+        loss_total = float(stepper.loss_sum)
+        if dist_ctx:
+            loss_total = distributed.all_sum([loss_total], device)[0]
         trained_samples += seen
-        val_logits = predict_logits(model, xv, device)
+        val_logits = _validation_logits(model, xv, device, dist_ctx)
         val_loss = float(eval_loss_fn(val_logits, yv))
-        train_loss = float(stepper.loss_sum) / seen
+        train_loss = loss_total / seen
         val_prob = torch.sigmoid(val_logits).cpu().numpy()
         row = {
             "epoch": float(epoch + 1),
@@ -249,9 +311,10 @@ def fit(
                 f"train: loss became {train_loss} (train) / {val_loss} (validation) in epoch "
                 f"{epoch + 1}; lower the learning rate ({config.learning_rate})"
             )
+        if epoch_metrics is not None:
+            row.update(epoch_metrics(val_prob))
         result.history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+        _call_on_epoch(on_epoch, row, device, dist_ctx)
         if val_loss < result.best_val_loss - 1e-5:
             result.best_val_loss, result.best_epoch, waited = val_loss, epoch + 1, 0
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -260,7 +323,14 @@ def fit(
             if config.early_stopping_patience > 0 and waited >= config.early_stopping_patience:
                 result.stopped_early = True
                 log.info("early stop after epoch %d: no better validation loss for %d epochs", epoch + 1, waited)
-                break
+        if checkpoint is not None:
+            last = result.stopped_early or epoch + 1 == config.epochs
+            if checkpoint.due(epoch + 1, last):
+                state = _checkpoint_state(
+                    config, epoch + 1, model, optimizer, generator, result, best_state, waited, device, dist_ctx
+                )
+                if rank == 0:
+                    checkpoint.save({**state, "extra": dict(checkpoint_extra or {})})
     if device == "cuda":
         torch.cuda.synchronize()
     result.train_seconds = time.perf_counter() - started
@@ -270,3 +340,84 @@ def fit(
     cpu_model.eval()
     result.model = cpu_model
     return result
+
+
+def _validation_logits(model, xv, device: str, dist_ctx):
+    """Validation logits of every row, on every rank (each rank scores its share, then all are gathered)."""
+    if dist_ctx is None:
+        return predict_logits(model, xv, device)
+    from kfops.components.train import distributed
+
+    total = xv.shape[0]
+    a, b = distributed.slice_of(0, total, dist_ctx.rank, dist_ctx.world_size)
+    return distributed.all_gather_rows(predict_logits(model, xv[a:b], device), total, dist_ctx.world_size)
+
+
+def _call_on_epoch(on_epoch, row: dict[str, float], device: str, dist_ctx) -> None:
+    """Call the callback; data-parallel, a rank that stops (or fails) stops every rank, never leaving the
+    others waiting in the next collective."""
+    if dist_ctx is None:
+        if on_epoch is not None:
+            on_epoch(row)
+        return
+    from kfops.components.train import distributed
+
+    raised: BaseException | None = None
+    try:
+        if on_epoch is not None:
+            on_epoch(row)
+    except Exception as err:
+        raised = err
+    if distributed.any_rank(raised is not None, device):
+        if raised is not None:
+            raise raised
+        raise StopTraining(f"train: another rank stopped after epoch {int(row['epoch'])}")
+
+
+def _checkpoint_state(config, epoch, model, optimizer, generator, result, best_state, waited, device, dist_ctx):
+    """What a checkpoint holds (every rank calls this: data-parallel, RNG states are gathered from all ranks)."""
+    from kfops.components.train import checkpoint as ckpt
+    from kfops.components.train import distributed
+
+    rng = ckpt.rng_state(generator, device)
+    rng_states = distributed.gather_objects(rng, dist_ctx.world_size) if dist_ctx else [rng]
+    return {
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "world_size": dist_ctx.world_size if dist_ctx else 1,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states,
+        "best_state": best_state,
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "waited": waited,
+        "stopped_early": result.stopped_early,
+        "history": [dict(r) for r in result.history],
+    }
+
+
+def _restore(state, config, model, optimizer, generator, result, device, rank, world):
+    """Load a checkpoint into this run; returns (best_state, waited, first epoch to train)."""
+    from kfops.components.train import checkpoint as ckpt
+
+    saved = state.get("config", {})
+    changed = {k: (saved.get(k), v) for k, v in config.to_dict().items() if k != "device" and saved.get(k) != v}
+    if changed:
+        details = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in sorted(changed.items()))
+        raise KfopsError(
+            f"train: the checkpoint (epoch {state.get('epoch')}) was written with another configuration ({details}); "
+            "resume with the same configuration, or use another checkpoint location"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng_states = state["rng"]
+    if len(rng_states) != world:
+        log.warning("checkpoint from %d process(es), resuming with %d: dropout draws differ", len(rng_states), world)
+    ckpt.restore_rng_state(rng_states[rank % len(rng_states)], generator, device)
+    result.history = [dict(r) for r in state["history"]]
+    result.best_val_loss, result.best_epoch = float(state["best_val_loss"]), int(state["best_epoch"])
+    result.stopped_early = bool(state["stopped_early"])
+    result.resumed_from_epoch = int(state["epoch"])
+    log.info("resumed from the checkpoint after epoch %d", result.resumed_from_epoch)
+    return state["best_state"], int(state["waited"]), int(state["epoch"])

@@ -1,0 +1,1 @@
+"""The sweep stage: hyperparameter sweeps run locally (Optuna) or on Katib."""
