@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kfops-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training bench-validate bench-serving clean
+.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features clean
 
 setup: $(STAMP)
 
@@ -40,7 +40,7 @@ compile: setup
 check-compiled: setup
 	$(BIN)/kfops compile --check
 
-bench: bench-e2e bench-training bench-validate bench-serving
+bench: bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-features
 
 bench-e2e: setup
 	$(BIN)/python benchmarks/bench_e2e.py
@@ -56,3 +56,58 @@ bench-validate: setup
 
 bench-serving: setup
 	$(BIN)/python benchmarks/bench_serving.py
+
+bench-batch: setup
+	$(BIN)/python benchmarks/bench_batch_predict.py
+
+bench-router: setup
+	$(BIN)/python benchmarks/bench_router.py
+
+bench-drift: setup
+	$(BIN)/python benchmarks/bench_drift.py
+
+bench-features: setup
+	$(BIN)/python benchmarks/bench_features.py
+
+# ---- Platform: container images, the manifest security scanner, overlay checks (manifests/README.md)
+KFOPS_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' kfops/__init__.py)
+REGISTRY ?= ghcr.io/kfops
+DOCKER ?= docker
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+
+# images/<folder> -> image name. The tag is the suite's version: what the compiled pipelines
+# (components/kfp_support.py) and the manifests name.
+IMAGE_NAME_component := kfops
+IMAGE_NAME_component-cuda := kfops-cuda
+IMAGE_NAME_serving := kfops-serving
+IMAGE_NAME_mlflow := kfops-mlflow
+IMAGE_FOLDERS := component component-cuda serving mlflow
+
+.PHONY: images push-images $(addprefix image-,$(IMAGE_FOLDERS)) checkov-venv platform-check
+
+## Build and tag the suite's images (needs Docker; the build context is the repository root).
+images: $(addprefix image-,$(IMAGE_FOLDERS))
+
+$(addprefix image-,$(IMAGE_FOLDERS)): image-%:
+	$(DOCKER) build -f images/$*/Dockerfile -t $(REGISTRY)/$(IMAGE_NAME_$*):$(KFOPS_VERSION) \
+	    --build-arg KFOPS_IMAGE=$(REGISTRY)/$(IMAGE_NAME_$*):$(KFOPS_VERSION) --build-arg KFOPS_GIT_COMMIT=$(GIT_COMMIT) .
+
+push-images: images
+	$(foreach f,$(IMAGE_FOLDERS),$(DOCKER) push $(REGISTRY)/$(IMAGE_NAME_$(f)):$(KFOPS_VERSION) &&) true
+
+## checkov pins boto3 and packaging versions that clash with the suite: it gets its own virtualenv.
+checkov-venv: $(CHECKOV_VENV)/bin/checkov
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
+
+## Render every overlay and check Secret references, container security and endpoints.
+platform-check: setup
+	$(BIN)/kfops platform check manifests/overlays/local manifests/overlays/production
+
+## Sweep overhead per trial (local) and data-parallel scaling, 1 vs 2 gloo ranks.
+bench-sweep: setup
+	$(BIN)/python benchmarks/bench_sweep.py

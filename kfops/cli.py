@@ -384,18 +384,9 @@ def cmd_suite_validate(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kfops", description="Kubeflow Pipelines MLOps suite.")
-    parser.add_argument("--version", action="version", version=f"kfops {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser(
-        "run",
-        help="run the training pipeline locally (kfp.local, no cluster)",
-        description="Run the training pipeline locally. With no data flags it trains on the "
-        "bundled default data (generated card transactions).",
-    )
-    data = run.add_argument_group("data")
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """The training pipeline's flags, shared by `kfops run` and `kfops retrain`."""
+    data = parser.add_argument_group("data")
     data.add_argument("--data", help="CSV or Parquet file: a local path or s3:// URI")
     data.add_argument("--data-version", help="retrain on a stored snapshot, by its sha256")
     data.add_argument("--target", help="the label column (default data: is_fraud)")
@@ -409,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--test-fraction", type=float)
     data.add_argument("--rows", type=int, default=100_000, help="rows of default data to generate")
     data.add_argument("--data-seed", type=int, default=7, help="seed of the default data generator")
-    model = run.add_argument_group("model")
+    model = parser.add_argument_group("model")
     model.add_argument("--hidden-sizes", type=_int_list, help="e.g. 64,32")
     model.add_argument("--epochs", type=int)
     model.add_argument("--batch-size", type=int)
@@ -421,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int)
     model.add_argument("--device", choices=["auto", "cpu", "cuda"])
     model.add_argument("--threshold", type=float, help="decision threshold on the positive probability")
-    reg = run.add_argument_group("tracking and registry")
+    reg = parser.add_argument_group("tracking and registry")
     reg.add_argument("--model-name", help="registered model name (default fraud-detector)")
     reg.add_argument("--experiment", help="MLflow experiment (default kfops-training)")
     reg.add_argument(
@@ -429,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="register a blessed model as challenger only; do not make it the champion",
     )
-    gates = run.add_argument_group("quality gates")
+    gates = parser.add_argument_group("quality gates")
     gates.add_argument(
         "--suite",
         help="Great Expectations suite JSON for the data (default: a suite drawn from "
@@ -442,12 +433,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML/JSON gate thresholds (default: accuracy >= 0.90, macro precision/recall/F1 >= 0.85, macro F1 "
         "at most 0.01 below the champion's)",
     )
-    where = run.add_argument_group("where")
+    where = parser.add_argument_group("where")
     where.add_argument("--workspace", help="local workspace folder (default ./.kfops or $KFOPS_WORKSPACE)")
     where.add_argument("--artifact-store", help="folder or s3:// URI for data snapshots (default: workspace)")
     where.add_argument("--no-cache", action="store_true", help="run every step even if cached")
     where.add_argument("--verbose", "-v", action="store_true", help="show every task's full log")
     where.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kfops", description="Kubeflow Pipelines MLOps suite.")
+    parser.add_argument("--version", action="version", version=f"kfops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run the training pipeline locally (kfp.local, no cluster)",
+        description="Run the training pipeline locally. With no data flags it trains on the "
+        "bundled default data (generated card transactions).",
+    )
+    _add_training_flags(run)
     run.set_defaults(func=cmd_run)
 
     comp = sub.add_parser("compile", help="compile pipelines and components to YAML")
@@ -473,9 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(func=cmd_data_versions)
     from kfops.cli_registry import add_commands; add_commands(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_monitor import add_commands as add_monitor; add_monitor(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_predict import add_commands; add_commands(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_retrain import add_commands as add_retrain; add_retrain(sub)  # noqa: E702, I001  # fmt: skip
     from kfops.cli_ab import add_commands as add_ab; add_ab(sub)  # noqa: E702, I001  # fmt: skip
     from kfops.cli_deploy import add_commands as add_deploy; add_deploy(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_features import add_commands as add_features; add_features(sub)  # noqa: E702, I001  # fmt: skip
     from kfops.serving.cli import add_serve_command; add_serve_command(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_sweep import add_commands as add_sweep; add_sweep(sub)  # noqa: E702, I001  # fmt: skip
+    from kfops.cli_platform import add_commands as add_platform; add_platform(sub)  # noqa: E702, I001  # fmt: skip
 
     suite = sub.add_parser("suite", help="Great Expectations suites for the validate step")
     suite_sub = suite.add_subparsers(dest="suite_command", required=True)

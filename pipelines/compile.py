@@ -25,6 +25,7 @@ def _component_functions():
     from kfops.components.batch_predict.component import plan_batch, score_batch_shard, summarize_batch
     from kfops.components.deploy.component import deploy
     from kfops.components.evaluate.component import evaluate
+    from kfops.components.features.component import materialize
     from kfops.components.gate.component import gate
     from kfops.components.ingest.component import split_data, version_data
     from kfops.components.monitor.component import monitor_drift, monitor_drift_dataset
@@ -32,7 +33,8 @@ def _component_functions():
     from kfops.components.preprocess.component import preprocess
     from kfops.components.register.component import promote, register
     from kfops.components.rollout.component import rollout
-    from kfops.components.train.component import train
+    from kfops.components.sweep.component import katib_sweep
+    from kfops.components.train.component import train, train_distributed
     from kfops.components.validate.component import validate_data
 
     return {
@@ -41,6 +43,8 @@ def _component_functions():
         "validate/validate_data.yaml": validate_data,
         "preprocess/preprocess.yaml": preprocess,
         "train/train.yaml": train,
+        "train/train_distributed.yaml": train_distributed,
+        "sweep/katib_sweep.yaml": katib_sweep,
         "evaluate/evaluate.yaml": evaluate,
         "gate/gate.yaml": gate,
         "register/register.yaml": register,
@@ -55,6 +59,7 @@ def _component_functions():
         "batch_predict/score_batch_shard.yaml": score_batch_shard,
         "batch_predict/summarize_batch.yaml": summarize_batch,
         "outcomes/outcome_performance.yaml": outcome_performance,
+        "features/materialize.yaml": materialize,
     }
 
 
@@ -68,13 +73,20 @@ def component_dir() -> Path:
 def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path):
     from kfops.components.kfp_support import component_op
     from kfops.pipelines.batch_prediction import build_batch_prediction_pipeline
+    from kfops.pipelines.continuous_training import build_continuous_training_pipeline
     from kfops.pipelines.deployment import build_deployment_pipeline
+    from kfops.pipelines.feature_materialization import build_feature_materialization_pipeline
     from kfops.pipelines.training import build_training_pipeline
 
     yield output_dir / "training.yaml", build_training_pipeline(image, cuda_image, accelerator="cpu")
     yield output_dir / "training-gpu.yaml", build_training_pipeline(image, cuda_image, accelerator="gpu")
     yield output_dir / "deployment.yaml", build_deployment_pipeline(image)
+    yield output_dir / "continuous-training.yaml", build_continuous_training_pipeline(image, cuda_image)
     yield output_dir / "batch-prediction.yaml", build_batch_prediction_pipeline(image)
+    yield output_dir / "feature-materialization.yaml", build_feature_materialization_pipeline(image)
+    from kfops.pipelines.sweep import build_katib_sweep_pipeline
+
+    yield output_dir / "katib-sweep.yaml", build_katib_sweep_pipeline(image)
     for relative, func in _component_functions().items():
         yield components_dir / relative, component_op(func, image)
 
@@ -87,6 +99,9 @@ def compile_all(
 ) -> list[Path]:
     """Write every pipeline and component YAML; return the paths written."""
     from kfp import compiler
+    from kfp.dsl.graph_component import GraphComponent
+
+    from kfops.pipelines.cluster_env import with_cluster_env
 
     image, cuda_image = image or DEFAULT_IMAGE, cuda_image or DEFAULT_CUDA_IMAGE
     out = Path(output_dir) if output_dir else COMPILED_DIR
@@ -94,6 +109,8 @@ def compile_all(
     written = []
     for path, func in _targets(image, cuda_image, out, comps):
         path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(func, GraphComponent):  # a pipeline: credentials from Kubernetes objects (cluster_env.py)
+            with_cluster_env(func)
         compiler.Compiler().compile(func, str(path))
         written.append(path)
     return written

@@ -39,11 +39,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, workspace: bool = Tr
         "--max-request-rows", type=int, default=10_000, help="rows one request may carry (more is a 400)"
     )
     parser.add_argument(
-        "--torch-threads", type=int, help="threads torch may use for a batch (default: the container's CPU limit)"
+        "--torch-threads",
+        type=int,
+        help="threads torch may use for a batch (default: half the container's CPU limit, at least 1)",
     )
     parser.add_argument("--payload-log", help="folder or s3:// prefix to log requests and predictions to (JSONL)")
     parser.add_argument("--payload-log-format", choices=["jsonl", "parquet"], default="jsonl")
     parser.add_argument("--log-level", default="INFO", help="Python log level of the server")
+    parser.add_argument(
+        "--variant", default="default", help="the variant name written in payload-log records (stable, challenger)"
+    )
+    from kfops.serving.router_cli import add_challenger_arguments
+
+    add_challenger_arguments(parser)
+    from kfops.serving.feature_lookup import add_feature_arguments
+
+    add_feature_arguments(parser, entity_key=False)  # --entity-key comes with the router's options
 
 
 def _served_name(args) -> str:
@@ -112,7 +123,13 @@ def run_serve(args) -> int:
         if number is not None and not 0 <= number <= 65535:
             raise KfopsError(f"serve: {flag} must be between 0 and 65535, got {number}")
 
+    from kfops.serving.router_cli import run_local_router, uses_router
+
+    if uses_router(args):  # --challenger: two child predictors behind the router
+        return run_local_router(args)
+
     from kfops.serving.app import serve
+    from kfops.serving.feature_lookup import feature_lookup_from_args
     from kfops.serving.predictor import TabularPredictor
 
     name = _served_name(args)
@@ -126,10 +143,17 @@ def run_serve(args) -> int:
         max_request_rows=args.max_request_rows,
         payload_logger=payload_logger,
         torch_threads=args.torch_threads,
+        variant=args.variant,
+        feature_lookup=feature_lookup_from_args(args),  # --feature-repo: online features by entity id
     )
     logging.getLogger(__name__).info("serving %s as '%s' on http://%s:%d", args.model, name, args.host, args.port)
     return serve(
-        predictor, args.host, args.port, grpc_port=args.grpc_port, max_body_bytes=int(args.max_body_mb * 1024 * 1024)
+        predictor,
+        args.host,
+        args.port,
+        grpc_port=args.grpc_port,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        outcomes_sink=args.payload_log or "",  # POST /v1/outcomes writes beside the payload log
     )
 
 
@@ -143,6 +167,9 @@ def add_serve_command(sub) -> None:
     )
     add_serve_arguments(serve_cmd)
     serve_cmd.set_defaults(func=run_serve)
+    from kfops.serving.router_cli import add_route_command
+
+    add_route_command(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,8 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
     from kfops.components.contracts import KfopsError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["route"]:  # python -m kfops.serving route ...: the router alone (a router InferenceService)
+        from kfops.serving.router_cli import route_main
+
+        return route_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return run_serve(args)

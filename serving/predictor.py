@@ -318,6 +318,7 @@ class TabularPredictor(kserve.Model):
         payload_logger: Any = None,
         variant: str = VARIANT,
         torch_threads: int | None = None,
+        feature_lookup: Any = None,
     ) -> None:
         super().__init__(name)
         if not model_ref and loaded is None:
@@ -333,6 +334,8 @@ class TabularPredictor(kserve.Model):
         self.payload_logger = payload_logger
         self.variant = variant
         self.torch_threads = torch_threads  # None: batching.serving_threads()
+        # Online features for V1 instances that carry an entity id (kfops.serving.feature_lookup.FeatureLookup).
+        self.feature_lookup = feature_lookup
         self.validator: FeatureValidator | None = None
         # Requests to this model's predict/infer endpoints now in the server, counted by the app's middleware
         # (kfops.serving.app.ErrorCounter): the batcher waits for more rows only while some are on their way.
@@ -351,6 +354,8 @@ class TabularPredictor(kserve.Model):
         if self.loaded is None:
             self.loaded = load_model(self.model_ref, self.tracking_uri)
         self.validator = FeatureValidator(self.loaded, self.max_request_rows)
+        if self.feature_lookup is not None:  # opens the feature store; checks the model takes its features
+            self.feature_lookup.load(self.loaded.spec.feature_names, self.name)
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch_rows=self.max_batch_rows,
@@ -377,6 +382,8 @@ class TabularPredictor(kserve.Model):
         self.ready = False
         if self.batcher is not None:
             self.batcher.close()
+        if self.feature_lookup is not None:
+            self.feature_lookup.close()
         if self.payload_logger is not None:
             try:
                 self.payload_logger.close()
@@ -427,6 +434,10 @@ class TabularPredictor(kserve.Model):
             protocol = "v2"
             request_id = payload.id or header_id
         else:
+            # --- online features: an instance's entity id fetches the rest of its features (feature_lookup.py)
+            if self.feature_lookup is not None:
+                payload = await self.feature_lookup.enrich_v1(payload)
+            # ---
             columns = self.validator.v1(payload)
             protocol = "v1"
             request_id = header_id

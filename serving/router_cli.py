@@ -155,7 +155,8 @@ def router_config(args, stable_url: str, challenger_url: str, name: str):
         stable_model=getattr(args, "stable_model", None) or "",
         challenger_model=getattr(args, "challenger_model", None) or "",
         entity_key=args.entity_key or "",
-        forward_entity_key=args.forward_entity_key,
+        # With online features the predictors need the entity id the router would otherwise strip.
+        forward_entity_key=args.forward_entity_key or bool(getattr(args, "feature_repo", None)),
         timeout_s=args.upstream_timeout_s,
         challenger_timeout_s=args.challenger_timeout_ms / 1000,
         shadow_max_in_flight=args.shadow_max_in_flight,
@@ -227,6 +228,9 @@ def _child_command(args, model: str, name: str, port: int, variant: str, trackin
         command += ["--torch-threads", str(args.torch_threads)]
     if args.payload_log:  # one sink: each record's `variant` says which predictor wrote it
         command += ["--payload-log", args.payload_log, "--payload-log-format", args.payload_log_format]
+    from kfops.serving.feature_lookup import feature_argv
+
+    command += feature_argv(args)  # both predictors fetch online features by the same entity key
     return command
 
 

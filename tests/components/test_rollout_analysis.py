@@ -206,8 +206,9 @@ def test_a_canary_answering_10_percent_5xx_is_rolled_back_within_one_window(five
 def test_a_canary_200_ms_slower_is_rolled_back_on_its_p99(slow, source):
     a = by_source(slow, source)
     assert a.verdict == ROLLBACK, analyses_markdown([a])
-    # Every answer took 200+ ms: all in the (0.1, 0.25] bucket, so the interpolated p99 is 0.1 + 0.15 * 0.99.
-    assert a.canary.p99_seconds == pytest.approx(0.2485, abs=0.01)
+    # Every answer took 200+ ms: at least 0.1 + 0.15 * 0.99 (all in the (0.1, 0.25] bucket); more when a busy
+    # machine pushes the slowest answers past 250 ms into a wider bucket.
+    assert a.canary.p99_seconds >= 0.2485 - 0.01
     assert a.stable.p99_seconds < 0.1
     assert [c.name for c in a.checks if c.passed is False] == ["p99_ratio"]
     (reason,) = a.reasons

@@ -39,7 +39,18 @@ def test_retrain_if_drift_trains_only_on_drift_and_promotes_a_blessed_model(tmp_
     # A window like the training data: no drift, nothing trained.
     same = tmp_path / "same.parquet"
     generate_transactions(rows=5_000, seed=99).to_parquet(same, index=False)
-    args = ["retrain", "--workspace", str(ws), "--if-drift", "--drift-share", "0.3", "--no-html", "--current", str(same), *FAST]
+    args = [
+        "retrain",
+        "--workspace",
+        str(ws),
+        "--if-drift",
+        "--drift-share",
+        "0.3",
+        "--no-html",
+        "--current",
+        str(same),
+        *FAST,
+    ]
     assert main(args) == 0
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
     assert "no dataset drift: nothing to retrain" in out, out
@@ -48,7 +59,17 @@ def test_retrain_if_drift_trains_only_on_drift_and_promotes_a_blessed_model(tmp_
     # The world moved: the window drifted, the model is retrained on the fresh data, gated, and promoted.
     drifted = tmp_path / "drifted.parquet"
     generate_transactions(rows=20_000, seed=5, drift=1.0).to_parquet(drifted, index=False)
-    args = ["retrain", "--workspace", str(ws), "--if-drift", "--drift-share", "0.3", "--no-html", "--current", str(drifted)]
+    args = [
+        "retrain",
+        "--workspace",
+        str(ws),
+        "--if-drift",
+        "--drift-share",
+        "0.3",
+        "--no-html",
+        "--current",
+        str(drifted),
+    ]
     # The drifted feed also lost more locations: the default suite allows 5% empty values, this feed ~19%.
     args += ["--data", str(drifted), "--target", "is_fraud", "--drop", "transaction_id,customer_id", *FAST[:6]]
     args += ["--max-missing", "0.25"]

@@ -76,7 +76,7 @@ def test_dockerfile_conventions(dockerfile):
 def test_suite_images_install_the_suite(name):
     text = (IMAGES / name / "Dockerfile").read_text()
     assert "COPY . /src" in text
-    assert re.search(r"pip install --no-cache-dir /src\b", text)
+    assert re.search(r"pip install --no-cache-dir \"/src\[features\]\"", text)  # the suite, with Feast
     assert "import kfops" in text or "kfops." in text  # the smoke test imports the suite
 
 

@@ -120,6 +120,8 @@ def test_every_alert_has_severity_and_runbook(rule_groups):
 
 
 def test_rules_read_the_metrics_the_code_exports(rule_groups):
+    from kfops.components.features.freshness import freshness_registry
+    from kfops.components.features.logic import ViewFreshness
     from kfops.components.monitor.alerts import drift_registry
     from kfops.components.monitor.report import DriftResult, FeatureDrift
     from kfops.serving.metrics import SERVING_REGISTRY
@@ -135,6 +137,8 @@ def test_rules_read_the_metrics_the_code_exports(rule_groups):
         prediction_drift=[FeatureDrift("probability", "numeric", "wasserstein", 0.1, 0.3, True)],
     )
     exported = {m.name for m in drift_registry(result).collect()} | {m.name for m in SERVING_REGISTRY.collect()}
+    fresh = freshness_registry([ViewFreshness("v", 60.0, "2026-01-01T00:00:00+00:00", 1.0)])
+    exported |= {m.name for m in fresh.collect()}
     # prometheus_client names counters without _total and histograms without _bucket; push_time_seconds is the
     # Pushgateway's own.
     exported |= {f"{n}_total" for n in exported} | {f"{n}_bucket" for n in exported} | {"push_time_seconds"}

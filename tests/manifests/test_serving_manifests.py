@@ -368,7 +368,7 @@ def test_dockerfile_matches_the_component_image_conventions():
     base = re.search(r"^FROM (\S+)", COMPONENT_DOCKERFILE.read_text(), re.MULTILINE).group(1)
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == [base]
     torch_line = text.index("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
-    assert torch_line < text.index("COPY . /src") < text.index("pip install --no-cache-dir /src")
+    assert torch_line < text.index("COPY . /src") < text.index('pip install --no-cache-dir "/src[features]"')
     assert re.search(r"^USER 1000:1000$", text, re.MULTILINE)
     assert re.search(r"^EXPOSE 8080$", text, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["python", "-m", "kfops\.serving"\]$', text, re.MULTILINE)

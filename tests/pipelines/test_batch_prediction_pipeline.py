@@ -13,7 +13,7 @@ from tests.components.champion import Champion, register_champion
 
 
 def compiled() -> dict:
-    return yaml.safe_load((COMPILED_DIR / "batch-prediction.yaml").read_text())
+    return next(yaml.safe_load_all((COMPILED_DIR / "batch-prediction.yaml").read_text()))
 
 
 def test_plan_fans_out_over_shards_and_the_summary_collects_them():

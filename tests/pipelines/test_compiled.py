@@ -39,7 +39,10 @@ def test_expected_files_exist():
         "training.yaml",
         "training-gpu.yaml",
         "deployment.yaml",
+        "continuous-training.yaml",
         "batch-prediction.yaml",
+        "katib-sweep.yaml",
+        "feature-materialization.yaml",
     }
     assert {p.parent.name for p in COMPONENT_YAMLS} == {
         "ingest",
@@ -55,6 +58,8 @@ def test_expected_files_exist():
         "monitor",
         "batch_predict",
         "outcomes",
+        "sweep",
+        "features",
     }
 
 
@@ -70,16 +75,26 @@ def test_yaml_parses_strictly_into_pipeline_spec(path: Path):
 @pytest.mark.parametrize("path", PIPELINES + COMPONENT_YAMLS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_credentials_anywhere(path: Path):
     text = path.read_text()
+    spec_text, *platform_texts = text.split("\n---\n")
     for pattern in SECRET_PATTERNS:
-        assert not pattern.search(text), f"{path} matches {pattern.pattern}"
-    spec = yaml.safe_load(text)
+        assert not pattern.search(spec_text), f"{path} matches {pattern.pattern}"
+    spec = yaml.safe_load(spec_text)
     for executor in spec["deploymentSpec"]["executors"].values():
         names = {e["name"] for e in executor["container"].get("env", [])}
         assert names <= {"KFOPS_IMAGE"}
+    # The kfp-kubernetes platform spec (pipelines/cluster_env.py) names credentials only as environment
+    # variables filled from the Secret kfops-s3 in the run's namespace: never a value.
+    for platform_text in platform_texts:
+        platform = yaml.safe_load(platform_text)
+        for config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+            assert {s["secretName"] for s in config.get("secretAsEnv", [])} <= {"kfops-s3"}
+            rest = yaml.safe_dump({k: v for k, v in config.items() if k != "secretAsEnv"})
+            for pattern in SECRET_PATTERNS:
+                assert not pattern.search(rest), f"{path} matches {pattern.pattern}"
 
 
 def _executors(name: str) -> dict:
-    spec = yaml.safe_load((COMPILED_DIR / name).read_text())
+    spec = next(yaml.safe_load_all((COMPILED_DIR / name).read_text()))
     return spec["deploymentSpec"]["executors"]
 
 
@@ -105,14 +120,14 @@ def test_images_are_configurable_at_compile_time(tmp_path):
         output_dir=tmp_path,
         components_dir=tmp_path / "c",
     )
-    spec = yaml.safe_load((tmp_path / "training-gpu.yaml").read_text())
+    spec = next(yaml.safe_load_all((tmp_path / "training-gpu.yaml").read_text()))
     images = {k: v["container"]["image"] for k, v in spec["deploymentSpec"]["executors"].items()}
     assert images.pop("exec-train") == "registry.local/kfops-cuda:dev"
     assert set(images.values()) == {"registry.local/kfops:dev"}
 
 
 def test_caching_is_off_for_the_data_version_gate_and_registry_steps():
-    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
     for name in ("version-data", "gate", "register"):
         assert tasks[name]["cachingOptions"] == {}, name
@@ -141,7 +156,7 @@ def _dag(spec: dict, component: str) -> dict:
 
 
 def test_promotion_runs_only_when_blessed_and_wanted():
-    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     outer = spec["root"]["dag"]["tasks"]["condition-1"]
     assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-blessed'] == true"
     blessed = _dag(spec, "comp-condition-1")
@@ -159,7 +174,7 @@ def test_promotion_runs_only_when_blessed_and_wanted():
 
 
 def test_deployment_rolls_a_canary_out_and_promotes_anything_else():
-    spec = yaml.safe_load((COMPILED_DIR / "deployment.yaml").read_text())
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "deployment.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"deploy", "condition-1", "condition-2"}
     canary, other = tasks["condition-1"], tasks["condition-2"]

@@ -1,0 +1,615 @@
+"""Feature store: register the Feast definitions over an ingested snapshot, materialise them into the online
+store, build point-in-time-correct training sets, and read online features with TTLs applied.
+
+Plain Python, no KFP. Feast is imported inside the functions that use it (it takes seconds to import). A
+feature repository here is a folder holding a ``feature_store.yaml`` (local: ``repo/feature_store.yaml``, the
+cluster's: ``manifests/feature-store/feature_store.yaml``), or an ``s3://`` prefix holding one.
+
+Missing values are never a crash: a feature older than its view's TTL, or a view with no row for an entity
+that other views know, is returned as missing (None/NaN, which the model's FeatureSpec imputes: the training
+median for numeric features) and counted by reason. Unknown feature views and services, missing entity or
+timestamp columns, and entities no view knows are KfopsErrors (serving turns the last into a 400).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kfops.components import storage
+from kfops.components.contracts import KfopsError
+from kfops.components.features.repo import definitions
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "feature_store.yaml"
+LOCAL_TEMPLATE = Path(definitions.__file__).with_name(STORE_FILE)
+# Feast's own name for the entity frame's timestamp: naming it so stops Feast guessing among datetime columns.
+FEAST_TIMESTAMP = "event_timestamp"
+# Reasons a feature comes back missing, as counted in reports and metrics.
+REASON_EXPIRED = "expired"  # the latest value is older than the view's TTL
+REASON_MISSING = "missing"  # the view has no value for an entity other views know (online)
+REASON_NO_HISTORY = "no_history"  # no value at or before the row's time (training sets)
+REASON_NULL = "null_value"  # the latest value within the TTL is itself empty (training sets)
+
+
+# ---------------------------------------------------------------------------------------------------- repository
+def init_repo(repo_dir: str | Path, template: str | Path = LOCAL_TEMPLATE, overwrite: bool = False) -> Path:
+    """Write ``feature_store.yaml`` (the local template by default) into ``repo_dir`` unless one is there."""
+    folder = Path(repo_dir)
+    target = folder / STORE_FILE
+    if target.exists() and not overwrite:
+        return target
+    try:
+        text = Path(template).read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise KfopsError(f"feature store template {template} does not exist") from err
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data").mkdir(exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def _local_copy(uri: str) -> Path:
+    """A local folder holding the feature_store.yaml at the ``s3://`` prefix ``uri`` (fetched on every open, so
+    a changed file is seen)."""
+    yaml_uri = uri if uri.endswith(".yaml") else storage.join(uri, STORE_FILE)
+    folder = Path(tempfile.gettempdir(), "kfops-feature-repo-" + hashlib.sha256(yaml_uri.encode()).hexdigest()[:16])
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        data = storage.read_bytes(yaml_uri)
+    except FileNotFoundError as err:
+        raise KfopsError(f"feature repository {uri}: {yaml_uri} does not exist") from err
+    partial = folder / f".{STORE_FILE}.{os.getpid()}"
+    partial.write_bytes(data)
+    os.replace(partial, folder / STORE_FILE)  # another process may be reading it
+    return folder
+
+
+def open_store(repo: str | Path):
+    """A Feast FeatureStore for ``repo``: a folder with feature_store.yaml, the YAML file itself, or an ``s3://``
+    prefix holding it. Environment variables in the YAML (``${REDIS_HOST}``) are expanded, as Feast does."""
+    from feast import FeatureStore
+    from feast.repo_config import FeastConfigError
+
+    repo = str(repo)
+    if storage.is_s3(repo):
+        folder, yaml_file = _local_copy(repo), None
+    else:
+        path = Path(repo).expanduser()
+        folder, yaml_file = (path.parent, path) if path.suffix in (".yaml", ".yml") else (path, path / STORE_FILE)
+        if not yaml_file.exists():
+            raise KfopsError(
+                f"feature repository {repo}: no {yaml_file.name} there; run `kfops features apply` to create one "
+                "or point at a folder holding a Feast feature_store.yaml"
+            )
+    # Feast's S3 registry reads its endpoint from FEAST_S3_ENDPOINT_URL; the suite's pods set KFOPS_S3_ENDPOINT_URL.
+    endpoint = storage.s3_endpoint()
+    if endpoint:
+        os.environ.setdefault("FEAST_S3_ENDPOINT_URL", endpoint)
+    _s3_for_dask()  # sources on MinIO, for materialisation and training sets
+    try:
+        if yaml_file is None:
+            return FeatureStore(repo_path=str(folder))
+        return FeatureStore(repo_path=str(folder), fs_yaml_file=yaml_file)
+    except FeastConfigError as err:
+        raise KfopsError(f"feature repository {repo}: invalid {STORE_FILE}: {err}") from err
+
+
+_S3_FOR_DASK = False
+
+
+def _s3_for_dask() -> None:
+    """Let Feast's file offline store (materialisation, historical retrieval) read ``s3://`` sources without s3fs.
+
+    That store reads Parquet through dask and fsspec, whose ``s3`` protocol is s3fs; s3fs brings aiobotocore,
+    which pins a botocore older than the suite's boto3 needs (s3fs 2026.9 would move botocore to 1.43 under boto3
+    1.44), so it cannot be installed beside it. Where s3fs is missing, fsspec's ``s3`` is served by pyarrow's own
+    S3 client, with the endpoint Feast passes (the source's s3_endpoint_override) or the suite's."""
+    global _S3_FOR_DASK
+    if _S3_FOR_DASK:
+        return
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        import fsspec
+        from fsspec.implementations.arrow import ArrowFSWrapper
+
+        class ArrowS3(ArrowFSWrapper):
+            protocol = ("s3", "s3a")
+
+            def __init__(self, client_kwargs=None, key=None, secret=None, token=None, **kwargs):
+                from pyarrow.fs import S3FileSystem
+
+                options = {}
+                endpoint = (client_kwargs or {}).get("endpoint_url") or storage.s3_endpoint()
+                if endpoint:
+                    scheme, _, host = endpoint.rpartition("://")
+                    options.update(endpoint_override=host, scheme=scheme or "https")
+                if key and secret:
+                    options.update(access_key=key, secret_key=secret, session_token=token)
+                super().__init__(S3FileSystem(**options), **kwargs)
+
+        fsspec.register_implementation("s3", ArrowS3, clobber=True)
+    _S3_FOR_DASK = True
+
+
+def _absolute(uri: str) -> str:
+    return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+
+def source_schema(uri: str) -> dict[str, str]:
+    """Column name -> Arrow type of the Parquet file at ``uri`` (local or s3://), reading only its footer."""
+    import pyarrow.parquet as pq
+    from feast.infra.offline_stores.file_source import FileSource
+
+    filesystem, path = FileSource.create_filesystem_and_path(uri, storage.s3_endpoint())
+    try:
+        schema = pq.read_schema(filesystem.open_input_file(path) if filesystem else path)
+    except FileNotFoundError as err:
+        raise KfopsError(f"feature source {uri} does not exist") from err
+    except Exception as err:
+        raise KfopsError(f"cannot read the Parquet schema of feature source {uri}: {err}") from err
+    return {f.name: str(f.type) for f in schema}
+
+
+def check_source(uri: str) -> None:
+    """The snapshot must hold the entity key (integers), the timestamp and every feature (numbers)."""
+    schema = source_schema(uri)
+    problems = []
+    for name, kind in definitions.required_source_columns().items():
+        found = schema.get(name)
+        if found is None:
+            problems.append(f"column '{name}' is missing")
+        elif kind == "time" and not found.startswith("timestamp"):
+            problems.append(f"column '{name}' must be a timestamp, it is {found}")
+        elif kind == "int" and not found.startswith(("int", "uint")):
+            problems.append(f"entity column '{name}' must be integers, it is {found}")
+        elif kind in ("float64", "int64") and not found.startswith(("int", "uint", "float", "double")):
+            problems.append(f"feature column '{name}' must be numeric, it is {found}")
+    if problems:
+        raise KfopsError(f"feature source {uri}: {'; '.join(problems)} (columns: {', '.join(schema)})")
+
+
+@dataclass
+class ApplyReport:
+    source: str
+    entities: list[str]
+    feature_views: dict[str, list[str]]  # view -> features
+    services: dict[str, list[str]]  # service -> views
+
+
+def apply_definitions(store, source_uri: str) -> ApplyReport:
+    """Register the suite's definitions with ``source_uri`` (an ingested snapshot's data.parquet) as the source.
+    Re-applying with a new snapshot moves the source and keeps the materialisation history."""
+    source = _absolute(source_uri)
+    check_source(source)
+    objects = definitions.build_definitions(source, storage.s3_endpoint() if storage.is_s3(source) else "")
+    with _feast_output("apply"):
+        store.apply(objects)
+    return ApplyReport(
+        source=source,
+        entities=[definitions.ENTITY_NAME],
+        feature_views={name: list(spec.features) for name, spec in definitions.FEATURE_VIEWS.items()},
+        services={name: list(views) for name, views in definitions.FEATURE_SERVICES.items()},
+    )
+
+
+@contextlib.contextmanager
+def _feast_output(what: str):
+    """Feast prints progress to stdout; keep it out of the CLI's and pipeline's own output, in the log."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield
+    text = re.sub(r"\x1b\[[0-9;]*m", "", buffer.getvalue()).strip()  # without the terminal colours
+    if text:
+        log.info("feast %s: %s", what, " ".join(text.split()))
+
+
+# ---------------------------------------------------------------------------------------------------- services
+@dataclass
+class ServiceLayout:
+    """What a feature service reads, resolved from the registry: its views with TTLs and features."""
+
+    name: str
+    entity_key: str
+    views: dict[str, list[str]]  # view -> feature names
+    ttls: dict[str, float | None]  # view -> TTL in seconds (None: never expires)
+    key_type: str  # "int" or "str"
+
+    @property
+    def features(self) -> list[str]:
+        return [f for names in self.views.values() for f in names]
+
+    @property
+    def refs(self) -> list[str]:
+        return [f"{view}:{name}" for view, names in self.views.items() for name in names]
+
+    def view_of(self, feature: str) -> str:
+        return next(view for view, names in self.views.items() if feature in names)
+
+
+def feature_view_names(store) -> list[str]:
+    return sorted(fv.name for fv in store.list_feature_views(allow_cache=True))
+
+
+def resolve_service(store, name: str) -> ServiceLayout:
+    """The service's layout; an unknown service, or one whose views share a feature name or an entity key that
+    differs between views, is a KfopsError naming it."""
+    from feast.errors import FeatureServiceNotFoundException
+
+    try:
+        service = store.get_feature_service(name, allow_cache=True)
+    except FeatureServiceNotFoundException:
+        known = sorted(s.name for s in store.list_feature_services())
+        raise KfopsError(
+            f"feature service '{name}' is not registered in project '{store.project}'; "
+            f"known services: {', '.join(known) or 'none (run `kfops features apply`)'}"
+        ) from None
+    views: dict[str, list[str]] = {}
+    ttls: dict[str, float | None] = {}
+    keys, key_types = set(), set()
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name, allow_registry_cache=True)
+        views[projection.name_to_use()] = [f.name for f in projection.features]
+        ttls[projection.name_to_use()] = view.ttl.total_seconds() if view.ttl and view.ttl.total_seconds() else None
+        for column in view.entity_columns:
+            keys.add(column.name)
+            key_types.add("str" if "STRING" in str(column.dtype).upper() else "int")
+    names = [f for fs in views.values() for f in fs]
+    duplicated = sorted({f for f in names if names.count(f) > 1})
+    if duplicated:
+        raise KfopsError(f"feature service '{name}': feature name(s) {duplicated} appear in more than one view")
+    if len(keys) != 1:
+        raise KfopsError(f"feature service '{name}': its views must share one entity key, they use {sorted(keys)}")
+    return ServiceLayout(name, keys.pop(), views, ttls, key_types.pop())
+
+
+# ---------------------------------------------------------------------------------------------------- materialise
+@dataclass
+class ViewFreshness:
+    name: str
+    ttl_seconds: float | None
+    materialized_until: str  # ISO time up to which the online store holds the view's data; "" if never
+    lag_seconds: float | None  # now - materialized_until; None if never materialised
+
+
+@dataclass
+class MaterializeReport:
+    start: str  # "" for incremental: each view from where its last materialisation ended (or end - TTL)
+    end: str
+    views: list[ViewFreshness] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _utc(value: datetime | str | None, what: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() == "now":
+            return datetime.now(UTC)
+        try:
+            value = pd.Timestamp(value).to_pydatetime()
+        except ValueError as err:
+            raise KfopsError(f"{what}: {value!r} is not an ISO time (e.g. 2026-03-31T00:00:00Z)") from err
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _check_views(store, views: list[str] | None) -> list[str] | None:
+    if not views:
+        return None
+    known = feature_view_names(store)
+    unknown = [v for v in views if v not in known]
+    if unknown:
+        raise KfopsError(
+            f"unknown feature view(s) {unknown} in project '{store.project}'; "
+            f"known views: {', '.join(known) or 'none (run `kfops features apply`)'}"
+        )
+    return list(views)
+
+
+def freshness(store, now: datetime | None = None, views: list[str] | None = None) -> list[ViewFreshness]:
+    """How far each view's online data reaches, from the registry's materialisation intervals."""
+    now = _utc(now, "now") or datetime.now(UTC)
+    store.refresh_registry()
+    out = []
+    for fv in sorted(store.list_feature_views(allow_cache=True), key=lambda v: v.name):
+        if views and fv.name not in views:
+            continue
+        ends = [end for _, end in fv.materialization_intervals]
+        until = max(ends).astimezone(UTC) if ends else None
+        ttl = fv.ttl.total_seconds() if fv.ttl and fv.ttl.total_seconds() else None
+        out.append(
+            ViewFreshness(
+                fv.name,
+                ttl,
+                until.isoformat() if until else "",
+                (now - until).total_seconds() if until else None,
+            )
+        )
+    return out
+
+
+def materialize(
+    store,
+    end: datetime | str | None = None,
+    start: datetime | str | None = None,
+    views: list[str] | None = None,
+    now: datetime | None = None,
+) -> MaterializeReport:
+    """Load the offline data of ``views`` (default: all) into the online store, up to ``end`` (default now).
+
+    With ``start``, the window [start, end]; without, incrementally: each view from where its previous
+    materialisation ended, or from ``end`` minus its TTL the first time (Feast's rule)."""
+    started = time.perf_counter()
+    end_time = _utc(end, "end") or datetime.now(UTC)
+    start_time = _utc(start, "start")
+    if start_time is not None and start_time >= end_time:
+        raise KfopsError(f"materialize: start {start_time.isoformat()} is not before end {end_time.isoformat()}")
+    selected = _check_views(store, views)
+    if not feature_view_names(store):
+        raise KfopsError(f"project '{store.project}' has no feature views: run `kfops features apply` first")
+    try:
+        with _feast_output("materialize"):
+            if start_time is not None:
+                store.materialize(start_date=start_time, end_date=end_time, feature_views=selected)
+            else:
+                store.materialize_incremental(end_date=end_time, feature_views=selected)
+    except FileNotFoundError as err:
+        raise KfopsError(f"materialize: a feature source is missing: {err}") from err
+    return MaterializeReport(
+        start=start_time.isoformat() if start_time else "",
+        end=end_time.isoformat(),
+        views=freshness(store, now, selected),
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- training sets
+@dataclass
+class TrainingSetReport:
+    rows: int
+    lookups: int  # distinct (entity, time) pairs joined
+    service: str
+    features: list[str]
+    # view -> reason -> rows whose features from that view are missing (expired, no_history, null_value)
+    missing: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _entity_keys(values: pd.Series, key: str, key_type: str, source: str) -> pd.Series:
+    if values.isna().any():
+        first = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise KfopsError(
+            f"{source}: entity column '{key}' is empty in {int(values.isna().sum())} row(s), e.g. row {first}"
+        )
+    if key_type == "str":
+        return values.astype(str)
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() | (numbers != np.floor(numbers))
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise KfopsError(f"{source}: entity column '{key}' must hold integers; row {first} has {values.iloc[first]!r}")
+    return numbers.astype(np.int64)
+
+
+def _event_times(values: pd.Series, column: str, source: str) -> pd.Series:
+    try:
+        times = pd.to_datetime(values, utc=True)
+    except (ValueError, TypeError) as err:
+        raise KfopsError(f"{source}: timestamp column '{column}' has values that are not times: {err}") from err
+    if times.isna().any():
+        first = int(np.flatnonzero(times.isna().to_numpy())[0])
+        raise KfopsError(
+            f"{source}: timestamp column '{column}' is empty in {int(times.isna().sum())} row(s), e.g. row {first}"
+        )
+    return times.astype("datetime64[ns, UTC]")
+
+
+def training_set(
+    store,
+    entities: pd.DataFrame,
+    service: str = definitions.FRAUD_SERVICE,
+    timestamp_column: str = definitions.TIMESTAMP_FIELD,
+    source: str = "entity frame",
+) -> tuple[pd.DataFrame, TrainingSetReport]:
+    """``entities`` (the entity key, an event time per row, the label and any request-time features) with the
+    service's features joined point in time: each row gets the latest value at or before its own time, and
+    none older than the view's TTL. Rows keep their order and their other columns.
+
+    Two faults of Feast's file (Dask) store are worked around: it drops entity rows that share a key and a time
+    (feast-dev/feast#6787), so only the distinct (key, time) pairs are sent and its answer is joined back to
+    every row; and, asked for several views, it drops an entity row whole when one view has rows for that entity
+    but all older than the view's TTL, so the views are joined one at a time."""
+    started = time.perf_counter()
+    layout = resolve_service(store, service)
+    key = layout.entity_key
+    absent = [c for c in (key, timestamp_column) if c not in entities.columns]
+    if absent:
+        raise KfopsError(
+            f"{source}: {' and '.join(repr(c) for c in absent)} not found (the entity key and the event time); "
+            f"columns are: {', '.join(map(str, entities.columns))}"
+        )
+    clash = [f for f in layout.features if f in entities.columns]
+    if clash:
+        raise KfopsError(
+            f"{source}: column(s) {clash} are features of service '{service}'; drop them from the entity frame "
+            "(the feature store supplies them as of each row's time)"
+        )
+    if entities.empty:
+        raise KfopsError(f"{source}: the entity frame has no rows")
+    keys = _entity_keys(entities[key], key, layout.key_type, source)
+    times = _event_times(entities[timestamp_column], timestamp_column, source)
+    pairs = pd.DataFrame({key: keys.to_numpy(), FEAST_TIMESTAMP: times.to_numpy()}).drop_duplicates(ignore_index=True)
+    joined = pairs.rename(columns={key: "__kfops_key", FEAST_TIMESTAMP: "__kfops_time"})
+    for view, names in layout.views.items():
+        with _feast_output("historical retrieval"):
+            part = store.get_historical_features(entity_df=pairs, features=[f"{view}:{n}" for n in names]).to_df()
+        part = part[[key, FEAST_TIMESTAMP, *names]].rename(
+            columns={key: "__kfops_key", FEAST_TIMESTAMP: "__kfops_time"}
+        )
+        part["__kfops_time"] = pd.to_datetime(part["__kfops_time"], utc=True).astype("datetime64[ns, UTC]")
+        joined = joined.merge(part, on=["__kfops_key", "__kfops_time"], how="left", validate="one_to_one")
+    left = entities.reset_index(drop=True).assign(__kfops_key=keys.to_numpy(), __kfops_time=times.to_numpy())
+    frame = left.merge(joined, on=["__kfops_key", "__kfops_time"], how="left", validate="many_to_one")
+    if len(frame) != len(entities):  # cannot happen with validate=many_to_one; a guard against silent loss
+        raise KfopsError(f"{source}: the point-in-time join returned {len(frame)} rows for {len(entities)}")
+    report = TrainingSetReport(
+        rows=len(frame),
+        lookups=len(pairs),
+        service=service,
+        features=layout.features,
+        missing=_missing_reasons(store, layout, frame),
+    )
+    frame = frame.drop(columns=["__kfops_key", "__kfops_time"])
+    report.seconds = time.perf_counter() - started
+    return frame, report
+
+
+def _missing_reasons(store, layout: ServiceLayout, frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per view, why rows came back without its features: no value at or before their time, a latest value
+    older than the TTL, or a latest value that is itself empty."""
+    out: dict[str, dict[str, int]] = {}
+    for view_name, names in layout.views.items():
+        empty = frame[names].isna().all(axis=1).to_numpy()
+        if not empty.any():
+            continue
+        rows = frame.loc[empty, ["__kfops_key", "__kfops_time"]]
+        view = store.get_feature_view(view_name, allow_registry_cache=True)
+        history = _source_times(view, layout.entity_key)
+        matched = pd.merge_asof(
+            rows.sort_values("__kfops_time"),
+            history,
+            left_on="__kfops_time",
+            right_on="__source_time",
+            left_by="__kfops_key",
+            right_by="__source_key",
+            direction="backward",
+        )
+        age = (matched["__kfops_time"] - matched["__source_time"]).dt.total_seconds()
+        ttl = layout.ttls[view_name]
+        expired = matched["__source_time"].notna() & (age > ttl if ttl is not None else False)
+        no_history = matched["__source_time"].isna()
+        counts = {
+            REASON_EXPIRED: int(expired.sum()),
+            REASON_NO_HISTORY: int(no_history.sum()),
+            REASON_NULL: int((~expired & ~no_history).sum()),
+        }
+        out[view_name] = {reason: n for reason, n in counts.items() if n}
+    return out
+
+
+def _source_times(view, key: str) -> pd.DataFrame:
+    """The (entity, event time) pairs of a view's Parquet source, sorted by time."""
+    import pyarrow.parquet as pq
+    from feast.infra.offline_stores.file_source import FileSource
+
+    batch = view.batch_source
+    filesystem, path = FileSource.create_filesystem_and_path(batch.path, batch.s3_endpoint_override)
+    table = pq.read_table(path, columns=[key, batch.timestamp_field], filesystem=filesystem)
+    history = table.to_pandas().rename(columns={key: "__source_key", batch.timestamp_field: "__source_time"})
+    history["__source_time"] = pd.to_datetime(history["__source_time"], utc=True).astype("datetime64[ns, UTC]")
+    if history["__source_key"].dtype.kind in "iu":
+        history["__source_key"] = history["__source_key"].astype(np.int64)
+    return history.dropna().sort_values("__source_time", kind="stable")
+
+
+# ---------------------------------------------------------------------------------------------------- online
+@dataclass
+class OnlineRow:
+    """One entity's online values as stored, before TTLs: feature -> value (None where empty or absent), and
+    view -> event time (epoch seconds) of its row, None where the view has no row for the entity."""
+
+    values: dict[str, Any]
+    view_times: dict[str, float | None]
+
+    @property
+    def known(self) -> bool:
+        return any(t is not None for t in self.view_times.values())
+
+
+def read_online(store, layout: ServiceLayout, entity_ids: list) -> list[OnlineRow]:
+    """The online store's rows for ``entity_ids`` (one per id, in order), with the event time of each view's."""
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+    from feast.type_map import feast_value_type_to_python_type
+
+    response = store.get_online_features(features=layout.refs, entity_rows={layout.entity_key: list(entity_ids)})
+    proto = response.proto
+    columns = dict(zip(proto.metadata.feature_names.val, proto.results, strict=True))
+    rows = [OnlineRow({}, {}) for _ in entity_ids]
+    found_status = (FieldStatus.PRESENT, FieldStatus.NULL_VALUE, FieldStatus.OUTSIDE_MAX_AGE)
+    for view, names in layout.views.items():
+        first = columns[names[0]]
+        for row, status, stamp in zip(rows, first.statuses, first.event_timestamps, strict=True):
+            # Redis answers an unknown entity PRESENT with an empty value and no time: the time decides.
+            seconds = stamp.seconds + stamp.nanos / 1e9
+            row.view_times[view] = seconds if status in found_status and seconds > 0 else None
+        for name in names:
+            vector = columns[name]
+            for row, value, status in zip(rows, vector.values, vector.statuses, strict=True):
+                row.values[name] = feast_value_type_to_python_type(value) if status == FieldStatus.PRESENT else None
+    return rows
+
+
+def apply_ttls(row: OnlineRow, layout: ServiceLayout, now: float) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The row's values with expired or absent views blanked, and the (view, reason) of each blanked view."""
+    values = dict(row.values)
+    fallbacks = []
+    for view, names in layout.views.items():
+        stamp, ttl = row.view_times.get(view), layout.ttls.get(view)
+        if stamp is None:
+            reason = REASON_MISSING
+        elif ttl is not None and now - stamp > ttl:
+            reason = REASON_EXPIRED
+        else:
+            continue
+        fallbacks.append((view, reason))
+        for name in names:
+            values[name] = None
+    return values, fallbacks
+
+
+def online_features(
+    store, service: str, entity_ids: list, now: datetime | None = None
+) -> tuple[pd.DataFrame, list[list[tuple[str, str]]]]:
+    """A frame (one row per id: the key, ``known``, the features with TTLs applied) and each row's fallbacks."""
+    layout = resolve_service(store, service)
+    ids = [_online_id(v, layout) for v in entity_ids]
+    clock = (_utc(now, "now") or datetime.now(UTC)).timestamp()
+    records, fallbacks = [], []
+    for entity, row in zip(ids, read_online(store, layout, ids), strict=True):
+        values, blanked = apply_ttls(row, layout, clock)
+        records.append({layout.entity_key: entity, "known": row.known, **values})
+        fallbacks.append(blanked if row.known else [])
+    return pd.DataFrame.from_records(records, columns=[layout.entity_key, "known", *layout.features]), fallbacks
+
+
+def _online_id(value: Any, layout: ServiceLayout):
+    if layout.key_type == "str":
+        return str(value)
+    if isinstance(value, bool):
+        raise KfopsError(f"entity '{layout.entity_key}' must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise KfopsError(f"entity '{layout.entity_key}' must be an integer, got {value!r}") from None
+    if isinstance(value, float) and (math.isnan(value) or number != value):
+        raise KfopsError(f"entity '{layout.entity_key}' must be an integer, got {value!r}")
+    return number
