@@ -300,8 +300,9 @@ def run_local_router(args) -> int:
         raise KfopsError("serve: --grpc-port cannot be combined with --challenger: the router serves REST only")
     _check_port(args.port)
     name = _served_name(args)
-    placeholder = "http://127.0.0.1:1"
-    config = router_config(args, placeholder, placeholder, name)  # every flag checked before anything starts
+    # Validate every flag before any child starts; the upstream URLs are only known once their ports are picked.
+    unstarted = "http://127.0.0.1:1"
+    config = router_config(args, unstarted, unstarted, name)
     tracking_uri = _tracking_uri(args)
     log = logging.getLogger(__name__)
     children: dict[str, tuple[subprocess.Popen, str]] = {}
