@@ -113,8 +113,15 @@ def _read_one(uri: str, fmt: str = "auto") -> pd.DataFrame:
 
 
 def _data_files(uri: str) -> list[str]:
-    """The data files under a folder or s3:// prefix (hidden and temporary files skipped), sorted."""
-    return [path for path, _ in storage.list_files(uri) if any(path.lower().endswith(s) for s in _SUFFIXES)]
+    """The data files under a folder or s3:// prefix (hidden and temporary files skipped), sorted. Under a
+    payload-log sink, the ground truth posted beside it (``<sink>/outcomes/``) is no variant data: left out."""
+    inside_outcomes = "outcomes" in uri.rstrip("/").split("/")
+    return [
+        path
+        for path, _ in storage.list_files(uri)
+        if any(path.lower().endswith(s) for s in _SUFFIXES)
+        and (inside_outcomes or "outcomes" not in path.split("/")[:-1])
+    ]
 
 
 def _is_single_file(uri: str) -> bool:

@@ -51,6 +51,9 @@ def file_format(uri: str) -> str | None:
     return None
 
 
+OUTCOMES_DIR = "outcomes"  # kfops.components.outcomes writes ground truth under <payload-log sink>/outcomes/
+
+
 def partitions_of(path: str) -> dict[str, str]:
     """The ``key=value`` folder names in a file's path (the deepest wins)."""
     parts = path.replace("\\", "/").split("/")[:-1]
@@ -131,8 +134,14 @@ def open_window(
             uri=uri, files=[WindowFile(uri, fmt, partitions_of(uri.split("://", 1)[-1]))], model_version=model_version
         )
     window = Window(uri=uri, files=[], model_version=model_version)
+    root = uri.rstrip("/")
     for file_uri, _size in listed:
         fmt = file_format(file_uri)
+        # A payload-log sink also holds the ground truth posted to the predictor (<sink>/outcomes/...): those
+        # rows are no predictions.
+        if OUTCOMES_DIR in file_uri.split("/")[:-1] and OUTCOMES_DIR not in root.split("/"):
+            window.skipped.append(file_uri)
+            continue
         if fmt is None:
             window.skipped.append(file_uri)
             continue

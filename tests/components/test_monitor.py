@@ -366,6 +366,14 @@ def test_a_payload_log_folder_filtered_by_date_and_version(tmp_path):
     window = sources.open_window(str(logs), date_from="2026-03-02", model_name="fraud")
     assert [Path(f.uri).parent.name for f in window.files] == ["date=2026-03-02", "date=2026-03-03"]
     assert window.filtered_out == 2
+    # Ground truth posted beside the predictor lands in the same sink (<sink>/outcomes/): never window rows.
+    from kfops.components.outcomes.logic import log_outcomes
+
+    log_outcomes([{"request_id": "r1", "outcome": "1"}], str(logs))
+    assert list((logs / "outcomes").rglob("*.jsonl"))
+    everything = sources.open_window(str(logs))
+    assert not [f.uri for f in everything.files if "outcomes" in f.uri]
+    assert [Path(u).parent.parent.name for u in everything.skipped] == ["outcomes"]
 
 
 def test_reference_and_window_on_s3(tmp_path, s3_env):
