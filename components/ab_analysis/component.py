@@ -30,32 +30,24 @@ def ab_analysis(
 ) -> NamedTuple("ABOutputs", [("verdict", str), ("message", str)]):
     """Compare two variants' outcomes in a Dataset (CSV, Parquet or JSONL; a file or a folder of them):
     Welch's t-test or a two-proportion z-test, effect size, confidence interval, power and a verdict."""
-    from collections import namedtuple
+    from kfops.components.ab_analysis.component import ab_analysis_uri
 
-    from kfops.components.ab_analysis.logic import run_ab_analysis
-
-    outcome = run_ab_analysis(
+    return ab_analysis_uri(
         logged.path,
-        variant_column=variant_column,
-        outcome_column=outcome_column,
-        metric=metric,
-        alpha=alpha,
-        power=power,
-        control=control,
-        treatment=treatment,
-        minimum_detectable_effect=minimum_detectable_effect if minimum_detectable_effect > 0 else None,
-        higher_is_better=higher_is_better,
-        outcomes_uri=outcomes_uri,
-        join_on=join_on,
-        report_path=report.path,
-        result_path=result.path,
+        outcomes_uri,
+        join_on,
+        variant_column,
+        outcome_column,
+        metric,
+        alpha,
+        power,
+        control,
+        treatment,
+        minimum_detectable_effect,
+        higher_is_better,
+        report,
+        result,
     )
-    result.metadata.update(
-        {"verdict": outcome.verdict, "metric": outcome.metric, "p_value": outcome.p_value, "test": outcome.test}
-    )
-    print(outcome.message)
-    outputs = namedtuple("ABOutputs", ["verdict", "message"])
-    return outputs(outcome.verdict, outcome.message)
 
 
 def ab_analysis_uri(

@@ -91,40 +91,30 @@ def monitor_drift_dataset(
     summary: Output[Markdown],
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
     """Drift of a window against a Dataset artifact of the pipeline (e.g. split_data's ``train``)."""
-    from collections import namedtuple
+    from kfops.components.monitor.component import monitor_drift
 
-    from kfops.components.monitor.logic import monitor_to_paths
-
-    result = monitor_to_paths(
-        drift.path,
-        report.path,
-        summary.path,
-        current_uri,
-        reference.path,
+    return monitor_drift(
+        current_uri=current_uri,
+        reference_uri=reference.path,
+        model="",
+        artifact_store="",
+        mlflow_tracking_uri="",
+        date_from=date_from,
+        date_to=date_to,
+        model_version=model_version,
         stattest=stattest,
         threshold=threshold,
         drift_share=drift_share,
         min_rows=min_rows,
         features=features,
         ignore=ignore,
-        date_from=date_from,
-        date_to=date_to,
-        model_version=model_version,
         sample_rows=sample_rows,
         pushgateway=pushgateway,
         webhook=webhook,
+        drift=drift,
+        report=report,
+        summary=summary,
     )
-    drift.metadata.update(
-        {
-            "verdict": result.verdict,
-            "drift_share": result.drift_share,
-            "drifted": ", ".join(result.drifted),
-            "tested_features": result.tested_features,
-        }
-    )
-    print(result.headline())
-    outputs = namedtuple("MonitorOutputs", ["drift_detected", "drift_share", "verdict"])
-    return outputs(result.dataset_drift, float(result.drift_share), result.verdict)
 
 
 monitor_drift_op = component_op(monitor_drift)
