@@ -6,16 +6,31 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kfops-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup run test lint format compile check-compiled bench bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features clean
+.PHONY: setup lock schemas-refresh run test lint format compile check-compiled bench bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# constraints.txt holds the versions the tests run with (make lock writes it), so a fresh machine resolves the
+# same set as ours.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+## Resolve setup.cfg's requirements afresh (CPU torch first) in a scratch virtualenv and write constraints.txt.
+LOCK_VENV ?= .venv-lock
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(LOCK_VENV)/bin/python -m pip install --quiet ".[dev]"
+	$(LOCK_VENV)/bin/python -m pip check
+	{ sed -n '/^#/p' constraints.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude kfops \
+	    | sed -e '/^#/d' -e '/^-e /d' -e 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 ## Train on the bundled default data, locally (kfp.local, MLflow on sqlite, everything under ./.kfops).
 run: setup
@@ -24,7 +39,7 @@ run: setup
 ## Lint, then the whole test suite.
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -111,3 +126,7 @@ platform-check: setup
 ## Sweep overhead per trial (local) and data-parallel scaling, 1 vs 2 gloo ranks.
 bench-sweep: setup
 	$(BIN)/python benchmarks/bench_sweep.py
+
+## Rewrite the committed schema copies (tests/schemas/) from the upstream files in ../shared/schemas.
+schemas-refresh: setup
+	$(BIN)/python tests/schemas/refresh.py

@@ -118,5 +118,13 @@ def init_local(ws: LocalWorkspace, enable_caching: bool = True) -> None:
 
 def run_pipeline(pipeline_func, arguments: dict, ws: LocalWorkspace, enable_caching: bool = True):
     """Run a pipeline through kfp.local and return its task (outputs under ``.outputs``)."""
+    import builtins
+
     init_local(ws, enable_caching=enable_caching)
-    return pipeline_func(**arguments)
+    # kfp.local indents print() while a task runs by swapping builtins.print; tasks that overlap (ParallelFor) or
+    # a task that raises can leave the indenting copy installed for the rest of the process.
+    print_function = builtins.print
+    try:
+        return pipeline_func(**arguments)
+    finally:
+        builtins.print = print_function

@@ -10,12 +10,57 @@ import sys
 import time
 from pathlib import Path
 
+import prometheus_client.values
 import pytest
 
 from kfops.components.contracts import SplitConfig, TrainConfig
 from kfops.datagen import generate_transactions
+from tests.isolation import process_state_restored
 
 SMALL_ROWS = 4000
+# Importing feast.metrics sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client picks its value class from the
+# environment when it is first imported. kfops.serving imports prometheus_client before anything imports feast;
+# importing it here first too keeps every test's metrics in-process whichever module happens to import feast first.
+assert prometheus_client.values.ValueClass is prometheus_client.values.MutexValue, (
+    "PROMETHEUS_MULTIPROC_DIR is set in the environment: unset it to run the tests"
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shuffle-modules",
+        metavar="SEED",
+        type=int,
+        default=None,
+        help="run the test modules in an order shuffled with SEED (tests inside a module keep theirs): checks that "
+        "no module depends on what an earlier one left behind",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle-modules")
+    if seed is None:
+        return
+    import random
+
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    order = sorted(modules)
+    random.Random(seed).shuffle(order)
+    items[:] = [item for module in order for item in modules[module]]
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle-modules")
+    return f"test modules shuffled with seed {seed}" if seed is not None else None
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state():
+    """Every test starts from the process state the one before it found (tests/isolation.py)."""
+    with process_state_restored():
+        yield
 
 
 def free_port() -> int:

@@ -1,5 +1,6 @@
-"""Kubernetes custom-resource manifests checked against the real CRD schemas in ../shared/schemas/ (the folder
-beside the repository): KServe, Kubeflow Trainer, Katib, Prometheus Operator, Kubeflow Tensorboard.
+"""Kubernetes custom-resource manifests checked against the real CRD schemas committed in tests/schemas/ (copies
+of the upstream CRDs with their prose stripped, written by ``make schemas-refresh``; tests/schemas/README.md names
+each upstream): KServe, Kubeflow Trainer, Prometheus Operator, Kubeflow Tensorboard, Istio.
 
 A CRD's OpenAPI v3 schema is turned into a JSON Schema (Draft 7) that rejects unknown fields, as the API server
 does under strict field validation (the kubectl default), so a typo fails here instead of being silently pruned
@@ -8,19 +9,13 @@ in the cluster. ``schema_errors(obj)`` lists every violation of one object (empt
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
 
-import pytest
-import yaml
 from jsonschema import Draft7Validator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# CI checks the shared folder out beside the repository (as in the development layout).
-SCHEMAS_ROOT = REPO_ROOT.parent / "shared" / "schemas"
-SCHEMA_DIR = SCHEMAS_ROOT / "kserve"
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SCHEMAS_ROOT = Path(__file__).resolve().parent / "schemas"
 
 # metadata is only `type: object` in a CRD schema (the API server checks it itself): check the parts the
 # manifests use. Names: DNS-1035 labels (KServe's rule for InferenceService names, stricter than Kubernetes').
@@ -74,18 +69,12 @@ def _to_json_schema(node):
 
 @cache
 def _crds() -> dict[tuple[str, str], dict]:
-    """(group, kind) -> CRD, for every CRD (a YAML document of kind CustomResourceDefinition) under SCHEMAS_ROOT."""
-    if not SCHEMA_DIR.is_dir():
-        pytest.fail(
-            f"KServe CRD schemas not found at {SCHEMA_DIR}: check out the shared folder beside the repository "
-            "(../shared/schemas/kserve/*.yaml)",
-            pytrace=False,
-        )
+    """(group, kind) -> CRD, for every committed CRD copy under SCHEMAS_ROOT."""
     crds = {}
-    for path in sorted(SCHEMAS_ROOT.glob("*/*.yaml")):
-        for crd in yaml.load_all(path.read_text(), Loader=_Loader):
-            if isinstance(crd, dict) and crd.get("kind") == "CustomResourceDefinition":
-                crds[(crd["spec"]["group"], crd["spec"]["names"]["kind"])] = crd
+    for path in sorted(SCHEMAS_ROOT.glob("*/*.json")):
+        crd = json.loads(path.read_text())
+        if crd.get("kind") == "CustomResourceDefinition":
+            crds[(crd["spec"]["group"], crd["spec"]["names"]["kind"])] = crd
     assert crds, f"no CRD files under {SCHEMAS_ROOT}"
     return crds
 

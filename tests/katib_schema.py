@@ -1,12 +1,13 @@
 """Katib Experiments checked against Katib's own OpenAPI spec and the rules of its validating webhook.
 
-Katib's CRD has no schema (it preserves unknown fields), so ``../shared/schemas/katib/swagger.json`` (OpenAPI 3,
-``components.schemas``) is the reference: ``v1beta1.Experiment`` with its ``$ref``s resolved, unknown fields
-rejected on every object that lists its properties (as strict field validation would), and the embedded trial
-Job's pod template checked against ``io.k8s.api.core.v1.PodTemplateSpec`` from the same file. The webhook's
-rules that a schema cannot say (kubeflow/katib pkg/webhook/v1beta1/experiment/validator) are checked beside it:
-objective type and metric, algorithm names Katib ships, parameter types and distributions, feasible spaces,
-trial template conditions, container name, and every ``${trialParameters.x}`` substituted and declared.
+Katib's CRD has no schema (it preserves unknown fields), so Katib's OpenAPI spec (committed as
+``tests/schemas/katib/swagger.json``, ``components.schemas``) is the reference: ``v1beta1.Experiment`` with its
+``$ref``s resolved, unknown fields rejected on every object that lists its properties (as strict field validation
+would), and the embedded trial Job's pod template checked against ``io.k8s.api.core.v1.PodTemplateSpec`` from
+the same file. The webhook's rules that a schema cannot say (kubeflow/katib
+pkg/webhook/v1beta1/experiment/validator) are checked beside it: objective type and metric, algorithm names Katib
+ships, parameter types and distributions, feasible spaces, trial template conditions, container name, and every
+``${trialParameters.x}`` substituted and declared.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SWAGGER = Path(__file__).resolve().parents[1].parent / "shared" / "schemas" / "katib" / "swagger.json"
+SWAGGER = Path(__file__).resolve().parent / "schemas" / "katib" / "swagger.json"
 PREFIX = "#/components/schemas/"
 # Katib's default katib-config: the suggestion and early-stopping algorithms it ships.
 ALGORITHMS = {
@@ -58,7 +59,6 @@ def _strict(node):
 
 @cache
 def _schemas() -> dict:
-    assert SWAGGER.exists(), f"Katib's OpenAPI spec not found at {SWAGGER} (check out ../shared beside the repo)"
     document = json.loads(SWAGGER.read_text())
     return {"components": {"schemas": _strict(document["components"]["schemas"])}}
 

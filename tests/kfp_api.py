@@ -12,11 +12,12 @@ import email.parser
 import email.policy
 import itertools
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fake_http import FakeHTTPServer
 
 PREFIX = "/apis/v2beta1"
 
@@ -191,16 +192,13 @@ class KfpServer:
 
     def __init__(self, state: FakeKfp):
         self.state = state
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        # a short poll interval: shutdown() waits for the serving loop's next poll
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.httpd = FakeHTTPServer(make_handler(state), name="fake-kfp")
+        self.url = self.httpd.url
 
     def __enter__(self) -> KfpServer:
-        self.thread.start()
+        self.httpd.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        # an error inside a request thread fails the test with that error (tests/fake_http.py)
+        self.httpd.stop()

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.tools import in_ci, require
 
 SERVED_NAME = "fraud"
 T = TypeVar("T")
@@ -29,19 +30,17 @@ T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------------ Prometheus
 def prometheus_binary() -> str | None:
-    """The prometheus binary; a skip without it, but a failure under CI (so CI cannot silently skip)."""
+    """The prometheus binary, or None (then ``need_prometheus`` skips); under CI a missing one fails at once."""
     found = shutil.which("prometheus")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("prometheus is not installed but CI is set: .ci/run installs Debian's prometheus package")
-    return None
+    if found is None and in_ci():
+        require("prometheus")
+    return found
 
 
 def need_prometheus(value: T | None) -> T:
     """``value`` (what a Prometheus gave); a skip when there was none, because the binary is missing."""
     if value is None:
-        pytest.skip("prometheus is not installed: apt-get install -y --no-install-recommends prometheus")
+        require("prometheus")
     return value
 
 

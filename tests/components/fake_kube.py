@@ -26,11 +26,12 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.crd_schemas import schema_errors
+from tests.fake_http import FakeHTTPServer, answer_error
 
 COLLECTION = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices$")
 OBJECT = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices/([^/]+)$")
@@ -183,8 +184,7 @@ class FakeKube:
         self.failures: dict[str, deque] = {}
         self._resource_version = 1000
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: FakeHTTPServer | None = None
 
     # -- set-up
     def start(self) -> FakeKube:
@@ -199,13 +199,17 @@ class FakeKube:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                code, body = fake.handle(
-                    self.command,
-                    self.path,
-                    self.headers.get("Content-Type", ""),
-                    raw,
-                    self.headers.get("Authorization", ""),
-                )
+                try:
+                    code, body = fake.handle(
+                        self.command,
+                        self.path,
+                        self.headers.get("Content-Type", ""),
+                        raw,
+                        self.headers.get("Authorization", ""),
+                    )
+                except BaseException as error:
+                    answer_error(self, error)
+                    return
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -215,21 +219,17 @@ class FakeKube:
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
+        self._server = FakeHTTPServer(Handler, name="fake-kube").start()
         return self
 
     def stop(self) -> None:
+        """Shut down; an error raised while handling a request is raised here, failing the test with it."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
+            self._server.stop()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def put(self, obj: dict[str, Any], generation: int = 1) -> dict[str, Any]:
         """Store an object as if created earlier (what a live cluster already holds)."""

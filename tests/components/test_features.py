@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +22,7 @@ from kfops.components.features import logic
 from kfops.components.features.repo import definitions
 from kfops.components.features.repo.definitions import ACTIVITY_VIEW, FRAUD_SERVICE, PROFILE_VIEW
 from tests.conftest import free_port
+from tests.tools import require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = pd.Timestamp("2026-02-01T12:00:00Z")
@@ -283,12 +283,7 @@ def test_materialize_bad_input_is_named(generated, tmp_path):
 # ------------------------------------------------------------------------------------------------ freshness
 @pytest.fixture
 def pushgateway(tmp_path):
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
-        message = "prometheus-pushgateway is not installed (Debian: apt-get install prometheus-pushgateway)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = require("prometheus-pushgateway")
     port = free_port()
     proc = subprocess.Popen(
         [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -394,12 +389,7 @@ def test_cli_apply_materialize_training_set_online(tmp_path, transactions, capsy
 # ------------------------------------------------------------------------------------------------ cluster layout
 @pytest.fixture
 def redis_server(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (Debian: apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = require("redis-server")
     import socket
 
     port = free_port()

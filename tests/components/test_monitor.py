@@ -27,6 +27,7 @@ from kfops.components.monitor.drift import DriftOptions, compute_drift
 from kfops.components.monitor.logic import monitor
 from kfops.components.monitor.report import DriftResult, to_markdown
 from tests.conftest import free_port
+from tests.tools import require
 
 KINDS = {
     "income": "numeric",
@@ -411,12 +412,7 @@ def test_the_report_sample_is_bounded_and_keeps_rare_strata():
 # ------------------------------------------------------------------------------------------------ alerts
 @pytest.fixture
 def pushgateway(tmp_path):
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
-        message = "prometheus-pushgateway is not installed (Debian: apt-get install prometheus-pushgateway)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = require("prometheus-pushgateway")
     port = free_port()
     log = open(tmp_path / "pushgateway.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)

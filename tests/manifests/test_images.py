@@ -76,7 +76,8 @@ def test_dockerfile_conventions(dockerfile):
 def test_suite_images_install_the_suite(name):
     text = (IMAGES / name / "Dockerfile").read_text()
     assert "COPY . /src" in text
-    assert re.search(r"pip install --no-cache-dir \"/src\[features\]\"", text)  # the suite, with Feast
+    # the suite, with Feast, at the versions the tests ran with
+    assert re.search(r"pip install --no-cache-dir -c /(src|tmp)/constraints\.txt \"/src\[features\]\"", text)
     assert "import kfops" in text or "kfops." in text  # the smoke test imports the suite
 
 

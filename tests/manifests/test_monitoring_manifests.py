@@ -1,16 +1,14 @@
 """The monitoring manifests (manifests/monitoring): alert rules, PodMonitor, Pushgateway.
 
 Renders the kustomization with `kubectl kustomize`, validates the prometheus-operator objects against the real
-CRD schemas (../shared/schemas/prometheus-operator), checks that the rules read the metrics the code really
+CRD schemas (tests/schemas/prometheus-operator), checks that the rules read the metrics the code really
 exports, and runs every alert through `promtool test rules` (Debian's Prometheus): each one firing on the
 series it is meant for and not on its look-alikes. Binaries missing: skipped, unless CI is set.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import yaml
 
 from tests.crd_schemas import schema_errors
+from tests.tools import require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MONITORING = REPO_ROOT / "manifests" / "monitoring"
@@ -26,14 +25,7 @@ RUNBOOK = MONITORING / "RUNBOOK.md"
 SEVERITIES = {"critical", "warning", "info"}
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: apt-get install prometheus prometheus-pushgateway / kubectl)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+_binary = require
 
 
 @pytest.fixture(scope="module")

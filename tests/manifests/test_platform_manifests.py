@@ -2,7 +2,7 @@
 
 Every overlay is rendered with ``kubectl kustomize`` (kustomize v5 inside kubectl; no cluster). Core objects are
 validated against the Kubernetes OpenAPI schemas bundled by kubernetes-validate (strict: unknown fields fail),
-custom resources against the CRDs in ../shared/schemas (tests/crd_schemas.py), Kubeflow's PodDefault against its
+custom resources against the CRDs in tests/schemas (tests/crd_schemas.py), Kubeflow's PodDefault against its
 Go types' fields built from the same core definitions. Then the suite's rules: every container non-root with a
 read-only root filesystem, no capabilities and bounded resources; every Secret reference resolvable; no
 credential anywhere; least-privilege RBAC; NetworkPolicies admitting exactly the traffic the suite needs; and
@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -37,6 +36,7 @@ from kfops.platform_manifests import (
 )
 from tests.crd_schemas import schema_errors
 from tests.manifests.test_serving_manifests import _SECRET_PATTERNS, _SENSITIVE_ENV
+from tests.tools import require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
@@ -48,7 +48,11 @@ NAMESPACE = "kfops"
 K8S_VERSIONS = ("1.30", "1.33")
 CHECKOV_ENV = {"BC_SKIP_MAPPING": "TRUE"}  # no mapping download (offline)
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="rendering overlays needs kubectl")
+
+@pytest.fixture(autouse=True)
+def _kubectl():
+    """Rendering overlays needs kubectl with kustomize v5."""
+    require("kubectl")
 
 
 @cache
@@ -257,17 +261,8 @@ def test_security_check_names_every_gap():
     assert all(p.startswith("Deployment kfops/minio") for p in problems)
 
 
-_CHECKOV_CANDIDATES = (os.environ.get("KFOPS_CHECKOV"), str(REPO_ROOT / ".venv-checkov" / "bin" / "checkov"))
-
-
 def _checkov() -> str:
-    for candidate in _CHECKOV_CANDIDATES:
-        if candidate and Path(candidate).is_file():
-            return candidate
-    message = "checkov is not installed: `make checkov-venv` (its own virtualenv, .venv-checkov)"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    return require("checkov")
 
 
 def test_checkov_finds_nothing_unexplained(tmp_path):

@@ -1,17 +1,15 @@
 """The serving manifests (manifests/serving) and image (images/serving/Dockerfile).
 
 Renders the kustomize base with `kubectl kustomize` and validates every object, and the example
-InferenceService, against KServe's real CRD schemas in ../shared/schemas/kserve/ (the folder beside the
-repository). The CRD's OpenAPI v3 schema is turned into a JSON Schema (Draft 7) that rejects unknown fields,
-as the API server does under strict field validation (the kubectl default), so a typo fails here instead of
-being silently pruned in the cluster.
+InferenceService, against KServe's real CRD schemas (committed copies in tests/schemas/kserve/). The CRD's OpenAPI
+v3 schema is turned into a JSON Schema (Draft 7) that rejects unknown fields, as the API server does under strict
+field validation (the kubectl default), so a typo fails here instead of being silently pruned in the cluster.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from decimal import Decimal
@@ -22,6 +20,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from tests.crd_schemas import schema_errors, validator
+from tests.tools import require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
@@ -41,9 +40,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _kustomize(directory: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: rendering the kustomize base needs `kubectl kustomize`")
+    kubectl = require("kubectl")
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -368,7 +365,8 @@ def test_dockerfile_matches_the_component_image_conventions():
     base = re.search(r"^FROM (\S+)", COMPONENT_DOCKERFILE.read_text(), re.MULTILINE).group(1)
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == [base]
     torch_line = text.index("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
-    assert torch_line < text.index("COPY . /src") < text.index('pip install --no-cache-dir "/src[features]"')
+    install = text.index('pip install --no-cache-dir -c /src/constraints.txt "/src[features]"')
+    assert torch_line < text.index("COPY . /src") < install
     assert re.search(r"^USER 1000:1000$", text, re.MULTILINE)
     assert re.search(r"^EXPOSE 8080$", text, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["python", "-m", "kfops\.serving"\]$', text, re.MULTILINE)
