@@ -39,7 +39,7 @@ run: setup
 ## Lint, then the whole test suite.
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -rfEs $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -84,36 +84,19 @@ MAX_NAME_LENGTH = 47
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
-_QUANTITY_FACTOR = {
-    None: Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal(10**3),
-    "M": Decimal(10**6),
-    "G": Decimal(10**9),
-    "T": Decimal(10**12),
-    "P": Decimal(10**15),
-    "E": Decimal(10**18),
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-    "Pi": Decimal(2**50),
-    "Ei": Decimal(2**60),
-}
 
 
 def parse_quantity(value: str, what: str) -> Decimal:
     """A Kubernetes resource quantity ("500m", "2Gi", "1.5") as a number; KfopsError naming ``what`` if bad."""
-    match = _QUANTITY.match(str(value).strip())
-    if not match:
-        raise KfopsError(f"deploy: {what} '{value}' is not a Kubernetes quantity (e.g. 500m, 2, 1Gi, 512Mi)")
-    number, suffix = Decimal(match.group(1)), match.group(2)
-    if suffix and suffix[0] in "eE":
-        return number * Decimal(10) ** int(suffix[1:])
-    return number * _QUANTITY_FACTOR[suffix]
+    from kubernetes.utils import parse_quantity as kubernetes_quantity
+
+    text = str(value).strip()
+    try:
+        if any(c.isspace() for c in text):  # the client's parser allows "2 Gi"; the API server does not
+            raise ValueError(text)
+        return kubernetes_quantity(text)
+    except (ValueError, ArithmeticError):
+        raise KfopsError(f"deploy: {what} '{value}' is not a Kubernetes quantity (e.g. 500m, 2, 1Gi, 512Mi)") from None
 
 
 # ------------------------------------------------------------------------------------------------ the spec

@@ -165,7 +165,7 @@ def deploy(
             warnings=warnings,
         )
     if api is None:
-        from kfops.components.deploy.kube import connect
+        from kfops.components.kube import connect
 
         api = connect()
     spec = dataclasses.replace(spec, namespace=spec.namespace or api.default_namespace)

@@ -18,7 +18,6 @@ decision. ``timeout_s`` applies to each write (rollback in Knative mode makes tw
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,7 @@ from kfops.components.deploy.isvc import (
     serving_state,
     unmet,
 )
+from kfops.components.kube import WaitTimeout, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -86,24 +86,26 @@ def wait_ready(
     Raises ``ReadyTimeout`` after ``timeout_s`` with what was last observed, and ``KfopsError`` if the object
     disappears.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        obj = api.get(namespace, name)
-        if obj is None:
-            raise KfopsError(f"InferenceService {namespace}/{name} disappeared while waiting for {expect.describe()}")
-        problems = unmet(obj, expect, generation)
-        if not problems:
-            return obj
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ReadyTimeout(
-                f"InferenceService {namespace}/{name} did not reach {expect.describe()} within {timeout_s:g} s: "
-                f"{'; '.join(problems)}. Last observed: {describe_status(obj)}",
-                obj,
-                expect,
-            )
-        log.debug("waiting for %s/%s: %s", namespace, name, "; ".join(problems))
-        time.sleep(min(poll_s, remaining))
+
+    def timeout_message(obj: dict[str, Any]) -> str:
+        return (
+            f"InferenceService {namespace}/{name} did not reach {expect.describe()} within {timeout_s:g} s: "
+            f"{'; '.join(unmet(obj, expect, generation))}. Last observed: {describe_status(obj)}"
+        )
+
+    try:
+        return wait_for(
+            api,
+            namespace,
+            name,
+            lambda obj: None if unmet(obj, expect, generation) else obj,
+            waiting_for=expect.describe(),
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            timeout_message=timeout_message,
+        )
+    except WaitTimeout as err:
+        raise ReadyTimeout(str(err), err.observed, expect) from None
 
 
 def _generation(obj: dict[str, Any]) -> int | None:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from kfops.components import storage
 from kfops.components.contracts import KfopsError
+from kfops.components.features.feast_env import import_feast
 from kfops.components.features.repo import definitions
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def _local_copy(uri: str) -> Path:
 def open_store(repo: str | Path):
     """A Feast FeatureStore for ``repo``: a folder with feature_store.yaml, the YAML file itself, or an ``s3://``
     prefix holding it. Environment variables in the YAML (``${REDIS_HOST}``) are expanded, as Feast does."""
+    import_feast()
     from feast import FeatureStore
     from feast.repo_config import FeastConfigError
 
@@ -155,6 +157,8 @@ def _absolute(uri: str) -> str:
 def source_schema(uri: str) -> dict[str, str]:
     """Column name -> Arrow type of the Parquet file at ``uri`` (local or s3://), reading only its footer."""
     import pyarrow.parquet as pq
+
+    import_feast()
     from feast.infra.offline_stores.file_source import FileSource
 
     filesystem, path = FileSource.create_filesystem_and_path(uri, storage.s3_endpoint())
@@ -250,6 +254,7 @@ def feature_view_names(store) -> list[str]:
 def resolve_service(store, name: str) -> ServiceLayout:
     """The service's layout; an unknown service, or one whose views share a feature name or an entity key that
     differs between views, is a KfopsError naming it."""
+    import_feast()
     from feast.errors import FeatureServiceNotFoundException
 
     try:
@@ -519,6 +524,8 @@ def _missing_reasons(store, layout: ServiceLayout, frame: pd.DataFrame) -> dict[
 def _source_times(view, key: str) -> pd.DataFrame:
     """The (entity, event time) pairs of a view's Parquet source, sorted by time."""
     import pyarrow.parquet as pq
+
+    import_feast()
     from feast.infra.offline_stores.file_source import FileSource
 
     batch = view.batch_source
@@ -547,6 +554,7 @@ class OnlineRow:
 
 def read_online(store, layout: ServiceLayout, entity_ids: list) -> list[OnlineRow]:
     """The online store's rows for ``entity_ids`` (one per id, in order), with the event time of each view's."""
+    import_feast()
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
     from feast.type_map import feast_value_type_to_python_type
 

@@ -42,7 +42,7 @@ def rollout(
     from pathlib import Path
 
     from kfops.components.contracts import KfopsError
-    from kfops.components.deploy.kube import connect
+    from kfops.components.kube import connect
     from kfops.components.rollout.analysis import CanaryThresholds
     from kfops.components.rollout.logic import PROMOTED, RolloutAborted, RolloutPlan, run_rollout
 

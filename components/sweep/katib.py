@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.deploy.kube import CustomResource, KubeClient
+from kfops.components.kube import CustomResource, KubeClient, KubeError, WaitTimeout, wait_for
 from kfops.components.sweep.spec import INT_FIELDS, LIST_FIELDS, ParameterSpace, SweepSpec, katib_bounds
 
 API_VERSION = "kubeflow.org/v1beta1"
@@ -320,8 +319,6 @@ def best_from_status(spec: SweepSpec, name: str, status: dict[str, Any]) -> Kati
 
 def submit(api: KubeClient, experiment: dict[str, Any]) -> dict[str, Any]:
     """Create the Experiment; one that already exists with the same spec (a retried step) is watched instead."""
-    from kfops.components.deploy.kube import KubeError
-
     api = api.for_resource(KATIB_EXPERIMENTS)
     namespace, name = experiment["metadata"]["namespace"], experiment["metadata"]["name"]
     try:
@@ -349,14 +346,9 @@ def wait(
 ) -> KatibBest:
     """Wait for the Experiment to succeed and return its best trial; KfopsError when it fails or times out."""
     api = api.for_resource(KATIB_EXPERIMENTS)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        live = api.get(namespace, name)
-        if live is None:
-            raise KfopsError(f"Katib Experiment {namespace}/{name} disappeared while the sweep waited for it")
+
+    def done(live: dict[str, Any]) -> KatibBest | None:
         status = live.get("status") or {}
-        if on_poll is not None:
-            on_poll(status)
         if _condition(status, "Succeeded"):
             return best_from_status(spec, name, status)
         failed = _condition(status, "Failed")
@@ -365,9 +357,26 @@ def wait(
                 f"Katib Experiment {namespace}/{name} failed ({failed.get('reason', '?')}): "
                 f"{failed.get('message', '')}; {status.get('trialsFailed', 0)} trial(s) failed"
             )
-        if time.monotonic() >= deadline:
-            raise KfopsError(
-                f"Katib Experiment {namespace}/{name} did not finish within {timeout_s:.0f} s "
-                f"({status.get('trialsSucceeded', 0)} of {spec.trials} trials succeeded); it keeps running"
-            )
-        time.sleep(poll_s)
+        return None
+
+    def timeout_message(live: dict[str, Any]) -> str:
+        succeeded = (live.get("status") or {}).get("trialsSucceeded", 0)
+        return (
+            f"Katib Experiment {namespace}/{name} did not finish within {timeout_s:.0f} s "
+            f"({succeeded} of {spec.trials} trials succeeded); it keeps running"
+        )
+
+    try:
+        return wait_for(
+            api,
+            namespace,
+            name,
+            done,
+            waiting_for="the sweep's trials",
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            timeout_message=timeout_message,
+            on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+        )
+    except WaitTimeout as err:
+        raise KfopsError(str(err)) from None

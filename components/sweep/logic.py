@@ -475,7 +475,7 @@ def run_katib_sweep(
     from kfops.components.sweep import katib
 
     if api is None:
-        from kfops.components.deploy.kube import connect
+        from kfops.components.kube import connect
 
         api = connect()
     namespace = namespace or api.default_namespace

@@ -166,7 +166,7 @@ def train_distributed(
 
     from kfops.components import storage
     from kfops.components.contracts import TrainConfig
-    from kfops.components.deploy.kube import connect
+    from kfops.components.kube import connect
     from kfops.components.train.trainjob import TrainJobSpec, build_trainjob, find_run, submit_and_wait
 
     def s3(artifact) -> str:

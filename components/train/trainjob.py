@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.deploy.kube import CustomResource, KubeClient
+from kfops.components.kube import CustomResource, KubeClient, KubeError, WaitTimeout, wait_for
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 TRAINJOBS = CustomResource(
@@ -219,8 +219,6 @@ def submit_and_wait(
     """Create the TrainJob (one that exists with the same trainer spec, a retried step, is watched instead)
     and wait for its ``Complete`` condition; KfopsError on ``Failed``, or at the timeout (the job keeps
     running: delete it with kubectl if it should not)."""
-    from kfops.components.deploy.kube import KubeError
-
     api = api.for_resource(TRAINJOBS)
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     started = time.monotonic()
@@ -234,14 +232,9 @@ def submit_and_wait(
             raise KfopsError(
                 f"TrainJob {namespace}/{name} already exists with another trainer spec; delete it or use another name"
             ) from None
-    deadline = started + timeout_s
-    while True:
-        live = api.get(namespace, name)
-        if live is None:
-            raise KfopsError(f"TrainJob {namespace}/{name} disappeared while waiting for it")
+
+    def done(live: dict[str, Any]) -> TrainJobResult | None:
         status = live.get("status") or {}
-        if on_poll is not None:
-            on_poll(status)
         if _condition(status, "Complete"):
             return TrainJobResult(name, namespace, "Complete", time.monotonic() - started, status)
         failed = _condition(status, "Failed")
@@ -250,14 +243,28 @@ def submit_and_wait(
                 f"TrainJob {namespace}/{name} failed ({failed.get('reason', '?')}): {failed.get('message', '')}; "
                 f"see its pods' logs: kubectl logs -n {namespace} -l jobset.sigs.k8s.io/jobset-name={name}"
             )
-        suspended = _condition(status, "Suspended")
-        if time.monotonic() >= deadline:
-            state = "suspended (waiting for quota?)" if suspended else "running"
-            raise KfopsError(
-                f"TrainJob {namespace}/{name} did not complete within {timeout_s:.0f} s; it is {state} and keeps "
-                "running"
-            )
-        time.sleep(poll_s)
+        return None
+
+    def timeout_message(live: dict[str, Any]) -> str:
+        suspended = _condition(live.get("status") or {}, "Suspended")
+        state = "suspended (waiting for quota?)" if suspended else "running"
+        return f"TrainJob {namespace}/{name} did not complete within {timeout_s:.0f} s; it is {state} and keeps running"
+
+    try:
+        return wait_for(
+            api,
+            namespace,
+            name,
+            done,
+            waiting_for="it to complete",
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            timeout_message=timeout_message,
+            on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+            started=started,
+        )
+    except WaitTimeout as err:
+        raise KfopsError(str(err)) from None
 
 
 def find_run(name: str, experiment: str, tracking_uri: str = ""):

@@ -308,7 +308,7 @@ def test_cli_ab_analyze(outcome_file, tmp_path, capsys):
 
 
 def test_cli_constants_match_the_logic():
-    from kfops import cli_ab
+    from kfops.cli import ab as cli_ab
     from kfops.components.ab_analysis import logic
 
     assert cli_ab.METRIC_KINDS == logic.METRIC_KINDS and cli_ab.FORMATS == logic.FORMATS

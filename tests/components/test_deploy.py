@@ -29,9 +29,9 @@ from kfops.components.deploy.isvc import (
     promote_write,
     serving_state,
 )
-from kfops.components.deploy.kube import KubeError, connect
 from kfops.components.deploy.logic import deploy
 from kfops.components.deploy.traffic import ReadyTimeout
+from kfops.components.kube import KubeError, connect
 from tests.components.fake_kube import (
     MERGE_PATCH,
     FakeKube,

@@ -198,7 +198,7 @@ def fake():
 
 
 def test_trainjob_is_submitted_and_waited_for(fake):
-    from kfops.components.deploy.kube import connect
+    from kfops.components.kube import connect
 
     manifest = build_trainjob(job())
     fake.job_statuses.extend(
@@ -219,7 +219,7 @@ def test_trainjob_is_submitted_and_waited_for(fake):
 
 
 def test_a_failed_or_slow_trainjob_is_a_clear_error(fake):
-    from kfops.components.deploy.kube import connect
+    from kfops.components.kube import connect
 
     failed = condition("Failed", reason="JobSetFailed", message="node-0 exited 1")
     fake.job_statuses.append({"conditions": [failed]})

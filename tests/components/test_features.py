@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from datetime import timedelta
@@ -453,3 +454,26 @@ def test_cluster_layout_redis_online_store_and_minio_offline_store(s3_env, redis
     assert frame["avg_amount_30d"].tolist()[:3] == last["avg_amount_30d"].tolist()
     training, _ = logic.training_set(reader, last[["customer_id", "event_time"]])
     assert training["customer_age"].tolist() == pytest.approx(last["customer_age"].tolist(), nan_ok=True)
+
+
+def test_importing_feast_through_the_suite_leaves_the_environment_alone():
+    # feast.metrics sets PROMETHEUS_MULTIPROC_DIR on import; a fresh interpreter shows the first import's effect
+    code = (
+        "import os\n"
+        "from kfops.components.features.feast_env import import_feast\n"
+        "import_feast()\n"
+        "import feast.metrics\n"
+        "print(sorted(k for k in os.environ if k.startswith('PROMETHEUS_MULTIPROC')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+    bare = subprocess.run(
+        [sys.executable, "-c", "import os, feast; print('PROMETHEUS_MULTIPROC_DIR' in os.environ)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
+    assert bare.stdout.strip() == "True"  # what import_feast undoes

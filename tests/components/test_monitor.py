@@ -513,8 +513,8 @@ def test_unreachable_pushgateway_and_webhook_are_warnings_and_the_result_is_stil
 
 # ------------------------------------------------------------------------------------------------ entry points
 def test_the_cli(tmp_path, capsys):
-    from kfops import cli_monitor
     from kfops.cli import main
+    from kfops.cli import monitor as cli_monitor
     from kfops.components.monitor.drift import TESTS
 
     assert cli_monitor.TESTS == TESTS

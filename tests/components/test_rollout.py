@@ -23,7 +23,7 @@ from kfops.components.deploy.isvc import (
     build_inferenceservice,
     plan_deploy,
 )
-from kfops.components.deploy.kube import connect
+from kfops.components.kube import connect
 from kfops.components.rollout.analysis import CanaryThresholds
 from kfops.components.rollout.logic import (
     PROMOTED,

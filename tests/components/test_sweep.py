@@ -496,7 +496,7 @@ def test_the_katib_step_submits_waits_and_outputs_the_best_parameters(tmp_path, 
 
 
 def test_a_failed_katib_experiment_is_a_clear_error(tmp_path, fake, mlflow_store):
-    from kfops.components.deploy.kube import connect
+    from kfops.components.kube import connect
     from kfops.components.sweep.logic import run_katib_sweep
 
     spec = spec_of({"name": "s", "method": "random", "parameters": {"dropout": {"min": 0.0, "max": 0.3}}})

@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,26 +51,35 @@ V2 = f"/v2/models/{NAME}/infer"
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def challenger_version(registered_model, prepared, fast_config, tmp_path_factory) -> str:
+def router_registry(registered_model, tmp_path_factory) -> str:
+    """A copy of the shared serving registry for these tests to add a version to: the session's own store keeps
+    the one version the other serving tests expect, whichever module runs first."""
+    root = tmp_path_factory.mktemp("router-registry")
+    shutil.copyfile(registered_model.tracking_uri.removeprefix("sqlite:///"), root / "mlflow.db")
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def challenger_version(registered_model, router_registry, prepared, fast_config, tmp_path_factory) -> str:
     """A second version of the registered model, trained with another seed, with alias challenger."""
     import mlflow
 
     m = registered_model
     root = tmp_path_factory.mktemp("challenger-model")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", m.tracking_uri)
-        mp.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(Path(m.tracking_uri.removeprefix("sqlite:///")).parent / "mla"))
-        mlflow.set_tracking_uri(m.tracking_uri)
+        mp.setenv("MLFLOW_TRACKING_URI", router_registry)
+        mp.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(root / "mla"))
+        mlflow.set_tracking_uri(router_registry)
         outcome = train_prepared(
             prepared,
             dataclasses.replace(fast_config, seed=fast_config.seed + 100),
             str(root / "model"),
             str(root / "tb"),
             experiment="serving-tests",
-            tracking_uri=m.tracking_uri,
+            tracking_uri=router_registry,
         )
         version = mlflow.register_model(outcome.model_uri, m.name)
-        mlflow.MlflowClient(m.tracking_uri).set_registered_model_alias(m.name, "challenger", version.version)
+        mlflow.MlflowClient(router_registry).set_registered_model_alias(m.name, "challenger", version.version)
     return str(version.version)
 
 
@@ -97,7 +107,7 @@ def _closed(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def deployment(registered_model, challenger_version, tmp_path_factory):
+def deployment(registered_model, router_registry, challenger_version, tmp_path_factory):
     """A real `kfops serve --challenger` (router + two child predictors), stopped by its pid at the end: the
     children must be gone with it."""
     m = registered_model
@@ -106,7 +116,7 @@ def deployment(registered_model, challenger_version, tmp_path_factory):
     port = free_port()
     command = [sys.executable, "-m", "kfops.cli", "serve", "--model", f"{m.name}@champion", "--name", NAME]
     command += ["--challenger", f"{m.name}@challenger", "--mode", "ab", "--split", "50", "--entity-key", KEY]
-    command += ["--tracking-uri", m.tracking_uri, "--port", str(port), "--max-wait-ms", "1", "--log-level", "WARNING"]
+    command += ["--tracking-uri", router_registry, "--port", str(port), "--max-wait-ms", "1", "--log-level", "WARNING"]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

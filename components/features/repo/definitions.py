@@ -76,6 +76,9 @@ def required_source_columns() -> dict[str, str]:
 def build_definitions(source_path: str, s3_endpoint: str = "") -> list:
     """The Feast objects to apply, reading features from the Parquet snapshot at ``source_path`` (a local path
     or ``s3://`` URI; ``s3_endpoint`` is MinIO's URL for the latter)."""
+    from kfops.components.features.feast_env import import_feast
+
+    import_feast()
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, Int64
 

@@ -13,26 +13,18 @@ import os
 import sys
 from datetime import datetime
 
+from kfops.cli.console import tracking_uri
+
 DEFAULT_EXPERIMENT = "kfops-training"  # as kfops.components.train.logic.DEFAULT_EXPERIMENT
 KEY_PARAMS = ("hidden_sizes", "learning_rate", "epochs", "batch_size", "optimizer", "dropout")
 EXIT_NOT_PROMOTED = 1
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _tracking_uri(args) -> str:
-    if args.tracking_uri:
-        return args.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    from kfops.pipelines.local import workspace
-
-    return workspace(args.workspace).tracking_uri()
-
-
 def _client(args):
     import mlflow
 
-    uri = _tracking_uri(args)
+    uri = tracking_uri(args)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
 
@@ -97,7 +89,7 @@ def _comparison(runs: list) -> dict:
 def _print_comparison(title: str, labels: tuple[str, str], comparison: dict) -> None:
     from rich.table import Table
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
     table = Table(title=title)
     table.add_column("", width=1)
@@ -121,7 +113,7 @@ def _print_comparison(title: str, labels: tuple[str, str], comparison: dict) -> 
                 difference,
                 style="bold" if row["differs"] else None,
             )
-    console = _console()
+    console = make_console()
     console.print(table)
     differing = sum(r["differs"] for part in comparison.values() for r in part.values())
     total = sum(len(part) for part in comparison.values())
@@ -175,7 +167,7 @@ def cmd_runs_search(args) -> int:
         return 0
     from rich.table import Table
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
     params = [p for p in KEY_PARAMS if any(p in row["params"] for row in rows)]
     table = Table(title=f"runs in {args.experiment}" + (f" where {args.filter}" if args.filter else ""))
@@ -194,7 +186,7 @@ def cmd_runs_search(args) -> int:
             *(_fmt(row["metrics"].get(m)) for m in metric_names),
             *(row["params"].get(p, "") for p in params),
         )
-    console = _console()
+    console = make_console()
     console.print(table)
     console.print(f"  {len(rows)} run(s)")
     return 0
@@ -272,15 +264,15 @@ def cmd_models_list(args) -> int:
         return 0
     from rich.table import Table
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
-    table = Table(title=f"registered models in {_tracking_uri(args)}")
+    table = Table(title=f"registered models in {tracking_uri(args)}")
     for column in ("name", "aliases", "latest version", "updated"):
         table.add_column(column, overflow="fold")
     for row in rows:
         aliases = ", ".join(f"{a}=v{v}" for a, v in row["aliases"].items())
         table.add_row(row["name"], aliases, row["latest_version"], row["updated"])
-    _console().print(table)
+    make_console().print(table)
     return 0
 
 
@@ -294,9 +286,9 @@ def cmd_models_show(args) -> int:
         return 0
     from rich.table import Table
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
-    console = _console()
+    console = make_console()
     console.print(f"[bold]{summary['name']}[/] version {summary['version']}")
     for label, key in (
         ("aliases", "aliases"),
@@ -360,10 +352,10 @@ def _print_result(args, result) -> None:
     if args.json:
         _print_json(asdict(result))
         return
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
     mark = "[green]✓[/]" if result.won else "[yellow]✗[/]"
-    _console().print(f"{mark} {result.message}")
+    make_console().print(f"{mark} {result.message}")
 
 
 def cmd_models_promote(args) -> int:

@@ -10,26 +10,13 @@ Both write the same files. MLflow, torch and kfp are imported only when a comman
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from kfops.cli.console import csv_list, tracking_uri
+
 DEFAULT_MODEL = "fraud-detector@champion"  # as kfops.pipelines.batch_prediction.DEFAULT_MODEL
-
-
-def _csv_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _tracking_uri(args) -> str:
-    if args.tracking_uri:
-        return args.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    from kfops.pipelines.local import workspace
-
-    return workspace(args.workspace).tracking_uri()
 
 
 def _local_or_s3(path: str) -> str:
@@ -53,9 +40,9 @@ def _positive(name: str):
 
 # ------------------------------------------------------------------------------------------------ predict
 def cmd_predict(args) -> int:
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
-    console = _console(sys.stderr if args.json else None)
+    console = make_console(sys.stderr if args.json else None)
     options = {
         "input_uri": _local_or_s3(args.input),
         "output_uri": _local_or_s3(args.output),
@@ -135,13 +122,13 @@ def _predict_direct(args, options: dict, console) -> dict:
         rate = f"{state['done'] / seconds:,.0f}/s" if seconds > 0 else ""
         progress.update(state["task"], advance=n, rate=rate)
 
-    console.print(f"[dim]  model {options['model']} from {_tracking_uri(args)}[/]")
+    console.print(f"[dim]  model {options['model']} from {tracking_uri(args)}[/]")
     with progress:
         manifest = predict_batch(
             options["input_uri"],
             options["output_uri"],
             options["model"],
-            tracking_uri=_tracking_uri(args),
+            tracking_uri=tracking_uri(args),
             shard_rows=options["shard_rows"],
             shards=options["shards"],
             id_column=options["id_column"],
@@ -161,7 +148,7 @@ def _predict_kfp_local(args, options: dict, console) -> tuple[dict | None, int]:
     import logging
     import warnings
 
-    from kfops.cli import ANSI
+    from kfops.cli.console import ANSI
     from kfops.pipelines.batch_prediction import build_batch_prediction_pipeline
     from kfops.pipelines.local import run_pipeline, workspace
 
@@ -210,7 +197,7 @@ def _shard_progress(log_path: Path, console, verbose: bool):
     their lines come from what each shard prints (``shard 2 of 8: 250000 row(s) to ... in 3.1 s``)."""
     import re
 
-    from kfops.cli import PipelineProgress
+    from kfops.cli.console import PipelineProgress
 
     class ShardProgress(PipelineProgress):
         def _line(self, line: str) -> None:
@@ -272,7 +259,7 @@ def cmd_outcomes_report(args) -> int:
         return 0
     from rich.table import Table
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
     window = f"{report.since or 'the start'} to {report.until or 'now'}"
     table = Table(title=f"live performance · predictions from {window} · positive class {report.positive_class!r}")
@@ -295,7 +282,7 @@ def cmd_outcomes_report(args) -> int:
             _fmt(g.positive_rate),
             _fmt(g.outcome_positive_rate),
         )
-    console = _console()
+    console = make_console()
     console.print(table)
     console.print(
         f"  {report.predictions:,} prediction(s), {report.outcomes:,} outcome(s) "
@@ -332,7 +319,7 @@ def add_commands(subparsers) -> None:
     split.add_argument("--shards", type=_positive("--shards"), help="cut the input into this many shards")
     split.add_argument("--shard-rows", type=_positive("--shard-rows"), help="rows per shard (default 250,000)")
     predict.add_argument("--id-column", help="column whose values become request_id (default: <file>:<row>)")
-    predict.add_argument("--passthrough", type=_csv_list, help="input columns to copy to the output (comma-separated)")
+    predict.add_argument("--passthrough", type=csv_list, help="input columns to copy to the output (comma-separated)")
     predict.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="output format")
     predict.add_argument("--chunk-rows", type=_positive("--chunk-rows"), default=65_536, help="rows scored at once")
     mode = predict.add_mutually_exclusive_group()

@@ -69,7 +69,7 @@ def _snapshot_source(args) -> str:
 
 
 def cmd_apply(args) -> int:
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
     from kfops.components.features.logic import apply_definitions, init_repo, open_store
 
     repo = _repo(args)
@@ -80,7 +80,7 @@ def cmd_apply(args) -> int:
     if args.json:
         _print_json({"repo": repo, **asdict(report)})
         return 0
-    console = _console()
+    console = make_console()
     console.print(f"feature repository {repo} · source {report.source}")
     for view, features in report.feature_views.items():
         console.print(f"  view     {view}: {', '.join(features)}")
@@ -91,7 +91,7 @@ def cmd_apply(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ materialize
 def cmd_materialize(args) -> int:
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
     from kfops.components.features.logic import materialize, open_store
 
     store = open_store(_repo(args))
@@ -104,7 +104,7 @@ def cmd_materialize(args) -> int:
     if args.json:
         _print_json({**report.to_dict(), "pushed": pushed})
         return 0
-    console = _console()
+    console = make_console()
     window = f"{report.start} .. {report.end}" if report.start else f"incremental up to {report.end}"
     console.print(f"materialised {len(report.views)} view(s), {window}, in {report.seconds:.1f} s")
     for view in report.views:
@@ -133,7 +133,7 @@ def _write_table(frame, uri: str) -> None:
 
 
 def cmd_training_set(args) -> int:
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
     from kfops.components.features.logic import open_store, training_set
     from kfops.components.ingest.logic import read_table
 
@@ -144,7 +144,7 @@ def cmd_training_set(args) -> int:
     if args.json:
         _print_json({"output": args.output, **asdict(report)})
         return 0
-    console = _console()
+    console = make_console()
     console.print(
         f"training set {args.output}: {report.rows:,} rows ({report.lookups:,} distinct entity/time lookups), "
         f"{len(report.features)} features of service '{report.service}', {report.seconds:.1f} s"
@@ -157,7 +157,7 @@ def cmd_training_set(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ online
 def cmd_online(args) -> int:
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
     from kfops.components.features.logic import online_features, open_store
 
     store = open_store(_repo(args))
@@ -177,7 +177,7 @@ def cmd_online(args) -> int:
     for (_, row), blanked in zip(frame.iterrows(), fallbacks, strict=True):
         cells = ["-" if v is None or v != v else str(v) for v in row.tolist()]
         table.add_row(*cells, ", ".join(f"{v} {r}" for v, r in blanked) or "-")
-    _console().print(table)
+    make_console().print(table)
     return 0
 
 

@@ -12,9 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _csv_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+from kfops.cli.console import csv_list
 
 
 def _format_values(values: dict) -> str:
@@ -87,7 +85,7 @@ def _prepare(args, ws, console):
     """Run the data steps once (kfp.local, cached) and return the prepared artifacts."""
     import warnings
 
-    from kfops.cli import _training_arguments
+    from kfops.cli.run import training_arguments
     from kfops.components.sweep.logic import PreparedData, _quiet
     from kfops.pipelines.local import run_pipeline
     from kfops.pipelines.sweep import sweep_prepare_pipeline
@@ -98,7 +96,7 @@ def _prepare(args, ws, console):
         setattr(args, flag, getattr(args, flag, None))
     for flag in ("no_promote", "warn_only"):
         setattr(args, flag, False)
-    arguments = _training_arguments(args, ws)
+    arguments = training_arguments(args, ws)
     wanted = sweep_prepare_pipeline.component_spec.inputs.keys()
     arguments = {k: v for k, v in arguments.items() if k in wanted}
     console.print(
@@ -131,10 +129,10 @@ def _prepare(args, ws, console):
 
 
 def cmd_sweep(args) -> int:
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
     from kfops.components.sweep.spec import load_spec
 
-    console = _console()
+    console = make_console()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notes between our lines
     spec = load_spec(args.spec).with_overrides(trials=args.trials, parallel=args.parallel)
     for warning in spec.warnings:
@@ -231,9 +229,9 @@ def add_commands(sub) -> None:
     data.add_argument("--data")
     data.add_argument("--data-version")
     data.add_argument("--target")
-    data.add_argument("--numeric", type=_csv_list)
-    data.add_argument("--categorical", type=_csv_list)
-    data.add_argument("--drop", type=_csv_list)
+    data.add_argument("--numeric", type=csv_list)
+    data.add_argument("--categorical", type=csv_list)
+    data.add_argument("--drop", type=csv_list)
     data.add_argument("--positive-class")
     data.add_argument("--time-column")
     data.add_argument("--split-by-time", action="store_true")

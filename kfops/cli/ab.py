@@ -49,9 +49,9 @@ def cmd_ab_analyze(args) -> int:
         return 0
     from rich.markdown import Markdown
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
-    console = _console()
+    console = make_console()
     console.print(Markdown(ab_markdown(result)))
     if args.output:
         console.print(f"  report written to {args.output}")

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
+from kfops.cli.console import csv_list
+
 EXIT_DRIFT = 1
-
-
-def _csv_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def cmd_monitor(args) -> int:
@@ -71,9 +69,9 @@ def cmd_monitor(args) -> int:
 def _print_summary(result, paths) -> None:
     from rich.table import Table
 
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
-    console = _console()
+    console = make_console()
     table = Table(title=f"drift · {result.current} vs {result.reference}")
     for column in ("feature", "kind", "test", "score", "threshold", "drift", "rows ref / cur"):
         table.add_column(column, justify="right" if column in ("score", "threshold") else "left")
@@ -131,10 +129,10 @@ def add_commands(subparsers) -> None:
     what.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first date= partition of the window")
     what.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last date= partition of the window")
     what.add_argument("--model-version", help="only the window's rows logged by this model version")
-    what.add_argument("--features", type=_csv_list, help="columns to test (default: the model's, else all)")
-    what.add_argument("--numeric", type=_csv_list, help="treat these columns as numeric (default: inferred)")
-    what.add_argument("--categorical", type=_csv_list, help="treat these columns as categorical (default: inferred)")
-    what.add_argument("--ignore", type=_csv_list, help="columns not to test, e.g. the label or ids")
+    what.add_argument("--features", type=csv_list, help="columns to test (default: the model's, else all)")
+    what.add_argument("--numeric", type=csv_list, help="treat these columns as numeric (default: inferred)")
+    what.add_argument("--categorical", type=csv_list, help="treat these columns as categorical (default: inferred)")
+    what.add_argument("--ignore", type=csv_list, help="columns not to test, e.g. the label or ids")
     tests = mon.add_argument_group("tests")
     tests.add_argument(
         "--stattest",

@@ -34,7 +34,7 @@ def _write(path: str, manifest: dict) -> None:
 def cmd_deploy(args) -> int:
     from dataclasses import asdict
 
-    from kfops.cli_registry import _tracking_uri
+    from kfops.cli.console import tracking_uri
     from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
     from kfops.components.deploy.isvc import DeploySpec
     from kfops.components.deploy.logic import deploy
@@ -68,13 +68,13 @@ def cmd_deploy(args) -> int:
     spec.check()  # before anything is read or connected
     api = None
     if not args.dry_run:
-        from kfops.components.deploy.kube import connect
+        from kfops.components.kube import connect
 
         api = connect(context=args.context or "")
     result = deploy(
         spec,
         api=api,
-        tracking_uri=_tracking_uri(args),
+        tracking_uri=tracking_uri(args),
         timeout_s=args.timeout,
         poll_s=args.poll_seconds,
         dry_run=args.dry_run,
@@ -85,9 +85,9 @@ def cmd_deploy(args) -> int:
         summary = {k: v for k, v in asdict(result).items() if k != "manifest" or not args.output}
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
         return 0
-    from kfops.cli import _console
+    from kfops.cli.console import make_console
 
-    console = _console(sys.stderr if args.output == "-" else None)
+    console = make_console(sys.stderr if args.output == "-" else None)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     where = f"{result.namespace + '/' if result.namespace else ''}{result.name}"

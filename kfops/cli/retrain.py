@@ -16,14 +16,15 @@ EXIT_NOT_BLESSED = 1
 
 
 def cmd_retrain(args) -> int:
-    from kfops.cli import EXIT_USER_ERROR, _console, cmd_run
+    from kfops.cli.console import EXIT_USER_ERROR, make_console
+    from kfops.cli.run import cmd_run
     from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
     from kfops.components.monitor.drift import DriftOptions
     from kfops.components.monitor.logic import monitor
     from kfops.pipelines.local import workspace
     from kfops.pipelines.training import DEFAULT_MODEL_NAME
 
-    console = _console()
+    console = make_console()
     ws = workspace(args.workspace)
     model_name = args.model_name or DEFAULT_MODEL_NAME
     output = ws.root / "monitor" / time.strftime("%Y%m%d-%H%M%S")
@@ -65,7 +66,7 @@ def cmd_retrain(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from kfops.cli import _add_training_flags
+    from kfops.cli.run import add_training_flags
 
     retrain = sub.add_parser(
         "retrain",
@@ -81,5 +82,5 @@ def add_commands(sub) -> None:
     loop.add_argument("--stattest", default="auto", help="drift test for every feature (default: as Evidently picks)")
     loop.add_argument("--drift-share", type=float, default=0.5, help="share of drifted features that is drift")
     loop.add_argument("--no-html", action="store_true", help="skip the Evidently HTML report")
-    _add_training_flags(retrain)
+    add_training_flags(retrain)
     retrain.set_defaults(func=cmd_retrain)

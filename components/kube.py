@@ -1,4 +1,6 @@
-"""A small client for custom objects over the ``kubernetes`` package: get, create, merge-patch.
+"""The one Kubernetes seam: a small client for custom objects over the ``kubernetes`` package (get, create,
+merge-patch) and one wait-for-condition. deploy, rollout, sweep (Katib) and train (TrainJob) use it; tests replace
+the API server with a fake that records every request.
 
 It talks to InferenceServices by default; ``client.for_resource(CustomResource(...))`` gives the same connection
 for another kind (Katib Experiments, Kubeflow Trainer TrainJobs).
@@ -17,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kfops.components.contracts import KfopsError
-from kfops.components.deploy.isvc import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,10 @@ class CustomResource:
     rbac_doc: str  # where the needed Role is described, named in "forbidden" errors
 
 
-INFERENCE_SERVICES = CustomResource(GROUP, VERSION, PLURAL, "InferenceService", "KServe", "components/deploy/README.md")
+INFERENCE_SERVICES = CustomResource(
+    "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService", "KServe", "components/deploy/README.md"
+)
+T = TypeVar("T")
 
 
 class KubeError(KfopsError):
@@ -234,3 +240,49 @@ def connect(host: str = "", context: str = "", token: str = "") -> KubeClient:
     api_client = client.ApiClient(configuration=configuration)
     log.debug("Kubernetes API at %s, default namespace %s", configuration.host, namespace)
     return KubeClient(api_client, default_namespace=namespace)
+
+
+# ------------------------------------------------------------------------------------------------ waiting
+class WaitTimeout(KfopsError):
+    """``wait_for`` ran out of time; ``observed`` is the object last read."""
+
+    def __init__(self, message: str, observed: dict[str, Any]):
+        super().__init__(message)
+        self.observed = observed
+
+
+def wait_for(
+    api: KubeClient,
+    namespace: str,
+    name: str,
+    done: Callable[[dict[str, Any]], T | None],
+    *,
+    waiting_for: str,
+    timeout_s: float,
+    poll_s: float,
+    timeout_message: Callable[[dict[str, Any]], str],
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+    started: float | None = None,
+) -> T:
+    """Read the object every ``poll_s`` until ``done(obj)`` gives a result (not None), which is returned.
+
+    ``done`` raises to stop at once (a Failed condition). A missing object is a ``KfopsError`` naming
+    ``waiting_for``; after ``timeout_s`` (counted from ``started``, default now) a ``WaitTimeout`` with
+    ``timeout_message(obj)`` and the object last read. ``on_poll`` sees every object read.
+    """
+    deadline = (time.monotonic() if started is None else started) + timeout_s
+    kind = getattr(getattr(api, "resource", None), "kind", "object")
+    while True:
+        live = api.get(namespace, name)
+        if live is None:
+            raise KfopsError(f"{kind} {namespace}/{name} disappeared while waiting for {waiting_for}")
+        if on_poll is not None:
+            on_poll(live)
+        result = done(live)
+        if result is not None:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(timeout_message(live), live)
+        log.debug("waiting for %s %s/%s: %s", kind, namespace, name, waiting_for)
+        time.sleep(min(poll_s, remaining))

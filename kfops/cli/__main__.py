@@ -1,0 +1,7 @@
+"""``python -m kfops.cli``: the ``kfops`` command."""
+
+import sys
+
+from kfops.cli import main
+
+sys.exit(main())

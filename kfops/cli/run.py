@@ -1,0 +1,267 @@
+"""`kfops run`: the training pipeline, locally, with a live line per step and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from kfops.cli.console import ANSI, EXIT_FAILURE, EXIT_USER_ERROR, PipelineProgress, csv_list, int_list, make_console
+
+
+def training_arguments(args, ws) -> dict:
+    """Pipeline arguments for `kfops run`, from the flags and the workspace."""
+    from kfops import datagen
+
+    arguments: dict = {"artifact_store": args.artifact_store or ws.store, "tensorboard_root": ws.tensorboard}
+    if args.data_version:
+        arguments["data_version"] = args.data_version
+    if args.data:
+        arguments["data_uri"] = args.data if args.data.startswith("s3://") else str(Path(args.data).resolve())
+    elif not args.data_version:
+        arguments["data_uri"] = str(datagen.default_data_path(ws.root, rows=args.rows, seed=args.data_seed))
+    default_data = not args.data and not args.data_version
+    arguments["target"] = args.target or datagen.TARGET if default_data else args.target or ""
+    if not arguments["target"]:
+        raise SystemExit("kfops run: --target is required with --data or --data-version")
+    if default_data:
+        arguments["drop_columns"] = list(datagen.ID_COLUMNS)
+        arguments["time_column"] = datagen.TIME_COLUMN
+    for flag, key in (
+        ("numeric", "numeric_features"),
+        ("categorical", "categorical_features"),
+        ("drop", "drop_columns"),
+        ("hidden_sizes", "hidden_sizes"),
+    ):
+        if getattr(args, flag) is not None:
+            arguments[key] = getattr(args, flag)
+    for flag in (
+        "time_column",
+        "positive_class",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "dropout",
+        "optimizer",
+        "weight_decay",
+        "class_weighting",
+        "seed",
+        "device",
+        "model_name",
+        "experiment",
+        "validation_fraction",
+        "test_fraction",
+        "threshold",
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            arguments[flag] = value
+    if args.split_by_time:
+        arguments["split_by_time"] = True
+    if args.no_promote:
+        arguments["promote_champion"] = False
+    if args.suite:
+        arguments["expectation_suite"] = (
+            args.suite if args.suite.startswith("s3://") else str(Path(args.suite).resolve())
+        )
+    if args.warn_only:
+        arguments["validation_mode"] = "warn"
+    if args.max_missing is not None:
+        arguments["max_missing"] = args.max_missing
+    if args.thresholds:
+        from kfops.components.gate.logic import load_thresholds, thresholds_json
+
+        arguments["thresholds"] = thresholds_json(load_thresholds(args.thresholds))
+    return arguments
+
+
+def cmd_run(args) -> int:
+    from kfops.pipelines.local import workspace
+
+    console = make_console()
+    ws = workspace(args.workspace)
+    if args.artifact_store is None and os.environ.get("KFOPS_ARTIFACT_STORE"):
+        args.artifact_store = os.environ["KFOPS_ARTIFACT_STORE"]
+    arguments = training_arguments(args, ws)
+    console.print(f"[bold]kfops run[/] · workspace [cyan]{ws.root}[/]")
+    console.print(
+        f"  data: {arguments.get('data_uri') or 'stored version ' + arguments['data_version']}"
+        f" · target '{arguments['target']}'"
+    )
+
+    from kfops.pipelines.local import run_pipeline
+    from kfops.pipelines.training import training_pipeline
+
+    log_dir = ws.root / "logs"
+    log_dir.mkdir(exist_ok=True)
+    log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    progress = PipelineProgress(log_path, console, verbose=args.verbose)
+    started = time.perf_counter()
+    stdout = sys.stdout
+    sys.stdout = progress
+    # kfp.local reports cache hits through the root logger, outside its own log context.
+    root = logging.getLogger()
+    handler = logging.StreamHandler(progress)
+    saved_handlers, level = root.handlers[:], root.level
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            # kfp.local warns that the suite's image is not a Python image: expected, tasks run here.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            # ...and that resource requests and display names have no effect locally.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"kfp\.")
+            task = run_pipeline(training_pipeline, arguments, ws, enable_caching=not args.no_cache)
+    except RuntimeError as err:
+        sys.stdout = stdout
+        progress.close()
+        detail = progress.errors[-1] if progress.errors else ANSI.sub("", str(err))
+        console.print(f"[red bold]error[/] in task '{progress.failed_task or '?'}': {detail}")
+        console.print(f"  nothing was registered · full log: {log_path}")
+        return EXIT_USER_ERROR if progress.errors else EXIT_FAILURE
+    finally:
+        sys.stdout = stdout
+        root.handlers = saved_handlers
+        root.setLevel(level)
+    progress.close()
+    elapsed = time.perf_counter() - started
+    outputs = dict(task.outputs)
+    _print_summary(console, ws, arguments, outputs, elapsed, log_path, as_json=args.json)
+    return 0
+
+
+def _print_summary(
+    console, ws, arguments: dict, outputs: dict, elapsed: float, log_path: Path, as_json: bool = False
+) -> None:
+    import mlflow
+
+    from kfops.components.contracts import METRIC_NAMES
+
+    mlflow.set_tracking_uri(ws.tracking_uri())
+    client = mlflow.MlflowClient()
+    run = client.get_run(outputs["run_id"])
+    from kfops.pipelines.training import DEFAULT_MODEL_NAME
+
+    model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
+    version = client.get_model_version(model_name, outputs["model_version"])
+    aliases = client.get_registered_model(model_name).aliases
+    from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE
+
+    metrics = {k: run.data.metrics[k] for k in METRIC_NAMES if k in run.data.metrics}
+    summary = {
+        "data_sha256": outputs["data_sha256"],
+        "run_id": outputs["run_id"],
+        "model_name": model_name,
+        "model_version": outputs["model_version"],
+        "aliases": sorted(a for a, v in aliases.items() if str(v) == str(outputs["model_version"])),
+        "metrics": metrics,
+        "seconds": round(elapsed, 1),
+        "workspace": str(ws.root),
+        "mlflow_tracking_uri": ws.tracking_uri(),
+        "experiment_id": run.info.experiment_id,
+        "model_uri": f"models:/{model_name}/{outputs['model_version']}",
+        "download_uri": client.get_model_version_download_uri(model_name, outputs["model_version"]),
+        "tensorboard": run.data.tags.get("kfops.tensorboard_uri", ""),
+        "log": str(log_path),
+        "device": run.data.tags.get("kfops.device", ""),
+        "blessed": version.tags.get(TAG_BLESSED) == "true",
+        "blessing": version.tags.get(TAG_BLESSING_MESSAGE, ""),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{model_name} v{version.version} · {elapsed:.1f} s", show_header=True)
+    table.add_column("metric")
+    table.add_column("test", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print(f"  data version   {summary['data_sha256']}")
+    console.print(
+        f"  MLflow run     {summary['run_id']} (experiment {summary['experiment_id']}, trained on {summary['device']})"
+    )
+    color = "green" if summary["blessed"] else "red"
+    console.print(f"  gate           [{color}]{summary['blessing'] or 'no verdict recorded'}[/]")
+    console.print(f"  model          {summary['model_uri']} · aliases: {', '.join(summary['aliases']) or 'none'}")
+    console.print(f"  model files    {summary['download_uri']}")
+    console.print(f"  MLflow store   {summary['mlflow_tracking_uri']}")
+    console.print(f"  TensorBoard    {summary['tensorboard']}")
+    console.print(f"  run log        {log_path}")
+    if summary["mlflow_tracking_uri"].startswith("sqlite:"):
+        console.print(f"[dim]  open the MLflow UI:  mlflow ui --backend-store-uri {summary['mlflow_tracking_uri']}[/]")
+    console.print(f"[dim]  open TensorBoard:    tensorboard --logdir {ws.tensorboard}[/]")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """The training pipeline's flags, shared by `kfops run` and `kfops retrain`."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="CSV or Parquet file: a local path or s3:// URI")
+    data.add_argument("--data-version", help="retrain on a stored snapshot, by its sha256")
+    data.add_argument("--target", help="the label column (default data: is_fraud)")
+    data.add_argument("--numeric", type=csv_list, help="numeric feature columns (comma-separated)")
+    data.add_argument("--categorical", type=csv_list, help="categorical feature columns (comma-separated)")
+    data.add_argument("--drop", type=csv_list, help="columns to leave out, such as ids (comma-separated)")
+    data.add_argument("--positive-class", help="the positive label value (default: 1/true/yes, else the rarer)")
+    data.add_argument("--time-column", help="event time column")
+    data.add_argument("--split-by-time", action="store_true", help="newest rows go to validation and test")
+    data.add_argument("--validation-fraction", type=float)
+    data.add_argument("--test-fraction", type=float)
+    data.add_argument("--rows", type=int, default=100_000, help="rows of default data to generate")
+    data.add_argument("--data-seed", type=int, default=7, help="seed of the default data generator")
+    model = parser.add_argument_group("model")
+    model.add_argument("--hidden-sizes", type=int_list, help="e.g. 64,32")
+    model.add_argument("--epochs", type=int)
+    model.add_argument("--batch-size", type=int)
+    model.add_argument("--learning-rate", type=float)
+    model.add_argument("--dropout", type=float)
+    model.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    model.add_argument("--weight-decay", type=float)
+    model.add_argument("--class-weighting", choices=["none", "balanced"])
+    model.add_argument("--seed", type=int)
+    model.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    model.add_argument("--threshold", type=float, help="decision threshold on the positive probability")
+    reg = parser.add_argument_group("tracking and registry")
+    reg.add_argument("--model-name", help="registered model name (default fraud-detector)")
+    reg.add_argument("--experiment", help="MLflow experiment (default kfops-training)")
+    reg.add_argument(
+        "--no-promote",
+        action="store_true",
+        help="register a blessed model as challenger only; do not make it the champion",
+    )
+    gates = parser.add_argument_group("quality gates")
+    gates.add_argument(
+        "--suite",
+        help="Great Expectations suite JSON for the data (default: a suite drawn from "
+        "the data's schema); write one with `kfops suite init`",
+    )
+    gates.add_argument("--warn-only", action="store_true", help="record validation failures and go on")
+    gates.add_argument("--max-missing", type=float, help="default suite: allowed share of empty values (0.05)")
+    gates.add_argument(
+        "--thresholds",
+        help="YAML/JSON gate thresholds (default: accuracy >= 0.90, macro precision/recall/F1 >= 0.85, macro F1 "
+        "at most 0.01 below the champion's)",
+    )
+    where = parser.add_argument_group("where")
+    where.add_argument("--workspace", help="local workspace folder (default ./.kfops or $KFOPS_WORKSPACE)")
+    where.add_argument("--artifact-store", help="folder or s3:// URI for data snapshots (default: workspace)")
+    where.add_argument("--no-cache", action="store_true", help="run every step even if cached")
+    where.add_argument("--verbose", "-v", action="store_true", help="show every task's full log")
+    where.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def add_commands(sub) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the training pipeline locally (kfp.local, no cluster)",
+        description="Run the training pipeline locally. With no data flags it trains on the "
+        "bundled default data (generated card transactions).",
+    )
+    add_training_flags(run)
+    run.set_defaults(func=cmd_run)
