@@ -32,7 +32,7 @@ import json, os, sys, time
 side, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 started = time.perf_counter()
 if side == "kfops":
-    from kfops.serving.model_store import load_model
+    from kfops.components.model_store import load_model
     loaded = load_model(f"{sys.argv[4]}@champion")
     scoring = time.perf_counter()
     from kfops.components.batch_predict import logic
@@ -49,7 +49,7 @@ else:
     try:
         predictions = model.predict(frame)
     except Exception:  # MLflow will not widen int64 to the signature's float64: cast as the model asks
-        from kfops.components.preprocess.logic import model_input_frame
+        from kfops.components.transform import model_input_frame
         predictions = model.predict(model_input_frame(model.unwrap_python_model().spec, frame))
     predictions.insert(0, "request_id", [f"row:{i}" for i in range(len(frame))])
     os.makedirs(out, exist_ok=True)
@@ -74,8 +74,9 @@ def prepare(root: Path, rows: int) -> tuple[str, str]:
 
     from kfops.components.contracts import SplitConfig, TrainConfig
     from kfops.components.ingest.logic import resolve_schema, split_frame, write_split
-    from kfops.components.preprocess.logic import encode_labels, fit_feature_spec, save_matrix, transform_features
+    from kfops.components.preprocess.logic import fit_feature_spec
     from kfops.components.train.logic import train_model
+    from kfops.components.transform import encode_labels, save_matrix, transform_features
     from kfops.datagen import generate_transactions
 
     uri = f"sqlite:///{root / 'mlflow.db'}"

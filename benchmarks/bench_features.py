@@ -129,7 +129,7 @@ def run_server(model_dir: Path, extra: list[str], bodies: list[dict], seconds: f
 def bench_predictor(model_dir: Path, repo: str, data, seconds: float, work: Path) -> dict[str, dict]:
     from kfops.components.contracts import FeatureSpec
     from kfops.components.features.repo.definitions import FRAUD_SERVICE, service_features
-    from kfops.components.preprocess.logic import model_input_frame
+    from kfops.components.transform import model_input_frame
 
     spec = FeatureSpec.load(next(model_dir.rglob("feature_spec.json")))
     looked_up = service_features(FRAUD_SERVICE)

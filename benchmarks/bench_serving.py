@@ -44,14 +44,9 @@ def train_model_dir(root: Path) -> tuple[Path, list[dict], list[list[float]]]:
     os.environ["KFOPS_MLFLOW_ARTIFACT_ROOT"] = str(root / "mlartifacts")
     from kfops.components.contracts import SplitConfig, TrainConfig
     from kfops.components.ingest.logic import resolve_schema, split_frame, write_split
-    from kfops.components.preprocess.logic import (
-        encode_labels,
-        fit_feature_spec,
-        model_input_frame,
-        save_matrix,
-        transform_features,
-    )
+    from kfops.components.preprocess.logic import fit_feature_spec
     from kfops.components.train.logic import train_model
+    from kfops.components.transform import encode_labels, model_input_frame, save_matrix, transform_features
     from kfops.datagen import ID_COLUMNS, generate_transactions
 
     df = generate_transactions(rows=30_000)

@@ -51,9 +51,11 @@ def load() -> str:
 
 def prepare(rows: int, folder: Path):
     from kfops.components.contracts import SplitConfig
-    from kfops.components.ingest.logic import canonical_sha256, resolve_schema, split_frame, write_split
-    from kfops.components.preprocess.logic import encode_labels, fit_feature_spec, save_matrix, transform_features
+    from kfops.components.datasets import canonical_sha256
+    from kfops.components.ingest.logic import resolve_schema, split_frame, write_split
+    from kfops.components.preprocess.logic import fit_feature_spec
     from kfops.components.sweep.logic import PreparedData
+    from kfops.components.transform import encode_labels, save_matrix, transform_features
     from kfops.datagen import ID_COLUMNS, generate_transactions
 
     df = generate_transactions(rows=rows)

@@ -42,7 +42,8 @@ def cpu_name() -> str:
 def load_default_matrices(rows: int):
     from kfops.components.contracts import SplitConfig
     from kfops.components.ingest.logic import resolve_schema, split_frame
-    from kfops.components.preprocess.logic import encode_labels, fit_feature_spec, transform_features
+    from kfops.components.preprocess.logic import fit_feature_spec
+    from kfops.components.transform import encode_labels, transform_features
     from kfops.datagen import ID_COLUMNS, generate_transactions
 
     df = generate_transactions(rows=rows)

@@ -20,7 +20,7 @@ def main() -> int:
 
     from benchmarks.bench_training import load_default_matrices
     from kfops.components.contracts import TrainConfig
-    from kfops.components.evaluate.logic import roc_auc
+    from kfops.components.scoring import roc_auc
     from kfops.components.train.loop import fit
 
     data = load_default_matrices(100_000)

@@ -64,6 +64,31 @@ class DataVersion:
 
 
 @dataclass
+class Schema:
+    """Which columns are the target, features (by kind), time and dropped."""
+
+    target: str
+    numeric: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    time_column: str = ""
+    positive_class: str = ""
+    negative_class: str = ""
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+def schema_to_json(schema: Schema) -> str:
+    return json.dumps(schema.__dict__, sort_keys=True)
+
+
+def schema_from_json(text: str) -> Schema:
+    return Schema(**json.loads(text))
+
+
+@dataclass
 class SplitConfig:
     """How a snapshot is split into train, validation and test."""
 
@@ -303,3 +328,7 @@ class Blessing:
         data = json.loads(text)
         data["checks"] = [MetricCheck(**c) for c in data.get("checks", [])]
         return cls(**data)
+
+
+class StopTraining(Exception):
+    """Raised by a training run's ``on_epoch`` callback to end training after that epoch (a sweep's pruner does)."""

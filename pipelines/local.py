@@ -1,14 +1,7 @@
 """Running the suite's pipelines on this machine with ``kfp.local``: no cluster, no Docker.
 
-One workspace folder holds everything a local run writes::
-
-    <workspace>/
-      data/           generated default data
-      store/          the artifact store: content-addressed data snapshots (datasets/<sha256>/)
-      pipeline_root/  KFP task outputs (splits, feature spec, model, metrics)
-      mlflow.db       the MLflow tracking and registry store (sqlite)
-      mlartifacts/    MLflow run artifacts (models, plots, TensorBoard copies)
-      tensorboard/    TensorBoard event files, one folder per MLflow run
+Everything a local run writes goes under one workspace folder (``kfops.components.workspace``, which serving
+and the CLI use too).
 
 Tasks run as subprocesses of this process in the current Python environment (the suite's dependencies are
 already here), so they inherit its environment: MLflow and S3 settings reach them as they would reach a pod
@@ -19,44 +12,11 @@ from a Secret. A remote MLflow or MinIO is used instead of the local files when 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
-DEFAULT_WORKSPACE = ".kfops"
+from kfops.components.workspace import DEFAULT_WORKSPACE, LocalWorkspace, workspace
 
-
-@dataclass
-class LocalWorkspace:
-    root: Path
-
-    @property
-    def store(self) -> str:
-        return str(self.root / "store")
-
-    @property
-    def pipeline_root(self) -> str:
-        return str(self.root / "pipeline_root")
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.root / "mlflow.db"
-
-    @property
-    def mlflow_artifacts(self) -> str:
-        return str(self.root / "mlartifacts")
-
-    @property
-    def tensorboard(self) -> str:
-        return str(self.root / "tensorboard")
-
-    def tracking_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
-
-
-def workspace(path: str | os.PathLike | None = None) -> LocalWorkspace:
-    root = Path(path or os.environ.get("KFOPS_WORKSPACE") or DEFAULT_WORKSPACE).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return LocalWorkspace(root)
+# The SDK's entry points (README: "From the Python SDK"): the workspace, and running a pipeline in it.
+__all__ = ["DEFAULT_WORKSPACE", "LocalWorkspace", "configure_environment", "init_local", "run_pipeline", "workspace"]
 
 
 def configure_environment(ws: LocalWorkspace) -> dict[str, str]:

@@ -72,7 +72,7 @@ def serving_threads() -> int:
     validating, answering) needs a core of its own; torch's threads spin-wait at each operator's barrier, so on
     a busy 2-CPU pod a second thread made a 256-row predict several times slower (benchmarks/bench_serving.py),
     and batches of a few hundred rows gain nothing from more."""
-    from kfops.components.train.loop import cpu_limit
+    from kfops.components.resources import cpu_limit
 
     return max(1, cpu_limit() // 2)
 

@@ -73,7 +73,7 @@ def _tracking_uri(args) -> str:
     if uri:
         return uri
     if hasattr(args, "workspace"):  # kfops serve: the local workspace's store
-        from kfops.pipelines.local import workspace
+        from kfops.components.workspace import workspace
 
         return workspace(args.workspace).tracking_uri()
     return ""

@@ -43,9 +43,9 @@ import pandas as pd
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from kfops.components.model_store import LoadedModel, load_model
 from kfops.serving import metrics
 from kfops.serving.batching import BatchTimings, DynamicBatcher
-from kfops.serving.model_store import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 

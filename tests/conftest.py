@@ -99,13 +99,10 @@ def fast_config() -> TrainConfig:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, transactions):
     """Splits, fitted feature spec and transformed matrices for the small data, written to files."""
-    from kfops.components.ingest.logic import canonical_sha256, resolve_schema, split_frame, write_split
-    from kfops.components.preprocess.logic import (
-        encode_labels,
-        fit_feature_spec,
-        save_matrix,
-        transform_features,
-    )
+    from kfops.components.datasets import canonical_sha256
+    from kfops.components.ingest.logic import resolve_schema, split_frame, write_split
+    from kfops.components.preprocess.logic import fit_feature_spec
+    from kfops.components.transform import encode_labels, save_matrix, transform_features
 
     root = tmp_path_factory.mktemp("prepared")
     schema = resolve_schema(transactions, "transactions", "is_fraud", drop=["transaction_id", "customer_id"])

@@ -22,7 +22,7 @@ def sample(request) -> Path:
 
 
 def _rows(sample: Path, spec) -> pd.DataFrame:
-    from kfops.components.preprocess.logic import model_input_frame
+    from kfops.components.transform import model_input_frame
 
     return model_input_frame(spec, pd.read_csv(sample / "rows.csv"))
 

@@ -577,7 +577,7 @@ def plan_batch(
     _check_options(output_format, id_column or "", passthrough, chunk_rows)
     output_uri = normalize_output_uri(output_uri)
     if loaded is None:
-        from kfops.serving.model_store import load_model
+        from kfops.components.model_store import load_model
 
         loaded = load_model(model, tracking_uri)
     files = scan_inputs(input_uri)
@@ -893,7 +893,7 @@ def _request_ids(chunk: _Chunk, id_column: str):
 def _output_table(chunk: _Chunk, loaded, id_column: str, passthrough: list[str]):
     import pyarrow as pa
 
-    from kfops.components.preprocess.logic import transform_features
+    from kfops.components.transform import transform_features
 
     frame = _numeric_checked(chunk, loaded.spec)
     features = transform_features(loaded.spec, frame, source=chunk.piece.name)
@@ -1012,7 +1012,7 @@ def score_shard(
     passthrough = [str(c) for c in passthrough or []]
     _check_options(output_format, id_column or "", passthrough, chunk_rows)
     if isinstance(model, str):
-        from kfops.serving.model_store import load_model
+        from kfops.components.model_store import load_model
 
         loaded = load_model(model, tracking_uri)
     else:
@@ -1163,7 +1163,7 @@ def predict_batch(
     The same functions the pipeline's steps call; what it saves is the per-step process start, model load and
     orchestration. ``on_plan`` sees the plan before scoring starts (a progress bar's total).
     """
-    from kfops.serving.model_store import load_model
+    from kfops.components.model_store import load_model
 
     loaded = load_model(model, tracking_uri)
     plan = plan_batch(

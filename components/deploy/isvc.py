@@ -72,7 +72,7 @@ ANNOTATION_STABLE_PREDICTOR = "kfops.io/stable-predictor"
 PREDICTOR_FIELDS = ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "serviceAccountName", "logger")
 MODEL_FIELDS = ("name", "modelFormat", "runtime", "protocolVersion", "storageUri", "resources", "image", "env")
 # The registered version, for the server: KServe's storage initializer copies the files, which do not say it
-# (kfops.serving.model_store reads it; metrics, answers and payload logs carry it).
+# (kfops.components.model_store reads it; metrics, answers and payload logs carry it).
 MODEL_VERSION_ENV = "KFOPS_MODEL_VERSION"
 
 SCALE_METRICS = ("cpu", "memory", "concurrency", "rps")

@@ -87,7 +87,7 @@ def resolve_model(model_name: str, version: str = ALIAS_CHAMPION, tracking_uri: 
     """
     from mlflow.exceptions import MlflowException
 
-    from kfops.components.register.promotion import resolve_version
+    from kfops.components.registry import resolve_version
 
     client = _registry_client(tracking_uri)
     found = resolve_version(client, model_name, str(version or "").strip() or ALIAS_CHAMPION)

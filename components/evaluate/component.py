@@ -18,7 +18,8 @@ def evaluate(
     import json
     import math
 
-    from kfops.components.evaluate.logic import evaluate_model, log_to_mlflow, plot_confusion_matrix
+    from kfops.components.evaluate.logic import log_to_mlflow, plot_confusion_matrix
+    from kfops.components.scoring import evaluate_model
 
     result, curve = evaluate_model(model.path, test.path, val_loss=float(model.metadata.get("val_loss", "nan")))
     for name, value in result.metrics.items():

@@ -28,8 +28,8 @@ def materialize(
     from collections import namedtuple
 
     from kfops.components import storage
+    from kfops.components.datasets import SNAPSHOT_FILE, read_snapshot, snapshot_uri
     from kfops.components.features.logic import apply_definitions, materialize, open_store
-    from kfops.components.ingest.logic import SNAPSHOT_FILE, read_snapshot, snapshot_uri
 
     store = open_store(feature_repo)
     applied = ""

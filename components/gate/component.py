@@ -26,7 +26,7 @@ def gate(
 
     from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE, EvaluationResult
     from kfops.components.gate.logic import blessing_markdown, run_gate, thresholds_from_text, write_blessing
-    from kfops.components.train.logic import set_tracking
+    from kfops.components.tracking import set_tracking
 
     set_tracking(mlflow_tracking_uri)
     result = EvaluationResult.from_json(Path(evaluation.path).read_text(encoding="utf-8"))

@@ -246,7 +246,7 @@ def champion_metrics(model_name: str, test_path: str) -> tuple[str, dict[str, fl
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from kfops.components.evaluate.logic import evaluate_model
+    from kfops.components.scoring import evaluate_model
 
     client = mlflow.MlflowClient()
     try:

@@ -34,8 +34,8 @@ def version_data(
     from collections import namedtuple
 
     from kfops.components import storage
-    from kfops.components.contracts import KfopsError
-    from kfops.components.ingest.logic import schema_to_json, version_data
+    from kfops.components.contracts import KfopsError, schema_to_json
+    from kfops.components.ingest.logic import version_data
 
     version, schema = version_data(
         data_uri=data_uri,
@@ -74,7 +74,8 @@ def split_data(
 ):
     """Split the stored snapshot into train/validation/test Parquet files (stratified, or by time)."""
     from kfops.components.contracts import SplitConfig
-    from kfops.components.ingest.logic import read_snapshot, split_frame, write_split
+    from kfops.components.datasets import read_snapshot
+    from kfops.components.ingest.logic import split_frame, write_split
 
     frame, version = read_snapshot(artifact_store, data_sha256)
     config = SplitConfig(

@@ -76,8 +76,8 @@ def resolve_model_reference(ref: str, tracking_uri: str = "", artifact_store: st
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from kfops.components.ingest.logic import SNAPSHOT_FILE, VERSION_FILE, snapshot_uri
-    from kfops.components.register.promotion import resolve_ref
+    from kfops.components.datasets import SNAPSHOT_FILE, VERSION_FILE, snapshot_uri
+    from kfops.components.registry import resolve_ref
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
@@ -315,8 +315,8 @@ def monitor(
 
 def _score_reference(model_ref: ModelReference, sample: pd.DataFrame) -> pd.DataFrame | None:
     """The reference sample with the model's prediction and probability columns (None if it cannot be scored)."""
-    from kfops.components.preprocess.logic import model_input_frame
-    from kfops.serving.model_store import load_model
+    from kfops.components.model_store import load_model
+    from kfops.components.transform import model_input_frame
 
     try:
         loaded = load_model(f"{model_ref.name}/{model_ref.version}", tracking_uri=model_ref.tracking_uri)

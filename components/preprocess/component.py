@@ -21,8 +21,9 @@ def preprocess(
     """Fit the transform on the training split only; write the FeatureSpec JSON and float32 matrices."""
     import pandas as pd
 
-    from kfops.components.ingest.logic import schema_from_json
-    from kfops.components.preprocess.logic import encode_labels, fit_feature_spec, save_matrix, transform_features
+    from kfops.components.contracts import schema_from_json
+    from kfops.components.preprocess.logic import fit_feature_spec
+    from kfops.components.transform import encode_labels, save_matrix, transform_features
 
     schema = schema_from_json(schema_json)
     frames = {

@@ -63,8 +63,8 @@ def promote(
 
     import mlflow
 
-    from kfops.components.register.promotion import promote as promote_version
-    from kfops.components.train.logic import set_tracking
+    from kfops.components.registry import promote as promote_version
+    from kfops.components.tracking import set_tracking
 
     set_tracking(mlflow_tracking_uri)
     result = promote_version(mlflow.MlflowClient(), model_name, version, metric=metric)

@@ -12,6 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+from kfops.components import registry as promotion
 from kfops.components.contracts import (
     ALIAS_CHALLENGER,
     ALIAS_CHAMPION,
@@ -22,7 +23,6 @@ from kfops.components.contracts import (
     EvaluationResult,
     KfopsError,
 )
-from kfops.components.register import promotion
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def register_model(
     """
     import mlflow
 
-    from kfops.components.train.logic import set_tracking
+    from kfops.components.tracking import set_tracking
 
     if not name or "/" in name or "@" in name:
         raise KfopsError(f"register: model name {name!r} is not valid (non-empty, no '/' or '@')")

@@ -341,7 +341,7 @@ def _aliases(client, name: str) -> dict[str, str]:
 
 
 def _aliases_after_promotion(client, plan: RolloutPlan, canary: str, note: _Log) -> str:
-    from kfops.components.register.promotion import promote
+    from kfops.components.registry import promote
 
     result = promote(client, plan.model_name, canary, plan.promotion_metric)
     note(result.message)
@@ -354,7 +354,7 @@ def _aliases_after_promotion(client, plan: RolloutPlan, canary: str, note: _Log)
 
 def _aliases_after_rollback(client, name: str, canary: str, stable: str, reason: str, note: _Log) -> str:
     """`champion` back off the canary if it had been moved there; `challenger` off the canary; tags."""
-    from kfops.components.register.promotion import rollback
+    from kfops.components.registry import rollback
 
     try:
         aliases = _aliases(client, name)

@@ -118,7 +118,7 @@ def start_parent_run(spec: SweepSpec, experiment: str, study_name: str, tracking
     """The sweep's parent run (left running until ``finish_parent_run``); returns (run id, experiment id)."""
     import mlflow
 
-    from kfops.components.train.logic import ensure_experiment, set_tracking
+    from kfops.components.tracking import ensure_experiment, set_tracking
 
     set_tracking(tracking_uri)
     experiment_id = ensure_experiment(experiment)
@@ -517,7 +517,7 @@ def _katib_parent_run(spec: SweepSpec, experiment: str, name: str, tracking_uri:
     """The parent run of Katib Experiment ``name``: the one a retried step made before, else a new one."""
     import mlflow
 
-    from kfops.components.train.logic import ensure_experiment, set_tracking
+    from kfops.components.tracking import ensure_experiment, set_tracking
 
     set_tracking(tracking_uri)
     experiment_id = ensure_experiment(experiment)

@@ -32,9 +32,8 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from kfops.components.contracts import KfopsError
+from kfops.components.contracts import KfopsError, StopTraining
 from kfops.components.sweep.spec import QUANTILE_EPSILON, ParameterSpace, SweepSpec
-from kfops.components.train.loop import StopTraining
 
 ATTR_VALUES = "values"  # trial user attribute: the decoded values trained with
 ATTR_RUN_ID = "mlflow_run_id"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from kfops.components import storage
 from kfops.components.contracts import FeatureSpec, KfopsError, TrainConfig
+from kfops.components.tracking import ensure_experiment, set_tracking
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +52,6 @@ class TrainOutcome:
     val_metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's val_* metrics
     resumed_from_epoch: int = 0
     world_size: int = 1
-
-
-def set_tracking(tracking_uri: str = "") -> str:
-    """Point MLflow at the given URI, else at MLFLOW_TRACKING_URI; refuse to fall back to ./mlflow.db."""
-    import mlflow
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
-        raise KfopsError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass mlflow_tracking_uri")
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def ensure_experiment(name: str) -> str:
-    """The experiment's id, creating it (under KFOPS_MLFLOW_ARTIFACT_ROOT when set) if needed."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = os.environ.get("KFOPS_MLFLOW_ARTIFACT_ROOT")
-    try:
-        return mlflow.create_experiment(name, artifact_location=storage.join(root, name) if root else None)
-    except MlflowException:
-        # Another run created it between our read and write.
-        return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def git_commit() -> str:
@@ -120,7 +94,7 @@ def model_signature(spec: FeatureSpec):
 
 def input_example(spec: FeatureSpec, raw_rows):
     """Two raw rows (a 1-row example would pin the batch size for some flavours), typed as the signature."""
-    from kfops.components.preprocess.logic import model_input_frame
+    from kfops.components.transform import model_input_frame
 
     return model_input_frame(spec, raw_rows.head(2), source="input example").reset_index(drop=True)
 
@@ -128,7 +102,7 @@ def input_example(spec: FeatureSpec, raw_rows):
 def validation_metrics(y_val, threshold: float):
     """The per-epoch hook adding the suite's metrics on the validation split (``val_f1_macro``, ...); accuracy
     stays ``fit``'s ``val_accuracy`` (at 0.5), the others use the model's decision threshold."""
-    from kfops.components.evaluate.logic import binary_metrics
+    from kfops.components.scoring import binary_metrics
 
     def metrics(probability) -> dict[str, float]:
         values = binary_metrics(y_val, probability, threshold)
@@ -172,10 +146,11 @@ def train_model(
     import pandas as pd
     from torch.utils.tensorboard import SummaryWriter
 
-    from kfops.components.preprocess.logic import load_matrix
+    from kfops.components.contracts import StopTraining
     from kfops.components.train import distributed
-    from kfops.components.train.loop import StopTraining, fit
+    from kfops.components.train.loop import fit
     from kfops.components.train.pyfunc import TabularClassifier, save_network
+    from kfops.components.transform import load_matrix
 
     config.check()
     spec = FeatureSpec.load(spec_path)

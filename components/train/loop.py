@@ -20,39 +20,20 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.contracts import KfopsError, StopTraining, TrainConfig
+from kfops.components.resources import cpu_limit
 
 log = logging.getLogger(__name__)
 
 
-class StopTraining(Exception):
-    """Raised by an ``on_epoch`` callback to end training after that epoch (a sweep's pruner does)."""
-
-
 EVAL_BATCH = 65_536
 GRAPH_WARMUP_STEPS = 3
-
-
-def cpu_limit() -> int:
-    """CPUs this process may use: the cgroup quota when set, else the affinity mask."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:
-            quota, period = fh.read().split()
-        if quota != "max":
-            return max(1, math.floor(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def resolve_device(requested: str) -> str:

@@ -50,7 +50,8 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         import torch
 
         from kfops.components.contracts import FeatureSpec
-        from kfops.components.train.loop import build_mlp, cpu_limit
+        from kfops.components.resources import cpu_limit
+        from kfops.components.train.loop import build_mlp
 
         self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
         config = json.loads(Path(context.artifacts["network_config"]).read_text())
@@ -64,7 +65,7 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
 
     def predict_proba(self, frame):
 
-        from kfops.components.preprocess.logic import transform_features
+        from kfops.components.transform import transform_features
 
         return self.score_matrix(transform_features(self.spec, frame, source="model input"))
 

@@ -271,7 +271,7 @@ def find_run(name: str, experiment: str, tracking_uri: str = ""):
     """The MLflow run rank 0 of TrainJob ``name`` logged (tag ``kfops.trainjob``)."""
     import mlflow
 
-    from kfops.components.train.logic import set_tracking
+    from kfops.components.tracking import set_tracking
 
     set_tracking(tracking_uri)
     found = mlflow.search_runs(

@@ -22,7 +22,7 @@ def validate_data(
     from collections import namedtuple
 
     from kfops.components.contracts import KfopsError
-    from kfops.components.ingest.logic import read_snapshot
+    from kfops.components.datasets import read_snapshot
     from kfops.components.validate.logic import validate_frame
 
     if mode not in ("fail", "warn"):

@@ -105,6 +105,6 @@ def tracking_uri(args) -> str:
         return args.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    from kfops.pipelines.local import workspace
+    from kfops.components.workspace import workspace
 
     return workspace(args.workspace).tracking_uri()

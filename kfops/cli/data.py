@@ -18,8 +18,8 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_versions(args) -> int:
-    from kfops.components.ingest.logic import list_versions
-    from kfops.pipelines.local import workspace
+    from kfops.components.datasets import list_versions
+    from kfops.components.workspace import workspace
 
     store = args.artifact_store or os.environ.get("KFOPS_ARTIFACT_STORE") or workspace(args.workspace).store
     versions = list_versions(store)

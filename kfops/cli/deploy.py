@@ -38,7 +38,7 @@ def cmd_deploy(args) -> int:
     from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
     from kfops.components.deploy.isvc import DeploySpec
     from kfops.components.deploy.logic import deploy
-    from kfops.components.register.promotion import parse_model_ref
+    from kfops.components.registry import parse_model_ref
 
     if args.dry_run and not args.output:
         raise KfopsError("--dry-run writes the InferenceService to --output FILE (or - for stdout): give one")

@@ -22,7 +22,7 @@ from pathlib import Path
 def _repo(args) -> str:
     if args.repo:
         return args.repo if args.repo.startswith("s3://") else str(Path(args.repo).expanduser().resolve())
-    from kfops.pipelines.local import workspace
+    from kfops.components.workspace import workspace
 
     return str(Path(workspace(args.workspace).root, "features"))
 
@@ -48,8 +48,8 @@ def _snapshot_source(args) -> str:
     """The source Parquet: --source, else the snapshot of --data-version, else the newest stored snapshot."""
     from kfops.components import storage
     from kfops.components.contracts import KfopsError
-    from kfops.components.ingest.logic import SNAPSHOT_FILE, list_versions, snapshot_uri
-    from kfops.pipelines.local import workspace
+    from kfops.components.datasets import SNAPSHOT_FILE, list_versions, snapshot_uri
+    from kfops.components.workspace import workspace
 
     if args.source:
         return args.source

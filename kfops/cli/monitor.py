@@ -26,7 +26,7 @@ def cmd_monitor(args) -> int:
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     artifact_store = args.artifact_store or os.environ.get("KFOPS_ARTIFACT_STORE", "")
     if args.model and (not tracking_uri or not artifact_store):
-        from kfops.pipelines.local import workspace
+        from kfops.components.workspace import workspace
 
         ws = workspace(args.workspace)
         tracking_uri = tracking_uri or ws.tracking_uri()

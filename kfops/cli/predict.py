@@ -149,8 +149,9 @@ def _predict_kfp_local(args, options: dict, console) -> tuple[dict | None, int]:
     import warnings
 
     from kfops.cli.console import ANSI
+    from kfops.components.workspace import workspace
     from kfops.pipelines.batch_prediction import build_batch_prediction_pipeline
-    from kfops.pipelines.local import run_pipeline, workspace
+    from kfops.pipelines.local import run_pipeline
 
     ws = workspace(args.workspace)
     arguments = {k: v for k, v in options.items() if v is not None}

@@ -277,7 +277,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_show(args) -> int:
-    from kfops.components.register.promotion import resolve_ref
+    from kfops.components.registry import resolve_ref
 
     client = _client(args)
     summary = _version_summary(client, resolve_ref(client, args.ref))
@@ -325,7 +325,7 @@ def cmd_models_show(args) -> int:
 
 
 def cmd_models_compare(args) -> int:
-    from kfops.components.register.promotion import resolve_version
+    from kfops.components.registry import resolve_version
 
     client = _client(args)
     versions = [resolve_version(client, args.name, ref) for ref in (args.v1, args.v2)]
@@ -359,7 +359,7 @@ def _print_result(args, result) -> None:
 
 
 def cmd_models_promote(args) -> int:
-    from kfops.components.register.promotion import promote, resolve_ref
+    from kfops.components.registry import promote, resolve_ref
 
     client = _client(args)
     version = resolve_ref(client, args.ref)
@@ -369,7 +369,7 @@ def cmd_models_promote(args) -> int:
 
 
 def cmd_models_rollback(args) -> int:
-    from kfops.components.register.promotion import rollback
+    from kfops.components.registry import rollback
 
     client = _client(args)
     _print_result(args, rollback(client, args.name))

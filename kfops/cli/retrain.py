@@ -21,7 +21,7 @@ def cmd_retrain(args) -> int:
     from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
     from kfops.components.monitor.drift import DriftOptions
     from kfops.components.monitor.logic import monitor
-    from kfops.pipelines.local import workspace
+    from kfops.components.workspace import workspace
     from kfops.pipelines.training import DEFAULT_MODEL_NAME
 
     console = make_console()

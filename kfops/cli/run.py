@@ -81,7 +81,7 @@ def training_arguments(args, ws) -> dict:
 
 
 def cmd_run(args) -> int:
-    from kfops.pipelines.local import workspace
+    from kfops.components.workspace import workspace
 
     console = make_console()
     ws = workspace(args.workspace)

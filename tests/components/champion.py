@@ -34,7 +34,7 @@ class Champion:
         """What the MLflow pyfunc model itself returns for these raw rows (prediction, probability)."""
         import mlflow.pyfunc
 
-        from kfops.components.preprocess.logic import model_input_frame
+        from kfops.components.transform import model_input_frame
 
         if self._pyfunc is None:
             import mlflow

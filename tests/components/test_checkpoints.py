@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from kfops.components.contracts import KfopsError
-from kfops.components.preprocess.logic import load_matrix
 from kfops.components.train.checkpoint import CheckpointStore
 from kfops.components.train.loop import fit
+from kfops.components.transform import load_matrix
 from tests.conftest import train_prepared
 
 KILLED_RUN = textwrap.dedent(

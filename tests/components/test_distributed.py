@@ -27,7 +27,7 @@ FIT_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     from kfops.components.contracts import TrainConfig
-    from kfops.components.preprocess.logic import load_matrix
+    from kfops.components.transform import load_matrix
     from kfops.components.train import distributed
     from kfops.components.train.loop import fit
 
@@ -52,8 +52,8 @@ def torchrun(*args, env=None, timeout=180):
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, prepared):
-    from kfops.components.preprocess.logic import load_matrix
     from kfops.components.train.loop import fit
+    from kfops.components.transform import load_matrix
 
     script = tmp_path / "fit.py"
     script.write_text(FIT_SCRIPT)

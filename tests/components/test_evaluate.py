@@ -7,13 +7,8 @@ import pytest
 from sklearn import metrics as skm
 
 from kfops.components.contracts import METRIC_NAMES, EvaluationResult
-from kfops.components.evaluate.logic import (
-    binary_metrics,
-    confusion,
-    downsample_curve,
-    plot_confusion_matrix,
-    roc_curve,
-)
+from kfops.components.evaluate.logic import plot_confusion_matrix
+from kfops.components.scoring import binary_metrics, confusion, downsample_curve, roc_curve
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

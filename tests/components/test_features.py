@@ -314,8 +314,8 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def test_materialize_component_applies_a_snapshot_and_pushes_freshness(tmp_path, transactions, pushgateway):
+    from kfops.components.datasets import write_snapshot
     from kfops.components.features.component import materialize_op
-    from kfops.components.ingest.logic import write_snapshot
 
     store_dir = str(tmp_path / "store")
     version = write_snapshot(transactions, store_dir, source="generated")
@@ -355,7 +355,7 @@ def test_materialize_component_applies_a_snapshot_and_pushes_freshness(tmp_path,
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_apply_materialize_training_set_online(tmp_path, transactions, capsys):
     from kfops.cli import main
-    from kfops.components.ingest.logic import write_snapshot
+    from kfops.components.datasets import write_snapshot
 
     workspace = tmp_path / "ws"
     version = write_snapshot(transactions, str(workspace / "store"), source="generated")
@@ -432,7 +432,7 @@ def test_cluster_layout_redis_online_store_and_minio_offline_store(s3_env, redis
     """manifests/feature-store/feature_store.yaml as a cluster runs it, with a real Redis and an S3 endpoint:
     the repository, registry and snapshot on S3, the online store on Redis."""
     from kfops.components import storage
-    from kfops.components.ingest.logic import write_snapshot
+    from kfops.components.datasets import write_snapshot
 
     monkeypatch.setenv("FEAST_S3_ENDPOINT_URL", s3_env)  # what open_store sets from KFOPS_S3_ENDPOINT_URL
     text = (REPO_ROOT / "manifests" / "feature-store" / "feature_store.yaml").read_text()

@@ -125,9 +125,9 @@ def test_champion_is_rescored_on_the_candidates_test_split(tmp_path, prepared, f
     import mlflow
 
     from kfops.components.contracts import EvaluationResult
-    from kfops.components.evaluate.logic import evaluate_model
     from kfops.components.gate.logic import run_gate
     from kfops.components.register.logic import register_model
+    from kfops.components.scoring import evaluate_model
 
     outcome = train_prepared(
         prepared,

@@ -6,16 +6,8 @@ import pytest
 
 from kfops.components import storage
 from kfops.components.contracts import KfopsError, SplitConfig
-from kfops.components.ingest.logic import (
-    canonical_sha256,
-    list_versions,
-    read_snapshot,
-    read_table,
-    resolve_schema,
-    split_frame,
-    version_data,
-    write_snapshot,
-)
+from kfops.components.datasets import canonical_sha256, list_versions, read_snapshot, write_snapshot
+from kfops.components.ingest.logic import read_table, resolve_schema, split_frame, version_data
 
 
 # ------------------------------------------------------------------------------------------- versions

@@ -611,11 +611,11 @@ def test_the_html_report_keeps_evidentlys_choice_where_evidently_cannot_take_our
 def test_a_registered_models_training_data_is_the_reference(
     tmp_path, mlflow_store, prepared, fast_config, transactions
 ):
-    from kfops.components.ingest.logic import write_snapshot
-    from kfops.components.preprocess.logic import model_input_frame
+    from kfops.components.datasets import write_snapshot
+    from kfops.components.model_store import load_model
     from kfops.components.register.logic import register_model
+    from kfops.components.transform import model_input_frame
     from kfops.datagen import generate_transactions
-    from kfops.serving.model_store import load_model
     from tests.conftest import train_prepared
 
     store = str(tmp_path / "store")

@@ -5,12 +5,8 @@ import pandas as pd
 import pytest
 
 from kfops.components.contracts import FeatureSpec, KfopsError
-from kfops.components.preprocess.logic import (
-    encode_labels,
-    fit_feature_spec,
-    model_input_frame,
-    transform_features,
-)
+from kfops.components.preprocess.logic import fit_feature_spec
+from kfops.components.transform import encode_labels, model_input_frame, transform_features
 
 
 @pytest.fixture
@@ -97,7 +93,7 @@ def test_model_input_frame_types(frame):
 
 
 def test_small_and_large_batches_encode_categories_alike():
-    from kfops.components.preprocess.logic import SMALL_BATCH_ROWS, category_codes
+    from kfops.components.transform import SMALL_BATCH_ROWS, category_codes
 
     vocabulary = ["web", "pos", "1", "1.5", "True"]
     values = ["web", "pos", None, float("nan"), 1, 1.5, True, "atm", "", pd.NA, "POS", 2]
@@ -112,7 +108,7 @@ def test_small_and_large_batches_encode_categories_alike():
 
 @pytest.mark.parametrize("repeat", [1, 200])  # below and above SMALL_BATCH_ROWS (600 and 1,200 rows)
 def test_transform_columns_matches_transform_features(frame, repeat):
-    from kfops.components.preprocess.logic import transform_columns
+    from kfops.components.transform import transform_columns
 
     spec = fit(frame)
     rows = pd.concat([frame] * repeat, ignore_index=True)

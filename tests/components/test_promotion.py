@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kfops.components import registry as promotion
 from kfops.components.contracts import (
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
@@ -21,8 +22,7 @@ from kfops.components.contracts import (
     TAG_METRIC_PREFIX,
     KfopsError,
 )
-from kfops.components.register import promotion
-from kfops.components.register.promotion import parse_model_ref, promote, resolve_version, rollback
+from kfops.components.registry import parse_model_ref, promote, resolve_version, rollback
 from tests.conftest import train_prepared
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ def test_a_blessed_version_promoted_on_its_own_replaces_the_champion(registry, f
 
 
 def test_the_race_rule_orders_by_metric_direction_then_version():
-    from kfops.components.register.promotion import _Candidate, beats
+    from kfops.components.registry import _Candidate, beats
 
     assert beats(_Candidate("1", 0.2, True), _Candidate("2", 0.3, True), "val_loss")  # lower loss wins
     assert beats(_Candidate("2", 0.3, True), _Candidate("1", 0.2, True), "f1_macro")

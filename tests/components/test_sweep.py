@@ -263,7 +263,7 @@ def test_grid_sampler_visits_every_combination(tmp_path):
 def test_a_lagging_trial_is_pruned_inside_a_real_training_run(tmp_path, prepared, fast_config, mlflow_store):
     import mlflow
 
-    from kfops.components.train.loop import StopTraining
+    from kfops.components.contracts import StopTraining
     from tests.conftest import train_prepared
 
     spec = spec_of(

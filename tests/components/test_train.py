@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.preprocess.logic import load_matrix
 from kfops.components.train.logic import train_model
 from kfops.components.train.loop import build_mlp, fit
+from kfops.components.transform import load_matrix
 from tests.conftest import train_prepared
 
 
@@ -136,7 +136,7 @@ def test_train_model_logs_everything_to_mlflow_and_tensorboard(tmp_path, prepare
     for uri in (str(tmp_path / "model"), outcome.model_uri):
         model = mlflow.pyfunc.load_model(uri)
         from kfops.components.contracts import FeatureSpec
-        from kfops.components.preprocess.logic import model_input_frame
+        from kfops.components.transform import model_input_frame
 
         spec = FeatureSpec.load(prepared["spec"])
         out = model.predict(model_input_frame(spec, test.head(50)))
@@ -169,7 +169,7 @@ def test_train_model_refuses_a_spec_that_does_not_match(tmp_path, prepared, fast
 
 
 def test_no_tracking_uri_is_an_error(monkeypatch):
-    from kfops.components.train.logic import set_tracking
+    from kfops.components.tracking import set_tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(KfopsError, match="no MLflow tracking URI"):

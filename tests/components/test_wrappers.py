@@ -189,7 +189,7 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
 
 def test_validate_wrapper_writes_report_and_stops_or_warns(tmp_path, transactions):
     from kfops.components.contracts import KfopsError
-    from kfops.components.ingest.logic import write_snapshot
+    from kfops.components.datasets import write_snapshot
 
     store = str(tmp_path / "store")
     bad = transactions.copy()

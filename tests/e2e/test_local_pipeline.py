@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from kfops.cli import main
-from kfops.components.ingest.logic import canonical_sha256
+from kfops.components.datasets import canonical_sha256
 
 pytestmark = pytest.mark.e2e
 FAST = ["--epochs", "3", "--hidden-sizes", "16,8", "--batch-size", "256"]
@@ -188,7 +188,7 @@ def test_data_and_snapshots_on_s3(tmp_path, capsys, clean_env, s3_env, transacti
     # MinIO's API through moto on 127.0.0.1: the data is read from s3:// and the snapshot stored there; the
     # tasks get the endpoint and credentials from the environment, as pods get them from a Secret.
     from kfops.components import storage
-    from kfops.components.ingest.logic import list_versions
+    from kfops.components.datasets import list_versions
 
     storage.write_bytes("s3://raw/tx.parquet", transactions.to_parquet(index=False))
     result = run_json(

@@ -32,7 +32,7 @@ class RegisteredModel:
         import mlflow
         import mlflow.pyfunc
 
-        from kfops.components.preprocess.logic import model_input_frame
+        from kfops.components.transform import model_input_frame
 
         if self._pyfunc is None:
             mlflow.set_tracking_uri(self.tracking_uri)

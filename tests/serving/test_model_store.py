@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from kfops.components.contracts import KfopsError
-from kfops.components.preprocess.logic import model_input_frame
-from kfops.serving.model_store import load_model
+from kfops.components.model_store import load_model
+from kfops.components.transform import model_input_frame
 
 
 @pytest.mark.parametrize("form", ["{name}@champion", "models:/{name}@champion", "{name}/{version}", "{name}"])

@@ -49,7 +49,7 @@ class LoadedModel:
     def predict_columns(self, columns: dict[str, list], rows: int) -> dict[str, Any]:
         """``predict`` for validated columns (numeric floats with NaN, categorical str or None), with no DataFrame:
         the same transform and network, {"prediction": labels, "probability": float64 array}."""
-        from kfops.components.preprocess.logic import transform_columns
+        from kfops.components.transform import transform_columns
 
         probability = self.classifier.score_matrix(transform_columns(self.spec, columns, rows))
         return {"prediction": self.classifier.labels(probability), "probability": probability}
@@ -76,7 +76,7 @@ def _load_registered(ref: str, tracking_uri: str, source: str) -> LoadedModel:
     import mlflow
     import mlflow.artifacts
 
-    from kfops.components.register.promotion import resolve_ref
+    from kfops.components.registry import resolve_ref
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:

@@ -1,0 +1,140 @@
+"""The suite's metrics, and scoring a saved model on a labelled split: one place for evaluate (the test split),
+train (per-epoch validation metrics) and gate (the champion re-scored on the same rows).
+
+The model is loaded as the pyfunc that serving loads and fed raw rows, so scoring also proves the artifact works
+end to end. Metrics are vectorised numpy under the names in ``contracts.METRIC_NAMES``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kfops.components.contracts import METRIC_NAMES, EvaluationResult, FeatureSpec, KfopsError
+
+ROC_CURVE_POINTS = 200
+
+
+def _safe_div(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates at each distinct score threshold (descending), from (0, 0)."""
+    order = np.argsort(-score, kind="mergesort")
+    y, s = y_true[order], score[order]
+    distinct = np.flatnonzero(np.diff(s)) if len(s) > 1 else np.array([], dtype=int)
+    ends = np.r_[distinct, len(s) - 1]
+    tps = np.cumsum(y)[ends]
+    fps = (ends + 1) - tps
+    pos, neg = tps[-1] if len(tps) else 0, fps[-1] if len(fps) else 0
+    tpr = np.r_[0.0, tps / pos] if pos else np.zeros(len(ends) + 1)
+    fpr = np.r_[0.0, fps / neg] if neg else np.zeros(len(ends) + 1)
+    thresholds = np.r_[np.inf, s[ends]]
+    return fpr, tpr, thresholds
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    if y_true.min() == y_true.max():
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y_true, score)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve as the step-wise sum sklearn calls average precision."""
+    if y_true.sum() == 0:
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    y, s = y_true[order], score[order]
+    distinct = np.flatnonzero(np.diff(s)) if len(s) > 1 else np.array([], dtype=int)
+    ends = np.r_[distinct, len(s) - 1]
+    tps = np.cumsum(y)[ends]
+    precision = tps / (ends + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def binary_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The suite's metrics (all but val_loss) for 0/1 labels and positive-class probabilities."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probability, dtype=np.float64)
+    pred = (p >= threshold).astype(np.int64)
+    tp = int(np.sum((pred == 1) & (y == 1)))
+    tn = int(np.sum((pred == 0) & (y == 0)))
+    fp = int(np.sum((pred == 1) & (y == 0)))
+    fn = int(np.sum((pred == 0) & (y == 1)))
+    precision_pos, recall_pos = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
+    precision_neg, recall_neg = _safe_div(tn, tn + fn), _safe_div(tn, tn + fp)
+    f1_pos = _safe_div(2 * precision_pos * recall_pos, precision_pos + recall_pos)
+    f1_neg = _safe_div(2 * precision_neg * recall_neg, precision_neg + recall_neg)
+    return {
+        "accuracy": _safe_div(tp + tn, len(y)),
+        "precision_macro": (precision_pos + precision_neg) / 2,
+        "recall_macro": (recall_pos + recall_neg) / 2,
+        "f1_macro": (f1_pos + f1_neg) / 2,
+        "precision": precision_pos,
+        "recall": recall_pos,
+        "f1": f1_pos,
+        "roc_auc": roc_auc(y, p),
+        "pr_auc": average_precision(y, p),
+    }
+
+
+def confusion(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> list[list[int]]:
+    """Rows actual [negative, positive], columns predicted [negative, positive]."""
+    y = np.asarray(y_true).astype(np.int64)
+    pred = (np.asarray(probability) >= threshold).astype(np.int64)
+    matrix = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(matrix, (y, pred), 1)
+    return matrix.tolist()
+
+
+def downsample_curve(
+    fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, points: int = ROC_CURVE_POINTS
+) -> tuple[list[float], list[float], list[float]]:
+    """At most ``points`` points of a ROC curve (the Kubeflow UI draws every point it gets)."""
+    if len(fpr) > points:
+        keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, points).round().astype(int)])
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    finite = np.where(np.isfinite(thresholds), thresholds, 1.0)
+    return fpr.tolist(), tpr.tolist(), finite.tolist()
+
+
+def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan")) -> tuple[EvaluationResult, dict]:
+    """Score the raw test split with the saved pyfunc model; return metrics and the ROC curve.
+
+    Metrics use the model's own decision threshold, so they describe the predictions serving will make.
+    """
+    import json
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from kfops.components.transform import encode_labels, model_input_frame
+
+    model = mlflow.pyfunc.load_model(model_dir)
+    spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json"))
+    threshold = float(json.loads(Path(model_dir, "artifacts", "network.json").read_text()).get("threshold", 0.5))
+    test = pd.read_parquet(test_path)
+    if spec.target not in test.columns:
+        raise KfopsError(f"evaluate: target '{spec.target}' is not a column of {test_path}")
+    y = encode_labels(spec, test[spec.target], source=test_path)
+    scored = model.predict(model_input_frame(spec, test, source=test_path))
+    probability = scored["probability"].to_numpy(dtype=np.float64)
+    metrics = binary_metrics(y, probability, threshold)
+    metrics["val_loss"] = float(val_loss)
+    missing = set(METRIC_NAMES) - set(metrics)
+    if missing:
+        raise AssertionError(f"evaluate produced no {sorted(missing)}")
+    result = EvaluationResult(
+        metrics=metrics,
+        confusion_matrix=confusion(y, probability, threshold),
+        labels=[spec.negative_class, spec.positive_class],
+        threshold=threshold,
+        rows=len(test),
+    )
+    fpr, tpr, thresholds = roc_curve(y, probability)
+    curve = dict(zip(("fpr", "tpr", "thresholds"), downsample_curve(fpr, tpr, thresholds), strict=True))
+    return result, curve

@@ -1,0 +1,40 @@
+"""The one place the suite connects to MLflow: which tracking store, and the experiment runs go into.
+
+Every stage that talks to MLflow (train, evaluate, gate, register, sweep, the TrainJob and Katib steps) and serving
+call ``set_tracking`` first. It refuses to fall back to MLflow's default (``./mlflow.db`` in the working directory),
+which would scatter runs over whatever folder a step happened to start in.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kfops.components import storage
+from kfops.components.contracts import KfopsError
+
+
+def set_tracking(tracking_uri: str = "") -> str:
+    """Point MLflow at the given URI, else at MLFLOW_TRACKING_URI; refuse to fall back to ./mlflow.db."""
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise KfopsError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass mlflow_tracking_uri")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it (under KFOPS_MLFLOW_ARTIFACT_ROOT when set) if needed."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    root = os.environ.get("KFOPS_MLFLOW_ARTIFACT_ROOT")
+    try:
+        return mlflow.create_experiment(name, artifact_location=storage.join(root, name) if root else None)
+    except MlflowException:
+        # Another run created it between our read and write.
+        return mlflow.get_experiment_by_name(name).experiment_id

@@ -1,0 +1,182 @@
+"""The house rules, as tests: who may import whom, and how long a module may grow.
+
+- Stage logic (``components/<stage>/logic.py``) never imports kfp: tests and other code call it directly.
+- A stage imports the shared seams (``components/*.py``: contracts, storage, kube, tracking, registry,
+  model_store, transform, datasets, scoring, workspace) and never another stage or serving.
+- Serving never imports pipelines or stages.
+- Nothing imports the CLI (``kfops.cli``) but the CLI itself and ``python -m kfops``.
+- No module outside tests is over ``MAX_LINES`` lines.
+
+``KNOWN`` lists what is still in the way, each with why; the tests fail on anything new, and on an entry that no
+longer applies (so the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ROOTS = {"components": "kfops.components", "pipelines": "kfops.pipelines", "serving": "kfops.serving", "kfops": "kfops"}
+MAX_LINES = 600
+
+# (importing module, imported module): why it is still there
+_ISVC = (
+    "rollout drives the InferenceService deploy made, through deploy's traffic functions (split, patches, wait); "
+    "they become an InferenceService seam when deploy/isvc.py is split"
+)
+KNOWN_IMPORTS = {
+    ("kfops.components.train.component", "kfops.components.sweep.optuna_backend"): (
+        "a sweep trial's training reports each epoch to its Optuna study (EpochReporter); the study code belongs "
+        "in a seam once the sweep spec moves to the contracts"
+    ),
+    ("kfops.components.rollout.logic", "kfops.components.deploy"): _ISVC,
+    ("kfops.components.rollout.logic", "kfops.components.deploy.traffic"): _ISVC,
+    ("kfops.serving.app", "kfops.components.outcomes.logic"): (
+        "POST /v1/outcomes writes with the outcomes stage's writer: one record-writer seam (payload log, outcomes, "
+        "batch predictions) is still to build"
+    ),
+    ("kfops.serving.feature_lookup", "kfops.components.features.logic"): (
+        "online lookup reads the Feast store through the feature stage's functions: a feature-store seam is still "
+        "to separate from the stage"
+    ),
+    ("kfops.serving.feature_lookup", "kfops.components.features.repo.definitions"): (
+        "the bundled feature service's name, with the line above"
+    ),
+}
+# module: why it is still over MAX_LINES
+KNOWN_LONG = {
+    "kfops.serving.router": "the router (config, HTTP, upstream calls, shadow, metrics): to split along those",
+    "kfops.components.batch_predict.logic": "planning, byte-range sharding, prefetch, writers, scoring",
+    "kfops.components.monitor.drift": "per-test statistics, binning, the streaming pass, the decision",
+    "kfops.components.rollout.analysis": "PromQL parsing, quantiles, two metric sources, judging, Markdown",
+    "kfops.components.deploy.isvc": "the InferenceService builder and its validation",
+    "kfops.components.ab_analysis.logic": "reading, joining, the two tests, the report",
+    "kfops.pipelines.submit": "KFP client, uploads, runs, schedules",
+    "kfops.components.features.logic": "Feast store, definitions, materialisation, training sets, online lookup",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    root, rest = ROOTS[parts[0]], parts[1:]
+    if rest and rest[-1] == "__init__":
+        rest = rest[:-1]
+    return ".".join([root, *rest])
+
+
+def sources() -> list[Path]:
+    return sorted(p for root in ROOTS for p in (REPO_ROOT / root).rglob("*.py"))
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            # `from kfops.components import registry` imports a module by its name
+            found |= {f"{node.module}.{a.name}" for a in node.names if is_module(f"{node.module}.{a.name}")}
+    return found
+
+
+def is_module(name: str) -> bool:
+    parts = name.split(".")
+    if parts[0] != "kfops" or len(parts) < 2:
+        return False
+    folder = {"components": "components", "pipelines": "pipelines", "serving": "serving"}.get(parts[1])
+    base = REPO_ROOT / folder / Path(*parts[2:]) if folder else REPO_ROOT / "kfops" / Path(*parts[1:])
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def stage_of(module: str) -> str | None:
+    """``kfops.components.<stage>.x`` -> stage; shared seams (``kfops.components.x``) have none."""
+    parts = module.split(".")
+    if parts[:2] == ["kfops", "components"] and len(parts) >= 4:
+        return parts[2]
+    return None
+
+
+def is_stage_package(module: str) -> bool:
+    return module.startswith("kfops.components.") and (REPO_ROOT / "components" / module.split(".")[2]).is_dir()
+
+
+def broken_rules(module: str, imported: str) -> list[str]:
+    rules = []
+    stage = stage_of(module)
+    if module.endswith(".logic") and stage and imported.split(".")[0] == "kfp":
+        rules.append("logic imports kfp")
+    if stage and imported.startswith("kfops.serving"):
+        rules.append("a stage imports serving")
+    if stage and is_stage_package(imported) and imported.split(".")[2] != stage:
+        rules.append("a stage imports another stage")
+    if module.startswith("kfops.serving") and (imported.startswith("kfops.pipelines") or is_stage_package(imported)):
+        rules.append("serving imports pipelines or a stage")
+    if (
+        (imported == "kfops.cli" or imported.startswith("kfops.cli."))
+        and not module.startswith("kfops.cli")
+        and module != "kfops.__main__"
+    ):
+        rules.append("imports the CLI")
+    return rules
+
+
+def violations() -> dict[tuple[str, str], list[str]]:
+    found = {}
+    for path in sources():
+        module = module_name(path)
+        for imported in sorted(imports(path)):
+            rules = broken_rules(module, imported)
+            if rules:
+                found[(module, imported)] = rules
+    return found
+
+
+def test_import_rules_hold():
+    found = violations()
+    new = {pair: rules for pair, rules in found.items() if pair not in KNOWN_IMPORTS}
+    assert new == {}, "imports that break the house rules:\n" + "\n".join(
+        f"  {a} imports {b}: {', '.join(r)}" for (a, b), r in sorted(new.items())
+    )
+    gone = sorted(set(KNOWN_IMPORTS) - set(found))
+    assert gone == [], f"no longer imported, take out of KNOWN_IMPORTS: {gone}"
+
+
+@pytest.mark.parametrize(
+    ("module", "imported", "rule"),
+    [
+        ("kfops.components.gate.logic", "kfops.components.evaluate.logic", "a stage imports another stage"),
+        ("kfops.components.monitor.logic", "kfops.serving.metrics", "a stage imports serving"),
+        ("kfops.components.train.logic", "kfp.dsl", "logic imports kfp"),
+        ("kfops.serving.cli", "kfops.pipelines.local", "serving imports pipelines or a stage"),
+        ("kfops.components.contracts", "kfops.cli.console", "imports the CLI"),
+    ],
+)
+def test_each_rule_catches_its_breach(module, imported, rule):
+    assert rule in broken_rules(module, imported)
+
+
+@pytest.mark.parametrize(
+    ("module", "imported"),
+    [
+        ("kfops.components.gate.logic", "kfops.components.scoring"),
+        ("kfops.components.gate.component", "kfops.components.gate.logic"),
+        ("kfops.serving.predictor", "kfops.components.model_store"),
+        ("kfops.cli.run", "kfops.pipelines.local"),
+        ("kfops.components.train.component", "kfp"),
+    ],
+)
+def test_what_the_rules_allow(module, imported):
+    assert broken_rules(module, imported) == []
+
+
+def test_no_module_is_over_the_size_limit():
+    lengths = {module_name(p): len(p.read_text().splitlines()) for p in sources()}
+    long = {m: n for m, n in lengths.items() if n > MAX_LINES}
+    new = sorted(f"{m} ({n} lines)" for m, n in long.items() if m not in KNOWN_LONG)
+    assert new == [], f"modules over {MAX_LINES} lines (split them along their jobs): {new}"
+    shrunk = sorted(set(KNOWN_LONG) - set(long))
+    assert shrunk == [], f"now within {MAX_LINES} lines, take out of KNOWN_LONG: {shrunk}"
