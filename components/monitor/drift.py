@@ -45,6 +45,7 @@ at p <= 0.05, chi-square and Z at p < 0.05), 0.1 (distances, drift at >=).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,21 +173,40 @@ def _fill_zeroes(percents: np.ndarray) -> np.ndarray:
 
 def ks_pvalue(d: float, n1: int, n2: int) -> float:
     """The two-sided p-value scipy's ks_2samp(method="auto") gives for statistic ``d`` and sample sizes n1, n2:
-    exact when both are at most 10,000 (falling back to asymptotic as scipy does), else Smirnov's asymptotic."""
-    from scipy.stats import distributions
+    exact when both are at most 10,000 (falling back to asymptotic as scipy does), else Smirnov's asymptotic.
+
+    The exact value depends on ``d``, n1 and n2 alone, and scipy computes it only through ks_2samp: two samples of
+    those sizes whose statistic is ``d`` (on the lattice scipy rounds it to, multiples of 1/lcm(n1, n2)) give it.
+    """
+    from scipy.stats import distributions, ks_2samp
 
     if max(n1, n2) <= KS_EXACT_MAX_N:
-        try:
-            from scipy.stats._stats_py import _attempt_exact_2kssamp
-        except ImportError:  # a scipy without the helper: asymptotic only
-            _attempt_exact_2kssamp = None
-        if _attempt_exact_2kssamp is not None:
-            with np.errstate(all="ignore"):
-                success, _, prob = _attempt_exact_2kssamp(n1, n2, math.gcd(n1, n2), d, "two-sided")
-            if success:
-                return float(np.clip(prob, 0.0, 1.0))
+        samples = _samples_with_statistic(d, n1, n2)
+        if samples is not None:
+            # where the exact count overflows scipy falls back to the asymptotic value with a warning: expected
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return float(np.clip(ks_2samp(*samples, method="auto").pvalue, 0.0, 1.0))
     m, n = sorted([float(n1), float(n2)], reverse=True)
     return float(np.clip(distributions.kstwo.sf(d, np.round(m * n / (m + n))), 0.0, 1.0))
+
+
+def _samples_with_statistic(d: float, n1: int, n2: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Samples of sizes n1 and n2 whose KS statistic is ``d`` rounded to the nearest multiple of 1/lcm(n1, n2): i
+    zeros among n1 and j among n2 with i/n1 - j/n2 = h/lcm, the rest ones in both."""
+    g = math.gcd(n1, n2)
+    a, b = n1 // g, n2 // g  # i/n1 - j/n2 = (i*b - j*a) / lcm
+    h = round(min(max(d, 0.0), 1.0) * a * n2)
+    i = np.arange(n1 + 1, dtype=np.int64)
+    num = i * b - h
+    fits = (num >= 0) & (num % a == 0) & (num // a <= n2)
+    if not fits.any():
+        return None
+    zeros_1 = int(i[fits][0])
+    zeros_2 = int(num[fits][0] // a)
+    x = np.concatenate([np.zeros(zeros_1), np.ones(n1 - zeros_1)])
+    y = np.concatenate([np.zeros(zeros_2), np.ones(n2 - zeros_2)])
+    return x, y
 
 
 def is_drift(test: str, score: float, threshold: float) -> bool:

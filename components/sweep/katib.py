@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.kube import CustomResource, KubeClient, KubeError, WaitTimeout, wait_for
+from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for
 from kfops.components.sweep.spec import INT_FIELDS, LIST_FIELDS, ParameterSpace, SweepSpec, katib_bounds
 
 API_VERSION = "kubeflow.org/v1beta1"
@@ -366,17 +366,14 @@ def wait(
             f"({succeeded} of {spec.trials} trials succeeded); it keeps running"
         )
 
-    try:
-        return wait_for(
-            api,
-            namespace,
-            name,
-            done,
-            waiting_for="the sweep's trials",
-            timeout_s=timeout_s,
-            poll_s=poll_s,
-            timeout_message=timeout_message,
-            on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
-        )
-    except WaitTimeout as err:
-        raise KfopsError(str(err)) from None
+    return wait_for(
+        api,
+        namespace,
+        name,
+        done,
+        waiting_for="the sweep's trials",
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        timeout_message=timeout_message,
+        on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+    )

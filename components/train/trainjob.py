@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.kube import CustomResource, KubeClient, KubeError, WaitTimeout, wait_for
+from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 TRAINJOBS = CustomResource(
@@ -250,21 +250,18 @@ def submit_and_wait(
         state = "suspended (waiting for quota?)" if suspended else "running"
         return f"TrainJob {namespace}/{name} did not complete within {timeout_s:.0f} s; it is {state} and keeps running"
 
-    try:
-        return wait_for(
-            api,
-            namespace,
-            name,
-            done,
-            waiting_for="it to complete",
-            timeout_s=timeout_s,
-            poll_s=poll_s,
-            timeout_message=timeout_message,
-            on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
-            started=started,
-        )
-    except WaitTimeout as err:
-        raise KfopsError(str(err)) from None
+    return wait_for(
+        api,
+        namespace,
+        name,
+        done,
+        waiting_for="it to complete",
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        timeout_message=timeout_message,
+        on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+        started=started,
+    )
 
 
 def find_run(name: str, experiment: str, tracking_uri: str = ""):

@@ -644,3 +644,15 @@ def test_a_registered_models_training_data_is_the_reference(
     # Without the snapshot in the store, the run's data URI is the fallback; here it is gone: a clear error.
     with pytest.raises(KfopsError, match=r"training data of model fraud-monitor .* is not available"):
         monitor(current, tmp_path / "o2", model="fraud-monitor@champion", artifact_store=str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(5, 7), (100, 100), (1000, 999), (3000, 7000), (50, 10_000), (1, 1)])
+def test_ks_pvalue_from_the_statistic_alone_is_scipys_on_samples(n1, n2):
+    # ks_pvalue sees only (D, n1, n2); scipy's ks_2samp on real samples of those sizes is the reference
+    from kfops.components.monitor.drift import ks_pvalue
+
+    rng = np.random.default_rng(n1 + n2)
+    for shift in (0.0, 0.2, 1.0):
+        x, y = rng.normal(size=n1), rng.normal(shift, size=n2)
+        expected = stats.ks_2samp(x, y, method="auto")
+        assert ks_pvalue(float(expected.statistic), n1, n2) == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
