@@ -15,7 +15,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from kfops.components.batch_predict.component import plan_batch, score_batch_shard, summarize_batch
-from kfops.components.batch_predict.logic import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
+from kfops.components.batch_predict.records import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
 
 PIPELINE_NAME = "kfops-batch-prediction"

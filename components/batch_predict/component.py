@@ -22,7 +22,7 @@ def plan_batch(
     """Resolve ``model`` to one version, check the input's columns, cut it into shards (``shards`` > 0: that
     many, else one per ``shard_rows`` rows) and write ``<output_uri>/_plan.json``. The output, the shard specs, is
     what ParallelFor iterates over; each carries the pinned model and the output options."""
-    from kfops.components.batch_predict.logic import plan_batch as make_plan
+    from kfops.components.batch_predict.plan import plan_batch as make_plan
 
     plan = make_plan(
         input_uri,
@@ -65,8 +65,8 @@ def summarize_batch(
     from collections import namedtuple
 
     from kfops.components import storage
-    from kfops.components.batch_predict.logic import MANIFEST_FILE
     from kfops.components.batch_predict.logic import summarize_batch as summarize
+    from kfops.components.batch_predict.records import MANIFEST_FILE
 
     result = summarize(output_uri, expected_shards=len(shard_rows))
     with open(manifest.path, "w", encoding="utf-8") as fh:

@@ -93,7 +93,8 @@ def _predict_direct(args, options: dict, console) -> dict:
     )
 
     from kfops.components import storage
-    from kfops.components.batch_predict.logic import MANIFEST_FILE, predict_batch
+    from kfops.components.batch_predict.logic import predict_batch
+    from kfops.components.batch_predict.records import MANIFEST_FILE
 
     progress = Progress(
         TextColumn("  {task.description}"),

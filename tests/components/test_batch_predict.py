@@ -14,19 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from kfops.components import storage
-from kfops.components.batch_predict.logic import (
-    MANIFEST_FILE,
-    PLAN_FILE,
-    BatchPlan,
-    Shard,
-    _chunks,
-    plan_batch,
-    plan_shards,
-    predict_batch,
-    scan_inputs,
-    score_planned_shard,
-    summarize_batch,
-)
+from kfops.components.batch_predict.logic import predict_batch, score_planned_shard, summarize_batch
+from kfops.components.batch_predict.plan import plan_batch, plan_shards, scan_inputs
+from kfops.components.batch_predict.reading import _chunks
+from kfops.components.batch_predict.records import MANIFEST_FILE, PLAN_FILE, BatchPlan, Shard
 from kfops.components.contracts import KfopsError
 from tests.components.champion import Champion, register_champion
 
