@@ -27,12 +27,8 @@ import pandas as pd
 from kfops.components import storage
 from kfops.components.contracts import FeatureSpec, KfopsError
 from kfops.components.monitor import alerts
-from kfops.components.monitor.drift import (
-    PREDICTION_COLUMNS,
-    DriftOptions,
-    WindowAccumulator,
-    profile_reference,
-)
+from kfops.components.monitor.columns import PREDICTION_COLUMNS, DriftOptions
+from kfops.components.monitor.profiles import WindowAccumulator, profile_reference
 from kfops.components.monitor.report import (
     DriftResult,
     StratifiedSample,

@@ -16,7 +16,7 @@ EXIT_DRIFT = 1
 
 def cmd_monitor(args) -> int:
     from kfops.components.contracts import KfopsError
-    from kfops.components.monitor.drift import DriftOptions
+    from kfops.components.monitor.columns import DriftOptions
     from kfops.components.monitor.logic import monitor
 
     if not args.reference and not args.model:

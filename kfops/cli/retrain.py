@@ -19,7 +19,7 @@ def cmd_retrain(args) -> int:
     from kfops.cli.console import EXIT_USER_ERROR, make_console
     from kfops.cli.run import cmd_run
     from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
-    from kfops.components.monitor.drift import DriftOptions
+    from kfops.components.monitor.columns import DriftOptions
     from kfops.components.monitor.logic import monitor
     from kfops.components.workspace import workspace
     from kfops.pipelines.training import DEFAULT_MODEL_NAME

@@ -23,7 +23,8 @@ from scipy import stats
 
 from kfops.components.contracts import KfopsError
 from kfops.components.monitor import sources
-from kfops.components.monitor.drift import DriftOptions, compute_drift
+from kfops.components.monitor.columns import DriftOptions
+from kfops.components.monitor.drift import compute_drift
 from kfops.components.monitor.logic import monitor
 from kfops.components.monitor.report import DriftResult, to_markdown
 from tests.conftest import free_port
@@ -515,7 +516,7 @@ def test_unreachable_pushgateway_and_webhook_are_warnings_and_the_result_is_stil
 def test_the_cli(tmp_path, capsys):
     from kfops.cli import main
     from kfops.cli import monitor as cli_monitor
-    from kfops.components.monitor.drift import TESTS
+    from kfops.components.monitor.columns import TESTS
 
     assert cli_monitor.TESTS == TESTS
 
@@ -649,7 +650,7 @@ def test_a_registered_models_training_data_is_the_reference(
 @pytest.mark.parametrize(("n1", "n2"), [(5, 7), (100, 100), (1000, 999), (3000, 7000), (50, 10_000), (1, 1)])
 def test_ks_pvalue_from_the_statistic_alone_is_scipys_on_samples(n1, n2):
     # ks_pvalue sees only (D, n1, n2); scipy's ks_2samp on real samples of those sizes is the reference
-    from kfops.components.monitor.drift import ks_pvalue
+    from kfops.components.monitor.column_tests import ks_pvalue
 
     rng = np.random.default_rng(n1 + n2)
     for shift in (0.0, 0.2, 1.0):
