@@ -49,7 +49,6 @@ KNOWN_IMPORTS = {
 # module: why it is still over MAX_LINES
 KNOWN_LONG = {
     "kfops.serving.router": "the router (config, HTTP, upstream calls, shadow, metrics): to split along those",
-    "kfops.components.rollout.analysis": "PromQL parsing, quantiles, two metric sources, judging, Markdown",
     "kfops.components.deploy.isvc": "the InferenceService builder and its validation",
     "kfops.components.ab_analysis.logic": "reading, joining, the two tests, the report",
     "kfops.pipelines.submit": "KFP client, uploads, runs, schedules",

@@ -48,16 +48,13 @@ from kfops.components.rollout.analysis import (
     EXTEND,
     ROLLBACK,
     CanaryThresholds,
-    MetricSource,
-    PrometheusSource,
-    ScrapeSource,
     StepAnalysis,
     analyses_markdown,
     analysis_metrics,
     analyze_step,
     next_action,
-    variant_selector,
 )
+from kfops.components.rollout.metric_sources import MetricSource, PrometheusSource, ScrapeSource, variant_selector
 
 log = logging.getLogger(__name__)
 
