@@ -225,7 +225,7 @@ class _Connection(asyncio.Protocol):
 
 
 def _failed(router):
-    from kfops.serving.router import _json
+    from kfops.serving.router_types import _json
 
     return _json(500, {"error": "the router failed on this request (see its log)"})
 

@@ -136,7 +136,7 @@ def _setup_logging(level_name: str, command: str) -> None:
 def router_config(args, stable_url: str, challenger_url: str, name: str):
     """A RouterConfig from the parsed flags (raises KfopsError naming a bad one)."""
     from kfops.components.contracts import KfopsError
-    from kfops.serving.router import RouterConfig
+    from kfops.serving.router_types import RouterConfig
 
     if args.max_body_mb <= 0:
         raise KfopsError(f"router: --max-body-mb must be positive, got {args.max_body_mb}")

@@ -48,7 +48,6 @@ KNOWN_IMPORTS = {
 }
 # module: why it is still over MAX_LINES
 KNOWN_LONG = {
-    "kfops.serving.router": "the router (config, HTTP, upstream calls, shadow, metrics): to split along those",
     "kfops.components.deploy.isvc": "the InferenceService builder and its validation",
     "kfops.components.ab_analysis.logic": "reading, joining, the two tests, the report",
     "kfops.pipelines.submit": "KFP client, uploads, runs, schedules",

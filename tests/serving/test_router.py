@@ -29,15 +29,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kfops.cli import main as kfops_main
-from kfops.serving.router import (
-    CHALLENGER,
-    STABLE,
-    Router,
-    RouterConfig,
-    assign,
-    bucket,
-)
+from kfops.serving.router import Router
 from kfops.serving.router_cli import route_main
+from kfops.serving.router_types import CHALLENGER, STABLE, RouterConfig, assign, bucket
 from tests.conftest import train_prepared
 
 from .helpers import v1_objects, v2_inputs
