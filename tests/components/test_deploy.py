@@ -24,12 +24,10 @@ from kfops.components.deploy.isvc import (
     LABEL_VERSION,
     DeploySpec,
     build_inferenceservice,
-    percent_write,
-    plan_deploy,
-    promote_write,
     serving_state,
 )
 from kfops.components.deploy.logic import deploy
+from kfops.components.deploy.patches import percent_write, plan_deploy, promote_write
 from kfops.components.deploy.traffic import ReadyTimeout
 from kfops.components.kube import KubeError, connect
 from tests.components.fake_kube import (
