@@ -291,7 +291,7 @@ class FeatureLookup:
 
     def _read(self, ids: list) -> tuple[list, float]:
         """Runs in the worker thread: the store's rows for ``ids`` and the seconds the read took."""
-        from kfops.components.features.logic import read_online
+        from kfops.components.features.online import read_online
 
         started = time.perf_counter()
         rows = read_online(self._store, self.layout, ids)
@@ -376,7 +376,7 @@ class FeatureLookup:
         not a V1 body of object instances is returned as it is, for the validator to judge."""
         from kserve.errors import InferenceError, InvalidInput
 
-        from kfops.components.features.logic import apply_ttls
+        from kfops.components.features.online import apply_ttls
 
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             return body

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from kfops.cli import main
-from kfops.pipelines.submit import TOKEN_ENV, read_package, resolve_pipeline
+from kfops.pipelines.submit import TOKEN_ENV
+from kfops.pipelines.submit_inputs import read_package, resolve_pipeline
 from tests.conftest import free_port
 from tests.kfp_api import FakeKfp, KfpServer
 

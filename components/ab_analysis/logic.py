@@ -35,7 +35,6 @@ counted. Bad input is a ``KfopsError`` naming the file, the column and the value
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -46,7 +45,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components.ab_analysis.reading import load_outcomes
+from kfops.components.ab_analysis.statistics import (
+    mde_continuous,
+    mde_conversion,
+    required_n_continuous,
+    required_n_conversion,
+    two_proportion_test,
+    welch_test,
+)
 from kfops.components.contracts import KfopsError
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,6 @@ CONVERSION = "conversion"
 CONTINUOUS = "continuous"
 AUTO = "auto"
 METRIC_KINDS = (CONVERSION, CONTINUOUS, AUTO)
-FORMATS = ("auto", "csv", "parquet", "jsonl")
 
 BETTER = "challenger better"
 WORSE = "challenger worse"
@@ -66,223 +72,6 @@ VERDICTS = (BETTER, WORSE, NO_DIFFERENCE, INSUFFICIENT)
 DEFAULT_CONTROL = "stable"
 DEFAULT_TREATMENT = "challenger"
 MIN_EXPECTED_COUNT = 5  # successes and failures per variant at the pooled rate, for the normal approximation
-_SUFFIXES = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
-_SUFFIXES |= {".ndjson": "jsonl", ".json": "jsonl"}
-
-
-# ---------------------------------------------------------------------------------------------------- reading
-def _format_of(name: str, raw: bytes, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    lowered = name.lower()
-    for suffix, kind in _SUFFIXES.items():
-        if lowered.endswith(suffix) and (suffix != ".gz" or lowered.endswith(".csv.gz")):
-            return kind
-    # A KFP artifact path often has no suffix: look at the bytes.
-    if raw[:4] == b"PAR1":
-        return "parquet"
-    if raw.lstrip()[:1] == b"{":
-        return "jsonl"
-    return "csv"
-
-
-def _read_one(uri: str, fmt: str = "auto") -> pd.DataFrame:
-    if fmt not in FORMATS:
-        raise KfopsError(f"unknown outcomes format {fmt!r}; use one of {', '.join(FORMATS)}")
-    try:
-        raw = storage.read_bytes(uri)
-    except FileNotFoundError as err:
-        raise KfopsError(f"outcomes file {uri} does not exist") from err
-    kind = _format_of(uri, raw, fmt)
-    if not raw.strip():
-        return pd.DataFrame()
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(io.BytesIO(raw))
-        elif kind == "jsonl":
-            frame = pd.read_json(io.BytesIO(raw), lines=True, dtype=False)
-        else:
-            compression = "gzip" if uri.lower().endswith(".gz") else None
-            frame = pd.read_csv(io.BytesIO(raw), compression=compression, low_memory=False)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except Exception as err:
-        raise KfopsError(f"cannot read {kind} file {uri}: {err}") from err
-    frame.columns = [str(c) for c in frame.columns]
-    return frame
-
-
-def _data_files(uri: str) -> list[str]:
-    """The data files under a folder or s3:// prefix (hidden and temporary files skipped), sorted. Under a
-    payload-log sink, the ground truth posted beside it (``<sink>/outcomes/``) is no variant data: left out."""
-    inside_outcomes = "outcomes" in uri.rstrip("/").split("/")
-    return [
-        path
-        for path, _ in storage.list_files(uri)
-        if any(path.lower().endswith(s) for s in _SUFFIXES)
-        and (inside_outcomes or "outcomes" not in path.split("/")[:-1])
-    ]
-
-
-def _is_single_file(uri: str) -> bool:
-    if storage.is_s3(uri):
-        return any(uri.lower().endswith(s) for s in _SUFFIXES)
-    return Path(uri).is_file()
-
-
-def read_outcomes_table(uri: str, fmt: str = "auto") -> pd.DataFrame:
-    """One table from a CSV/Parquet/JSONL file, or all such files under a folder or s3:// prefix."""
-    if not isinstance(uri, str) or not uri.strip():
-        raise KfopsError("no outcomes data given: pass a file, a folder or an s3:// URI")
-    if not storage.is_s3(uri) and not Path(uri).exists():
-        raise KfopsError(f"outcomes data {uri} does not exist")
-    if _is_single_file(uri):
-        frame = _read_one(uri, fmt)
-    else:
-        files = _data_files(uri)
-        if not files:
-            raise KfopsError(f"no .csv, .parquet or .jsonl files under {uri}")
-        frames = [f for f in (_read_one(path, fmt) for path in files) if not f.empty]
-        frame = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
-    if frame.empty:
-        raise KfopsError(f"outcomes data {uri} has no rows")
-    return frame
-
-
-def load_outcomes(
-    uri: str, outcomes_uri: str = "", join_on: str = "request_id", fmt: str = "auto"
-) -> tuple[pd.DataFrame, str, int]:
-    """The table to analyse, a description of where it came from, and how many logged rows found no outcome.
-
-    With ``outcomes_uri`` the logged rows (e.g. the payload log) are joined with the outcomes table on
-    ``join_on`` (compared as text). Each key may appear once in the outcomes table; a logged request may have
-    several rows (a batch request), each gets its request's outcome. A column in both tables comes from the
-    outcomes table.
-    """
-    logged = read_outcomes_table(uri, fmt)
-    if not outcomes_uri:
-        return logged, uri, 0
-    outcomes = read_outcomes_table(outcomes_uri, fmt)
-    for name, frame, where in (("logged data", logged, uri), ("outcomes table", outcomes, outcomes_uri)):
-        if join_on not in frame.columns:
-            raise KfopsError(
-                f"{name} {where} has no join column '{join_on}'; its columns: {', '.join(map(str, frame.columns))}"
-            )
-    keys = outcomes[join_on].astype("string")
-    if keys.isna().any():
-        raise KfopsError(f"outcomes table {outcomes_uri}: {int(keys.isna().sum())} rows have an empty '{join_on}'")
-    duplicated = keys[keys.duplicated()].unique().tolist()
-    if duplicated:
-        shown = ", ".join(repr(k) for k in duplicated[:5])
-        raise KfopsError(
-            f"outcomes table {outcomes_uri}: '{join_on}' must be unique, but {len(duplicated)} value(s) repeat: {shown}"
-        )
-    right = outcomes.assign(**{join_on: keys})
-    left = logged.drop(columns=[c for c in logged.columns if c in right.columns and c != join_on])
-    left = left.assign(**{join_on: left[join_on].astype("string")})
-    joined = left.merge(right, on=join_on, how="left", indicator="_kfops_join")
-    unmatched = int((joined["_kfops_join"] == "left_only").sum())
-    joined = joined[joined["_kfops_join"] == "both"].drop(columns="_kfops_join").reset_index(drop=True)
-    if joined.empty:
-        raise KfopsError(
-            f"no row of {uri} has an outcome in {outcomes_uri} (joined on '{join_on}'): "
-            f"{len(logged)} logged rows, {len(outcomes)} outcomes"
-        )
-    return joined, f"{uri} joined with {outcomes_uri} on {join_on}", unmatched
-
-
-# ------------------------------------------------------------------------------------------------- statistics
-@dataclass
-class TestResult:
-    """A two-sided test of treatment minus control."""
-
-    test: str
-    difference: float
-    statistic: float
-    p_value: float
-    ci_low: float
-    ci_high: float
-    df: float | None  # degrees of freedom (Welch); None for the z-test
-    effect_size: float
-    effect_size_name: str
-
-
-def _z(p: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.ppf(p))
-
-
-def welch_test(control: np.ndarray, treatment: np.ndarray, alpha: float = 0.05) -> TestResult:
-    """Welch's t-test of ``mean(treatment) - mean(control)`` (each needs 2+ values, not both constant)."""
-    from scipy import stats
-
-    a, b = np.asarray(control, dtype=float), np.asarray(treatment, dtype=float)
-    n1, n2 = len(a), len(b)
-    m1, m2 = float(a.mean()), float(b.mean())
-    v1, v2 = float(a.var(ddof=1)), float(b.var(ddof=1))
-    se1, se2 = v1 / n1, v2 / n2
-    se = math.sqrt(se1 + se2)
-    diff = m2 - m1
-    df = (se1 + se2) ** 2 / (se1**2 / (n1 - 1) + se2**2 / (n2 - 1))
-    t = diff / se
-    p = float(2 * stats.t.sf(abs(t), df))
-    margin = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    pooled = math.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
-    d = diff / pooled if pooled > 0 else math.copysign(math.inf, diff) if diff else 0.0
-    return TestResult("Welch's t-test", diff, t, p, diff - margin, diff + margin, df, d, "Cohen's d")
-
-
-def cohens_h(p_control: float, p_treatment: float) -> float:
-    return 2 * math.asin(math.sqrt(p_treatment)) - 2 * math.asin(math.sqrt(p_control))
-
-
-def two_proportion_test(
-    successes_control: int, n_control: int, successes_treatment: int, n_treatment: int, alpha: float = 0.05
-) -> TestResult:
-    """Two-proportion z-test of ``rate(treatment) - rate(control)``: pooled standard error for the statistic,
-    unpooled (Wald) for the confidence interval."""
-    from scipy import stats
-
-    x1, n1, x2, n2 = successes_control, n_control, successes_treatment, n_treatment
-    p1, p2 = x1 / n1, x2 / n2
-    pooled = (x1 + x2) / (n1 + n2)
-    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    diff = p2 - p1
-    z = diff / se_pooled
-    p = float(2 * stats.norm.sf(abs(z)))
-    margin = _z(1 - alpha / 2) * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return TestResult(
-        "two-proportion z-test", diff, z, p, diff - margin, diff + margin, None, cohens_h(p1, p2), "Cohen's h"
-    )
-
-
-def required_n_continuous(effect: float, sd_control: float, sd_treatment: float, alpha: float, power: float) -> float:
-    """Sample per variant (equal allocation) for a two-sided test to detect a mean difference ``effect``."""
-    if effect == 0:
-        return math.inf
-    return (_z(1 - alpha / 2) + _z(power)) ** 2 * (sd_control**2 + sd_treatment**2) / effect**2
-
-
-def required_n_conversion(p_control: float, effect: float, alpha: float, power: float) -> float:
-    """Sample per variant to detect a rate change ``effect`` from ``p_control`` (Cohen's h, equal allocation)."""
-    target = p_control + effect
-    if effect == 0 or not 0.0 <= target <= 1.0:
-        return math.inf if effect == 0 else math.nan
-    h = cohens_h(p_control, target)
-    return 2 * ((_z(1 - alpha / 2) + _z(power)) / h) ** 2
-
-
-def mde_continuous(n1: int, n2: int, sd_control: float, sd_treatment: float, alpha: float, power: float) -> float:
-    """The smallest mean difference a two-sided test detects with ``power`` at these sample sizes."""
-    return (_z(1 - alpha / 2) + _z(power)) * math.sqrt(sd_control**2 / n1 + sd_treatment**2 / n2)
-
-
-def mde_conversion(n1: int, n2: int, p_control: float, alpha: float, power: float) -> float:
-    """The smallest rate increase from ``p_control`` detectable with ``power`` (via Cohen's h)."""
-    h = (_z(1 - alpha / 2) + _z(power)) * math.sqrt(1 / n1 + 1 / n2)
-    angle = min(math.asin(math.sqrt(p_control)) + h / 2, math.pi / 2)
-    return math.sin(angle) ** 2 - p_control
 
 
 # ---------------------------------------------------------------------------------------------------- analysis

@@ -158,7 +158,8 @@ def cmd_training_set(args) -> int:
 # ------------------------------------------------------------------------------------------------ online
 def cmd_online(args) -> int:
     from kfops.cli.console import make_console
-    from kfops.components.features.logic import online_features, open_store
+    from kfops.components.features.logic import open_store
+    from kfops.components.features.online import online_features
 
     store = open_store(_repo(args))
     frame, fallbacks = online_features(store, args.service, args.entity, now=args.at)

@@ -63,7 +63,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _session(args):
-    from kfops.pipelines.submit import KfpSession, read_token
+    from kfops.pipelines.submit import KfpSession
+    from kfops.pipelines.submit_inputs import read_token
 
     token = read_token(args.token_file, os.environ)
     return KfpSession(
@@ -77,7 +78,7 @@ def _session(args):
 
 
 def _package(args):
-    from kfops.pipelines.submit import parse_arguments, read_package, resolve_pipeline
+    from kfops.pipelines.submit_inputs import parse_arguments, read_package, resolve_pipeline
 
     package = read_package(resolve_pipeline(args.pipeline))
     arguments = parse_arguments(package, getattr(args, "param", None), getattr(args, "params_file", None))
@@ -129,7 +130,7 @@ def cmd_upload(args) -> int:
 
 
 def cmd_schedule(args) -> int:
-    from kfops.pipelines.submit import check_cron, parse_interval
+    from kfops.pipelines.submit_inputs import check_cron, parse_interval
 
     cron = check_cron(args.cron) if args.cron else None
     interval = parse_interval(args.every) if args.every else None

@@ -23,12 +23,14 @@ from kfops.components.ab_analysis.logic import (
     ABResult,
     ab_markdown,
     analyze_ab,
-    load_outcomes,
+    run_ab_analysis,
+)
+from kfops.components.ab_analysis.reading import load_outcomes
+from kfops.components.ab_analysis.statistics import (
     mde_continuous,
     mde_conversion,
     required_n_continuous,
     required_n_conversion,
-    run_ab_analysis,
     two_proportion_test,
     welch_test,
 )
@@ -309,9 +311,9 @@ def test_cli_ab_analyze(outcome_file, tmp_path, capsys):
 
 def test_cli_constants_match_the_logic():
     from kfops.cli import ab as cli_ab
-    from kfops.components.ab_analysis import logic
+    from kfops.components.ab_analysis import logic, reading
 
-    assert cli_ab.METRIC_KINDS == logic.METRIC_KINDS and cli_ab.FORMATS == logic.FORMATS
+    assert cli_ab.METRIC_KINDS == logic.METRIC_KINDS and cli_ab.FORMATS == reading.FORMATS
     assert (cli_ab.DEFAULT_CONTROL, cli_ab.DEFAULT_TREATMENT) == (logic.DEFAULT_CONTROL, logic.DEFAULT_TREATMENT)
 
 

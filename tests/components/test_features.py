@@ -19,7 +19,7 @@ import pytest
 from kfp import dsl
 
 from kfops.components.contracts import KfopsError
-from kfops.components.features import logic
+from kfops.components.features import logic, online
 from kfops.components.features.repo import definitions
 from kfops.components.features.repo.definitions import ACTIVITY_VIEW, FRAUD_SERVICE, PROFILE_VIEW
 from tests.conftest import free_port
@@ -243,13 +243,13 @@ def test_materialize_window_then_incremental(tmp_path):
     )
     assert {v.name: v.lag_seconds for v in first.views} == {ACTIVITY_VIEW: 7200.0, PROFILE_VIEW: 7200.0}
     at = T0 + timedelta(days=3)
-    frame, _ = logic.online_features(store, FRAUD_SERVICE, [1, 2], now=at)
+    frame, _ = online.online_features(store, FRAUD_SERVICE, [1, 2], now=at)
     assert frame["avg_amount_30d"].tolist()[0] == 10.0 and frame["known"].tolist() == [True, False]
     # Incremental: from where the window ended, so the later values arrive.
     second = logic.materialize(store, end=T0 + timedelta(days=3), now=at)
     assert second.start == "" and {v.lag_seconds for v in second.views} == {0.0}
     assert {v.materialized_until for v in second.views} == {(T0 + timedelta(days=3)).isoformat()}
-    frame, fallbacks = logic.online_features(store, FRAUD_SERVICE, [1, 2, "2"], now=at)
+    frame, fallbacks = online.online_features(store, FRAUD_SERVICE, [1, 2, "2"], now=at)
     assert frame["avg_amount_30d"].tolist() == [20.0, 5.0, 5.0] and fallbacks == [[], [], []]
 
 
@@ -258,9 +258,9 @@ def test_online_values_older_than_the_ttl_are_missing_and_counted(generated):
     last = tx.sort_values("event_time").groupby("customer_id").tail(1).set_index("customer_id")
     customer = int(last.index[0])
     seen = last.loc[customer, "event_time"]
-    fresh, fallbacks = logic.online_features(store, FRAUD_SERVICE, [customer], now=seen + timedelta(days=1))
+    fresh, fallbacks = online.online_features(store, FRAUD_SERVICE, [customer], now=seen + timedelta(days=1))
     assert fresh.loc[0, "avg_amount_30d"] == last.loc[customer, "avg_amount_30d"] and fallbacks == [[]]
-    stale, fallbacks = logic.online_features(store, FRAUD_SERVICE, [customer], now=seen + timedelta(days=31))
+    stale, fallbacks = online.online_features(store, FRAUD_SERVICE, [customer], now=seen + timedelta(days=31))
     assert stale.loc[0, ["avg_amount_30d", "transactions_last_24h"]].isna().all()
     assert stale.loc[0, "account_age_days"] == last.loc[customer, "account_age_days"]
     assert fallbacks == [[(ACTIVITY_VIEW, logic.REASON_EXPIRED)]]
@@ -278,7 +278,7 @@ def test_materialize_bad_input_is_named(generated, tmp_path):
     with pytest.raises(KfopsError, match="has no feature views: run `kfops features apply` first"):
         logic.materialize(logic.open_store(tmp_path / "empty"), end="2026-04-01")
     with pytest.raises(KfopsError, match="must be an integer, got 'x1'"):
-        logic.online_features(store, FRAUD_SERVICE, ["x1"])
+        online.online_features(store, FRAUD_SERVICE, ["x1"])
 
 
 # ------------------------------------------------------------------------------------------------ freshness
@@ -449,7 +449,7 @@ def test_cluster_layout_redis_online_store_and_minio_offline_store(s3_env, redis
     # A second reader (a predictor) sees the registry on S3 and the values in Redis.
     reader = logic.open_store("s3://fs-test/feature-store")
     last = transactions.sort_values("event_time").groupby("customer_id").tail(1).tail(3)
-    frame, fallbacks = logic.online_features(reader, FRAUD_SERVICE, [*last["customer_id"].tolist(), 7], now=end)
+    frame, fallbacks = online.online_features(reader, FRAUD_SERVICE, [*last["customer_id"].tolist(), 7], now=end)
     assert frame["known"].tolist() == [True, True, True, False] and fallbacks[:3] == [[], [], []]
     assert frame["avg_amount_30d"].tolist()[:3] == last["avg_amount_30d"].tolist()
     training, _ = logic.training_set(reader, last[["customer_id", "event_time"]])

@@ -546,7 +546,7 @@ def test_mlflow_allowed_hosts_admit_the_service_names_only():
 def test_platform_config_map_serves_the_compiled_pipelines(objects):
     """Every key the compiled pipelines take from ConfigMap kfops-platform exists, and every Secret key they take
     is listed in manifests/secrets.yaml."""
-    from kfops.pipelines.submit import suite_pipelines
+    from kfops.pipelines.submit_inputs import suite_pipelines
 
     data = _one(objects, "ConfigMap", "kfops-platform")["data"]
     specs = load_secret_specs(SECRETS_FILE)
