@@ -52,40 +52,43 @@ def _fill_categorical(out: np.ndarray, at: int, col: ColumnSpec, raw) -> None:
     out[np.arange(len(codes)), at + codes] = 1.0
 
 
-def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
-    """Turn raw feature rows into the model's float32 matrix. Missing feature columns are an error."""
+def _require_features(spec: FeatureSpec, frame: pd.DataFrame, source: str) -> None:
     missing = [c.name for c in spec.columns if c.name not in frame.columns]
     if missing:
         raise KfopsError(f"{source}: missing feature column(s) {missing}; the model expects {spec.feature_names}")
-    n = len(frame)
-    out = np.zeros((n, spec.input_width), dtype=np.float32)
-    at = 0
-    for col in spec.columns:
-        raw = frame[col.name]
-        if col.kind == "numeric":
-            values = (
-                raw.to_numpy(dtype=np.float64, na_value=np.nan)
-                if pd.api.types.is_numeric_dtype(raw)
-                else pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-            )
-            if not pd.api.types.is_numeric_dtype(raw):
-                bad = raw.notna().to_numpy() & np.isnan(values)
-                if bad.any():
-                    first = int(np.flatnonzero(bad)[0])
-                    raise KfopsError(
-                        f"{source}: column '{col.name}' must be numeric; row {first} has {raw.iloc[first]!r}"
-                    )
-            _fill_numeric(out, at, col, values)
-        else:
-            _fill_categorical(out, at, col, raw)
-        at += col.width
-    return out
+
+
+def numeric_column(raw: pd.Series, name: str, source: str = "input") -> np.ndarray:
+    """A numeric feature as float64 (NaN for missing); text that is not a number is an error naming the row."""
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = raw.notna().to_numpy() & np.isnan(values)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise KfopsError(f"{source}: column '{name}' must be numeric; row {first} has {raw.iloc[first]!r}")
+    return values
+
+
+def feature_columns(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> dict[str, Sequence]:
+    """The frame's features checked, as ``transform_columns`` takes them: numeric ones as float64 arrays,
+    categorical ones as they are. Missing feature columns and non-numeric text are errors."""
+    _require_features(spec, frame, source)
+    return {
+        col.name: numeric_column(frame[col.name], col.name, source) if col.kind == "numeric" else frame[col.name]
+        for col in spec.columns
+    }
+
+
+def transform_features(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
+    """Turn raw feature rows into the model's float32 matrix (``feature_columns``, then ``transform_columns``)."""
+    return transform_columns(spec, feature_columns(spec, frame, source), len(frame))
 
 
 def transform_columns(spec: FeatureSpec, columns: Mapping[str, Sequence], rows: int) -> np.ndarray:
-    """``transform_features`` for already-validated columns, with no DataFrame: numeric features as float
-    sequences (NaN for missing), categorical ones as str or None. The same matrix, for serving's small batches,
-    where building a frame costs more than the model."""
+    """The model's float32 matrix from checked columns, with no DataFrame: numeric features as float sequences
+    (NaN for missing), categorical ones as a Series or a sequence of str or None. Serving's small batches come
+    here directly, where building a frame costs more than the model."""
     out = np.zeros((rows, spec.input_width), dtype=np.float32)
     at = 0
     for col in spec.columns:
@@ -100,20 +103,13 @@ def transform_columns(spec: FeatureSpec, columns: Mapping[str, Sequence], rows: 
 def model_input_frame(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
     """The feature columns typed as the model's signature declares them: numeric as float64, categorical as
     str (missing as None). MLflow refuses to widen int64 to float64 by itself."""
-    missing = [c.name for c in spec.columns if c.name not in frame.columns]
-    if missing:
-        raise KfopsError(f"{source}: missing feature column(s) {missing}; the model expects {spec.feature_names}")
+    columns = feature_columns(spec, frame, source)
     out = {}
     for col in spec.columns:
-        raw = frame[col.name]
         if col.kind == "numeric":
-            values = pd.to_numeric(raw, errors="coerce")
-            bad = raw.notna() & values.isna()
-            if bad.any():
-                first = bad.idxmax()
-                raise KfopsError(f"{source}: column '{col.name}' must be numeric; row {first} has {raw[first]!r}")
-            out[col.name] = values.astype("float64")
+            out[col.name] = pd.Series(columns[col.name], index=frame.index, dtype="float64")
         else:
+            raw = columns[col.name]
             out[col.name] = raw.astype("string").astype(object).where(raw.notna(), None)
     return pd.DataFrame(out, index=frame.index)
 
