@@ -28,6 +28,8 @@ import gc
 import logging
 import re
 
+from kfops.serving.asgi import TOO_LARGE, read_body
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -80,11 +82,12 @@ class ErrorCounter:
         predictor.requests_in_flight += 1
         try:
             # A scoring body is read here, bounded, so an oversized one is a 400 before anything parses it.
-            body = await _read_body(scope, receive, self.max_body_bytes)
+            body = await read_body(scope, receive, self.max_body_bytes)
             if body is None:
                 return  # the client went away
-            if isinstance(body, _TooLarge):
-                await _answer(counting_send, 400, {"error": str(body)})
+            if body is TOO_LARGE:
+                message = f"request body is larger than this server's maximum of {self.max_body_bytes:,} bytes"
+                await _answer(counting_send, 400, {"error": message})
                 return
             if scope["path"].endswith(":predict") and getattr(predictor, "ready", False):
                 await _fast_v1(predictor, scope, body, counting_send)
@@ -95,34 +98,6 @@ class ErrorCounter:
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class _TooLarge(str):
-    """The message for a request body over the limit."""
-
-
-async def _read_body(scope, receive, limit: int):
-    """The whole request body, or _TooLarge past ``limit`` bytes, or None if the client disconnected."""
-    too_large = _TooLarge(f"request body is larger than this server's maximum of {limit:,} bytes")
-    for key, value in scope.get("headers", []):
-        if key.lower() == b"content-length":
-            try:
-                if int(value) > limit:
-                    return too_large
-            except ValueError:
-                pass
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return too_large
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 def _replay(body: bytes, receive):

@@ -60,13 +60,13 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kfops.serving import http_client
+from kfops.serving.asgi import TOO_LARGE, read_body
 from kfops.serving.router_bodies import (
     _forward_headers,
     _merge_v1,
     _merge_v2,
     _outcomes,
     _parse_json,
-    _read_body,
     _remap_rows,
     _strip_entity,
     _v1_entities,
@@ -159,10 +159,10 @@ class Router:
                 answer = None
                 body = None
                 if scope["method"] == "POST":
-                    body = await _read_body(scope, receive, self.config.max_body_bytes)
+                    body = await read_body(scope, receive, self.config.max_body_bytes)
                     if body is None:
                         return  # the client went away
-                    if body is False:
+                    if body is TOO_LARGE:
                         answer = self.too_large()
                 if answer is None:
                     answer = await self.handle(scope["method"], scope["path"], scope.get("headers", ()), body)

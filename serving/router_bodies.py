@@ -23,32 +23,7 @@ from kfops.serving.router_types import (
     _show,
 )
 
-
 # ------------------------------------------------------------------------------------------------ helpers
-async def _read_body(scope, receive, limit: int):
-    """The whole request body; False past ``limit`` bytes; None if the client disconnected."""
-    for key, value in scope.get("headers", ()):
-        if key == b"content-length":
-            try:
-                if int(value) > limit:
-                    return False
-            except ValueError:
-                pass
-            break
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return False
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 if TYPE_CHECKING:  # for annotations only: router imports this module
     from kfops.serving.router import Router
 
