@@ -50,6 +50,7 @@ def training_arguments(args, ws) -> dict:
         "optimizer",
         "weight_decay",
         "class_weighting",
+        "early_stopping_patience",
         "seed",
         "device",
         "model_name",
@@ -224,6 +225,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     model.add_argument("--weight-decay", type=float)
     model.add_argument("--class-weighting", choices=["none", "balanced"])
+    model.add_argument("--early-stopping-patience", type=int, help="epochs without a better validation loss")
     model.add_argument("--seed", type=int)
     model.add_argument("--device", choices=["auto", "cpu", "cuda"])
     model.add_argument("--threshold", type=float, help="decision threshold on the positive probability")
