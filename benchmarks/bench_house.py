@@ -70,7 +70,9 @@ def install_tree(source: Path, target: Path) -> None:
 
 
 def spawn(site: Path, args: list[str], log: Path) -> subprocess.Popen:
-    # PYTHONPATH's entries come before the editable install's finder, so the tree under ``site`` is imported
+    # PYTHONPATH's entries come before the editable install's finder, so the tree under ``site`` is imported; the
+    # working directory is a scratch one (``python -m`` puts it first on sys.path, and the repository's root has a
+    # ``kfops`` folder of its own)
     env = {**os.environ, "PYTHONPATH": str(site)}
     handle = open(log, "w")  # noqa: SIM115 - the server process owns it
     return subprocess.Popen(
@@ -78,8 +80,23 @@ def spawn(site: Path, args: list[str], log: Path) -> subprocess.Popen:
         stdout=handle,
         stderr=subprocess.STDOUT,
         env=env,
+        cwd=site.parent,
         start_new_session=True,
     )
+
+
+def check_tree(site: Path) -> None:
+    """A server spawned for ``site`` imports the suite from ``site`` (not the editable install)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import kfops.serving.router as r; print(r.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=site.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not out.startswith(str(site)):
+        raise RuntimeError(f"a server for {site} would import {out}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -177,6 +194,8 @@ def main() -> None:
             sites = {"before": work / "before-site", "after": work / "after-site"}
             install_tree(worktree, sites["before"])
             install_tree(REPO, sites["after"])
+            for site in sites.values():
+                check_tree(site)
             model_dir, raw, _ = train_model_dir(work)
             load_before = os.getloadavg()
             rounds: list[dict[str, dict[str, float]]] = []
@@ -184,11 +203,7 @@ def main() -> None:
                 order = TREES if r % 2 == 0 else TREES[::-1]
                 results = {tree: measure(tree, sites[tree], model_dir, raw, args.seconds, work) for tree in order}
                 rounds.append(results)
-                print(
-                    f"round {r + 1}: "
-                    + "; ".join(f"{fig} {results['after'][fig] / results['before'][fig]:.3f}" for fig in FIGURES),
-                    flush=True,
-                )
+                print(f"round {r + 1}: " + "; ".join(f"{f} {ratio(results, f):.3f}" for f in FIGURES), flush=True)
             load_after = os.getloadavg()
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
@@ -197,6 +212,12 @@ def main() -> None:
     if not args.no_write:
         with RESULTS.open("a") as out:
             out.write("\n" + "\n".join(lines) + "\n")
+
+
+def ratio(results: dict[str, dict[str, float]], figure: str) -> float:
+    """after vs before, oriented so that above 1 is better."""
+    after, before = results["after"][figure], results["before"][figure]
+    return after / before if FIGURES[figure] else before / after
 
 
 def report(rounds, args, load_before, load_after) -> list[str]:
@@ -214,10 +235,10 @@ def report(rounds, args, load_before, load_after) -> list[str]:
         "| figure | before (median) | after (median) | ratio median | ratio range |",
         "|---|---|---|---|---|",
     ]
-    for fig, higher in FIGURES.items():
+    for fig in FIGURES:
         before = [r["before"][fig] for r in rounds]
         after = [r["after"][fig] for r in rounds]
-        ratios = [(a / b) if higher else (b / a) for a, b in zip(after, before, strict=True)]
+        ratios = [ratio(r, fig) for r in rounds]
         lines.append(
             f"| {fig} | {statistics.median(before):,.1f} | {statistics.median(after):,.1f} | "
             f"{statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |"
