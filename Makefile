@@ -5,8 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kfops-installed
 TORCH_VERSION ?= 2.13.0
+# bench-house compares serving and the router with this revision (the code before the house refactor)
+BEFORE ?= dd17115
 
-.PHONY: setup lock schemas-refresh run test lint format compile check-compiled bench bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features clean
+.PHONY: setup lock schemas-refresh run test lint format compile check-compiled bench bench-house bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features clean
 
 setup: $(STAMP)
 
@@ -54,6 +56,9 @@ compile: setup
 
 check-compiled: setup
 	$(BIN)/kfops compile --check
+
+bench-house: setup
+	$(BIN)/python benchmarks/bench_house.py --before $(BEFORE)
 
 bench: bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-features
 

@@ -4,59 +4,26 @@ files and folders, local or ``s3://``.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import storage, tables
 from kfops.components.contracts import KfopsError
 
 # ---------------------------------------------------------------------------------------------------- reading
 FORMATS = ("auto", "csv", "parquet", "jsonl")
-_SUFFIXES = {".csv": "csv", ".gz": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
-_SUFFIXES |= {".ndjson": "jsonl", ".json": "jsonl"}
-
-
-def _format_of(name: str, raw: bytes, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    lowered = name.lower()
-    for suffix, kind in _SUFFIXES.items():
-        if lowered.endswith(suffix) and (suffix != ".gz" or lowered.endswith(".csv.gz")):
-            return kind
-    # A KFP artifact path often has no suffix: look at the bytes.
-    if raw[:4] == b"PAR1":
-        return "parquet"
-    if raw.lstrip()[:1] == b"{":
-        return "jsonl"
-    return "csv"
 
 
 def _read_one(uri: str, fmt: str = "auto") -> pd.DataFrame:
     if fmt not in FORMATS:
         raise KfopsError(f"unknown outcomes format {fmt!r}; use one of {', '.join(FORMATS)}")
-    try:
-        raw = storage.read_bytes(uri)
-    except FileNotFoundError as err:
-        raise KfopsError(f"outcomes file {uri} does not exist") from err
-    kind = _format_of(uri, raw, fmt)
+    raw = tables.read_bytes(uri, "outcomes file")
     if not raw.strip():
         return pd.DataFrame()
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(io.BytesIO(raw))
-        elif kind == "jsonl":
-            frame = pd.read_json(io.BytesIO(raw), lines=True, dtype=False)
-        else:
-            compression = "gzip" if uri.lower().endswith(".gz") else None
-            frame = pd.read_csv(io.BytesIO(raw), compression=compression, low_memory=False)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except Exception as err:
-        raise KfopsError(f"cannot read {kind} file {uri}: {err}") from err
-    frame.columns = [str(c) for c in frame.columns]
-    return frame
+    # a KFP artifact path often has no suffix: then the bytes say (anything else is CSV)
+    kind = fmt if fmt != "auto" else tables.table_format(uri, json_as_lines=True) or tables.sniff_format(raw[:64])
+    return tables.parse_table(raw, kind or tables.CSV, uri)
 
 
 def _data_files(uri: str) -> list[str]:
@@ -66,14 +33,14 @@ def _data_files(uri: str) -> list[str]:
     return [
         path
         for path, _ in storage.list_files(uri)
-        if any(path.lower().endswith(s) for s in _SUFFIXES)
+        if tables.table_format(path, json_as_lines=True) is not None
         and (inside_outcomes or "outcomes" not in path.split("/")[:-1])
     ]
 
 
 def _is_single_file(uri: str) -> bool:
     if storage.is_s3(uri):
-        return any(uri.lower().endswith(s) for s in _SUFFIXES)
+        return tables.table_format(uri, json_as_lines=True) is not None
     return Path(uri).is_file()
 
 

@@ -6,14 +6,13 @@ the column roles this stage resolves are the ``Schema`` contract.
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import tables
 from kfops.components.contracts import DataVersion, KfopsError, Schema, SplitConfig
 from kfops.components.datasets import read_snapshot, write_snapshot
 
@@ -26,28 +25,17 @@ NUMERIC_TEXT_SHARE = 0.95
 # ---------------------------------------------------------------------------------------------------- reading
 def read_table(uri: str) -> pd.DataFrame:
     """Read a CSV or Parquet file from a local path or s3:// URI, with errors that name the file."""
-    name = uri.lower()
-    if not name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+    fmt = tables.table_format(uri)
+    if fmt not in (tables.CSV, tables.PARQUET):
         raise KfopsError(f"{uri}: unsupported file type; use .csv, .csv.gz or .parquet")
-    try:
-        raw = storage.read_bytes(uri)
-    except FileNotFoundError as err:
-        raise KfopsError(f"data file {uri} does not exist") from err
+    raw = tables.read_bytes(uri)
     if not raw:
         raise KfopsError(f"data file {uri} is empty")
-    try:
-        if name.endswith((".parquet", ".pq")):
-            df = pd.read_parquet(io.BytesIO(raw))
-        else:
-            df = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None, low_memory=False)
-    except pd.errors.EmptyDataError as err:
-        raise KfopsError(f"data file {uri} is empty") from err
-    except Exception as err:
-        kind = "Parquet" if name.endswith((".parquet", ".pq")) else "CSV"
-        raise KfopsError(f"cannot read {kind} file {uri}: {err}") from err
+    df = tables.parse_table(raw, fmt, uri)
+    if df.empty and not len(df.columns):
+        raise KfopsError(f"data file {uri} is empty")
     if df.empty:
         raise KfopsError(f"data file {uri} has no rows (columns: {', '.join(map(str, df.columns)) or 'none'})")
-    df.columns = [str(c) for c in df.columns]
     return df
 
 

@@ -24,19 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import storage, tables
 from kfops.components.contracts import KfopsError
 
 log = logging.getLogger(__name__)
 
-FORMATS = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".csv.gz": "csv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-}
 DEFAULT_CHUNK_ROWS = 131_072
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -44,11 +36,7 @@ _PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
 
 def file_format(uri: str) -> str | None:
     """``parquet``, ``csv`` or ``jsonl`` from the file's name, or None for any other file."""
-    name = uri.lower()
-    for suffix, fmt in sorted(FORMATS.items(), key=lambda item: -len(item[0])):
-        if name.endswith(suffix):
-            return fmt
-    return None
+    return tables.table_format(uri)
 
 
 OUTCOMES_DIR = "outcomes"  # kfops.components.outcomes writes ground truth under <payload-log sink>/outcomes/
@@ -88,14 +76,8 @@ class Window:
 
 
 def _sniff_format(uri: str) -> str | None:
-    """The format of a file named without a suffix (a KFP Dataset artifact): Parquet by its magic bytes, JSON
-    Lines by a leading ``{``; None otherwise (a CSV must be named .csv)."""
-    head = b"".join(storage.iter_bytes(uri, 0, 64)).lstrip()
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if head.startswith(b"{"):
-        return "jsonl"
-    return None
+    """The format of a file named without a suffix (a KFP Dataset artifact), from its first bytes."""
+    return tables.sniff_format(b"".join(storage.iter_bytes(uri, 0, 64)))
 
 
 def _check_date(name: str, value: str) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import storage, tables
 from kfops.components.contracts import KfopsError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ PAYLOAD_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant
 _DATE_PART = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 
 
 # ------------------------------------------------------------------------------------------------ time
@@ -241,29 +240,15 @@ def record_outcomes(body: Any, sink: str, fmt: str = "jsonl", max_records: int =
 def read_outcome_file(uri: str) -> pd.DataFrame:
     """A CSV, Parquet or JSONL file of outcomes (columns request_id, outcome, optional timestamp), for
     ``kfops outcomes log --file``. Ids and text outcomes stay text."""
-    kind = next((k for s, k in _SUFFIXES.items() if uri.lower().endswith(s)), None)
+    kind = tables.table_format(uri, json_as_lines=True)
     if kind is None:
         raise KfopsError(f"outcomes file {uri}: unsupported file type; use .csv, .parquet or .jsonl")
-    try:
-        raw = storage.read_bytes(uri)
-    except FileNotFoundError as err:
-        raise KfopsError(f"outcomes file {uri} does not exist") from err
+    raw = tables.read_bytes(uri, "outcomes file")
     if not raw.strip():
         raise KfopsError(f"outcomes file {uri} is empty")
-    try:
-        if kind == "parquet":
-            frame = pd.read_parquet(io.BytesIO(raw))
-        elif kind == "jsonl":
-            frame = pd.read_json(io.BytesIO(raw), lines=True, dtype=False)
-        else:
-            frame = pd.read_csv(io.BytesIO(raw), dtype={"request_id": str}, keep_default_na=True)
-    except Exception as err:
-        raise KfopsError(f"cannot read {kind} file {uri}: {err}") from err
-    frame.columns = [str(c) for c in frame.columns]
-    return frame
+    return tables.parse_table(raw, kind, uri, csv_dtype={"request_id": str})
 
 
-# ------------------------------------------------------------------------------------------------ reading
 def _partition_files(
     uri: str, since: dt.datetime | None, until: dt.datetime | None, model: str = ""
 ) -> list[tuple[str, dict[str, str]]]:
@@ -273,7 +258,7 @@ def _partition_files(
     found = []
     for path, _ in storage.list_files(base):
         relative = path[len(base) :].replace("\\", "/").strip("/")
-        if not any(relative.lower().endswith(s) for s in _SUFFIXES if s != ".csv"):
+        if tables.table_format(relative, json_as_lines=True) in (None, tables.CSV):
             continue
         parts = dict(p.split("=", 1) for p in relative.split("/")[:-1] if "=" in p)
         day_match = next((_DATE_PART.match(p) for p in relative.split("/")[:-1] if _DATE_PART.match(p)), None)
