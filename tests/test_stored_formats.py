@@ -90,3 +90,21 @@ def test_the_stored_payload_log_reads_back_for_monitoring(sample):
     )
     np.testing.assert_allclose(frame["amount"].to_numpy(float), rows["amount"].to_numpy(float))
     np.testing.assert_allclose(frame["probability"].to_numpy(float), expected["probability"], rtol=1e-6)
+
+
+def test_a_newer_model_format_is_refused_with_a_message(sample, tmp_path):
+    import json
+    import shutil
+
+    import mlflow.pyfunc
+
+    from kfops.components.contracts import KfopsError
+
+    model = tmp_path / "model"
+    shutil.copytree(sample / "model", model)
+    config_path = model / "artifacts" / "network.json"
+    config = json.loads(config_path.read_text())
+    assert "format_version" not in config  # 0.1.0 wrote none: read as format 1
+    config_path.write_text(json.dumps(config | {"format_version": 99}))
+    with pytest.raises(KfopsError, match=r"model format 99 .* is newer than this kfops reads"):
+        mlflow.pyfunc.load_model(str(model))

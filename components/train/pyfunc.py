@@ -13,6 +13,9 @@ from pathlib import Path
 
 import mlflow.pyfunc
 
+# The model folder's format: network.json records it (a folder without the field is format 1, as 0.1.0 wrote);
+# a folder of a newer format is refused with a message instead of loading wrongly.
+MODEL_FORMAT_VERSION = 1
 NETWORK_FILE = "network.pt"
 NETWORK_CONFIG_FILE = "network.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
@@ -32,6 +35,7 @@ def save_network(
     config.write_text(
         json.dumps(
             {
+                "format_version": MODEL_FORMAT_VERSION,
                 "input_width": input_width,
                 "hidden_sizes": list(hidden_sizes),
                 "dropout": dropout,
@@ -49,12 +53,18 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from kfops.components.contracts import FeatureSpec
+        from kfops.components.contracts import FeatureSpec, KfopsError
         from kfops.components.resources import cpu_limit
         from kfops.components.train.loop import build_mlp
 
         self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
         config = json.loads(Path(context.artifacts["network_config"]).read_text())
+        version = int(config.get("format_version", 1))
+        if version > MODEL_FORMAT_VERSION:
+            raise KfopsError(
+                f"model format {version} ({context.artifacts['network_config']}) is newer than this kfops reads "
+                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
+            )
         self.threshold = float(config.get("threshold", 0.5))
         network = build_mlp(config["input_width"], config["hidden_sizes"], config["dropout"])
         network.load_state_dict(torch.load(context.artifacts["network"], map_location="cpu", weights_only=True))

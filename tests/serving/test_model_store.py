@@ -56,3 +56,12 @@ def test_folders_that_are_not_models_and_a_missing_registry(tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(KfopsError, match="MLFLOW_TRACKING_URI"):
         load_model("fraud@champion")
+
+
+def test_todays_models_record_their_format(registered_model):
+    import json
+
+    from kfops.components.train.pyfunc import MODEL_FORMAT_VERSION
+
+    config = json.loads((registered_model.model_dir / "artifacts" / "network.json").read_text())
+    assert config["format_version"] == MODEL_FORMAT_VERSION
