@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -332,3 +333,34 @@ class Blessing:
 
 class StopTraining(Exception):
     """Raised by a training run's ``on_epoch`` callback to end training after that epoch (a sweep's pruner does)."""
+
+
+# ------------------------------------------------------------------------------------------------ the payload log
+# What serving writes for each scored row, and where: the predictor writes it, outcomes, monitoring, A/B analysis
+# and the stored-format tests read it.
+#
+#     <sink>/model=<model name>/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
+#     <sink>/outcomes/date=YYYY-MM-DD/...                                            (ground truth, by request id)
+#
+# A record is the meta columns, the features the request sent (raw), then the prediction columns.
+PAYLOAD_LOG_FORMAT_VERSION = 1
+PAYLOAD_META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant")
+PAYLOAD_PREDICTION_COLUMNS = ("prediction", "probability")
+OUTCOMES_DIR = "outcomes"
+_PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+
+
+def payload_log_partition(model: str, day: str) -> tuple[str, str]:
+    """The folders a payload-log file of ``model`` written on ``day`` (YYYY-MM-DD) goes in, below the sink."""
+    return f"model={model}", f"date={day}"
+
+
+def outcomes_partition(day: str) -> tuple[str, str]:
+    """The folders an outcomes file written on ``day`` goes in, below the payload log's sink."""
+    return OUTCOMES_DIR, f"date={day}"
+
+
+def partitions_of(path: str) -> dict[str, str]:
+    """The ``key=value`` folder names in a file's path (the deepest wins)."""
+    parts = path.replace("\\", "/").split("/")[:-1]
+    return {m.group(1): m.group(2) for part in parts if (m := _PARTITION.match(part))}

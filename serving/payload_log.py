@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kfops.components import storage
-from kfops.components.contracts import KfopsError
+from kfops.components.contracts import KfopsError, payload_log_partition
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ class PayloadLogger:
     def _write_file(self, day: str, records: list[dict]) -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         uri = storage.join(
-            self.sink_uri, f"model={self.model_name}", f"date={day}", f"{stamp}-{uuid.uuid4().hex}.{self.fmt}"
+            self.sink_uri, *payload_log_partition(self.model_name, day), f"{stamp}-{uuid.uuid4().hex}.{self.fmt}"
         )
         try:
             data = _to_jsonl(records) if self.fmt == "jsonl" else _to_parquet(records)

@@ -43,6 +43,7 @@ import pandas as pd
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from kfops.components.contracts import PAYLOAD_META_COLUMNS
 from kfops.components.model_store import LoadedModel, load_model
 from kfops.serving import metrics
 from kfops.serving.batching import BatchTimings, DynamicBatcher
@@ -498,13 +499,14 @@ class TabularPredictor(kserve.Model):
             timestamp = dt.datetime.now(dt.UTC).isoformat()
             labels = _values(result, "prediction")
             probabilities = _values(result, "probability")
-            head = {
-                "request_id": payload.request_id,
-                "timestamp": timestamp,
-                "model": self.name,
-                "model_version": self.version,
-                "variant": self.variant,
-            }
+            # the payload log's meta columns, in the contract's order (contracts.PAYLOAD_META_COLUMNS)
+            head = dict(
+                zip(
+                    PAYLOAD_META_COLUMNS,
+                    (payload.request_id, timestamp, self.name, self.version, self.variant),
+                    strict=True,
+                )
+            )
             records = [head.copy() for _ in range(len(labels))]
             # Column by column (this runs on the event loop): missing numerics (NaN, the one value not equal to
             # itself) are logged as null.

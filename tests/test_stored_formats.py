@@ -85,9 +85,13 @@ def test_the_stored_payload_log_reads_back_for_monitoring(sample):
     expected = pd.read_csv(sample / "scores.csv", dtype={"prediction": str})
     assert len(frame) == len(rows)
     assert set(spec.feature_names) <= set(frame.columns)
-    assert {"request_id", "timestamp", "model", "model_version", "variant", "prediction", "probability"} <= set(
-        frame.columns
-    )
+    from kfops.components.contracts import PAYLOAD_META_COLUMNS, PAYLOAD_PREDICTION_COLUMNS, partitions_of
+
+    # the record schema and the folder layout the contract declares, as 0.1.0 wrote them
+    assert list(frame.columns[: len(PAYLOAD_META_COLUMNS)]) == list(PAYLOAD_META_COLUMNS)
+    assert list(frame.columns[-len(PAYLOAD_PREDICTION_COLUMNS) :]) == list(PAYLOAD_PREDICTION_COLUMNS)
+    [written] = sorted((sample / "payload-log").rglob("*.jsonl"))
+    assert set(partitions_of(str(written.relative_to(sample / "payload-log")))) == {"model", "date"}
     np.testing.assert_allclose(frame["amount"].to_numpy(float), rows["amount"].to_numpy(float))
     np.testing.assert_allclose(frame["probability"].to_numpy(float), expected["probability"], rtol=1e-6)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfops.components.contracts import KfopsError
+from kfops.components.contracts import PAYLOAD_META_COLUMNS, KfopsError
 
 TESTS = ("ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi", "kl")
 TEST_LABELS = {
@@ -44,7 +44,7 @@ FEW_VALUES = 5  # Evidently: numeric columns with at most this many distinct val
 BINNED_AS_VALUES = 20  # Evidently's get_binned_data: <= this many distinct reference values -> one bin each
 KS_EXACT_MAX_N = 10_000  # scipy ks_2samp(method="auto"): exact p-value when both samples are at most this
 # Columns that are not features: what the serving payload log adds to every record.
-META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant")
+META_COLUMNS = PAYLOAD_META_COLUMNS  # the payload log's own columns: never features
 PREDICTION_COLUMNS = {"prediction": "categorical", "probability": "numeric"}
 KINDS = ("numeric", "categorical")
 

@@ -25,27 +25,17 @@ from pathlib import Path
 import pandas as pd
 
 from kfops.components import storage, tables
-from kfops.components.contracts import KfopsError
+from kfops.components.contracts import OUTCOMES_DIR, KfopsError, partitions_of
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 131_072
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
 
 
 def file_format(uri: str) -> str | None:
     """``parquet``, ``csv`` or ``jsonl`` from the file's name, or None for any other file."""
     return tables.table_format(uri)
-
-
-OUTCOMES_DIR = "outcomes"  # kfops.components.outcomes writes ground truth under <payload-log sink>/outcomes/
-
-
-def partitions_of(path: str) -> dict[str, str]:
-    """The ``key=value`` folder names in a file's path (the deepest wins)."""
-    parts = path.replace("\\", "/").split("/")[:-1]
-    return {m.group(1): m.group(2) for part in parts if (m := _PARTITION.match(part))}
 
 
 @dataclass

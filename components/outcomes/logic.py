@@ -39,15 +39,14 @@ import numpy as np
 import pandas as pd
 
 from kfops.components import storage, tables
-from kfops.components.contracts import KfopsError
+from kfops.components.contracts import OUTCOMES_DIR, PAYLOAD_META_COLUMNS, KfopsError, outcomes_partition
 
 log = logging.getLogger(__name__)
 
-OUTCOMES_DIR = "outcomes"
 FORMATS = ("jsonl", "parquet")
 RECORD_FIELDS = ("request_id", "outcome", "timestamp")
 MAX_HTTP_RECORDS = 10_000
-PAYLOAD_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant", "prediction")
+PAYLOAD_COLUMNS = (*PAYLOAD_META_COLUMNS, "prediction")
 _DATE_PART = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -211,7 +210,7 @@ def log_outcomes(
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     files = []
     for day, rows in sorted(by_day.items()):
-        uri = storage.join(sink, OUTCOMES_DIR, f"date={day}", f"{stamp}-{uuid.uuid4().hex}.{fmt}")
+        uri = storage.join(sink, *outcomes_partition(day), f"{stamp}-{uuid.uuid4().hex}.{fmt}")
         storage.write_bytes(uri, _encode(rows, fmt))
         files.append(uri)
     log.info("logged %d outcome(s) to %s in %d file(s)", len(normalized), sink, len(files))
