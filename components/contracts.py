@@ -343,7 +343,6 @@ class StopTraining(Exception):
 #     <sink>/outcomes/date=YYYY-MM-DD/...                                            (ground truth, by request id)
 #
 # A record is the meta columns, the features the request sent (raw), then the prediction columns.
-PAYLOAD_LOG_FORMAT_VERSION = 1
 PAYLOAD_META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant")
 PAYLOAD_PREDICTION_COLUMNS = ("prediction", "probability")
 OUTCOMES_DIR = "outcomes"
