@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import prometheus_client.values  # noqa: F401 - imported before anything can import Feast (below)
+# prometheus_client picks its value class from the environment when first imported, and a test that imports Feast
+# directly sets PROMETHEUS_MULTIPROC_DIR (the suite itself imports it through features/feast_env.py, which does
+# not): imported here first, every test's metrics stay in-process whatever order the modules run in.
+import prometheus_client.values  # noqa: F401
 import pytest
 
 from kfops.components.contracts import SplitConfig, TrainConfig
@@ -18,9 +21,6 @@ from kfops.datagen import generate_transactions
 from tests.isolation import process_state_restored
 
 SMALL_ROWS = 4000
-# prometheus_client picks its value class from the environment when first imported, and a test that imports Feast
-# directly sets PROMETHEUS_MULTIPROC_DIR (the suite itself imports it through features/feast_env.py, which does
-# not): imported here first, every test's metrics stay in-process whatever order the modules run in.
 
 
 def pytest_addoption(parser):
