@@ -53,8 +53,8 @@ def deploy(
 
     import yaml
 
-    from kfops.components.deploy.isvc import DeploySpec
     from kfops.components.deploy.logic import deploy as deploy_version
+    from kfops.components.isvc.spec import DeploySpec
 
     spec = DeploySpec(
         model_name=model_name,

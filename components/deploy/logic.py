@@ -28,9 +28,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kfops.components.contracts import ALIAS_CHAMPION, TAG_BLESSED, KfopsError
-from kfops.components.deploy.isvc import KNATIVE, DeploySpec, build_inferenceservice, clean_manifest
-from kfops.components.deploy.patches import plan_deploy
-from kfops.components.deploy.traffic import DEFAULT_POLL_S, DEFAULT_TIMEOUT_S, ReadyTimeout, wait_ready
+from kfops.components.isvc.patches import plan_deploy
+from kfops.components.isvc.spec import KNATIVE, DeploySpec, build_inferenceservice, clean_manifest
+from kfops.components.isvc.traffic import DEFAULT_POLL_S, DEFAULT_TIMEOUT_S, ReadyTimeout, wait_ready
 
 log = logging.getLogger(__name__)
 

@@ -188,7 +188,7 @@ def run_rollout(
     verdict could be reached, and ``KfopsError`` before any traffic moves when the set-up is wrong."""
     import dataclasses
 
-    from kfops.components.deploy import traffic
+    from kfops.components.isvc import traffic
 
     plan = dataclasses.replace(
         plan,
@@ -286,7 +286,7 @@ def _hold_step(
 
 def _abort(plan, api, state, client, canary, stable, analyses, note, tracking_uri, err) -> RolloutResult:
     """No verdict: put traffic back on stable (best effort), record it, raise RolloutAborted."""
-    from kfops.components.deploy import traffic
+    from kfops.components.isvc import traffic
 
     reason = f"no verdict: {err}"
     note(f"stopped: {err}")

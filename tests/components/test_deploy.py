@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from kfops.components.contracts import TAG_BLESSED, KfopsError
-from kfops.components.deploy import traffic
-from kfops.components.deploy.isvc import (
+from kfops.components.deploy.logic import deploy
+from kfops.components.isvc import traffic
+from kfops.components.isvc.patches import percent_write, plan_deploy, promote_write
+from kfops.components.isvc.spec import (
     ANNOTATION_MODEL,
     ANNOTATION_STABLE_PREDICTOR,
     ANNOTATION_STABLE_URI,
@@ -26,9 +28,7 @@ from kfops.components.deploy.isvc import (
     build_inferenceservice,
     serving_state,
 )
-from kfops.components.deploy.logic import deploy
-from kfops.components.deploy.patches import percent_write, plan_deploy, promote_write
-from kfops.components.deploy.traffic import ReadyTimeout
+from kfops.components.isvc.traffic import ReadyTimeout
 from kfops.components.kube import KubeError, connect
 from tests.components.fake_kube import (
     MERGE_PATCH,

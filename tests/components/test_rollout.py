@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from kfops.components.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, TAG_BLESSED, KfopsError
-from kfops.components.deploy.isvc import ANNOTATION_STABLE_URI, DeploySpec, build_inferenceservice
-from kfops.components.deploy.patches import plan_deploy
+from kfops.components.isvc.patches import plan_deploy
+from kfops.components.isvc.spec import ANNOTATION_STABLE_URI, DeploySpec, build_inferenceservice
 from kfops.components.kube import connect
 from kfops.components.rollout.analysis import CanaryThresholds
 from kfops.components.rollout.logic import (

@@ -83,7 +83,7 @@ def test_pushgateway_objects_fit_together(rendered):
 
 
 def test_podmonitor_selects_the_predictors_the_deploy_step_labels(rendered):
-    from kfops.components.deploy.isvc import LABEL_VERSION
+    from kfops.components.isvc.spec import LABEL_VERSION
 
     monitor = next(o for o in rendered if o["kind"] == "PodMonitor")
     expressions = monitor["spec"]["selector"]["matchExpressions"]

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kfops.components.contracts import KfopsError
-from kfops.components.deploy.isvc import ServingState, clean_manifest, serving_state
-from kfops.components.deploy.patches import Expectation, Write, percent_write, promote_write, rollback_writes
-from kfops.components.deploy.status import describe_status, unmet
+from kfops.components.isvc.patches import Expectation, Write, percent_write, promote_write, rollback_writes
+from kfops.components.isvc.spec import ServingState, clean_manifest, serving_state
+from kfops.components.isvc.status import describe_status, unmet
 from kfops.components.kube import WaitTimeout, wait_for
 
 log = logging.getLogger(__name__)

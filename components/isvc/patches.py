@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kfops.components.contracts import KfopsError
-from kfops.components.deploy.isvc import (
+from kfops.components.isvc.spec import (
     _DNS1123_LABEL,
     _MODE_VALUE,
     ANNOTATION_MODEL,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kfops.components.deploy.isvc import KNATIVE
-from kfops.components.deploy.patches import Expectation
+from kfops.components.isvc.patches import Expectation
+from kfops.components.isvc.spec import KNATIVE
 
 
 # ------------------------------------------------------------------------------------------------ status
