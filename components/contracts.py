@@ -342,8 +342,10 @@ class StopTraining(Exception):
 #     <sink>/model=<model name>/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
 #     <sink>/outcomes/date=YYYY-MM-DD/...                                            (ground truth, by request id)
 #
-# A record is the meta columns, the features the request sent (raw), then the prediction columns.
-PAYLOAD_META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant")
+# A record is the meta columns, the features the request sent (raw), then the prediction columns. ``log_format``
+# is the record format's version; records without it (kfops 0.1.0) are version 1.
+PAYLOAD_LOG_FORMAT_VERSION = 1
+PAYLOAD_META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant", "log_format")
 PAYLOAD_PREDICTION_COLUMNS = ("prediction", "probability")
 OUTCOMES_DIR = "outcomes"
 _PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
@@ -363,3 +365,14 @@ def partitions_of(path: str) -> dict[str, str]:
     """The ``key=value`` folder names in a file's path (the deepest wins)."""
     parts = path.replace("\\", "/").split("/")[:-1]
     return {m.group(1): m.group(2) for part in parts if (m := _PARTITION.match(part))}
+
+
+def check_payload_log_format(values: Any, source: str) -> None:
+    """A KfopsError naming ``source`` when a payload-log record's ``log_format`` is newer than this release
+    reads; missing values are the first format."""
+    newest = max((int(v) for v in values if v is not None and v == v), default=PAYLOAD_LOG_FORMAT_VERSION)
+    if newest > PAYLOAD_LOG_FORMAT_VERSION:
+        raise KfopsError(
+            f"{source}: payload-log records of format {newest}, newer than this kfops reads "
+            f"(format {PAYLOAD_LOG_FORMAT_VERSION}); upgrade kfops to read them"
+        )

@@ -158,7 +158,7 @@ def build_app(
     """KServe's FastAPI app serving ``predictor`` (loaded or not: readiness follows ``predictor.ready``).
 
     With ``outcomes_sink`` (a folder or s3:// prefix, usually the payload log's), ``POST /v1/outcomes`` records
-    ground-truth outcomes by request id under ``<sink>/outcomes/`` (``kfops.components.outcomes``), to be joined
+    ground-truth outcomes by request id under ``<sink>/outcomes/`` (``kfops.components.records``), to be joined
     with the payload log for live performance and A/B analysis."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -227,7 +227,7 @@ def _add_outcomes_route(app, sink: str, max_body_bytes: int) -> None:
         import orjson
 
         from kfops.components.contracts import KfopsError
-        from kfops.components.outcomes.logic import record_outcomes
+        from kfops.components.records import record_outcomes
 
         body = await request.body()
         if len(body) > max_body_bytes:

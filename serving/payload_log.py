@@ -26,24 +26,21 @@ from __future__ import annotations
 import atexit
 import collections
 import datetime as dt
-import io
-import json
 import logging
 import math
 import re
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from kfops.components import storage
 from kfops.components.contracts import KfopsError, payload_log_partition
+from kfops.components.records import FORMATS, encode_records, record_file_name
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "parquet")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _IDLE_WAKE_SECONDS = 1.0  # the writer wakes at least this often, to report queue-full drops
 _DROP_REPORT_SECONDS = 10.0  # queue-full drops are logged at most this often (they are always counted)
@@ -332,13 +329,9 @@ class PayloadLogger:
                 self._progress.notify_all()
 
     def _write_file(self, day: str, records: list[dict]) -> None:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        uri = storage.join(
-            self.sink_uri, *payload_log_partition(self.model_name, day), f"{stamp}-{uuid.uuid4().hex}.{self.fmt}"
-        )
+        uri = storage.join(self.sink_uri, *payload_log_partition(self.model_name, day), record_file_name(self.fmt))
         try:
-            data = _to_jsonl(records) if self.fmt == "jsonl" else _to_parquet(records)
-            storage.write_bytes(uri, data)
+            storage.write_bytes(uri, encode_records(records, self.fmt))
         except Exception as err:
             log.warning(
                 "payload logger for %s dropped %d rows: cannot write %s: %s", self.model_name, len(records), uri, err
@@ -375,80 +368,3 @@ def _utc_date(value: Any) -> str | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(dt.UTC)
     return moment.date().isoformat()
-
-
-def _clean(value: Any) -> Any:
-    """A JSON- and Arrow-friendly value: NaN, inf, NA and NaT become None; numpy scalars become Python ones."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if type(value).__name__ in ("NAType", "NaTType"):  # pandas.NA, pandas.NaT
-        return None
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalar
-        return _clean(value.item())
-    if hasattr(value, "tolist"):  # numpy array
-        return _clean(value.tolist())
-    return str(value)
-
-
-def _clean_record(record: dict) -> dict:
-    return {str(key): _clean(value) for key, value in record.items()}
-
-
-def _to_jsonl(records: Iterable[dict]) -> bytes:
-    # orjson writes NaN and infinities as null and numpy scalars natively; anything else it cannot write goes
-    # through _clean. It is ~10x faster than json here, and this thread shares the GIL with the request path.
-    import orjson
-
-    records = records if isinstance(records, list) else list(records)
-    if not records:
-        return b""
-    try:
-        # One call for the whole batch, split into lines: per-record calls cost 3x more. A record boundary is the
-        # only place `},{"` can occur in orjson's output of flat records (a quote inside a string is always
-        # escaped), and a list of objects nested in a record would add more: exactly n-1 means all are boundaries.
-        blob = orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
-    except TypeError:
-        blob = b""
-    if blob and blob.count(b'},{"') == len(records) - 1:
-        return blob[1:-1].replace(b'},{"', b'}\n{"') + b"\n"
-    option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    lines = []
-    for record in records:
-        try:
-            lines.append(orjson.dumps(record, option=option, default=_clean))
-        except TypeError:
-            lines.append(orjson.dumps(_clean_record(record), option=option))
-    return b"\n".join(lines) + b"\n"
-
-
-def _to_parquet(records: list[dict]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [_clean_record(r) for r in records]
-    columns: dict[str, None] = {}  # the union of keys, in order of first appearance
-    for row in rows:
-        for key in row:
-            columns.setdefault(key, None)
-    arrays = {}
-    for key in columns:
-        values = [row.get(key) for row in rows]
-        try:
-            arrays[key] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in one column: keep them as text
-            arrays[key] = pa.array([None if v is None else _as_text(v) for v in values], type=pa.string())
-    buffer = io.BytesIO()
-    pq.write_table(pa.table(arrays), buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, allow_nan=False)

@@ -43,7 +43,7 @@ import pandas as pd
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from kfops.components.contracts import PAYLOAD_META_COLUMNS
+from kfops.components.contracts import PAYLOAD_LOG_FORMAT_VERSION, PAYLOAD_META_COLUMNS
 from kfops.components.model_store import LoadedModel, load_model
 from kfops.serving import metrics
 from kfops.serving.batching import BatchTimings, DynamicBatcher
@@ -503,7 +503,7 @@ class TabularPredictor(kserve.Model):
             head = dict(
                 zip(
                     PAYLOAD_META_COLUMNS,
-                    (payload.request_id, timestamp, self.name, self.version, self.variant),
+                    (payload.request_id, timestamp, self.name, self.version, self.variant, PAYLOAD_LOG_FORMAT_VERSION),
                     strict=True,
                 )
             )

@@ -2,7 +2,7 @@
 
 - Stage logic (``components/<stage>/logic.py``) never imports kfp: tests and other code call it directly.
 - A stage (a folder with a ``component.py``) imports the shared seams (``components/*.py``: contracts, storage,
-  tables, kube, tracking, registry, model_store, transform, datasets, scoring, workspace; ``components/isvc/``)
+  tables, records, kube, tracking, registry, model_store, transform, datasets, scoring, workspace; ``components/isvc/``)
   and never another stage or serving.
 - Serving never imports pipelines or stages.
 - Nothing imports the CLI (``kfops.cli``) but the CLI itself and ``python -m kfops``.
@@ -28,10 +28,6 @@ KNOWN_IMPORTS = {
     ("kfops.components.train.component", "kfops.components.sweep.optuna_backend"): (
         "a sweep trial's training reports each epoch to its Optuna study (EpochReporter); the study code belongs "
         "in a seam once the sweep spec moves to the contracts"
-    ),
-    ("kfops.serving.app", "kfops.components.outcomes.logic"): (
-        "POST /v1/outcomes writes with the outcomes stage's writer: one record-writer seam (payload log, outcomes, "
-        "batch predictions) is still to build"
     ),
     ("kfops.serving.feature_lookup", "kfops.components.features.logic"): (
         "online lookup reads the Feast store through the feature stage's functions: a feature-store seam is still "

@@ -87,8 +87,9 @@ def test_the_stored_payload_log_reads_back_for_monitoring(sample):
     assert set(spec.feature_names) <= set(frame.columns)
     from kfops.components.contracts import PAYLOAD_META_COLUMNS, PAYLOAD_PREDICTION_COLUMNS, partitions_of
 
-    # the record schema and the folder layout the contract declares, as 0.1.0 wrote them
-    assert list(frame.columns[: len(PAYLOAD_META_COLUMNS)]) == list(PAYLOAD_META_COLUMNS)
+    # the record schema and the folder layout the contract declares, as 0.1.0 wrote them (before log_format)
+    assert list(frame.columns[: len(PAYLOAD_META_COLUMNS) - 1]) == list(PAYLOAD_META_COLUMNS[:-1])
+    assert "log_format" not in frame.columns
     assert list(frame.columns[-len(PAYLOAD_PREDICTION_COLUMNS) :]) == list(PAYLOAD_PREDICTION_COLUMNS)
     [written] = sorted((sample / "payload-log").rglob("*.jsonl"))
     assert set(partitions_of(str(written.relative_to(sample / "payload-log")))) == {"model", "date"}

@@ -38,10 +38,8 @@ import datetime as dt
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +60,7 @@ from kfops.components.batch_predict.records import (
     ShardResult,
 )
 from kfops.components.contracts import KfopsError
+from kfops.components.records import RecordFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -137,70 +136,6 @@ def _output_table(chunk: _Chunk, loaded, id_column: str, passthrough: list[str])
     return pa.table(columns)
 
 
-class _Writer:
-    """Writes a shard's output to a local temporary file, then puts it in place whole."""
-
-    def __init__(self, uri: str, output_format: str) -> None:
-        self.uri = uri
-        self.format = output_format
-        if storage.is_s3(uri):
-            fd, tmp = tempfile.mkstemp(prefix=".kfops-batch-", suffix=f".{output_format}")
-            os.close(fd)
-        else:
-            target = Path(uri)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = str(target.with_name(f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"))
-        self.tmp = tmp
-        self.parquet = None
-        self.schema = None
-        self.text = open(tmp, "wb") if output_format == JSONL else None  # noqa: SIM115 - closed in commit/abort
-
-    def write(self, table) -> None:
-        if self.format == PARQUET:
-            import pyarrow.parquet as pq
-
-            if self.parquet is None:
-                self.schema = table.schema
-                # Dictionary pages only where values repeat: unique request ids would waste the attempt.
-                self.parquet = pq.ParquetWriter(self.tmp, table.schema, compression="zstd", use_dictionary=_REPEATING)
-            else:
-                table = table.cast(self.schema) if table.schema != self.schema else table
-            self.parquet.write_table(table)
-        else:
-            import orjson
-
-            records = table.to_pylist()
-            if records:
-                self.text.write(b"\n".join(orjson.dumps(r, default=str) for r in records) + b"\n")
-
-    def commit(self, empty_schema) -> None:
-        if self.format == PARQUET:
-            import pyarrow.parquet as pq
-
-            if self.parquet is None:  # a shard whose rows were all blank lines: an empty file, still a part
-                pq.write_table(empty_schema.empty_table(), self.tmp, compression="zstd")
-            else:
-                self.parquet.close()
-        else:
-            self.text.close()
-        if storage.is_s3(self.uri):
-            try:
-                storage.upload_file(self.tmp, self.uri)
-            finally:
-                Path(self.tmp).unlink(missing_ok=True)
-        else:
-            os.replace(self.tmp, self.uri)
-
-    def abort(self) -> None:
-        try:
-            if self.parquet is not None:
-                self.parquet.close()
-            if self.text is not None:
-                self.text.close()
-        finally:
-            Path(self.tmp).unlink(missing_ok=True)
-
-
 def _empty_schema(passthrough: list[str]):
     """The output schema of a shard that had no rows (passthrough types unknown: text)."""
     import pyarrow as pa
@@ -240,7 +175,7 @@ def score_shard(
     text_columns = [c.name for c in spec.columns if c.kind == "categorical"] + ([id_column] if id_column else [])
     text_columns = list(dict.fromkeys(text_columns + passthrough))
     target = shard.output_uri(output_uri, output_format)
-    writer = _Writer(target, output_format)
+    writer = RecordFileWriter(target, output_format, repeating=_REPEATING)
     rows = 0
     try:
         for piece in shard.pieces:

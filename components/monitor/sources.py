@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from kfops.components import storage, tables
-from kfops.components.contracts import OUTCOMES_DIR, KfopsError, partitions_of
+from kfops.components.contracts import OUTCOMES_DIR, KfopsError, check_payload_log_format, partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ def iter_chunks(
                 else _text_chunks(item.uri, item.fmt, wanted, chunk_rows, window)
             )
             for chunk in chunks:
+                if "log_format" in chunk.columns:
+                    check_payload_log_format(chunk["log_format"], item.uri)
                 if window.model_version:
                     if "model_version" not in chunk.columns:
                         continue

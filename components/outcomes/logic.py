@@ -1,14 +1,9 @@
-"""Outcomes: ground-truth labels (or business outcomes) by request id, and live model performance from them.
+"""Outcomes: live model performance from ground-truth labels (or business outcomes) joined to the payload log.
 
 Predictions are known when they are served; what really happened (chargeback or not) arrives hours or weeks later.
-``log_outcomes`` appends outcome records to the same kind of sink the serving payload log writes to::
-
-    <sink>/outcomes/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
-
-one flat record per outcome: ``request_id`` (text), ``outcome`` (the value as given: a class label, a number or a
-boolean), ``timestamp`` (when it was observed, ISO 8601 UTC; default: when it was logged; it picks the date
-partition) and ``logged_at``. Appending never rewrites: a corrected outcome is a new record, and readers keep the
-latest ``timestamp`` per request id (``superseded_outcomes`` counts the others).
+Outcome records are written by ``kfops.components.records`` (``log_outcomes``, and ``record_outcomes`` behind the
+predictor's ``POST /v1/outcomes``) under ``<sink>/outcomes/date=YYYY-MM-DD/``; readers here keep the latest
+``timestamp`` per request id (``superseded_outcomes`` counts the others).
 
 ``live_performance`` joins the payload log (``<sink>/model=<name>/date=<day>/*.jsonl|parquet``, rows with
 ``request_id``, ``timestamp``, ``model``, ``model_version``, ``variant``, ``prediction``) to the outcomes on
@@ -16,22 +11,16 @@ latest ``timestamp`` per request id (``superseded_outcomes`` counts the others).
 accuracy, precision, recall and F1 of the positive class, the predicted and the observed positive rate, and what
 did not join (predictions with no outcome yet, outcomes with no prediction in the window). A request of several
 rows has one id: its outcome applies to each of its rows. The payload log and the outcomes may share one sink.
-
-``record_outcomes(body, sink)`` is the body of the HTTP route ``POST /v1/outcomes`` beside the predictor: it takes
-the parsed JSON body (a list of records, ``{"outcomes": [...]}`` or one record) and returns ``{"recorded": n,
-"files": [...]}``; a ``KfopsError`` is the client's fault (a 400). It does blocking I/O: call it off the event loop.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import math
 import re
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,201 +28,19 @@ import numpy as np
 import pandas as pd
 
 from kfops.components import storage, tables
-from kfops.components.contracts import OUTCOMES_DIR, PAYLOAD_META_COLUMNS, KfopsError, outcomes_partition
+from kfops.components.contracts import (
+    OUTCOMES_DIR,
+    PAYLOAD_META_COLUMNS,
+    KfopsError,
+    check_payload_log_format,
+    partitions_of,
+)
+from kfops.components.records import iso_utc, parse_time, read_record_file
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "parquet")
-RECORD_FIELDS = ("request_id", "outcome", "timestamp")
-MAX_HTTP_RECORDS = 10_000
 PAYLOAD_COLUMNS = (*PAYLOAD_META_COLUMNS, "prediction")
-_DATE_PART = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-# ------------------------------------------------------------------------------------------------ time
-def parse_time(value: Any, now: dt.datetime | None = None, what: str = "time") -> dt.datetime | None:
-    """An aware UTC datetime from ISO 8601 text (a naive one is UTC), a date, epoch seconds, a datetime, or a
-    relative ``30m``/``24h``/``7d``/``2w`` before ``now``. None for None or ""."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    try:
-        if isinstance(value, dt.datetime):  # pandas.Timestamp too
-            moment = value
-        elif isinstance(value, dt.date):
-            moment = dt.datetime(value.year, value.month, value.day)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            return dt.datetime.fromtimestamp(float(value), dt.UTC)
-        elif isinstance(value, str):
-            text = value.strip()
-            relative = _RELATIVE.match(text.lower())
-            if relative:
-                seconds = float(relative.group(1)) * _UNITS[relative.group(2)]
-                return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=seconds)
-            moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-        else:
-            raise TypeError(type(value).__name__)
-    except (ValueError, TypeError, OverflowError, OSError) as err:
-        raise KfopsError(
-            f"{what} {value!r} is not a time: use ISO 8601 (2026-11-26 or 2026-11-26T08:00:00Z), epoch seconds, "
-            f"or a span back from now such as 30m, 24h, 7d ({err})"
-        ) from err
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat()
-
-
-# ------------------------------------------------------------------------------------------------ logging outcomes
-def _scalar(value: Any) -> Any:
-    """A JSON scalar for an outcome value (numpy and pandas scalars unwrapped); None when missing."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(type(value).__name__)
-
-
-def normalize_outcomes(
-    records: Iterable[Mapping[str, Any]] | pd.DataFrame, source: str = "outcomes", now: dt.datetime | None = None
-) -> list[dict[str, Any]]:
-    """Validated outcome records ``{request_id, outcome, timestamp, logged_at}``; KfopsError naming the row and
-    the field for a missing column, an empty id, a missing or non-scalar outcome or an unreadable timestamp."""
-    now = now or dt.datetime.now(dt.UTC)
-    if isinstance(records, pd.DataFrame):
-        frame = records
-        for name in ("request_id", "outcome"):
-            if name not in frame.columns:
-                raise KfopsError(
-                    f"{source}: no '{name}' column; it has: {', '.join(map(str, frame.columns)) or 'no columns'}"
-                )
-        keep = [c for c in RECORD_FIELDS if c in frame.columns]
-        rows: list[Any] = frame[keep].to_dict(orient="records")
-    elif isinstance(records, Mapping):
-        rows = [records]
-    else:
-        rows = list(records)
-    if not rows:
-        raise KfopsError(f"{source}: no outcome records")
-    logged_at = _iso(now)
-    out = []
-    for i, row in enumerate(rows):
-        where = f"{source} record {i}"
-        if not isinstance(row, Mapping):
-            raise KfopsError(f"{where}: expected an object with request_id and outcome, got {type(row).__name__}")
-        for name in ("request_id", "outcome"):
-            if name not in row:
-                raise KfopsError(f"{where}: no '{name}' field (it has: {', '.join(map(str, row)) or 'nothing'})")
-        raw_id = row["request_id"]
-        try:
-            request_id = _scalar(raw_id)
-        except TypeError:
-            request_id = None
-        if isinstance(request_id, float) and request_id.is_integer():
-            request_id = int(request_id)  # an id column read as float (CSV with a gap) is still the integer id
-        request_id = "" if request_id is None or isinstance(request_id, bool) else str(request_id).strip()
-        if not request_id:
-            raise KfopsError(f"{where}: request_id is empty ({raw_id!r})")
-        try:
-            outcome = _scalar(row["outcome"])
-        except TypeError as err:
-            raise KfopsError(
-                f"{where} (request_id {request_id!r}): outcome must be a label, number or boolean, got a {err}"
-            ) from err
-        if outcome is None or (isinstance(outcome, str) and not outcome.strip()):
-            raise KfopsError(f"{where} (request_id {request_id!r}): outcome is empty; log an outcome once it is known")
-        stamp = parse_time(row.get("timestamp"), now, what=f"{where} (request_id {request_id!r}): timestamp")
-        out.append(
-            {
-                "request_id": request_id,
-                "outcome": outcome.strip() if isinstance(outcome, str) else outcome,
-                "timestamp": _iso(stamp or now),
-                "logged_at": logged_at,
-            }
-        )
-    return out
-
-
-def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
-    if fmt == "jsonl":
-        import orjson
-
-        return b"".join(orjson.dumps(r) + b"\n" for r in records)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    outcomes = [r["outcome"] for r in records]
-    kinds = {type(v) for v in outcomes}
-    # One Parquet column has one type: mixed kinds (labels and numbers) are kept as text.
-    column = pa.array(outcomes) if len(kinds) == 1 or kinds <= {int, float} else pa.array([str(v) for v in outcomes])
-    table = pa.table(
-        {
-            "request_id": pa.array([r["request_id"] for r in records], pa.string()),
-            "outcome": column,
-            "timestamp": pa.array([r["timestamp"] for r in records], pa.string()),
-            "logged_at": pa.array([r["logged_at"] for r in records], pa.string()),
-        }
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def log_outcomes(
-    records: Iterable[Mapping[str, Any]] | pd.DataFrame,
-    sink: str,
-    fmt: str = "jsonl",
-    source: str = "outcomes",
-    now: dt.datetime | None = None,
-) -> dict[str, Any]:
-    """Validate and append outcome records under ``<sink>/outcomes/date=<day>/`` (one new file per day touched;
-    nothing is written unless every record is valid). Returns ``{"recorded": n, "files": [uri, ...]}``."""
-    if fmt not in FORMATS:
-        raise KfopsError(f"outcomes: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not isinstance(sink, str) or not sink.strip():
-        raise KfopsError("outcomes: no sink given; pass a folder or an s3:// URI")
-    sink = sink.strip()
-    if storage.is_s3(sink):
-        storage.split_s3(sink)
-    normalized = normalize_outcomes(records, source, now)
-    by_day: dict[str, list[dict[str, Any]]] = {}
-    for record in normalized:
-        by_day.setdefault(record["timestamp"][:10], []).append(record)
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
-    files = []
-    for day, rows in sorted(by_day.items()):
-        uri = storage.join(sink, *outcomes_partition(day), f"{stamp}-{uuid.uuid4().hex}.{fmt}")
-        storage.write_bytes(uri, _encode(rows, fmt))
-        files.append(uri)
-    log.info("logged %d outcome(s) to %s in %d file(s)", len(normalized), sink, len(files))
-    return {"recorded": len(normalized), "files": files}
-
-
-def record_outcomes(body: Any, sink: str, fmt: str = "jsonl", max_records: int = MAX_HTTP_RECORDS) -> dict[str, Any]:
-    """The ``POST /v1/outcomes`` handler's work: ``body`` is the parsed JSON (a list of ``{"request_id",
-    "outcome", "timestamp"?}``, ``{"outcomes": [...]}`` or one record). KfopsError means a bad request."""
-    if isinstance(body, Mapping) and "outcomes" in body:
-        records = body["outcomes"]
-    elif isinstance(body, Mapping):
-        records = [body]
-    else:
-        records = body
-    if not isinstance(records, list):
-        raise KfopsError(
-            'outcomes: the body must be a list of {"request_id", "outcome", "timestamp"?} objects, '
-            f'{{"outcomes": [...]}} or one such object; got {type(records).__name__}'
-        )
-    if len(records) > max_records:
-        raise KfopsError(f"outcomes: {len(records)} records in one request; send at most {max_records}")
-    return log_outcomes(records, sink, fmt=fmt, source="request body")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def read_outcome_file(uri: str) -> pd.DataFrame:
@@ -259,11 +66,10 @@ def _partition_files(
         relative = path[len(base) :].replace("\\", "/").strip("/")
         if tables.table_format(relative, json_as_lines=True) in (None, tables.CSV):
             continue
-        parts = dict(p.split("=", 1) for p in relative.split("/")[:-1] if "=" in p)
-        day_match = next((_DATE_PART.match(p) for p in relative.split("/")[:-1] if _DATE_PART.match(p)), None)
-        if day_match is None:
+        parts = partitions_of(relative)
+        if not _DAY.match(parts.get("date", "")):
             continue
-        day = dt.date.fromisoformat(day_match.group(1))
+        day = dt.date.fromisoformat(parts["date"])
         if since is not None and day < since.date():
             continue
         if until is not None and day > until.date():
@@ -272,34 +78,6 @@ def _partition_files(
             continue
         found.append((path, parts))
     return found
-
-
-def _read_records(uri: str, columns: Sequence[str]) -> pd.DataFrame:
-    """Selected columns of one JSONL or Parquet file (absent columns are null)."""
-    raw = storage.read_bytes(uri)
-    if not raw.strip():
-        return pd.DataFrame(columns=list(columns))
-    try:
-        if raw[:4] == b"PAR1":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(io.BytesIO(raw))
-            present = [c for c in columns if c in table.column_names]
-            frame = table.select(present).to_pandas()
-        else:
-            import orjson
-
-            lines = [line for line in raw.split(b"\n") if line.strip()]
-            records = orjson.loads(b"[" + b",".join(lines) + b"]")
-            frame = pd.DataFrame.from_records(
-                [{c: r.get(c) for c in columns if c in r} for r in records if isinstance(r, dict)]
-            )
-    except Exception as err:
-        raise KfopsError(f"cannot read {uri}: {err}") from err
-    for c in columns:
-        if c not in frame.columns:
-            frame[c] = None
-    return frame[list(columns)]
 
 
 def _utc_times(values: pd.Series) -> pd.Series:
@@ -316,7 +94,7 @@ def read_outcomes(
     files = _partition_files(folder, since, until)
     if not files and uri.rstrip("/").endswith("/" + OUTCOMES_DIR):
         files = _partition_files(uri, since, until)
-    frames = [_read_records(path, ("request_id", "outcome", "timestamp")) for path, _ in files]
+    frames = [read_record_file(path, ("request_id", "outcome", "timestamp")) for path, _ in files]
     frame = (
         pd.concat([f for f in frames if not f.empty], ignore_index=True)
         if any(not f.empty for f in frames)
@@ -344,7 +122,8 @@ def read_predictions(
     files = [(p, parts) for p, parts in _partition_files(uri, since, until, model) if not _under_outcomes(uri, p)]
     frames = []
     for path, parts in files:
-        frame = _read_records(path, PAYLOAD_COLUMNS)
+        frame = read_record_file(path, PAYLOAD_COLUMNS)
+        check_payload_log_format(frame["log_format"], path)
         if "model" in parts:
             frame["model"] = frame["model"].where(frame["model"].notna(), parts["model"])
         frames.append(frame)
@@ -502,7 +281,7 @@ def live_performance(
     start = parse_time(since, now, what="since")
     end = parse_time(until, now, what="until")
     if start is not None and end is not None and start >= end:
-        raise KfopsError(f"outcomes: the window is empty: since {_iso(start)} is not before until {_iso(end)}")
+        raise KfopsError(f"outcomes: the window is empty: since {iso_utc(start)} is not before until {iso_utc(end)}")
     predictions = read_predictions(payload_log_uri, start, end, model)
     outcomes, superseded = read_outcomes(outcomes_uri or payload_log_uri, start, None)
     predictions["prediction_label"] = predictions["prediction"].map(label_text)
@@ -535,8 +314,8 @@ def live_performance(
         for key, rows in joined.groupby(["model", "model_version", "variant"], sort=True, dropna=False)
     ]
     return LivePerformance(
-        since=_iso(start) if start else None,
-        until=_iso(end) if end else None,
+        since=iso_utc(start) if start else None,
+        until=iso_utc(end) if end else None,
         positive_class=positive,
         negative_class=negative,
         predictions=len(predictions),

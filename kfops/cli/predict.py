@@ -220,7 +220,8 @@ def _shard_progress(log_path: Path, console, verbose: bool):
 # ------------------------------------------------------------------------------------------------ outcomes
 def cmd_outcomes_log(args) -> int:
     from kfops.components.contracts import KfopsError
-    from kfops.components.outcomes.logic import log_outcomes, read_outcome_file
+    from kfops.components.outcomes.logic import read_outcome_file
+    from kfops.components.records import log_outcomes
 
     if args.file and (args.request_id is not None or args.outcome is not None):
         raise KfopsError("give either --file or --request-id with --outcome, not both")

@@ -369,7 +369,7 @@ def test_a_payload_log_folder_filtered_by_date_and_version(tmp_path):
     assert [Path(f.uri).parent.name for f in window.files] == ["date=2026-03-02", "date=2026-03-03"]
     assert window.filtered_out == 2
     # Ground truth posted beside the predictor lands in the same sink (<sink>/outcomes/): never window rows.
-    from kfops.components.outcomes.logic import log_outcomes
+    from kfops.components.records import log_outcomes
 
     log_outcomes([{"request_id": "r1", "outcome": "1"}], str(logs))
     assert list((logs / "outcomes").rglob("*.jsonl"))

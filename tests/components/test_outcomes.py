@@ -13,13 +13,8 @@ import pytest
 from kfops.cli import main
 from kfops.components import storage
 from kfops.components.contracts import KfopsError
-from kfops.components.outcomes.logic import (
-    live_performance,
-    log_outcomes,
-    parse_time,
-    read_outcomes,
-    record_outcomes,
-)
+from kfops.components.outcomes.logic import live_performance, read_outcomes
+from kfops.components.records import log_outcomes, parse_time, record_outcomes
 from kfops.serving.payload_log import PayloadLogger
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # outcomes logged with no timestamp get the real now
