@@ -3,21 +3,32 @@
 Training (preprocess, train), evaluation, the model itself (its pyfunc), serving and batch prediction all turn raw
 rows into the model's float32 matrix here, so they cannot disagree. ``transform_features`` takes a DataFrame,
 ``transform_columns`` the columns a request already holds (no DataFrame built); both check values as they go and
-name the column and row of a bad one. Fitting the transform is preprocess's job (``fit_feature_spec``).
+name the column and row of a bad one. ``request_value``/``request_column`` check the values a request sends (JSON or
+V2 tensors) for serving, with the same rules: numbers finite and within float32, categories text, null missing.
+Fitting the transform is preprocess's job (``fit_feature_spec``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kfops.components.contracts import ColumnSpec, FeatureSpec, KfopsError
 
+MAX_ABS_NUMBER = 1e38  # float32 holds about 3.4e38; larger values would become inf inside the model
+_SHOWN = 60  # characters of a bad value quoted in a message
 # Below this many rows a dict lookup per value beats building a pandas Categorical (serving's small batches).
 SMALL_BATCH_ROWS = 512
+
+
+def show_value(value: Any) -> str:
+    """A value as quoted in an error message, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def category_codes(raw: pd.Series | Sequence, vocabulary: list[str]) -> np.ndarray:
@@ -124,6 +135,66 @@ def encode_labels(spec: FeatureSpec, labels: pd.Series, source: str = "input") -
             f"besides {spec.negative_class!r} and {spec.positive_class!r}"
         )
     return (text == spec.positive_class).to_numpy(dtype=np.float32)
+
+
+def request_value(kind: str, name: str, value: Any, where: str) -> Any:
+    """One value of a request (JSON or a V2 tensor) checked for a feature of ``kind``: float (NaN for missing) for
+    numeric features, str or None for categorical; a KfopsError naming ``where`` and the feature otherwise."""
+    if value is None:
+        return math.nan if kind == "numeric" else None
+    if kind == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise KfopsError(
+                f"{where}: feature '{name}' must be a number (or null), got {type(value).__name__} {show_value(value)}"
+            )
+        try:
+            number = float(value)
+        except OverflowError:
+            raise KfopsError(f"{where}: feature '{name}' is too large: {show_value(value)}") from None
+        if not math.isfinite(number):
+            raise KfopsError(f"{where}: feature '{name}' must be a finite number, got {number}")
+        if abs(number) > MAX_ABS_NUMBER:
+            raise KfopsError(
+                f"{where}: feature '{name}' is out of range: {number:g} (the model computes in float32, "
+                f"|value| must be at most {MAX_ABS_NUMBER:g})"
+            )
+        return number
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise KfopsError(f"{where}: feature '{name}' is not valid UTF-8") from None
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return str(int(value))
+    raise KfopsError(
+        f"{where}: feature '{name}' must be a string (or null), got {type(value).__name__} {show_value(value)}"
+    )
+
+
+def request_column(kind: str, name: str, values: list, where: Callable[[int], str]) -> list:
+    """A whole column validated at once: the common case (numbers for numeric features, strings for
+    categorical ones, nulls) in vectorised passes; anything else goes value by value through ``value``,
+    which raises the exact message. ``where(i)`` names row i."""
+    if kind == "numeric":
+        # One pure-Python pass: cheaper than numpy's array set-up for the small requests that dominate, and
+        # no slower for large ones. The chained comparison is False for NaN and infinities, so anything but a
+        # finite in-range int/float or null drops to the exact per-value errors below.
+        out = []
+        append = out.append
+        for v in values:
+            if (type(v) is float or type(v) is int) and -MAX_ABS_NUMBER <= v <= MAX_ABS_NUMBER:
+                append(float(v))
+            elif v is None:
+                append(math.nan)
+            else:
+                break
+        else:
+            return out
+    elif all(type(v) is str or v is None for v in values):
+        return list(values)
+    return [request_value(kind, name, v, where(i)) for i, v in enumerate(values)]
 
 
 def save_matrix(path: str, features: np.ndarray, labels: np.ndarray) -> None:

@@ -123,18 +123,17 @@ async def _answer(send, status: int, payload: dict, extra_headers=()) -> None:
 
 async def _fast_v1(predictor, scope, body: bytes, send) -> None:
     """V1 predict straight through the predictor: the same validation, batching, metrics and bodies."""
-    import orjson
     from kserve.errors import InferenceError, InvalidInput, ModelNotReady
+
+    from kfops.serving.protocol import BadBody, parse_json
 
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     try:
-        if "json" not in headers.get("content-type", "application/json"):
-            raise InvalidInput("request body must be JSON (content-type application/json) with an 'instances' list")
         try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            raise InvalidInput(f"the body is not valid JSON ({err})") from None
-        parsed = await predictor.preprocess(body, headers)
+            doc = parse_json(body)  # JSON whatever the content-type header says
+        except BadBody as err:
+            raise InvalidInput(str(err)) from None
+        parsed = await predictor.preprocess(doc, headers)
         status, answer = 200, await predictor.predict(parsed, headers)
     except InvalidInput as err:
         log.info("bad request: %s", err)

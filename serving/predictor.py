@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -43,10 +42,12 @@ import pandas as pd
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from kfops.components.contracts import PAYLOAD_LOG_FORMAT_VERSION, PAYLOAD_META_COLUMNS
+from kfops.components.contracts import PAYLOAD_LOG_FORMAT_VERSION, PAYLOAD_META_COLUMNS, KfopsError
 from kfops.components.model_store import LoadedModel, load_model
+from kfops.components.transform import request_column, request_value
 from kfops.serving import metrics
 from kfops.serving.batching import BatchTimings, DynamicBatcher
+from kfops.serving.protocol import BadBody, flat_values, parse_json, show, v1_instances
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,12 @@ NUMERIC_V2_TYPES = frozenset(
     {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
 )
 VARIANT = "default"
-MAX_ABS_NUMBER = 1e38  # float32 holds about 3.4e38; larger values would become inf inside the model
-_SHOWN = 60  # characters of a bad value quoted in a message
 
 
 def _values(result, name: str) -> list:
     """A result column as a list, whether the batcher returned a DataFrame or columns."""
     column = result[name]
     return column if isinstance(column, list) else column.tolist()
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 @dataclass
@@ -107,61 +101,18 @@ class FeatureValidator:
             )
 
     def value(self, name: str, value: Any, where: str) -> Any:
-        """One validated value: float (NaN for missing) for numeric features, str or None for categorical."""
-        if value is None:
-            return math.nan if self.kinds[name] == "numeric" else None
-        if self.kinds[name] == "numeric":
-            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-                raise InvalidInput(
-                    f"{where}: feature '{name}' must be a number (or null), got {type(value).__name__} {_show(value)}"
-                )
-            try:
-                number = float(value)
-            except OverflowError:
-                raise InvalidInput(f"{where}: feature '{name}' is too large: {_show(value)}") from None
-            if not math.isfinite(number):
-                raise InvalidInput(f"{where}: feature '{name}' must be a finite number, got {number}")
-            if abs(number) > MAX_ABS_NUMBER:
-                raise InvalidInput(
-                    f"{where}: feature '{name}' is out of range: {number:g} (the model computes in float32, "
-                    f"|value| must be at most {MAX_ABS_NUMBER:g})"
-                )
-            return number
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bytes):
-            try:
-                return value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(f"{where}: feature '{name}' is not valid UTF-8") from None
-        if isinstance(value, int | np.integer) and not isinstance(value, bool):
-            return str(int(value))
-        raise InvalidInput(
-            f"{where}: feature '{name}' must be a string (or null), got {type(value).__name__} {_show(value)}"
-        )
+        """One validated value (``transform.request_value``): InvalidInput names the field."""
+        try:
+            return request_value(self.kinds[name], name, value, where)
+        except KfopsError as err:
+            raise InvalidInput(str(err)) from None
 
     def column(self, name: str, values: list, where) -> list:
-        """A whole column validated at once: the common case (numbers for numeric features, strings for
-        categorical ones, nulls) in vectorised passes; anything else goes value by value through ``value``,
-        which raises the exact message. ``where(i)`` names row i."""
-        if self.kinds[name] == "numeric":
-            # One pure-Python pass: cheaper than numpy's array set-up for the small requests that dominate, and
-            # no slower for large ones. The chained comparison is False for NaN and infinities, so anything but a
-            # finite in-range int/float or null drops to the exact per-value errors below.
-            out = []
-            append = out.append
-            for v in values:
-                if (type(v) is float or type(v) is int) and -MAX_ABS_NUMBER <= v <= MAX_ABS_NUMBER:
-                    append(float(v))
-                elif v is None:
-                    append(math.nan)
-                else:
-                    break
-            else:
-                return out
-        elif all(type(v) is str or v is None for v in values):
-            return list(values)
-        return [self.value(name, v, where(i)) for i, v in enumerate(values)]
+        """A whole column validated at once (``transform.request_column``); ``where(i)`` names row i."""
+        try:
+            return request_column(self.kinds[name], name, values, where)
+        except KfopsError as err:
+            raise InvalidInput(str(err)) from None
 
     def frame(self, columns: dict[str, list]) -> pd.DataFrame:
         data = {}
@@ -174,17 +125,10 @@ class FeatureValidator:
 
     # ------------------------------------------------------------------------------------------ V1
     def v1(self, body: Any) -> dict[str, list]:
-        if isinstance(body, bytes | bytearray | str):
-            raise InvalidInput("request body must be JSON (content-type application/json) with an 'instances' list")
-        if not isinstance(body, dict):
-            raise InvalidInput(
-                f"request body must be a JSON object with an 'instances' list, got a JSON {type(body).__name__}"
-            )
-        if "instances" not in body:
-            raise InvalidInput(f"request body has no 'instances' field (it has: {sorted(map(str, body))[:10]})")
-        instances = body["instances"]
-        if not isinstance(instances, list):
-            raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
+        try:
+            instances = v1_instances(parse_json(body) if isinstance(body, bytes | bytearray | str) else body)
+        except BadBody as err:
+            raise InvalidInput(str(err)) from None
         self.check_rows(len(instances), "'instances'")
         width = len(self.names)
         # Check every row's shape first, then validate column by column (vectorised where it can be).
@@ -277,7 +221,7 @@ class FeatureValidator:
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
             or (len(shape) == 2 and shape[1] != 1)
         ):
-            raise InvalidInput(f"{where}: shape must be [n] or [n, 1], got {_show(shape)}")
+            raise InvalidInput(f"{where}: shape must be [n] or [n, 1], got {show(shape)}")
         data = infer_input.data
         if data is None:
             try:  # binary tensor extension
@@ -286,18 +230,13 @@ class FeatureValidator:
                 raise InvalidInput(f"{where}: cannot read its data: {err}") from None
         if not isinstance(data, list):
             raise InvalidInput(f"{where}: 'data' must be a list, got {type(data).__name__}")
-        nan_is_missing = nan_is_missing and datatype.startswith("FP")
-        flat = []
-        for value in data:
-            if isinstance(value, list):  # [[v], [v], ...] for shape [n, 1]
-                if len(value) != 1:
-                    raise InvalidInput(f"{where}: nested rows must hold one value each, got {_show(value)}")
-                value = value[0]
-            if isinstance(value, list | dict):
-                raise InvalidInput(f"{where}: values must be scalars, got {_show(value)}")
-            if nan_is_missing and value != value:  # NaN: the float tensors' missing value (see the module doc)
-                value = None
-            flat.append(value)
+        try:
+            flat = flat_values(data, where)
+        except BadBody as err:
+            raise InvalidInput(str(err)) from None
+        if nan_is_missing and datatype.startswith("FP"):
+            # NaN: the float tensors' missing value (see the module doc)
+            flat = [None if value != value else value for value in flat]
         if len(flat) != shape[0]:
             raise InvalidInput(f"{where}: shape {list(shape)} says {shape[0]} rows but 'data' holds {len(flat)}")
         return flat

@@ -61,12 +61,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from kfops.serving import http_client
 from kfops.serving.asgi import TOO_LARGE, read_body
+from kfops.serving.protocol import parse_json
 from kfops.serving.router_bodies import (
     _forward_headers,
     _merge_v1,
     _merge_v2,
     _outcomes,
-    _parse_json,
     _remap_rows,
     _strip_entity,
     _v1_entities,
@@ -365,7 +365,7 @@ class Router:
     # -------------------------------------------------------------------------------------- ab
     async def _ab(self, protocol: str, body: bytes, headers: bytes, entity_header: str | None) -> Reply:
         config = self.config
-        doc = _parse_json(body)
+        doc = parse_json(body)
         strip = not config.forward_entity_key
         if protocol == "v1":
             entities, stripped = _v1_entities(doc, config.entity_key, strip, entity_header)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from kfops.serving.protocol import flat_values, show, v1_instances, v2_inputs
 from kfops.serving.router_types import (
     _ID_COUNTER,
     _ID_PREFIX,
@@ -20,7 +21,6 @@ from kfops.serving.router_types import (
     BadRequest,
     Reply,
     UpstreamFailed,
-    _show,
 )
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -53,20 +53,13 @@ def _forward_headers(request_headers) -> tuple[bytes, str, str | None]:
     return b"".join(lines), request_id, entity or None
 
 
-def _parse_json(body: bytes):
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        raise BadRequest(f"the body is not valid JSON ({err})") from None
-
-
 def _entity_value(value, where: str, key: str):
     """A usable entity id, or None for a missing one (absent, null or empty)."""
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         kind = type(value).__name__
-        raise BadRequest(f"{where}: entity field '{key}' must be a string or a number, got {kind} {_show(value)}")
+        raise BadRequest(f"{where}: entity field '{key}' must be a string or a number, got {kind} {show(value)}")
     return value
 
 
@@ -77,21 +70,9 @@ def _no_entity(where: str, key: str) -> BadRequest:
     )
 
 
-def _v1_instances(doc) -> list:
-    if not isinstance(doc, dict):
-        raise BadRequest(
-            f"request body must be a JSON object with an 'instances' list, got a JSON {type(doc).__name__}"
-        )
-    instances = doc.get("instances")
-    if not isinstance(instances, list):
-        got = "no 'instances' field" if "instances" not in doc else f"'instances' is a {type(instances).__name__}"
-        raise BadRequest(f"request body must have an 'instances' list of rows ({got})")
-    return instances
-
-
 def _v1_entities(doc, key: str, strip: bool, header: str | None) -> tuple[list, bool]:
     """Each row's entity id (the header's where a row has none); strips the field from the rows if asked."""
-    instances = _v1_instances(doc)
+    instances = v1_instances(doc)
     entities = []
     stripped = False
     for i, row in enumerate(instances):
@@ -107,28 +88,8 @@ def _v1_entities(doc, key: str, strip: bool, header: str | None) -> tuple[list, 
     return entities, stripped
 
 
-def _v2_inputs(doc) -> list:
-    if not isinstance(doc, dict):
-        raise BadRequest(f"request body must be a JSON object with an 'inputs' list, got a JSON {type(doc).__name__}")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
-        raise BadRequest("request body must have an 'inputs' list of objects (one per input)")
-    return inputs
-
-
-def _flat_rows(data: list, name: str) -> list:
-    flat = []
-    for value in data:
-        if isinstance(value, list):  # [[v], [v], ...] for shape [n, 1]
-            if len(value) != 1:
-                raise BadRequest(f"input '{name}': nested rows must hold one value each, got {_show(value)}")
-            value = value[0]
-        flat.append(value)
-    return flat
-
-
 def _v2_entities(doc, key: str, strip: bool, header: str | None) -> tuple[list, bool]:
-    inputs = _v2_inputs(doc)
+    inputs = v2_inputs(doc)
     found = [i for i, item in enumerate(inputs) if item.get("name") == key]
     if not found:
         if header is None:
@@ -147,7 +108,7 @@ def _v2_entities(doc, key: str, strip: bool, header: str | None) -> tuple[list, 
     if not isinstance(data, list):
         raise BadRequest(f"input '{key}': 'data' must be a list of entity ids (binary tensor data cannot be routed)")
     entities = []
-    for i, value in enumerate(_flat_rows(data, key)):
+    for i, value in enumerate(flat_values(data, f"input '{key}'")):
         value = _entity_value(value, f"input '{key}' row {i}", key)
         if value is None:
             if header is None:

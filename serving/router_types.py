@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kfops.components.contracts import KfopsError
 from kfops.serving import http_client
+from kfops.serving.protocol import BadBody
 
 MODES = ("ab", "shadow", "canary")
 STABLE, CHALLENGER, MIXED = "stable", "challenger", "mixed"
@@ -53,7 +54,6 @@ _NOT_FORWARDED = frozenset(
 )
 _V1_ROW = re.compile(r"instances\[(\d+)\]")
 _V2_ROW = re.compile(r"\brow (\d+)\b")
-_SHOWN = 60
 # Request ids the router makes up: a random per-process prefix and a counter (unique, and cheaper than uuid4).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
@@ -68,11 +68,6 @@ def bucket(entity) -> int:
 def assign(entity, split: float) -> str:
     """The variant an entity is assigned to in ``ab`` mode with ``split`` percent to the challenger."""
     return CHALLENGER if bucket(entity) < split else STABLE
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -178,8 +173,8 @@ def _json(status: int, payload: dict, variant: str | None = None, request_id: st
     return Answer(status, orjson.dumps(payload), _JSON, variant, request_id)
 
 
-class BadRequest(Exception):
-    """The caller's request cannot be routed: a 400 with this message."""
+# The caller's request cannot be routed: a 400 with this message (the protocol's rules and the router's own).
+BadRequest = BadBody
 
 
 class Unreachable(Exception):

@@ -257,13 +257,25 @@ def _post(client, url, body):
     return client.post(url, json=body)
 
 
+def test_a_json_body_is_read_whatever_its_content_type(client, registered_model):
+    import orjson
+
+    body = orjson.dumps({"instances": v1_objects(registered_model.rows.head(2))})
+    # curl -d sends application/x-www-form-urlencoded; some clients send nothing or text/plain
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"content-type": content_type} if content_type else {}
+        r = client.post(V1, content=body, headers=headers)
+        assert r.status_code == 200, (content_type, r.text)
+        assert len(r.json()["predictions"]) == 2
+
+
 def test_bad_v1_requests_are_400_naming_the_field(client, registered_model):
     for label, body, message in bad_v1_cases(registered_model):
         r = _post(client, V1, body)
         assert r.status_code == 400, (label, r.status_code, r.text)
         assert message in r.json()["error"], (label, r.json())
     r = client.post(V1, content=b"amount=1", headers={"content-type": "text/plain"})
-    assert r.status_code == 400 and "must be JSON" in r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     # The server still answers normally after all that.
     assert client.post(V1, json={"instances": v1_objects(registered_model.rows.head(2))}).status_code == 200
 
@@ -483,3 +495,22 @@ def test_an_oversized_body_is_a_400_and_the_server_keeps_serving(predictor, regi
             assert r.status_code == 400 and "larger than this server's maximum of 2,000 bytes" in r.json()["error"]
         ok = small.post(V1, json={"instances": v1_objects(registered_model.rows.head(1))})
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
+def test_request_values_follow_the_transform_rules():
+    """The one set of value rules (components/transform.py) that serving applies to JSON and tensor values."""
+    import math
+
+    from kfops.components.contracts import KfopsError
+    from kfops.components.transform import request_column, request_value
+
+    assert request_column("numeric", "x", [1, 2.5, None], str)[:2] == [1.0, 2.5]
+    assert math.isnan(request_column("numeric", "x", [None], str)[0])
+    assert request_column("categorical", "c", ["a", None, 3], str) == ["a", None, "3"]
+    for bad, message in [("1", "must be a number"), (True, "must be a number"), (1e39, "out of range")]:
+        with pytest.raises(KfopsError, match=message):
+            request_value("numeric", "x", bad, "row 0")
+    with pytest.raises(KfopsError, match="row 1: feature 'x' must be a finite number"):
+        request_column("numeric", "x", [1.0, float("inf")], lambda i: f"row {i}")
+    with pytest.raises(KfopsError, match="must be a string"):
+        request_value("categorical", "c", 1.5, "row 0")
