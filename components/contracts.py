@@ -22,6 +22,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "precision_macro",
     "recall_macro",
     "f1_macro",
+    "balanced_accuracy",
     "precision",
     "recall",
     "f1",
@@ -33,6 +34,8 @@ METRIC_NAMES: tuple[str, ...] = (
 HIGHER_IS_BETTER: dict[str, bool] = {name: name != "val_loss" for name in METRIC_NAMES}
 
 FeatureKind = Literal["numeric", "categorical"]
+AUTO_BALANCE_BELOW = 0.2  # class_weighting "auto" weights the positive class when it is rarer than this
+THRESHOLD_OBJECTIVE = re.compile(r"^(fixed|f1|youden|(precision|recall)>=(0?\.\d*[1-9]\d*|1(\.0*)?))$")
 
 # Registry aliases, written down once.
 ALIAS_CHALLENGER = "challenger"
@@ -207,11 +210,16 @@ class TrainConfig:
     epochs: int = 12
     optimizer: str = "adamw"  # adam, adamw or sgd
     weight_decay: float = 1e-4
-    class_weighting: str = "none"  # none, or balanced (weights positives by the class ratio)
+    # none, balanced (weights positives by the class ratio), or auto: balanced when positives are under
+    # AUTO_BALANCE_BELOW of the training rows
+    class_weighting: str = "auto"
     early_stopping_patience: int = 3
     seed: int = 42
     device: str = "auto"  # auto, cpu or cuda
     decision_threshold: float = 0.5  # positive-class probability at which the model predicts the positive class
+    # How the decision threshold is set: chosen on the validation split for f1 (of the positive class), youden
+    # (TPR - FPR), precision>=P or recall>=R; or fixed at decision_threshold.
+    threshold_objective: str = "f1"
     cuda_graphs: bool = True  # capture the training step as a CUDA graph on GPU
 
     def check(self) -> None:
@@ -227,8 +235,13 @@ class TrainConfig:
             raise KfopsError(f"train: epochs must be positive, got {self.epochs}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise KfopsError(f"train: optimizer must be adam, adamw or sgd, got '{self.optimizer}'")
-        if self.class_weighting not in ("none", "balanced"):
-            raise KfopsError(f"train: class_weighting must be none or balanced, got '{self.class_weighting}'")
+        if self.class_weighting not in ("none", "balanced", "auto"):
+            raise KfopsError(f"train: class_weighting must be none, balanced or auto, got '{self.class_weighting}'")
+        if not THRESHOLD_OBJECTIVE.match(self.threshold_objective):
+            raise KfopsError(
+                "train: threshold_objective must be fixed, f1, youden, precision>=P or recall>=R (P, R in (0, 1]), "
+                f"got '{self.threshold_objective}'"
+            )
         if not 0.0 < self.decision_threshold < 1.0:
             raise KfopsError(f"train: threshold must be between 0 and 1, got {self.decision_threshold}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -290,6 +303,10 @@ class EvaluationResult:
 #             `previous`, so a second rollback undoes the first.
 TAG_BLESSED = "kfops.blessed"  # "true" / "false": the gate writes it on the MLflow run, register on the version
 TAG_BLESSING_MESSAGE = "kfops.blessing.message"
+TAG_GATE_THRESHOLDS = "kfops.gate.thresholds"  # the rules the gate judged by, as JSON
+TAG_NAIVE_PREFIX = (
+    "kfops.gate.naive."  # the naive baseline's scores on the same test rows, e.g. kfops.gate.naive.roc_auc
+)
 TAG_BLESSING_BASELINE = "kfops.blessing.baseline_version"
 TAG_METRIC_PREFIX = "kfops.metric."  # test metrics on the model version, e.g. kfops.metric.f1_macro
 # The metric that breaks a tie between two blessed versions racing to become champion.
@@ -319,6 +336,8 @@ class Blessing:
     baseline_version: str = ""  # the champion it was compared with ("" when there was none)
     checks: list[MetricCheck] = field(default_factory=list)
     message: str = ""
+    thresholds: dict[str, Any] = field(default_factory=dict)  # the rules judged, as configured
+    naive_baseline: dict[str, float] = field(default_factory=dict)  # the class-prior baseline's scores, same rows
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -47,11 +47,37 @@ from kfops.components.contracts import (
 
 log = logging.getLogger(__name__)
 
+MAX_MODEL_NAME = 63  # a Kubernetes DNS label: the name also names the InferenceService
+_DATA_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".pq", ".jsonl", ".ndjson", ".json")
 CLAIM_PREFIX = "kfops.promotion.claim."
 CLAIM_TTL_S = 120.0  # claims older than this are stale (a crashed writer) and deleted
 SETTLE_SLEEP_S = (0.05, 0.15)  # random sleep before each re-read, so a concurrent writer's alias lands first
 STABLE_READS = 3  # reads in a row that must agree before a writer stops
 MAX_SETTLE_READS = 20
+
+
+def model_name_from_data(source: str, target: str) -> str:
+    """A registered-model name drawn from a data file and its target (``churn.csv``, ``Exited`` ->
+    ``churn-exited``): lower-case letters, digits and dashes, at most 63, so it is a valid MLflow model name and a
+    Kubernetes name for the InferenceService that serves it."""
+    import re
+
+    stem = source.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in _DATA_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+    tail = slug(target)[: MAX_MODEL_NAME // 2]
+    head = slug(stem)
+    if head and not head[0].isalpha():
+        head = "m-" + head
+    head = head[: MAX_MODEL_NAME - len(tail) - 1].rstrip("-")  # a long file name gives way to the target
+    name = "-".join(part for part in (head, tail) if part) or "model"
+    return name if name[0].isalpha() else "m-" + name
 
 
 @dataclass

@@ -74,6 +74,7 @@ def binary_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float
         "precision_macro": (precision_pos + precision_neg) / 2,
         "recall_macro": (recall_pos + recall_neg) / 2,
         "f1_macro": (f1_pos + f1_neg) / 2,
+        "balanced_accuracy": (recall_pos + recall_neg) / 2,  # the same number as recall_macro, by its usual name
         "precision": precision_pos,
         "recall": recall_pos,
         "f1": f1_pos,
@@ -138,3 +139,55 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
     fpr, tpr, thresholds = roc_curve(y, probability)
     curve = dict(zip(("fpr", "tpr", "thresholds"), downsample_curve(fpr, tpr, thresholds), strict=True))
     return result, curve
+
+
+def naive_baseline_metrics(model_dir: str, test_path: str) -> dict[str, float]:
+    """The class-prior baseline's metrics on the test rows: every row gets the training positive rate as its
+    probability (ROC-AUC 0.5) and the majority class as its prediction (balanced accuracy 0.5). A model is worth
+    deploying only by its margin over this."""
+    import pandas as pd
+
+    from kfops.components.transform import encode_labels
+
+    spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json"))
+    test = pd.read_parquet(test_path, columns=[spec.target])
+    y = encode_labels(spec, test[spec.target], source=test_path)
+    return binary_metrics(y, np.full(len(y), spec.positive_rate), threshold=0.5)
+
+
+def choose_threshold(y_true: np.ndarray, probability: np.ndarray, objective: str) -> float:
+    """The decision threshold that best meets ``objective`` on labelled rows (the validation split): ``f1`` (of
+    the positive class), ``youden`` (TPR - FPR), ``precision>=P`` (the most recall with that precision) or
+    ``recall>=R`` (the most precision with that recall). Between two neighbouring scores the midpoint is taken,
+    so rows scored alike fall on the same side. KfopsError when the rows cannot meet the objective."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probability, dtype=np.float64)
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        raise KfopsError(
+            f"threshold: the validation rows hold one class only; cannot choose a threshold for {objective}"
+        )
+    order = np.argsort(-p, kind="mergesort")
+    s, ys = p[order], y[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last row of each run of equal scores
+    tp = np.cumsum(ys)[ends].astype(np.float64)
+    fp = (ends + 1) - tp
+    recall = tp / positives
+    precision = tp / (tp + fp)
+    if objective == "f1":
+        score = 2 * tp / (2 * tp + fp + (positives - tp))
+    elif objective == "youden":
+        score = recall - fp / (len(y) - positives)
+    else:
+        name, bound = objective.split(">=")
+        wanted = (precision if name == "precision" else recall) >= float(bound) - 1e-12
+        if not wanted.any():
+            raise KfopsError(
+                f"threshold: no threshold reaches {name} {float(bound):g} on the validation rows (best "
+                f"{(precision if name == 'precision' else recall).max():.3f}); lower it or use f1"
+            )
+        score = np.where(wanted, recall if name == "precision" else precision, -np.inf)
+    best = int(np.argmax(score))  # the first maximum: the highest such threshold
+    upper = s[ends[best]]
+    lower = s[ends[best + 1]] if best + 1 < len(ends) else upper
+    return float(np.clip((upper + lower) / 2, 1e-6, 1 - 1e-6))

@@ -111,6 +111,27 @@ def validation_metrics(y_val, threshold: float):
     return metrics
 
 
+def decision_threshold(model, x_val, y_val, config: TrainConfig) -> float:
+    """The model's decision threshold: ``config.decision_threshold`` when fixed, else the one that best meets
+    ``config.threshold_objective`` on the validation split (scoring.choose_threshold)."""
+    if config.threshold_objective == "fixed":
+        return config.decision_threshold
+    import torch
+
+    from kfops.components.scoring import choose_threshold
+    from kfops.components.train.loop import predict_logits
+
+    device = next(model.parameters()).device
+    features = torch.as_tensor(x_val, dtype=torch.float32, device=device)
+    probability = torch.sigmoid(predict_logits(model, features, device.type)).cpu().numpy()
+    if y_val.min() == y_val.max():
+        log.warning("validation rows hold one class: the decision threshold stays %g", config.decision_threshold)
+        return config.decision_threshold
+    threshold = choose_threshold(y_val, probability, config.threshold_objective)
+    log.info("decision threshold %.4f (%s on %d validation rows)", threshold, config.threshold_objective, len(y_val))
+    return threshold
+
+
 def pip_requirements() -> list[str]:
     versions = package_versions(MODEL_PIP_PACKAGES)
     return [f"{name}=={version}" for name, version in versions.items() if version != "not installed"]
@@ -262,6 +283,9 @@ def train_model(
             raise
         finally:
             writer.close()
+        threshold = decision_threshold(result.model, x_val, y_val, config)
+        mlflow.log_metric("decision_threshold", threshold)
+        mlflow.set_tag("kfops.threshold_objective", config.threshold_objective)
         best_row = result.history[result.best_epoch - 1] if result.best_epoch else {}
         val_metrics = {k: float(v) for k, v in best_row.items() if k.startswith("val_")}
         val_metrics["val_loss"] = result.best_val_loss
@@ -283,6 +307,7 @@ def train_model(
         )
         resolved = {
             "train": config.to_dict(),
+            "decision_threshold": threshold,
             "device": result.device,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
@@ -310,7 +335,7 @@ def train_model(
                 spec.input_width,
                 config.hidden_sizes,
                 config.dropout,
-                threshold=config.decision_threshold,
+                threshold=threshold,
             )
             spec_copy = Path(tmp, "feature_spec.json")
             shutil.copyfile(spec_path, spec_copy)

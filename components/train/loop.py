@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kfops.components.contracts import KfopsError, StopTraining, TrainConfig
+from kfops.components.contracts import AUTO_BALANCE_BELOW, KfopsError, StopTraining, TrainConfig
 from kfops.components.resources import cpu_limit
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,10 @@ def fit(
 
     positives = float(y_train.sum())
     pos_weight = None
-    if config.class_weighting == "balanced" and positives > 0:
+    balance = config.class_weighting == "balanced" or (
+        config.class_weighting == "auto" and positives < AUTO_BALANCE_BELOW * n
+    )
+    if balance and positives > 0:
         pos_weight = torch.tensor((n - positives) / positives, device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     eval_loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)

@@ -5,6 +5,7 @@ import pytest
 from kfops.components.contracts import Blessing, KfopsError
 from kfops.components.gate.logic import (
     DEFAULT_THRESHOLDS,
+    REFERENCE_THRESHOLDS,
     blessing_markdown,
     judge,
     load_thresholds,
@@ -60,11 +61,34 @@ def test_no_thresholds_means_not_blessed():
     assert not blessing.blessed and "no thresholds" in blessing.message
 
 
-def test_default_thresholds_are_the_reference_documents():
+def test_default_thresholds_ask_for_a_margin_over_the_naive_baseline_and_the_champion():
     rules = {r.metric: r for r in parse_thresholds(DEFAULT_THRESHOLDS)}
-    assert rules["accuracy"].lower == 0.90 and rules["f1_macro"].lower == 0.85
-    assert rules["f1_macro"].absolute == -0.01 and rules["f1_macro"].higher_is_better
-    assert {"precision_macro", "recall_macro"} <= set(rules)
+    assert rules["roc_auc"].margin == 0.05 and rules["balanced_accuracy"].margin == 0.05
+    assert rules["f1_macro"].absolute == -0.01 and rules["f1_macro"].lower is None
+    assert not any(r.lower is not None for r in rules.values())  # no fixed floor: any data, any class balance
+
+
+def test_the_reference_documents_floors_ship_as_an_example_file():
+    from pathlib import Path
+
+    REPO_ROOT = Path(__file__).resolve().parents[2]
+    assert load_thresholds(str(REPO_ROOT / "examples" / "thresholds" / "reference.yaml")) == REFERENCE_THRESHOLDS
+    assert load_thresholds(str(REPO_ROOT / "examples" / "thresholds" / "baseline.yaml")) == DEFAULT_THRESHOLDS
+
+
+def test_baseline_thresholds_compare_with_the_naive_scores():
+    naive = {"roc_auc": 0.5, "balanced_accuracy": 0.5, "f1_macro": 0.48}
+    rules = parse_thresholds(
+        {"roc_auc": {"baseline": {"absolute": 0.05}}, "balanced_accuracy": {"baseline": {"absolute": 0.05}}}
+    )
+    good = judge({"roc_auc": 0.71, "balanced_accuracy": 0.66}, rules, naive=naive)
+    assert good.blessed and good.naive_baseline == naive
+    assert [c.change for c in good.checks] == [pytest.approx(0.21), pytest.approx(0.16)]
+    noise = judge({"roc_auc": 0.53, "balanced_accuracy": 0.61}, rules, naive=naive)
+    assert not noise.blessed and "roc_auc vs naive baseline 0.5000: margin +0.0300 < +0.05" in noise.message
+    assert "Naive class-prior baseline on the same rows" in blessing_markdown(noise)
+    with pytest.raises(KfopsError, match="baseline needs absolute"):
+        parse_thresholds({"roc_auc": {"baseline": 0.05}})
 
 
 def test_a_missing_metric_value_fails():
@@ -81,6 +105,7 @@ def test_a_missing_metric_value_fails():
         ({"accuracy": {"lower": 0.9, "upper": 0.8}}, "is above its upper"),
         ({"accuracy": {"change": {"direction": "up", "absolute": 0}}}, "direction must be 'higher' or 'lower'"),
         ({"accuracy": {"change": {}}}, "needs absolute and/or relative"),
+        ({"accuracy": {}}, "needs lower, upper, change and/or baseline"),
         (["accuracy"], "must be a mapping"),
     ],
 )
@@ -146,3 +171,48 @@ def test_champion_is_rescored_on_the_candidates_test_split(tmp_path, prepared, f
     assert not run_gate(worse, str(prepared["test_raw"]), config, "gated").blessed
     assert mlflow.MlflowClient().get_model_version_by_alias("gated", "champion").version in (1, "1")
     assert EvaluationResult.from_json(scored.to_json()).metrics["f1_macro"] == scored.metrics["f1_macro"]
+
+
+def test_a_model_of_shuffled_labels_is_never_blessed(tmp_path, prepared, fast_config, mlflow_store):
+    """Labels shuffled in training: the model learns noise, and the default gate sees it against the naive
+    baseline on the real test rows, whatever its accuracy (the majority class gets that for free)."""
+    import numpy as np
+
+    from kfops.components.gate.logic import run_gate
+    from kfops.components.scoring import evaluate_model
+    from kfops.components.transform import load_matrix, save_matrix
+
+    shuffled = dict(prepared)
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        features, labels = load_matrix(str(prepared[f"{split}_matrix"]))
+        shuffled[f"{split}_matrix"] = tmp_path / f"{split}.npz"
+        save_matrix(str(shuffled[f"{split}_matrix"]), features, rng.permutation(labels))
+    train_prepared(shuffled, fast_config, tmp_path / "m", tmp_path / "tb")
+    scored, _ = evaluate_model(str(tmp_path / "m"), str(prepared["test_raw"]))
+    blessing = run_gate(
+        scored.metrics, str(prepared["test_raw"]), DEFAULT_THRESHOLDS, "noise", model_dir=str(tmp_path / "m")
+    )
+    assert not blessing.blessed, blessing.message
+    assert blessing.naive_baseline["roc_auc"] == 0.5 and blessing.naive_baseline["balanced_accuracy"] == 0.5
+    assert scored.metrics["accuracy"] > 0.9  # the floors of old would have let it through on accuracy
+
+
+def test_a_champion_trained_on_other_columns_stops_the_gate(tmp_path, prepared, fast_config, mlflow_store):
+    from kfops.components.contracts import FeatureSpec
+    from kfops.components.gate.logic import run_gate
+    from kfops.components.register.logic import register_model
+    from kfops.components.scoring import evaluate_model
+
+    outcome = train_prepared(prepared, fast_config, tmp_path / "m", tmp_path / "tb")
+    scored, _ = evaluate_model(str(tmp_path / "m"), str(prepared["test_raw"]))
+    register_model(outcome.model_uri, outcome.run_id, "shared-name", evaluation=scored, promote_champion=True)
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(tmp_path / "m", other)
+    spec = FeatureSpec.load(other / "artifacts" / "feature_spec.json")
+    spec.columns = spec.columns[1:]
+    spec.save(other / "artifacts" / "feature_spec.json")
+    with pytest.raises(KfopsError, match=r"trained on other data.*--model-name"):
+        run_gate(scored.metrics, str(prepared["test_raw"]), DEFAULT_THRESHOLDS, "shared-name", model_dir=str(other))
