@@ -50,11 +50,12 @@ def shifted_transactions(rows: int, seed: int = 7):
 
 
 def build_repo(root: Path, data) -> str:
+    from kfops.components.feature_store.store import open_store
     from kfops.components.features import logic
 
     data.to_parquet(root / "source.parquet", index=False)
     logic.init_repo(root / "repo")
-    store = logic.open_store(root / "repo")
+    store = open_store(root / "repo")
     logic.apply_definitions(store, str(root / "source.parquet"))
     end = data["event_time"].max() + timedelta(seconds=1)
     logic.materialize(store, start=data["event_time"].min() - timedelta(seconds=1), end=end)
@@ -65,22 +66,23 @@ def build_repo(root: Path, data) -> str:
 def bench_lookups(repo: str, customers: list[int]) -> dict[str, tuple[float, float]]:
     import random
 
-    from kfops.components.features import logic
-    from kfops.components.features.repo.definitions import FRAUD_SERVICE, service_features
+    from kfops.components.feature_store.definitions import FRAUD_SERVICE, service_features
+    from kfops.components.feature_store.online import read_online
+    from kfops.components.feature_store.store import open_store, resolve_service
     from kfops.serving.feature_lookup import FeatureLookup
 
-    store = logic.open_store(repo)
-    layout = logic.resolve_service(store, FRAUD_SERVICE)
+    store = open_store(repo)
+    layout = resolve_service(store, FRAUD_SERVICE)
     rng = random.Random(3)
     out = {}
     for size, rounds in ((1, 2000), (100, 300)):
         batches = [rng.sample(customers, size) for _ in range(rounds)]
         for ids in batches[:20]:
-            logic.read_online(store, layout, ids)
+            read_online(store, layout, ids)
         samples = []
         for ids in batches:
             started = time.perf_counter()
-            logic.read_online(store, layout, ids)
+            read_online(store, layout, ids)
             samples.append(time.perf_counter() - started)
         out[f"direct get_online_features, {size} entit{'y' if size == 1 else 'ies'}"] = percentiles(samples)
 
@@ -128,7 +130,7 @@ def run_server(model_dir: Path, extra: list[str], bodies: list[dict], seconds: f
 
 def bench_predictor(model_dir: Path, repo: str, data, seconds: float, work: Path) -> dict[str, dict]:
     from kfops.components.contracts import FeatureSpec
-    from kfops.components.features.repo.definitions import FRAUD_SERVICE, service_features
+    from kfops.components.feature_store.definitions import FRAUD_SERVICE, service_features
     from kfops.components.transform import model_input_frame
 
     spec = FeatureSpec.load(next(model_dir.rglob("feature_spec.json")))
@@ -163,12 +165,13 @@ def bench_pit(rows: int, work: Path) -> dict:
     import numpy as np
     import pandas as pd
 
+    from kfops.components.feature_store.store import open_store
     from kfops.components.features import logic
 
     data = shifted_transactions(rows, seed=3)
     data.to_parquet(work / "pit-source.parquet", index=False)
     logic.init_repo(work / "pit-repo")
-    store = logic.open_store(work / "pit-repo")
+    store = open_store(work / "pit-repo")
     logic.apply_definitions(store, str(work / "pit-source.parquet"))
     rng = np.random.default_rng(8)
     # Label times up to a day after a transaction of the customer: most join to that transaction or a later one.

@@ -1,6 +1,6 @@
 """Online features for the predictor: a V1 instance carries an entity id and the request-time features, and the
 rest come from the feature store's online store (Feast ``get_online_features``), by the same definitions the
-training set was joined with (``kfops.components.features``).
+training set was joined with (the feature-store seam, ``kfops.components.feature_store``).
 
 ``{"instances": [{"customer_id": 100123, "amount": 912.5, "merchant_category": "jewelry", ...}]}``: the
 features of the feature service (``fraud_model``: account_age_days, customer_age, avg_amount_30d,
@@ -180,7 +180,7 @@ class FeatureLookup:
         self.max_pending = max_pending
         self.clock = clock  # the "now" TTLs are judged against (tests and replays pin it)
         self.model = ""
-        self.layout = None  # kfops.components.features.logic.ServiceLayout, once loaded
+        self.layout = None  # kfops.components.feature_store.store.ServiceLayout, once loaded
         self._store = None
         self._executor: ThreadPoolExecutor | None = None
         self._cache: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
@@ -194,8 +194,8 @@ class FeatureLookup:
         """Open the store and resolve the service; the model must take every feature the service supplies
         (else it was trained on other definitions, and serving it from these would be skew)."""
         from kfops.components.contracts import KfopsError
-        from kfops.components.features.logic import open_store, resolve_service
-        from kfops.components.features.repo.definitions import FRAUD_SERVICE
+        from kfops.components.feature_store.definitions import FRAUD_SERVICE
+        from kfops.components.feature_store.store import open_store, resolve_service
 
         self.service = self.service or FRAUD_SERVICE
         self.model = model
@@ -239,7 +239,7 @@ class FeatureLookup:
 
     # ------------------------------------------------------------------------------------------ freshness
     def _refresh_freshness(self) -> None:
-        from kfops.components.features.logic import freshness
+        from kfops.components.feature_store.store import freshness
 
         try:
             views = freshness(self._store, views=list(self.layout.views))
@@ -291,7 +291,7 @@ class FeatureLookup:
 
     def _read(self, ids: list) -> tuple[list, float]:
         """Runs in the worker thread: the store's rows for ``ids`` and the seconds the read took."""
-        from kfops.components.features.online import read_online
+        from kfops.components.feature_store.online import read_online
 
         started = time.perf_counter()
         rows = read_online(self._store, self.layout, ids)
@@ -376,7 +376,7 @@ class FeatureLookup:
         not a V1 body of object instances is returned as it is, for the validator to judge."""
         from kserve.errors import InferenceError, InvalidInput
 
-        from kfops.components.features.online import apply_ttls
+        from kfops.components.feature_store.online import apply_ttls
 
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             return body

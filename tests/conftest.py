@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 # prometheus_client picks its value class from the environment when first imported, and a test that imports Feast
-# directly sets PROMETHEUS_MULTIPROC_DIR (the suite itself imports it through features/feast_env.py, which does
+# directly sets PROMETHEUS_MULTIPROC_DIR (the suite itself imports it through feature_store/feast_env.py, which does
 # not): imported here first, every test's metrics stay in-process whatever order the modules run in.
 import prometheus_client.values  # noqa: F401
 import pytest

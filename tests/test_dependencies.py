@@ -14,7 +14,8 @@ from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("kfops", "components", "pipelines", "serving")
-# imported only where present, with a fallback (components/features/logic.py explains why it cannot be a requirement)
+# imported only where present, with a fallback (components/feature_store/store.py explains why it cannot be a
+# requirement)
 OPTIONAL_IMPORTS = {"s3fs"}
 # declared though never imported by name: what needs them
 USED_WITHOUT_IMPORT = {

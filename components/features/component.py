@@ -29,7 +29,8 @@ def materialize(
 
     from kfops.components import storage
     from kfops.components.datasets import SNAPSHOT_FILE, read_snapshot, snapshot_uri
-    from kfops.components.features.logic import apply_definitions, materialize, open_store
+    from kfops.components.feature_store.store import open_store
+    from kfops.components.features.logic import apply_definitions, materialize
 
     store = open_store(feature_repo)
     applied = ""

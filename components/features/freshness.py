@@ -18,7 +18,7 @@ from __future__ import annotations
 import urllib.error
 
 from kfops.components.contracts import KfopsError
-from kfops.components.features.logic import ViewFreshness
+from kfops.components.feature_store.store import ViewFreshness
 
 DEFAULT_JOB = "kfops-features"
 TIMEOUT_SECONDS = 10.0

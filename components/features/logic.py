@@ -1,25 +1,22 @@
-"""Feature store: register the Feast definitions over an ingested snapshot, materialise them into the online
-store, build point-in-time-correct training sets, and read online features with TTLs applied.
+"""Feature store stage: register the Feast definitions over an ingested snapshot, materialise them into the
+online store, and build point-in-time-correct training sets.
 
-Plain Python, no KFP. Feast is imported inside the functions that use it (it takes seconds to import). A
-feature repository here is a folder holding a ``feature_store.yaml`` (local: ``repo/feature_store.yaml``, the
-cluster's: ``manifests/feature-store/feature_store.yaml``), or an ``s3://`` prefix holding one.
+Plain Python, no KFP. Feast is imported inside the functions that use it (it takes seconds to import). Opening a
+repository, a feature service's layout, view freshness and online reads are the feature-store seam
+(``components/feature_store``), which serving reads the store through too; the definitions live there.
 
-Missing values are never a crash: a feature older than its view's TTL, or a view with no row for an entity
-that other views know, is returned as missing (None/NaN, which the model's FeatureSpec imputes: the training
-median for numeric features) and counted by reason. Unknown feature views and services, missing entity or
-timestamp columns, and entities no view knows are KfopsErrors (serving turns the last into a 400).
+Missing values are never a crash: a feature older than its view's TTL, or with no value at or before a row's
+time, is returned as missing (NaN, which the model's FeatureSpec imputes: the training median for numeric
+features) and counted by reason. Unknown feature views and services and missing entity or timestamp columns are
+KfopsErrors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,20 +27,26 @@ import pandas as pd
 
 from kfops.components import storage
 from kfops.components.contracts import KfopsError
-from kfops.components.features.feast_env import import_feast
-from kfops.components.features.repo import definitions
+from kfops.components.feature_store import definitions
+from kfops.components.feature_store.feast_env import import_feast
+from kfops.components.feature_store.store import (
+    LOCAL_TEMPLATE,
+    REASON_EXPIRED,
+    REASON_NO_HISTORY,
+    REASON_NULL,
+    STORE_FILE,
+    ServiceLayout,
+    ViewFreshness,
+    feature_view_names,
+    freshness,
+    resolve_service,
+    utc_time,
+)
 
 log = logging.getLogger(__name__)
 
-STORE_FILE = "feature_store.yaml"
-LOCAL_TEMPLATE = Path(definitions.__file__).with_name(STORE_FILE)
 # Feast's own name for the entity frame's timestamp: naming it so stops Feast guessing among datetime columns.
 FEAST_TIMESTAMP = "event_timestamp"
-# Reasons a feature comes back missing, as counted in reports and metrics.
-REASON_EXPIRED = "expired"  # the latest value is older than the view's TTL
-REASON_MISSING = "missing"  # the view has no value for an entity other views know (online)
-REASON_NO_HISTORY = "no_history"  # no value at or before the row's time (training sets)
-REASON_NULL = "null_value"  # the latest value within the TTL is itself empty (training sets)
 
 
 # ---------------------------------------------------------------------------------------------------- repository
@@ -61,91 +64,6 @@ def init_repo(repo_dir: str | Path, template: str | Path = LOCAL_TEMPLATE, overw
     (folder / "data").mkdir(exist_ok=True)
     target.write_text(text, encoding="utf-8")
     return target
-
-
-def _local_copy(uri: str) -> Path:
-    """A local folder holding the feature_store.yaml at the ``s3://`` prefix ``uri`` (fetched on every open, so
-    a changed file is seen)."""
-    yaml_uri = uri if uri.endswith(".yaml") else storage.join(uri, STORE_FILE)
-    folder = Path(tempfile.gettempdir(), "kfops-feature-repo-" + hashlib.sha256(yaml_uri.encode()).hexdigest()[:16])
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        data = storage.read_bytes(yaml_uri)
-    except FileNotFoundError as err:
-        raise KfopsError(f"feature repository {uri}: {yaml_uri} does not exist") from err
-    partial = folder / f".{STORE_FILE}.{os.getpid()}"
-    partial.write_bytes(data)
-    os.replace(partial, folder / STORE_FILE)  # another process may be reading it
-    return folder
-
-
-def open_store(repo: str | Path):
-    """A Feast FeatureStore for ``repo``: a folder with feature_store.yaml, the YAML file itself, or an ``s3://``
-    prefix holding it. Environment variables in the YAML (``${REDIS_HOST}``) are expanded, as Feast does."""
-    import_feast()
-    from feast import FeatureStore
-    from feast.repo_config import FeastConfigError
-
-    repo = str(repo)
-    if storage.is_s3(repo):
-        folder, yaml_file = _local_copy(repo), None
-    else:
-        path = Path(repo).expanduser()
-        folder, yaml_file = (path.parent, path) if path.suffix in (".yaml", ".yml") else (path, path / STORE_FILE)
-        if not yaml_file.exists():
-            raise KfopsError(
-                f"feature repository {repo}: no {yaml_file.name} there; run `kfops features apply` to create one "
-                "or point at a folder holding a Feast feature_store.yaml"
-            )
-    # Feast's S3 registry reads its endpoint from FEAST_S3_ENDPOINT_URL; the suite's pods set KFOPS_S3_ENDPOINT_URL.
-    endpoint = storage.s3_endpoint()
-    if endpoint:
-        os.environ.setdefault("FEAST_S3_ENDPOINT_URL", endpoint)
-    _s3_for_dask()  # sources on MinIO, for materialisation and training sets
-    try:
-        if yaml_file is None:
-            return FeatureStore(repo_path=str(folder))
-        return FeatureStore(repo_path=str(folder), fs_yaml_file=yaml_file)
-    except FeastConfigError as err:
-        raise KfopsError(f"feature repository {repo}: invalid {STORE_FILE}: {err}") from err
-
-
-_S3_FOR_DASK = False
-
-
-def _s3_for_dask() -> None:
-    """Let Feast's file offline store (materialisation, historical retrieval) read ``s3://`` sources without s3fs.
-
-    That store reads Parquet through dask and fsspec, whose ``s3`` protocol is s3fs; s3fs brings aiobotocore,
-    which pins a botocore older than the suite's boto3 needs (s3fs 2026.9 would move botocore to 1.43 under boto3
-    1.44), so it cannot be installed beside it. Where s3fs is missing, fsspec's ``s3`` is served by pyarrow's own
-    S3 client, with the endpoint Feast passes (the source's s3_endpoint_override) or the suite's."""
-    global _S3_FOR_DASK
-    if _S3_FOR_DASK:
-        return
-    try:
-        import s3fs  # noqa: F401
-    except ImportError:
-        import fsspec
-        from fsspec.implementations.arrow import ArrowFSWrapper
-
-        class ArrowS3(ArrowFSWrapper):
-            protocol = ("s3", "s3a")
-
-            def __init__(self, client_kwargs=None, key=None, secret=None, token=None, **kwargs):
-                from pyarrow.fs import S3FileSystem
-
-                options = {}
-                endpoint = (client_kwargs or {}).get("endpoint_url") or storage.s3_endpoint()
-                if endpoint:
-                    scheme, _, host = endpoint.rpartition("://")
-                    options.update(endpoint_override=host, scheme=scheme or "https")
-                if key and secret:
-                    options.update(access_key=key, secret_key=secret, session_token=token)
-                super().__init__(S3FileSystem(**options), **kwargs)
-
-        fsspec.register_implementation("s3", ArrowS3, clobber=True)
-    _S3_FOR_DASK = True
 
 
 def _absolute(uri: str) -> str:
@@ -222,75 +140,7 @@ def _feast_output(what: str):
         log.info("feast %s: %s", what, " ".join(text.split()))
 
 
-# ---------------------------------------------------------------------------------------------------- services
-@dataclass
-class ServiceLayout:
-    """What a feature service reads, resolved from the registry: its views with TTLs and features."""
-
-    name: str
-    entity_key: str
-    views: dict[str, list[str]]  # view -> feature names
-    ttls: dict[str, float | None]  # view -> TTL in seconds (None: never expires)
-    key_type: str  # "int" or "str"
-
-    @property
-    def features(self) -> list[str]:
-        return [f for names in self.views.values() for f in names]
-
-    @property
-    def refs(self) -> list[str]:
-        return [f"{view}:{name}" for view, names in self.views.items() for name in names]
-
-    def view_of(self, feature: str) -> str:
-        return next(view for view, names in self.views.items() if feature in names)
-
-
-def feature_view_names(store) -> list[str]:
-    return sorted(fv.name for fv in store.list_feature_views(allow_cache=True))
-
-
-def resolve_service(store, name: str) -> ServiceLayout:
-    """The service's layout; an unknown service, or one whose views share a feature name or an entity key that
-    differs between views, is a KfopsError naming it."""
-    import_feast()
-    from feast.errors import FeatureServiceNotFoundException
-
-    try:
-        service = store.get_feature_service(name, allow_cache=True)
-    except FeatureServiceNotFoundException:
-        known = sorted(s.name for s in store.list_feature_services())
-        raise KfopsError(
-            f"feature service '{name}' is not registered in project '{store.project}'; "
-            f"known services: {', '.join(known) or 'none (run `kfops features apply`)'}"
-        ) from None
-    views: dict[str, list[str]] = {}
-    ttls: dict[str, float | None] = {}
-    keys, key_types = set(), set()
-    for projection in service.feature_view_projections:
-        view = store.get_feature_view(projection.name, allow_registry_cache=True)
-        views[projection.name_to_use()] = [f.name for f in projection.features]
-        ttls[projection.name_to_use()] = view.ttl.total_seconds() if view.ttl and view.ttl.total_seconds() else None
-        for column in view.entity_columns:
-            keys.add(column.name)
-            key_types.add("str" if "STRING" in str(column.dtype).upper() else "int")
-    names = [f for fs in views.values() for f in fs]
-    duplicated = sorted({f for f in names if names.count(f) > 1})
-    if duplicated:
-        raise KfopsError(f"feature service '{name}': feature name(s) {duplicated} appear in more than one view")
-    if len(keys) != 1:
-        raise KfopsError(f"feature service '{name}': its views must share one entity key, they use {sorted(keys)}")
-    return ServiceLayout(name, keys.pop(), views, ttls, key_types.pop())
-
-
 # ---------------------------------------------------------------------------------------------------- materialise
-@dataclass
-class ViewFreshness:
-    name: str
-    ttl_seconds: float | None
-    materialized_until: str  # ISO time up to which the online store holds the view's data; "" if never
-    lag_seconds: float | None  # now - materialized_until; None if never materialised
-
-
 @dataclass
 class MaterializeReport:
     start: str  # "" for incremental: each view from where its last materialisation ended (or end - TTL)
@@ -300,19 +150,6 @@ class MaterializeReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _utc(value: datetime | str | None, what: str) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        if value.strip().lower() == "now":
-            return datetime.now(UTC)
-        try:
-            value = pd.Timestamp(value).to_pydatetime()
-        except ValueError as err:
-            raise KfopsError(f"{what}: {value!r} is not an ISO time (e.g. 2026-03-31T00:00:00Z)") from err
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _check_views(store, views: list[str] | None) -> list[str] | None:
@@ -328,28 +165,6 @@ def _check_views(store, views: list[str] | None) -> list[str] | None:
     return list(views)
 
 
-def freshness(store, now: datetime | None = None, views: list[str] | None = None) -> list[ViewFreshness]:
-    """How far each view's online data reaches, from the registry's materialisation intervals."""
-    now = _utc(now, "now") or datetime.now(UTC)
-    store.refresh_registry()
-    out = []
-    for fv in sorted(store.list_feature_views(allow_cache=True), key=lambda v: v.name):
-        if views and fv.name not in views:
-            continue
-        ends = [end for _, end in fv.materialization_intervals]
-        until = max(ends).astimezone(UTC) if ends else None
-        ttl = fv.ttl.total_seconds() if fv.ttl and fv.ttl.total_seconds() else None
-        out.append(
-            ViewFreshness(
-                fv.name,
-                ttl,
-                until.isoformat() if until else "",
-                (now - until).total_seconds() if until else None,
-            )
-        )
-    return out
-
-
 def materialize(
     store,
     end: datetime | str | None = None,
@@ -362,8 +177,8 @@ def materialize(
     With ``start``, the window [start, end]; without, incrementally: each view from where its previous
     materialisation ended, or from ``end`` minus its TTL the first time (Feast's rule)."""
     started = time.perf_counter()
-    end_time = _utc(end, "end") or datetime.now(UTC)
-    start_time = _utc(start, "start")
+    end_time = utc_time(end, "end") or datetime.now(UTC)
+    start_time = utc_time(start, "start")
     if start_time is not None and start_time >= end_time:
         raise KfopsError(f"materialize: start {start_time.isoformat()} is not before end {end_time.isoformat()}")
     selected = _check_views(store, views)

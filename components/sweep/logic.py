@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.study import TAG_STUDY, TAG_TRIAL, sqlite_url
 from kfops.components.sweep.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "kfops-sweep"
-TAG_STUDY = "kfops.sweep.study"
-TAG_TRIAL = "kfops.sweep.trial"
 TAG_SWEEP = "kfops.sweep.name"
 # `kfops run` flags for the training parameters it takes (it has no flag for early_stopping_patience).
 RUN_FLAGS = {
@@ -370,7 +369,7 @@ def run_local_sweep(
     base = base or TrainConfig()
     workspace = Path(workspace).resolve()
     study_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_url = optuna_backend.sqlite_url(workspace / "sweeps" / "optuna.db")
+    storage_url = sqlite_url(workspace / "sweeps" / "optuna.db")
     optuna_backend.create_study(spec, storage_url, study_name, max_epochs=max_epochs(spec, base))
     parent_run_id, experiment_id = start_parent_run(spec, experiment, study_name, tracking_uri)
     base_values = {k: v for k, v in base.to_dict().items() if k != "cuda_graphs"}

@@ -3,7 +3,9 @@
 The storage is an RDB URL: ``sqlite:///<workspace>/sweeps/optuna.db`` locally, a database on a cluster
 (``postgresql://...``, from the environment, never a pipeline parameter). Workers are separate processes, so a
 bayes (TPE) worker's next trial already knows every trial finished by any worker, and a training process
-reports each epoch's validation metric to its own trial so the study's pruner can stop it.
+reports each epoch's validation metric to its own trial so the study's pruner can stop it. What the sweep and
+the training processes share (the storage, the study's attributes, the pruner and ``EpochReporter``) is the
+study seam, ``components/study.py``; this module maps a sweep spec onto it.
 
 Mapping of the spec (``spec.py``):
 
@@ -28,39 +30,21 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from kfops.components.contracts import KfopsError, StopTraining
+from kfops.components.contracts import KfopsError
+from kfops.components.study import (
+    ATTR_PRUNED_AT,
+    ATTR_RUN_ID,
+    ATTR_VALUES,
+    STUDY_ATTR_METRIC,
+    STUDY_ATTR_PRUNER,
+    open_study,
+    pruner_from,
+    storage,
+)
 from kfops.components.sweep.spec import QUANTILE_EPSILON, ParameterSpace, SweepSpec
-
-ATTR_VALUES = "values"  # trial user attribute: the decoded values trained with
-ATTR_RUN_ID = "mlflow_run_id"
-ATTR_PRUNED_AT = "pruned_at_epoch"
-STUDY_ATTR_METRIC = "metric"
-STUDY_ATTR_PRUNER = "pruner"  # the pruner's settings: storage does not keep the pruner itself
-SQLITE_TIMEOUT_S = 60
-
-
-class TrialPruned(StopTraining):
-    """The study's pruner stopped this trial after an epoch whose validation metric lagged."""
-
-
-def sqlite_url(path: str | Path) -> str:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-def storage(url: str):
-    """An RDB storage; sqlite waits for a lock instead of failing when two workers write at once."""
-    import optuna
-
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite:") else None
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as err:  # SQLAlchemy's errors (bad URL, unreachable database) name the problem
-        raise KfopsError(f"cannot open the sweep storage {url.split('@')[-1]}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------- the space
@@ -158,18 +142,6 @@ def pruner_settings(spec: SweepSpec, max_epochs: int) -> dict[str, Any]:
     }
 
 
-def pruner_from(settings: dict[str, Any]):
-    import optuna
-
-    if settings.get("type") == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=settings["min_resource"],
-            max_resource=settings["max_resource"],
-            reduction_factor=settings["reduction_factor"],
-        )
-    return optuna.pruners.NopPruner()
-
-
 def create_study(spec: SweepSpec, storage_url: str, study_name: str, max_epochs: int):
     """A new study for this sweep, recording the objective metric and the pruner in the storage."""
     import optuna
@@ -191,23 +163,9 @@ def create_study(spec: SweepSpec, storage_url: str, study_name: str, max_epochs:
     return study
 
 
-def load_study(storage_url: str, study_name: str, spec: SweepSpec | None = None, worker: int = 0):
-    """The study as a worker (with the spec: its sampler) or a training process (without) sees it."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = storage(storage_url)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=store)
-    except KeyError as err:
-        raise KfopsError(f"no sweep study named {study_name!r} in {storage_url}") from err
-    settings = study.user_attrs.get(STUDY_ATTR_PRUNER, {"type": "none"})
-    return optuna.load_study(
-        study_name=study_name,
-        storage=store,
-        sampler=sampler(spec, worker) if spec is not None else None,
-        pruner=pruner_from(settings),
-    )
+def load_study(storage_url: str, study_name: str, spec: SweepSpec, worker: int = 0):
+    """The study as sweep worker ``worker`` sees it: with the spec's sampler, seeded for that worker."""
+    return open_study(storage_url, study_name, sampler(spec, worker))
 
 
 @dataclass
@@ -244,26 +202,3 @@ def tell_result(study, ticket: TrialTicket, value: float | None, run_id: str = "
         return "failed"
     study.tell(ticket.number, value)
     return "complete"
-
-
-# -------------------------------------------------------------------------------------- inside a training run
-class EpochReporter:
-    """``on_epoch`` hook of a training process that is one trial: reports the sweep's metric each epoch to its
-    trial and raises ``TrialPruned`` when the study's pruner says the trial should stop."""
-
-    def __init__(self, storage_url: str, study_name: str, trial_id: int):
-        import optuna
-
-        self.study = load_study(storage_url, study_name)
-        self.metric = self.study.user_attrs.get(STUDY_ATTR_METRIC, "val_loss")
-        self.trial = optuna.trial.Trial(self.study, trial_id)
-        self.trial_id = trial_id
-
-    def __call__(self, row: dict[str, float]) -> None:
-        if self.metric not in row:
-            raise KfopsError(f"sweep: training reports no per-epoch {self.metric}; it reports {sorted(row)}")
-        epoch = int(row["epoch"])
-        self.trial.report(float(row[self.metric]), step=epoch)
-        if self.trial.should_prune():
-            self.trial.set_user_attr(ATTR_PRUNED_AT, epoch)
-            raise TrialPruned(f"sweep: trial {self.trial.number} pruned after epoch {epoch} ({self.metric} lagged)")

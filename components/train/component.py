@@ -73,10 +73,10 @@ def train(
         checkpoint = CheckpointStore(storage.join(base.rsplit("/", 1)[0], "checkpoints"), checkpoint_every)
     tags, epoch_hook = {}, None
     if sweep_study:
-        from kfops.components.sweep.optuna_backend import EpochReporter
+        from kfops.components.study import EpochReporter
 
         epoch_hook = EpochReporter(sweep_storage or os.environ["KFOPS_SWEEP_STORAGE"], sweep_study, sweep_trial_id)
-        tags = {"kfops.sweep.study": sweep_study, "kfops.sweep.trial": str(epoch_hook.trial.number)}
+        tags = epoch_hook.run_tags
     outcome = train_model(
         train_features.path,
         validation_features.path,

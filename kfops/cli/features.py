@@ -1,6 +1,7 @@
 """``kfops features ...``: the feature store (Feast) over the ingested snapshots.
 
-- ``apply``: register the suite's definitions (components/features/repo) with a stored snapshot as the source.
+- ``apply``: register the suite's definitions (components/feature_store/definitions.py) with a stored snapshot as
+  the source.
 - ``materialize``: load the offline data into the online store, incrementally or over a time window, and push
   the freshness gauges to a Pushgateway when asked.
 - ``training-set``: join the feature service point in time onto an entity file (entity key, event time, label,
@@ -70,7 +71,8 @@ def _snapshot_source(args) -> str:
 
 def cmd_apply(args) -> int:
     from kfops.cli.console import make_console
-    from kfops.components.features.logic import apply_definitions, init_repo, open_store
+    from kfops.components.feature_store.store import open_store
+    from kfops.components.features.logic import apply_definitions, init_repo
 
     repo = _repo(args)
     if not repo.startswith("s3://"):
@@ -92,7 +94,8 @@ def cmd_apply(args) -> int:
 # ------------------------------------------------------------------------------------------------ materialize
 def cmd_materialize(args) -> int:
     from kfops.cli.console import make_console
-    from kfops.components.features.logic import materialize, open_store
+    from kfops.components.feature_store.store import open_store
+    from kfops.components.features.logic import materialize
 
     store = open_store(_repo(args))
     report = materialize(store, end=args.end, start=args.start, views=args.view)
@@ -134,7 +137,8 @@ def _write_table(frame, uri: str) -> None:
 
 def cmd_training_set(args) -> int:
     from kfops.cli.console import make_console
-    from kfops.components.features.logic import open_store, training_set
+    from kfops.components.feature_store.store import open_store
+    from kfops.components.features.logic import training_set
     from kfops.components.ingest.logic import read_table
 
     entities = read_table(args.entities)
@@ -158,8 +162,8 @@ def cmd_training_set(args) -> int:
 # ------------------------------------------------------------------------------------------------ online
 def cmd_online(args) -> int:
     from kfops.cli.console import make_console
-    from kfops.components.features.logic import open_store
-    from kfops.components.features.online import online_features
+    from kfops.components.feature_store.online import online_features
+    from kfops.components.feature_store.store import open_store
 
     store = open_store(_repo(args))
     frame, fallbacks = online_features(store, args.service, args.entity, now=args.at)
@@ -185,7 +189,7 @@ def cmd_online(args) -> int:
 # ------------------------------------------------------------------------------------------------ parser
 def add_commands(subparsers) -> None:
     """Add ``features`` to the ``kfops`` parser's subparsers."""
-    from kfops.components.features.repo.definitions import FRAUD_SERVICE, TIMESTAMP_FIELD
+    from kfops.components.feature_store.definitions import FRAUD_SERVICE, TIMESTAMP_FIELD
 
     features = subparsers.add_parser(
         "features",

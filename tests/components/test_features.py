@@ -19,9 +19,17 @@ import pytest
 from kfp import dsl
 
 from kfops.components.contracts import KfopsError
-from kfops.components.features import logic, online
-from kfops.components.features.repo import definitions
-from kfops.components.features.repo.definitions import ACTIVITY_VIEW, FRAUD_SERVICE, PROFILE_VIEW
+from kfops.components.feature_store import definitions, online
+from kfops.components.feature_store.definitions import ACTIVITY_VIEW, FRAUD_SERVICE, PROFILE_VIEW
+from kfops.components.feature_store.store import (
+    LOCAL_TEMPLATE,
+    REASON_EXPIRED,
+    REASON_NO_HISTORY,
+    feature_view_names,
+    open_store,
+    resolve_service,
+)
+from kfops.components.features import logic
 from tests.conftest import free_port
 from tests.tools import require
 
@@ -45,7 +53,7 @@ def make_store(root: Path, source: pd.DataFrame):
     path = root / "source.parquet"
     source.to_parquet(path, index=False)
     logic.init_repo(root / "repo")
-    store = logic.open_store(root / "repo")
+    store = open_store(root / "repo")
     logic.apply_definitions(store, str(path))
     return store
 
@@ -62,9 +70,9 @@ def generated(tmp_path_factory, transactions):
 # ------------------------------------------------------------------------------------------------ apply
 def test_apply_registers_the_definitions(generated):
     store, _ = generated
-    assert logic.feature_view_names(store) == sorted(definitions.FEATURE_VIEWS)
+    assert feature_view_names(store) == sorted(definitions.FEATURE_VIEWS)
     assert sorted(s.name for s in store.list_feature_services()) == sorted(definitions.FEATURE_SERVICES)
-    layout = logic.resolve_service(store, FRAUD_SERVICE)
+    layout = resolve_service(store, FRAUD_SERVICE)
     assert layout.entity_key == "customer_id" and layout.key_type == "int" and layout.features == FEATURES
     assert layout.ttls == {PROFILE_VIEW: 400 * 86400.0, ACTIVITY_VIEW: 30 * 86400.0}
 
@@ -73,19 +81,19 @@ def test_apply_rejects_a_source_without_the_columns(tmp_path, transactions):
     broken = transactions.drop(columns=["customer_age"]).assign(customer_id=transactions["customer_id"].astype(str))
     broken.to_parquet(tmp_path / "broken.parquet", index=False)
     logic.init_repo(tmp_path / "repo")
-    store = logic.open_store(tmp_path / "repo")
+    store = open_store(tmp_path / "repo")
     with pytest.raises(KfopsError) as err:
         logic.apply_definitions(store, str(tmp_path / "broken.parquet"))
     assert "column 'customer_age' is missing" in str(err.value)
     assert "entity column 'customer_id' must be integers, it is string" in str(err.value)
-    assert logic.feature_view_names(store) == []  # nothing half-applied
+    assert feature_view_names(store) == []  # nothing half-applied
     with pytest.raises(KfopsError, match="does not exist"):
         logic.apply_definitions(store, str(tmp_path / "nowhere.parquet"))
 
 
 def test_open_store_needs_a_feature_store_yaml(tmp_path):
     with pytest.raises(KfopsError, match=r"no feature_store\.yaml there; run `kfops features apply`"):
-        logic.open_store(tmp_path)
+        open_store(tmp_path)
 
 
 def test_cluster_feature_store_yaml_is_a_valid_feast_config():
@@ -98,7 +106,7 @@ def test_cluster_feature_store_yaml_is_a_valid_feast_config():
     assert config.online_store.connection_string == "kfops-feature-redis:6379"
     assert config.registry.path == "s3://kfops/feature-store/registry.db"
     assert config.offline_store.type == "file"
-    local = logic.LOCAL_TEMPLATE
+    local = LOCAL_TEMPLATE
     local_config = load_repo_config(local.parent, local)
     assert (local_config.online_store.type, local_config.offline_store.type) == ("sqlite", "file")
     assert local_config.project == config.project == "kfops"
@@ -144,7 +152,7 @@ def test_point_in_time_join_matches_an_independent_as_of_join(generated):
             expected[name] = joined[name].sort_index()
     pd.testing.assert_frame_equal(frame[FEATURES], expected[FEATURES], check_dtype=False)
     # Some rows fall more than 30 days after the customer's last transaction: counted as expired, imputed later.
-    expired = report.missing[ACTIVITY_VIEW][logic.REASON_EXPIRED]
+    expired = report.missing[ACTIVITY_VIEW][REASON_EXPIRED]
     assert expired == int(expected["avg_amount_30d"].isna().sum() - report.missing[ACTIVITY_VIEW].get("no_history", 0))
     assert expired > 0
 
@@ -187,8 +195,8 @@ def test_no_future_value_leaks_into_a_training_row(tmp_path):
     assert np.isnan(frame.loc[4, "avg_amount_30d"]) and frame.loc[4, "account_age_days"] == 100.0  # profile TTL 400 d
     assert frame["is_fraud"].tolist() == labels["is_fraud"].tolist()
     assert report.missing == {
-        ACTIVITY_VIEW: {logic.REASON_EXPIRED: 1, logic.REASON_NO_HISTORY: 2},
-        PROFILE_VIEW: {logic.REASON_NO_HISTORY: 2},
+        ACTIVITY_VIEW: {REASON_EXPIRED: 1, REASON_NO_HISTORY: 2},
+        PROFILE_VIEW: {REASON_NO_HISTORY: 2},
     }
 
 
@@ -263,7 +271,7 @@ def test_online_values_older_than_the_ttl_are_missing_and_counted(generated):
     stale, fallbacks = online.online_features(store, FRAUD_SERVICE, [customer], now=seen + timedelta(days=31))
     assert stale.loc[0, ["avg_amount_30d", "transactions_last_24h"]].isna().all()
     assert stale.loc[0, "account_age_days"] == last.loc[customer, "account_age_days"]
-    assert fallbacks == [[(ACTIVITY_VIEW, logic.REASON_EXPIRED)]]
+    assert fallbacks == [[(ACTIVITY_VIEW, REASON_EXPIRED)]]
 
 
 def test_materialize_bad_input_is_named(generated, tmp_path):
@@ -276,7 +284,7 @@ def test_materialize_bad_input_is_named(generated, tmp_path):
         logic.materialize(store, end="yesterday")
     logic.init_repo(tmp_path / "empty")
     with pytest.raises(KfopsError, match="has no feature views: run `kfops features apply` first"):
-        logic.materialize(logic.open_store(tmp_path / "empty"), end="2026-04-01")
+        logic.materialize(open_store(tmp_path / "empty"), end="2026-04-01")
     with pytest.raises(KfopsError, match="must be an integer, got 'x1'"):
         online.online_features(store, FRAUD_SERVICE, ["x1"])
 
@@ -439,7 +447,7 @@ def test_cluster_layout_redis_online_store_and_minio_offline_store(s3_env, redis
     text = text.replace("kfops-feature-redis:6379", redis_server).replace("s3://kfops/", "s3://fs-test/")
     storage.write_bytes("s3://fs-test/feature-store/feature_store.yaml", text.encode())
     version = write_snapshot(transactions, "s3://fs-test", source="generated")
-    store = logic.open_store("s3://fs-test/feature-store")
+    store = open_store("s3://fs-test/feature-store")
     assert store.config.online_store.type == "redis"
     assert logic.apply_definitions(store, version.uri).source == version.uri
     end = transactions["event_time"].max() + pd.Timedelta(seconds=1)
@@ -447,7 +455,7 @@ def test_cluster_layout_redis_online_store_and_minio_offline_store(s3_env, redis
     assert storage.exists("s3://fs-test/feature-store/registry.db")
 
     # A second reader (a predictor) sees the registry on S3 and the values in Redis.
-    reader = logic.open_store("s3://fs-test/feature-store")
+    reader = open_store("s3://fs-test/feature-store")
     last = transactions.sort_values("event_time").groupby("customer_id").tail(1).tail(3)
     frame, fallbacks = online.online_features(reader, FRAUD_SERVICE, [*last["customer_id"].tolist(), 7], now=end)
     assert frame["known"].tolist() == [True, True, True, False] and fallbacks[:3] == [[], [], []]
@@ -460,7 +468,7 @@ def test_importing_feast_through_the_suite_leaves_the_environment_alone():
     # feast.metrics sets PROMETHEUS_MULTIPROC_DIR on import; a fresh interpreter shows the first import's effect
     code = (
         "import os\n"
-        "from kfops.components.features.feast_env import import_feast\n"
+        "from kfops.components.feature_store.feast_env import import_feast\n"
         "import_feast()\n"
         "import feast.metrics\n"
         "print(sorted(k for k in os.environ if k.startswith('PROMETHEUS_MULTIPROC')))\n"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.study import EpochReporter, sqlite_url
 from kfops.components.sweep import katib, optuna_backend
 from kfops.components.sweep.spec import parse_spec
 from tests.components.fake_jobs import FakeJobsKube, condition, experiments_path
@@ -214,8 +215,8 @@ def test_optuna_distributions_for_every_distribution_and_what_trials_train_with(
     assert dists["batch_size"] == FloatDistribution(64, 512, log=True)  # rounded to 64 + k*64 after sampling
     assert dists["seed.quantile"] == FloatDistribution(1e-6, 1 - 1e-6)
 
-    study = optuna_backend.create_study(spec, optuna_backend.sqlite_url(tmp_path / "o.db"), "s", max_epochs=3)
-    study = optuna_backend.load_study(optuna_backend.sqlite_url(tmp_path / "o.db"), "s", spec)
+    study = optuna_backend.create_study(spec, sqlite_url(tmp_path / "o.db"), "s", max_epochs=3)
+    study = optuna_backend.load_study(sqlite_url(tmp_path / "o.db"), "s", spec)
     for _ in range(25):
         ticket = optuna_backend.ask(study, spec)
         v = ticket.values
@@ -249,7 +250,7 @@ def test_grid_sampler_visits_every_combination(tmp_path):
             "parameters": {"hidden_sizes": {"values": [[8], [16, 8]]}, "batch_size": {"values": [64, 128]}},
         }
     )
-    url = optuna_backend.sqlite_url(tmp_path / "o.db")
+    url = sqlite_url(tmp_path / "o.db")
     optuna_backend.create_study(spec, url, "grid", max_epochs=2)
     study = optuna_backend.load_study(url, "grid", spec)
     seen = []
@@ -273,16 +274,16 @@ def test_a_lagging_trial_is_pruned_inside_a_real_training_run(tmp_path, prepared
             "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
         }
     )
-    url = optuna_backend.sqlite_url(tmp_path / "o.db")
+    url = sqlite_url(tmp_path / "o.db")
     study = optuna_backend.create_study(spec, url, "prune", max_epochs=4)
     for good in range(9):  # finished trials, each better than the ones before (so none is pruned)
         ticket = optuna_backend.ask(study, spec)
-        trial = optuna_backend.EpochReporter(url, "prune", ticket.trial_id)
+        trial = EpochReporter(url, "prune", ticket.trial_id)
         for epoch in range(1, 5):
             trial({"epoch": float(epoch), "val_loss": 0.01 - good * 1e-4 - epoch * 1e-5})
         optuna_backend.tell_result(study, ticket, 0.01)
     ticket = optuna_backend.ask(study, spec)
-    reporter = optuna_backend.EpochReporter(url, "prune", ticket.trial_id)
+    reporter = EpochReporter(url, "prune", ticket.trial_id)
     # A learning rate this small cannot reach 0.01: the pruner stops the run after an epoch.
     config = dataclasses.replace(fast_config, learning_rate=1e-7, early_stopping_patience=0)
     with pytest.raises(StopTraining, match=f"trial {ticket.number} pruned after epoch"):

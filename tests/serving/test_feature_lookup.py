@@ -14,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kfops.components.contracts import KfopsError
+from kfops.components.feature_store.definitions import ACTIVITY_VIEW, FRAUD_SERVICE, service_features
+from kfops.components.feature_store.store import open_store
 from kfops.components.features import logic
-from kfops.components.features.repo.definitions import ACTIVITY_VIEW, FRAUD_SERVICE, service_features
 from kfops.serving.app import build_app
 from kfops.serving.feature_lookup import FeatureLookup, feature_argv, feature_lookup_from_args
 from kfops.serving.metrics import SERVING_REGISTRY
@@ -34,7 +35,7 @@ def repo(tmp_path_factory, transactions) -> dict:
     root = tmp_path_factory.mktemp("feature-repo")
     transactions.to_parquet(root / "tx.parquet", index=False)
     logic.init_repo(root / "repo")
-    store = logic.open_store(root / "repo")
+    store = open_store(root / "repo")
     logic.apply_definitions(store, str(root / "tx.parquet"))
     end = transactions["event_time"].max() + pd.Timedelta(seconds=1)
     logic.materialize(store, start="2025-12-31", end=end)

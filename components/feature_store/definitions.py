@@ -76,7 +76,7 @@ def required_source_columns() -> dict[str, str]:
 def build_definitions(source_path: str, s3_endpoint: str = "") -> list:
     """The Feast objects to apply, reading features from the Parquet snapshot at ``source_path`` (a local path
     or ``s3://`` URI; ``s3_endpoint`` is MinIO's URL for the latter)."""
-    from kfops.components.features.feast_env import import_feast
+    from kfops.components.feature_store.feast_env import import_feast
 
     import_feast()
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType

@@ -1,5 +1,5 @@
 """Online lookup in the Feast store: a feature service's rows for entity ids, each value with its freshness
-against the view's TTL (what ``kfops serve --feature-repo`` and the freshness check call).
+against the view's TTL (what ``kfops serve --feature-repo`` and ``kfops features online`` call).
 """
 
 from __future__ import annotations
@@ -7,13 +7,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from kfops.components.contracts import KfopsError
-from kfops.components.features.feast_env import import_feast
-from kfops.components.features.logic import REASON_EXPIRED, REASON_MISSING, ServiceLayout, _utc, resolve_service
+from kfops.components.feature_store.feast_env import import_feast
+from kfops.components.feature_store.store import (
+    REASON_EXPIRED,
+    REASON_MISSING,
+    ServiceLayout,
+    resolve_service,
+    utc_time,
+)
+
+if TYPE_CHECKING:  # annotations only: importing Feast takes seconds
+    from feast import FeatureStore
 
 
 # ---------------------------------------------------------------------------------------------------- online
@@ -30,7 +39,7 @@ class OnlineRow:
         return any(t is not None for t in self.view_times.values())
 
 
-def read_online(store, layout: ServiceLayout, entity_ids: list) -> list[OnlineRow]:
+def read_online(store: FeatureStore, layout: ServiceLayout, entity_ids: list) -> list[OnlineRow]:
     """The online store's rows for ``entity_ids`` (one per id, in order), with the event time of each view's."""
     import_feast()
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
@@ -73,12 +82,12 @@ def apply_ttls(row: OnlineRow, layout: ServiceLayout, now: float) -> tuple[dict[
 
 
 def online_features(
-    store, service: str, entity_ids: list, now: datetime | None = None
+    store: FeatureStore, service: str, entity_ids: list, now: datetime | None = None
 ) -> tuple[pd.DataFrame, list[list[tuple[str, str]]]]:
     """A frame (one row per id: the key, ``known``, the features with TTLs applied) and each row's fallbacks."""
     layout = resolve_service(store, service)
     ids = [_online_id(v, layout) for v in entity_ids]
-    clock = (_utc(now, "now") or datetime.now(UTC)).timestamp()
+    clock = (utc_time(now, "now") or datetime.now(UTC)).timestamp()
     records, fallbacks = [], []
     for entity, row in zip(ids, read_online(store, layout, ids), strict=True):
         values, blanked = apply_ttls(row, layout, clock)
