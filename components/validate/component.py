@@ -15,28 +15,37 @@ def validate_data(
     suite_sha256: str,
     mode: str,
     max_missing: float,
+    model_name: str,
+    mlflow_tracking_uri: str,
     validation_result: Output[Artifact],
     report: Output[Markdown],
 ) -> NamedTuple("ValidateOutputs", [("success", bool), ("failed_expectations", int)]):
-    """Validate the snapshot against the suite (or the default suite); stop the run on failure unless warn."""
+    """Validate the snapshot against the given suite, the fixed-cap suite (max_missing >= 0), the champion's
+    stored suite or the one inferred from this data; stop the run on an error unless warn."""
     from collections import namedtuple
 
     from kfops.components.contracts import KfopsError
     from kfops.components.datasets import read_snapshot
-    from kfops.components.validate.logic import validate_frame
+    from kfops.components.tracking import set_tracking
+    from kfops.components.validate.schema_suite import HOW_TO_GO_ON, validate_snapshot
 
     if mode not in ("fail", "warn"):
         raise KfopsError(f"validate: mode must be 'fail' or 'warn', got {mode!r}")
     # suite_sha256 is not read here: it is in the signature so the cache key changes when the suite does.
     frame, version = read_snapshot(artifact_store, data_sha256)
+    if model_name:
+        set_tracking(mlflow_tracking_uri)
     summary, result = None, None
     try:
-        summary, result = validate_frame(
+        summary, result = validate_snapshot(
             frame,
-            source=f"{version.source} ({data_sha256[:12]})",
-            suite_uri=expectation_suite,
+            f"{version.source} ({data_sha256[:12]})",
             target=target,
+            store=artifact_store,
+            data_sha256=data_sha256,
+            suite_uri_given=expectation_suite,
             max_missing=max_missing,
+            model_name=model_name,
             mode="warn",
         )
     finally:
@@ -51,16 +60,18 @@ def validate_data(
                 {
                     "success": summary.success,
                     "evaluated": summary.evaluated,
-                    "failed": len(summary.failed),
+                    "failed": len(summary.errors),
+                    "warnings": len(summary.warnings),
                     "suite": summary.suite_name,
+                    "suite_origin": summary.suite_origin,
                     "sha256": data_sha256,
                 }
             )
             print(summary.message())
     if not summary.success and mode != "warn":
-        raise KfopsError("data validation failed\n" + summary.message())
+        raise KfopsError("data validation failed\n" + summary.message() + "\n" + HOW_TO_GO_ON)
     outputs = namedtuple("ValidateOutputs", ["success", "failed_expectations"])
-    return outputs(summary.success, len(summary.failed))
+    return outputs(summary.success, len(summary.errors))
 
 
 validate_data_op = component_op(validate_data)

@@ -59,6 +59,7 @@ class FailedExpectation:
     column: str
     kwargs: dict[str, Any]
     observed: str  # what was seen, in words
+    severity: str = "error"  # error (stops the run) or warning (recorded)
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.kwargs.items() if k not in ("column", "value_set"))
@@ -71,24 +72,39 @@ class FailedExpectation:
 
 @dataclass
 class ValidationSummary:
-    success: bool
+    success: bool  # no error failed (warnings may have)
     suite_name: str
     source: str
     evaluated: int
-    failed: list[FailedExpectation] = field(default_factory=list)
+    failed: list[FailedExpectation] = field(default_factory=list)  # errors and warnings
     rows: int = 0
+    suite_origin: str = ""  # where the suite came from, in words
+
+    @property
+    def errors(self) -> list[FailedExpectation]:
+        return [f for f in self.failed if f.severity != "warning"]
+
+    @property
+    def warnings(self) -> list[FailedExpectation]:
+        return [f for f in self.failed if f.severity == "warning"]
 
     def message(self) -> str:
-        if self.success:
-            return f"{self.source}: all {self.evaluated} expectations of suite '{self.suite_name}' passed"
-        lines = [
-            f"{self.source}: {len(self.failed)} of {self.evaluated} expectations of suite '{self.suite_name}' failed:"
-        ]
-        lines += [f"  - {f.describe()}" for f in self.failed]
+        origin = f" ({self.suite_origin})" if self.suite_origin else ""
+        if not self.failed:
+            return f"{self.source}: all {self.evaluated} expectations of suite '{self.suite_name}'{origin} passed"
+        head = f"{self.source}: suite '{self.suite_name}'{origin}: "
+        if self.errors:
+            head += f"{len(self.errors)} of {self.evaluated} expectations failed"
+        else:
+            head += f"all {self.evaluated - len(self.warnings)} error expectations passed"
+        head += f", {len(self.warnings)} warning(s)" if self.warnings else ""
+        lines = [head + ":"]
+        lines += [f"  - {f.describe()}" for f in self.errors]
+        lines += [f"  - warning: {f.describe()}" for f in self.warnings]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
-        verdict = "passed" if self.success else "FAILED"
+        verdict = ("passed with warnings" if self.warnings else "passed") if self.success else "FAILED"
         out = [
             f"# Data validation {verdict}",
             "",
@@ -97,10 +113,12 @@ class ValidationSummary:
             "",
         ]
         if self.failed:
-            out += ["| column | expectation | arguments | observed |", "|---|---|---|---|"]
+            out += ["| severity | column | expectation | arguments | observed |", "|---|---|---|---|---|"]
             for f in self.failed:
                 args = ", ".join(f"{k}={v}" for k, v in f.kwargs.items() if k != "column")
-                out.append(f"| {f.column or '(table)'} | `{f.expectation}` | {args[:160]} | {f.observed} |")
+                out.append(
+                    f"| {f.severity} | {f.column or '(table)'} | `{f.expectation}` | {args[:160]} | {f.observed} |"
+                )
         return "\n".join(out) + "\n"
 
 
@@ -340,16 +358,24 @@ def run_suite(
         kwargs = {k: v for k, v in config.get("kwargs", {}).items() if k not in ("batch_id",)}
         if str(kwargs.get("column")) in absent or (absent and config["type"] == "expect_table_columns_to_match_set"):
             continue  # already reported as missing columns
+        meta = config.get("meta") or {}
+        observed = _observed(item)
+        if meta.get("observed_empty") is not None and "mostly" in kwargs:
+            observed += (
+                f"; the suite's data had {meta['observed_empty']:.1%} empty, so at most {1 - kwargs['mostly']:.1%} "
+                "is allowed"
+            )
         failed.append(
             FailedExpectation(
                 expectation=config["type"],
                 column=str(kwargs.get("column", "")),
                 kwargs=kwargs,
-                observed=_observed(item),
+                observed=observed,
+                severity=meta.get("kfops_severity", "error"),
             )
         )
     summary = ValidationSummary(
-        success=not failed,
+        success=not any(f.severity != "warning" for f in failed),
         suite_name=suite.name,
         source=source,
         evaluated=len(result["results"]),
@@ -381,5 +407,7 @@ def validate_frame(
     suite_dict = load_suite_dict(suite_uri) if suite_uri else default_suite(frame, target, max_missing)
     summary, result = run_suite(frame, suite_dict, source=source)
     if not summary.success and mode == "fail":
-        raise KfopsError("data validation failed\n" + summary.message())
+        from kfops.components.validate.schema_suite import HOW_TO_GO_ON
+
+        raise KfopsError("data validation failed\n" + summary.message() + "\n" + HOW_TO_GO_ON)
     return summary, result
