@@ -77,7 +77,7 @@ class PipelineProgress:
                 self.console.print(f"  {mark} {name:<14} [dim]{took:5.1f} s[/]")
         elif m := re.search(r"(?:KfopsError|kfops\.components\.contracts\.KfopsError): (.*)$", line):
             self.errors.append(m.group(1).strip())
-        elif self.errors and re.match(r"\s*(?:- |\S.*: \d+ of \d+ expectations)", line) and not self.failed_task:
+        elif self.errors and not self.failed_task and re.match(CONTINUED_ERROR, line):
             # The lines a multi-line error goes on with (validation lists every failed expectation).
             self.errors[-1] += "\n    " + line.strip()
         elif show and (re.search(r"\bepoch \d+: train_loss", line) or "MLflow run" in line):
@@ -87,6 +87,10 @@ class PipelineProgress:
         if self.buffer:
             self._line(ANSI.sub("", self.buffer))
         self.log.close()
+
+
+# The lines a multi-line error goes on with (validation lists every failed expectation, then how to go on).
+CONTINUED_ERROR = re.compile(r"\s*(?:- |\S.*: \d+ of \d+ expectations|How to go on: )")
 
 
 def make_console(file=None):
