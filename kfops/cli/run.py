@@ -58,10 +58,19 @@ def training_arguments(args, ws) -> dict:
         "validation_fraction",
         "test_fraction",
         "threshold",
+        "threshold_objective",
     ):
         value = getattr(args, flag)
         if value is not None:
             arguments[flag] = value
+    if args.threshold is not None:
+        if args.threshold_objective not in (None, "fixed"):
+            raise SystemExit("kfops run: --threshold fixes the decision threshold; drop --threshold-objective")
+        arguments["threshold_objective"] = "fixed"
+    if args.threshold_objective is not None:
+        from kfops.components.contracts import TrainConfig
+
+        TrainConfig(threshold_objective=args.threshold_objective).check()
     if args.split_by_time:
         arguments["split_by_time"] = True
     if args.no_promote:
@@ -245,11 +254,24 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dropout", type=float)
     model.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
     model.add_argument("--weight-decay", type=float)
-    model.add_argument("--class-weighting", choices=["none", "balanced"])
+    model.add_argument(
+        "--class-weighting",
+        choices=["auto", "none", "balanced"],
+        help="weight the positive class by the class ratio (auto: when positives are under 20%% of the rows)",
+    )
     model.add_argument("--early-stopping-patience", type=int, help="epochs without a better validation loss")
     model.add_argument("--seed", type=int)
     model.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    model.add_argument("--threshold", type=float, help="decision threshold on the positive probability")
+    model.add_argument(
+        "--threshold",
+        type=float,
+        help="fix the decision threshold on the positive probability (default: chosen on the validation split)",
+    )
+    model.add_argument(
+        "--threshold-objective",
+        help='how the decision threshold is chosen on the validation split: f1 (default), youden, "precision>=P", '
+        '"recall>=R"',
+    )
     reg = parser.add_argument_group("tracking and registry")
     reg.add_argument(
         "--model-name",
