@@ -250,13 +250,11 @@ def lower_priority(pid: int) -> str:
 
 
 def _ready(url: str) -> bool:
-    import urllib.error
-    import urllib.request
+    from kfops.components import http
 
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
+        return http.get(url, timeout=1).status == 200
+    except http.HTTPError:  # not up yet, or not ready (503)
         return False
 
 
