@@ -287,3 +287,62 @@ async def serve(router, host: str, port: int, *, watch=None, keep_alive_seconds:
         await router.close()
         log.info("router stopped")
     return exit_code
+
+
+async def serve_uvicorn(router, host: str, port: int, *, watch=None, keep_alive_seconds: float = 65.0) -> int:
+    """``serve``'s alternative on uvicorn (the router's ASGI face), the same contract: exit code 1 when the port
+    cannot be bound or ``watch()`` returns a message, 0 after SIGTERM/SIGINT."""
+    import contextlib
+
+    import uvicorn
+
+    loop = asyncio.get_running_loop()
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises the signal once it has shut down, which would end the process before `kfops serve`
+        # stops its child predictors: here a signal only asks the server to stop.
+        @contextlib.contextmanager
+        def capture_signals(self):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, setattr, self, "should_exit", True)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    config = uvicorn.Config(
+        router,
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        backlog=2048,
+        timeout_keep_alive=int(keep_alive_seconds),
+        timeout_graceful_shutdown=int(GRACE_SECONDS),
+    )
+    server = Server(config)
+    exit_code = 0
+
+    async def watching() -> None:
+        nonlocal exit_code
+        while not server.should_exit:
+            await asyncio.sleep(0.5)
+            if watch is not None and (message := watch()):
+                log.error("%s: stopping the router", message)
+                exit_code = 1
+                server.should_exit = True
+
+    keeper = asyncio.ensure_future(watching())
+    gc.collect()
+    gc.freeze()  # as serve() does
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn's answer to a port it cannot bind (it has logged why and closed the router)
+        return 1
+    finally:
+        keeper.cancel()
+    return exit_code
