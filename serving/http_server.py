@@ -1,9 +1,11 @@
 """The router's HTTP/1.1 server: asyncio protocols, requests parsed by httptools, one socket write per answer.
 
-The router does little per request besides moving bytes, so the server's own work counts: uvicorn's ASGI
-plumbing (a scope, receive/send messages, a task, two socket writes per answer) cost about 40 µs of CPU per
-request here against about 15 µs for this server. It serves ``Router.handle`` directly and keeps what a
-front-facing server needs:
+The router does little per request besides moving bytes, so the server's own work counts. Measured with
+benchmarks/bench_router.py on 2026-12-04 (benchmarks/RESULTS.md, two runs of 5 and 7 interleaved rounds, 2 shared
+vCPUs, 8 clients, the own client upstream): on uvicorn the router added 1.60 and 1.75 ms at p50 over calling the
+predictor directly, against 0.88 and 1.20 ms on this server (goal < 1.5 ms), and spent 150 and 141 µs of CPU per
+request against 105 and 109 µs. ``serve_uvicorn`` (``kfops route --http-server uvicorn``) keeps that comparison
+runnable. This server serves ``Router.handle`` directly and keeps what a front-facing server needs:
 
 - keep-alive and pipelining (answers in request order; reading pauses while 16 requests wait), ``Connection:
   close``, HTTP/1.0, ``Expect: 100-continue``, HEAD;
