@@ -93,7 +93,9 @@ class Response:
 class Client:
     """A pool of kept-alive connections per host (``maxsize`` each), shared by the threads that use it."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None, maxsize: int = 4):
+    def __init__(
+        self, timeout: float = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None, maxsize: int = 4
+    ) -> None:
         self.timeout = timeout
         self.headers = dict(headers or {})
         retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS)
