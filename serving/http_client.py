@@ -1,11 +1,15 @@
 """A small keep-alive HTTP/1.1 client for the router's calls to its two upstreams.
 
-Why not aiohttp: on the router's path the client's own work is most of the router's cost. aiohttp's request
-machinery (cookies, redirects, tracing, URL objects, per-request timeout contexts) cost about as much CPU per
-call as the predictor spends on a one-row prediction. This client does only what the router needs: a pool
-of kept-alive connections per upstream (asyncio protocols, responses parsed by httptools, the parser uvicorn
-uses), one socket write per request (head and body together), a deadline per call, and one retry when a
-kept-alive connection turns out to have been closed by the upstream before it answered anything.
+Why not aiohttp: on the router's path the client's own work is most of the router's cost. Measured with
+benchmarks/bench_router.py on 2026-12-04 (benchmarks/RESULTS.md, two runs of 5 and 7 interleaved rounds, 2 shared
+vCPUs, 8 clients, the own server): with aiohttp's client (``AiohttpPool`` below, ``kfops route --http-client
+aiohttp``) the router added 4.84 and 2.20 ms at p50 over calling the predictor directly, against 0.88 and 1.20 ms
+with this one (goal < 1.5 ms), and spent 237 and 236 µs of CPU per request against 105 and 109 µs (its request
+machinery: cookies, redirects, tracing, URL objects, per-request timeout contexts). This client does only what
+the router needs: a pool of kept-alive connections per upstream (asyncio protocols, responses parsed by
+httptools, the parser uvicorn uses), one socket write per request (head and body together), a deadline per call,
+and one retry when a kept-alive connection turns out to have been closed by the upstream before it answered
+anything.
 
     pool = ConnectionPool("http://10.0.0.5:8080", max_connections=256)
     status, content_type, body = await pool.request(b"POST", b"/v1/models/m:predict", headers, body, timeout=5)
@@ -225,3 +229,66 @@ def _expire(connection: _Connection, waiter: asyncio.Future) -> None:
         waiter.set_exception(TimedOut("did not answer in time"))
         connection.waiter = None
         connection.transport.close()
+
+
+class AiohttpPool:
+    """The same face as ``ConnectionPool`` over an aiohttp ``ClientSession``: the library alternative that
+    ``kfops route --http-client aiohttp`` runs and benchmarks/bench_router.py measures against this module."""
+
+    def __init__(self, base_url: str, max_connections: int = 256) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) base URL: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.max_connections = max_connections
+        self._session = None
+        self._timeouts: dict[float, object] = {}
+
+    def _open(self):
+        import aiohttp
+
+        # No cookies, no decompression, no default User-Agent: the router forwards bodies and headers as they are.
+        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+        return self._session
+
+    async def request(
+        self, method: bytes, path: bytes, headers: bytes, body: bytes | None, timeout: float
+    ) -> tuple[int, bytes, bytes]:
+        """(status, content type, body) of one call; raises UpstreamError subclasses."""
+        import aiohttp
+
+        session = self._session or self._open()
+        limit = self._timeouts.get(timeout)
+        if limit is None:
+            limit = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
+        fields = {}
+        for line in headers.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                fields[name.decode("latin-1")] = value.strip().decode("latin-1")
+        url = self.base_url + path.decode("latin-1")
+        try:
+            async with session.request(method.decode(), url, data=body, headers=fields, timeout=limit) as response:
+                data = await response.read()
+                content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
+                return response.status, content_type, data
+        except TimeoutError:  # aiohttp's ServerTimeoutError is one too
+            raise TimedOut("did not answer in time") from None
+        except aiohttp.ClientConnectionError as err:
+            raise Unreachable(f"is unreachable: {err}") from None
+        except aiohttp.ClientError as err:
+            raise BadResponse(f"not a valid HTTP answer: {err}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+CLIENTS = {"own": ConnectionPool, "aiohttp": AiohttpPool}

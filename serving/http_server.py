@@ -1,9 +1,11 @@
 """The router's HTTP/1.1 server: asyncio protocols, requests parsed by httptools, one socket write per answer.
 
-The router does little per request besides moving bytes, so the server's own work counts: uvicorn's ASGI
-plumbing (a scope, receive/send messages, a task, two socket writes per answer) cost about 40 µs of CPU per
-request here against about 15 µs for this server. It serves ``Router.handle`` directly and keeps what a
-front-facing server needs:
+The router does little per request besides moving bytes, so the server's own work counts. Measured with
+benchmarks/bench_router.py on 2026-12-04 (benchmarks/RESULTS.md, two runs of 5 and 7 interleaved rounds, 2 shared
+vCPUs, 8 clients, the own client upstream): on uvicorn the router added 1.60 and 1.75 ms at p50 over calling the
+predictor directly, against 0.88 and 1.20 ms on this server (goal < 1.5 ms), and spent 150 and 141 µs of CPU per
+request against 105 and 109 µs. ``serve_uvicorn`` (``kfops route --http-server uvicorn``) keeps that comparison
+runnable. This server serves ``Router.handle`` directly and keeps what a front-facing server needs:
 
 - keep-alive and pipelining (answers in request order; reading pauses while 16 requests wait), ``Connection:
   close``, HTTP/1.0, ``Expect: 100-continue``, HEAD;
@@ -286,4 +288,63 @@ async def serve(router, host: str, port: int, *, watch=None, keep_alive_seconds:
             connection.transport.close()
         await router.close()
         log.info("router stopped")
+    return exit_code
+
+
+async def serve_uvicorn(router, host: str, port: int, *, watch=None, keep_alive_seconds: float = 65.0) -> int:
+    """``serve``'s alternative on uvicorn (the router's ASGI face), the same contract: exit code 1 when the port
+    cannot be bound or ``watch()`` returns a message, 0 after SIGTERM/SIGINT."""
+    import contextlib
+
+    import uvicorn
+
+    loop = asyncio.get_running_loop()
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises the signal once it has shut down, which would end the process before `kfops serve`
+        # stops its child predictors: here a signal only asks the server to stop.
+        @contextlib.contextmanager
+        def capture_signals(self):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, setattr, self, "should_exit", True)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    config = uvicorn.Config(
+        router,
+        host=host,
+        port=port,
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        backlog=2048,
+        timeout_keep_alive=int(keep_alive_seconds),
+        timeout_graceful_shutdown=int(GRACE_SECONDS),
+    )
+    server = Server(config)
+    exit_code = 0
+
+    async def watching() -> None:
+        nonlocal exit_code
+        while not server.should_exit:
+            await asyncio.sleep(0.5)
+            if watch is not None and (message := watch()):
+                log.error("%s: stopping the router", message)
+                exit_code = 1
+                server.should_exit = True
+
+    keeper = asyncio.ensure_future(watching())
+    gc.collect()
+    gc.freeze()  # as serve() does
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn's answer to a port it cannot bind (it has logged why and closed the router)
+        return 1
+    finally:
+        keeper.cancel()
     return exit_code

@@ -59,6 +59,7 @@ import time
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
+from kfops.components.contracts import KfopsError
 from kfops.serving import http_client
 from kfops.serving.asgi import TOO_LARGE, read_body
 from kfops.serving.protocol import parse_json
@@ -102,16 +103,19 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ the app
 class Router:
-    """The ASGI app, with a pool of kept-alive connections to each upstream (serving/http_client.py).
-    ``close()`` (or lifespan shut-down) waits briefly for shadow calls, then closes the connections."""
+    """The ASGI app, with a pool of kept-alive connections to each upstream (serving/http_client.py: ``client``
+    "own" or "aiohttp"). ``close()`` (or lifespan shut-down) waits briefly for shadow calls, then closes the
+    connections."""
 
-    def __init__(self, config: RouterConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: RouterConfig, registry: CollectorRegistry | None = None, client: str = "own") -> None:
+        if client not in http_client.CLIENTS:
+            raise KfopsError(f"router: the HTTP client must be one of {', '.join(http_client.CLIENTS)}, got {client!r}")
         self.config = config
         self.metrics = RouterMetrics(registry, process=registry is None)
         limit = config.max_connections
-        self.stable = Upstream(STABLE, config.stable_url, config.stable_model or config.model_name, limit)
+        self.stable = Upstream(STABLE, config.stable_url, config.stable_model or config.model_name, limit, client)
         self.challenger = Upstream(
-            CHALLENGER, config.challenger_url, config.challenger_model or config.model_name, limit
+            CHALLENGER, config.challenger_url, config.challenger_model or config.model_name, limit, client
         )
         self._shadow_tasks: set[asyncio.Task] = set()
         self._too_large = f"request body is larger than the router's maximum of {config.max_body_bytes:,} bytes"
@@ -493,11 +497,20 @@ class Router:
 
 
 # ------------------------------------------------------------------------------------------------ server
-def serve_router(router: Router, host: str = "127.0.0.1", port: int = 8080, *, watch=None) -> int:
-    """Serve ``router`` on host:port with the router's own HTTP/1.1 server (serving/http_server.py, on uvloop
-    when installed) until SIGTERM/SIGINT. ``watch()``, polled twice a second, returns a message when the router
-    must stop (a child predictor died): exit code 1. Returns an exit code."""
-    from kfops.serving.http_server import serve
+SERVERS = ("own", "uvicorn")
+
+
+def serve_router(router: Router, host: str = "127.0.0.1", port: int = 8080, *, watch=None, server: str = "own") -> int:
+    """Serve ``router`` on host:port until SIGTERM/SIGINT, on uvloop when installed, with the router's own HTTP/1.1
+    server (``server="own"``, serving/http_server.py) or uvicorn over the ASGI face (``"uvicorn"``). ``watch()``,
+    polled twice a second, returns a message when the router must stop (a child predictor died): exit code 1.
+    Returns an exit code."""
+    if server not in SERVERS:
+        raise KfopsError(f"router: the HTTP server must be one of {', '.join(SERVERS)}, got {server!r}")
+    if server == "uvicorn":
+        from kfops.serving.http_server import serve_uvicorn as serve
+    else:
+        from kfops.serving.http_server import serve
 
     try:
         import uvloop

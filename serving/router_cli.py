@@ -89,6 +89,18 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-body-mb", type=float, default=64, help="largest request body accepted (a 400 past it)")
     parser.add_argument("--log-level", default="INFO", help="Python log level of the router")
+    parser.add_argument(
+        "--http-server",
+        choices=("own", "uvicorn"),
+        default="own",
+        help="the router's own HTTP/1.1 server, or uvicorn (benchmarks/RESULTS.md compares them)",
+    )
+    parser.add_argument(
+        "--http-client",
+        choices=("own", "aiohttp"),
+        default="own",
+        help="the router's own keep-alive client to the predictors, or aiohttp's",
+    )
     _add_routing_options(parser, mode_required=True)
 
 
@@ -190,7 +202,7 @@ def run_route(args) -> int:
         args.host,
         args.port,
     )
-    return serve_router(Router(config), args.host, args.port)
+    return serve_router(Router(config, client=args.http_client), args.host, args.port, server=args.http_server)
 
 
 # ------------------------------------------------------------------------------------------------ kfops serve
@@ -250,13 +262,11 @@ def lower_priority(pid: int) -> str:
 
 
 def _ready(url: str) -> bool:
-    import urllib.error
-    import urllib.request
+    from kfops.components import http
 
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
+        return http.get(url, timeout=1).status == 200
+    except http.HTTPError:  # not up yet, or not ready (503)
         return False
 
 

@@ -197,13 +197,13 @@ class UpstreamFailed(Exception):
 class Upstream:
     """One predictor: its base URL, the model name it serves under, and a pool of kept-alive connections."""
 
-    def __init__(self, variant: str, base_url: str, model: str, max_connections: int) -> None:
+    def __init__(self, variant: str, base_url: str, model: str, max_connections: int, client: str = "own") -> None:
         self.variant = variant
         self.base_url = base_url
         self.model = model
         self.paths = {"v1": f"/v1/models/{model}:predict".encode(), "v2": f"/v2/models/{model}/infer".encode()}
         self.ready_path = f"/v2/models/{model}/ready".encode()
-        self.pool = http_client.ConnectionPool(base_url, max_connections)
+        self.pool = http_client.CLIENTS[client](base_url, max_connections)
 
     def url(self, path: bytes) -> str:
         return self.base_url + path.decode()

@@ -19,11 +19,10 @@ feature that is gone stops being reported):
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.error
-import urllib.request
 
+from kfops.components import http
 from kfops.components.contracts import KfopsError
 from kfops.components.monitor.report import VERDICT_INSUFFICIENT, DriftResult
 
@@ -115,16 +114,13 @@ def post_webhook(result: DriftResult, url: str, report_url: str = "") -> str:
     """POST the Slack-compatible message to ``url``; raise KfopsError when it cannot be delivered."""
     if not url.startswith(("http://", "https://")):
         raise KfopsError(f"webhook URL must start with http:// or https://, got {url!r}")
-    body = json.dumps(slack_message(result, report_url)).encode("utf-8")
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-            status = response.status
-    except urllib.error.HTTPError as err:
-        raise KfopsError(f"webhook {url} refused the drift message: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
-        raise KfopsError(f"cannot reach webhook {url}: {getattr(err, 'reason', err)}") from err
-    return f"posted the drift message to the webhook (HTTP {status})"
+        answer = http.post_json(url, slack_message(result, report_url), timeout=TIMEOUT_SECONDS)
+    except http.StatusError as err:
+        raise KfopsError(f"webhook {url} refused the drift message: HTTP {err.status} {err.reason}") from err
+    except http.HTTPError as err:
+        raise KfopsError(f"cannot reach webhook {url}: {err.reason or err}") from err
+    return f"posted the drift message to the webhook (HTTP {answer.status})"
 
 
 def notify(

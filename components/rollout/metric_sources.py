@@ -9,13 +9,12 @@ import json
 import math
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from kfops.components import http
 from kfops.components.contracts import KfopsError
 
 LATENCY_QUANTILE = 0.99
@@ -226,27 +225,22 @@ class PrometheusSource:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query; the result vector (``[{"metric": {...}, "value": [t, "x"]}, ...]``)."""
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-        request = urllib.request.Request(url, headers={"Accept": "application/json", **self.headers})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as err:
-            detail = _prometheus_error(err.read())
+            answer = http.get_json(
+                f"{self.url}/api/v1/query", params={"query": expr}, headers=self.headers, timeout=self.timeout
+            )
+        except http.StatusError as err:
+            detail = _prometheus_error(err.body)
+            message = f"Prometheus at {self.url} answered HTTP {err.status} to query {expr}"
+            raise MetricsUnavailable(message + (f": {detail}" if detail else "")) from err
+        except http.NotJSON as err:
             raise MetricsUnavailable(
-                f"Prometheus at {self.url} answered HTTP {err.code} to query {expr}" + (f": {detail}" if detail else "")
+                f"Prometheus at {self.url} answered query {expr} with something that is not JSON: {err.body[:200]!r}"
             ) from err
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise MetricsUnavailable(f"Prometheus at {self.url} is unreachable ({reason}); query: {expr}") from err
-        try:
-            answer = json.loads(body)
-        except ValueError as err:
-            raise MetricsUnavailable(
-                f"Prometheus at {self.url} answered query {expr} with something that is not JSON: {body[:200]!r}"
-            ) from err
+        except http.Unreachable as err:
+            raise MetricsUnavailable(f"Prometheus at {self.url} is unreachable ({err.reason}); query: {expr}") from err
         if not isinstance(answer, dict) or answer.get("status") != "success":
-            detail = _prometheus_error(body) or repr(answer)[:300]
+            detail = _error_detail(answer) or repr(answer)[:300]
             raise MetricsUnavailable(f"Prometheus at {self.url} failed query {expr}: {detail}")
         data = answer.get("data") or {}
         if data.get("resultType") != "vector":
@@ -289,6 +283,11 @@ def _prometheus_error(body: bytes) -> str:
         answer = json.loads(body)
     except ValueError:
         return body[:300].decode("utf-8", "replace").strip()
+    return _error_detail(answer)
+
+
+def _error_detail(answer: Any) -> str:
+    """Prometheus' ``errorType: error`` from a decoded answer; "" when it has none."""
     if isinstance(answer, dict) and answer.get("error"):
         return f"{answer.get('errorType', 'error')}: {answer['error']}"
     return ""
@@ -333,14 +332,11 @@ class ScrapeSource:
         from prometheus_client.parser import text_string_to_metric_families
 
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:
-                text = response.read().decode("utf-8")
-        except urllib.error.HTTPError as err:
-            raise MetricsUnavailable(f"predictor metrics at {url} answered HTTP {err.code}") from err
-        except (urllib.error.URLError, OSError) as err:
-            raise MetricsUnavailable(
-                f"predictor metrics at {url} are unreachable ({getattr(err, 'reason', err)})"
-            ) from err
+            text = http.get(url, timeout=self.timeout).text()
+        except http.StatusError as err:
+            raise MetricsUnavailable(f"predictor metrics at {url} answered HTTP {err.status}") from err
+        except http.Unreachable as err:
+            raise MetricsUnavailable(f"predictor metrics at {url} are unreachable ({err.reason})") from err
         wanted = {REQUESTS_METRIC, f"{LATENCY_METRIC}_bucket", f"{LATENCY_METRIC}_count"}
         samples: dict[_Series, float] = {}
         try:

@@ -1,5 +1,6 @@
 """The router's upstream client (serving/http_client.py) against small real HTTP servers on 127.0.0.1 that
-misbehave on purpose: connections closed while idle, answers cut short, garbage, silence."""
+misbehave on purpose: connections closed while idle, answers cut short, garbage, silence; and its aiohttp
+alternative (``AiohttpPool``, ``kfops route --http-client aiohttp``) with the same face and errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from kfops.serving.http_client import BadResponse, ConnectionPool, TimedOut, Unreachable
+from kfops.serving.http_client import AiohttpPool, BadResponse, ConnectionPool, TimedOut, Unreachable
 
 from .upstreams import free_port
 
@@ -179,3 +180,50 @@ def test_nothing_listening_is_unreachable_and_the_limit_bounds_busy_connections(
     assert peak == 3
     with pytest.raises(ValueError, match="not an http"):
         ConnectionPool("ftp://x")
+
+
+def test_the_aiohttp_alternative_has_the_same_face_and_errors():
+    connections = []
+
+    async def handler(reader, writer):
+        connections.append(writer)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if b"/silent" in request:
+                    await asyncio.sleep(5)
+                elif b"/garbage" in request:
+                    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+                    await writer.drain()
+                    break
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def main():
+        server, url = await _server(handler)
+        pool = AiohttpPool(url)
+        try:
+            answers = [await pool.request(b"POST", b"/v1/x", b"x-a: 1\r\n", b'{"i":1}', 5) for _ in range(3)]
+            with pytest.raises(TimedOut, match="did not answer in time"):
+                await pool.request(b"POST", b"/silent", b"", b"{}", 0.3)
+            with pytest.raises(BadResponse, match="not a valid HTTP answer"):
+                await pool.request(b"POST", b"/garbage", b"", b"{}", 5)
+        finally:
+            await pool.close()
+            server.close()
+        refused = AiohttpPool(f"http://127.0.0.1:{free_port()}")
+        try:
+            with pytest.raises(Unreachable, match="is unreachable"):
+                await refused.request(b"GET", b"/", b"", None, 2)
+        finally:
+            await refused.close()
+        return answers
+
+    assert asyncio.run(main()) == [(200, b"application/json", b'{"ok":true}')] * 3
+    # One kept alive for the three answers and the silence (closed after it), a new one for the garbage.
+    assert len(connections) == 2
+    with pytest.raises(ValueError, match="not an http"):
+        AiohttpPool("ftp://x")

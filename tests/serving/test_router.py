@@ -157,11 +157,11 @@ def _same(a: list[dict], b: list[dict]) -> None:
     assert [p["probability"] for p in a] == pytest.approx([p["probability"] for p in b], abs=1e-6)
 
 
-def _in_process(config: RouterConfig, scenario):
+def _in_process(config: RouterConfig, scenario, upstream_client: str = "own"):
     """Run ``scenario(router, client)`` against a fresh in-process Router (its own metrics registry)."""
 
     async def main():
-        router = Router(config, registry=CollectorRegistry())
+        router = Router(config, registry=CollectorRegistry(), client=upstream_client)
         transport = httpx.ASGITransport(app=router)
         async with httpx.AsyncClient(transport=transport, base_url="http://router", timeout=30) as client:
             try:
@@ -619,3 +619,41 @@ def test_the_routers_own_http_server_pipelines_limits_and_closes_properly(deploy
     garbage = _exchange(d.url, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400 Bad Request") and b"invalid HTTP request" in garbage
     assert httpx.get(f"{d.url}/v2/health/live", timeout=5).status_code == 200  # still serving
+
+
+def test_the_library_alternatives_uvicorn_and_aiohttp_route_the_same(deployment, tmp_path):
+    """``kfops route --http-server uvicorn --http-client aiohttp`` (what bench_router.py measures against the own
+    server and client) answers as the deployment's router does, and stops cleanly on SIGTERM."""
+    d, m = deployment, deployment.model
+    port = free_port()
+    command = [sys.executable, "-m", "kfops.serving", "route", "--stable", d.stable, "--challenger", d.challenger]
+    command += ["--name", NAME, "--mode", "ab", "--split", "50", "--entity-key", KEY, "--port", str(port)]
+    command += ["--http-server", "uvicorn", "--http-client", "aiohttp", "--log-level", "WARNING"]
+    log = tmp_path / "route.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/v2/health/ready", proc, log)
+        body = {"instances": _rows(m, 40, 12, [f"lib{i}" for i in range(12)])}
+        mine = httpx.post(f"{url}{V1}", json=body, timeout=30)
+        theirs = httpx.post(f"{d.url}{V1}", json=body, timeout=30)
+        assert mine.status_code == theirs.status_code == 200, mine.text
+        assert mine.headers["x-kfops-variant"] == theirs.headers["x-kfops-variant"]
+        _same(mine.json()["predictions"], theirs.json()["predictions"])
+        huge = httpx.post(f"{url}{V1}", content=b"{" * (65 * 1024 * 1024), timeout=30)
+        assert huge.status_code == 400 and "larger than the router's maximum" in huge.json()["error"]
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()[-3000:]
+
+    # aiohttp's failures are the router's usual ones: an upstream that is down is a 503 naming it.
+    nowhere = f"http://127.0.0.1:{free_port()}"
+
+    async def down(router, client):
+        return await client.post(V1, json={"instances": _rows(m, 0, 1)})
+
+    config = RouterConfig(nowhere, nowhere, "canary", split=100, model_name=NAME)
+    answer = _in_process(config, down, upstream_client="aiohttp")
+    assert answer.status_code == 503 and "unreachable" in answer.json()["error"]
