@@ -200,7 +200,11 @@ def bad_v1_cases(m):
         ("empty batch", {"instances": []}, "'instances' is empty"),
         ("too many rows", {"instances": [_v1_row(m)] * (MAX_ROWS + 1)}, f"maximum of {MAX_ROWS}"),
         ("short list", {"instances": [[1.0, 2.0]]}, f"instances[0]: a list instance must have {len(names)} values"),
-        ("unknown feature", {"instances": [_v1_row(m, colour="red")]}, "unknown feature(s) ['colour']"),
+        (
+            "unknown feature",
+            {"instances": [_v1_row(m, colour="red")]},
+            "unknown field(s) ['colour']: neither a feature nor a column",
+        ),
         ("missing feature", {"instances": [drop_amount]}, "missing feature(s) ['amount']"),
         (
             "string for a number",
@@ -232,7 +236,7 @@ def bad_v2_cases(m):
                     {"name": "colour", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]},
                 ]
             },
-            "unknown input(s) ['colour']",
+            "unknown input(s) ['colour']: neither a feature nor a column",
         ),
         (
             "duplicate input",
