@@ -131,6 +131,36 @@ def record_file_name(fmt: str, now: dt.datetime | None = None) -> str:
     return f"{stamp}-{uuid.uuid4().hex}.{fmt}"
 
 
+def id_text(value: Any) -> str | None:
+    """An id as text, the same whichever way it travelled: ``42``, ``42.0`` (an id column read as float) and
+    ``"42"`` are ``"42"``; booleans are ``"true"``/``"false"``; missing values are None. Joins and hashes use it."""
+    if not isinstance(value, str | int | float | bool):
+        try:
+            value = _scalar(value)  # numpy and pandas scalars unwrapped, missing ones None
+        except TypeError:
+            value = str(value)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def pseudonymize(value: Any, salt: bytes) -> str | None:
+    """HMAC-SHA256 of ``id_text(value)`` keyed by ``salt``, as hex: one value always gives one hash (so hashed ids
+    still join), and without the salt a hash cannot be reversed by hashing guesses. None stays None."""
+    import hashlib
+    import hmac
+
+    text = id_text(value)
+    if text is None:
+        return None
+    return hmac.new(salt, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------ reading and writing
 def read_record_file(uri: str, columns: Sequence[str]) -> pd.DataFrame:
     """Selected columns of one JSONL or Parquet file (absent columns are null)."""
