@@ -271,6 +271,13 @@ def test_a_json_body_is_read_whatever_its_content_type(client, registered_model)
         r = client.post(V1, content=body, headers=headers)
         assert r.status_code == 200, (content_type, r.text)
         assert len(r.json()["predictions"]) == 2
+        # V2 too (Triton's HTTP client sends JSON with no content-type at all)
+        v2 = orjson.dumps({"inputs": v2_inputs(registered_model.spec, registered_model.rows.head(2))})
+        r = client.post(V2, content=v2, headers=headers)
+        assert r.status_code == 200, (content_type, r.text)
+        assert r.json()["outputs"][0]["shape"] == [2]
+    r = client.post(V2, content=b"inputs=1", headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
 
 def test_bad_v1_requests_are_400_naming_the_field(client, registered_model):
