@@ -353,8 +353,10 @@ class StopTraining(Exception):
 #     <sink>/model=<model name>/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
 #     <sink>/outcomes/date=YYYY-MM-DD/...                                            (ground truth, by request id)
 #
-# A record is the meta columns, the features the request sent (raw), then the prediction columns. ``log_format``
-# is the record format's version; records without it (kfops 0.1.0) are version 1.
+# A record is the meta columns, the raw non-feature columns of the training data the request sent (ids, timestamps:
+# FeatureSpec.passthrough_columns, only when sent; one named like a meta or prediction column is written as
+# ``input_<name>``), the features the request sent (raw), then the prediction columns. ``log_format`` is the record
+# format's version; records without it (kfops 0.1.0) are version 1.
 PAYLOAD_LOG_FORMAT_VERSION = 1
 PAYLOAD_META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant", "log_format")
 PAYLOAD_PREDICTION_COLUMNS = ("prediction", "probability")
