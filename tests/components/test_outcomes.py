@@ -244,6 +244,26 @@ def test_outcomes_join_on_a_business_id_the_payload_log_keeps(tmp_path, capsys, 
     assert "joined on transaction_id" in capsys.readouterr().out
     assert main(["outcomes", "report", "--payload-log", sink, "--join-on", "prediction"]) == 2
     assert "cannot join on 'prediction'" in capsys.readouterr().err
+    # The KFP stage takes the same option.
+    from kfp import dsl
+
+    from kfops.components.outcomes.component import outcome_performance_op
+
+    report_artifact = dsl.Artifact(name="report", uri=str(tmp_path / "report.json"), metadata={})
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics.json"), metadata={})
+    joined, _ = outcome_performance_op.python_func(
+        payload_log_uri=sink,
+        outcomes_uri="",
+        since="24h",
+        until="",
+        positive_class="",
+        model="",
+        report=report_artifact,
+        metrics=metrics,
+        join_on="transaction_id",
+    )
+    assert joined == 3 and json.loads((tmp_path / "report.json").read_text())["join_on"] == "transaction_id"
+    capsys.readouterr()  # what the stage printed
 
     # A join key the server hashed (--payload-log-hash transaction_id): the outcomes' ids are hashed the same way.
     hashed_sink = str(tmp_path / "hashed")
