@@ -149,6 +149,10 @@ class FeatureSpec:
     negative_class: str
     columns: list[ColumnSpec]
     dropped_columns: list[str] = field(default_factory=list)
+    # Every other column of the training data (ids, timestamps, entity keys, dropped or undeclared columns): serving
+    # accepts them beside the features, keeps them out of the model and writes them to the payload log. Specs
+    # written before this field (kfops 0.1.0) load with it empty; ``passthrough_columns`` falls back to dropped.
+    non_feature_columns: list[str] = field(default_factory=list)
     data_sha256: str = ""
     train_rows: int = 0
     positive_rate: float = 0.0
@@ -157,6 +161,13 @@ class FeatureSpec:
     @property
     def feature_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def passthrough_columns(self) -> list[str]:
+        """The training data's columns that are neither features nor the target, as serving accepts them."""
+        features = set(self.feature_names) | {self.target}
+        names = self.non_feature_columns or self.dropped_columns
+        return [n for n in dict.fromkeys(names) if n not in features]
 
     @property
     def input_width(self) -> int:
@@ -361,8 +372,10 @@ class StopTraining(Exception):
 #     <sink>/model=<model name>/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
 #     <sink>/outcomes/date=YYYY-MM-DD/...                                            (ground truth, by request id)
 #
-# A record is the meta columns, the features the request sent (raw), then the prediction columns. ``log_format``
-# is the record format's version; records without it (kfops 0.1.0) are version 1.
+# A record is the meta columns, the raw non-feature columns of the training data the request sent (ids, timestamps:
+# FeatureSpec.passthrough_columns, only when sent; one named like a meta or prediction column is written as
+# ``input_<name>``), the features the request sent (raw), then the prediction columns. ``log_format`` is the record
+# format's version; records without it (kfops 0.1.0) are version 1.
 PAYLOAD_LOG_FORMAT_VERSION = 1
 PAYLOAD_META_COLUMNS = ("request_id", "timestamp", "model", "model_version", "variant", "log_format")
 PAYLOAD_PREDICTION_COLUMNS = ("prediction", "probability")

@@ -6,9 +6,10 @@ null, numpy scalars as Python ones, a column of mixed types kept as text in Parq
 columns of one file), ``RecordFileWriter`` (Arrow tables streamed into one file, put in place whole) and the
 outcome record (``normalize_outcomes``, ``log_outcomes``, and ``record_outcomes`` for ``POST /v1/outcomes``).
 
-An outcome record is ``request_id`` (text), ``outcome`` (the value as given: a class label, a number or a boolean),
-``timestamp`` (when it was observed, ISO 8601 UTC; default: when it was logged; it picks the date partition) and
-``logged_at``. Appending never rewrites: a corrected outcome is a new record, and readers keep the latest.
+An outcome record is ``request_id`` (text; or the business id it is joined by instead, such as ``transaction_id``),
+``outcome`` (the value as given: a class label, a number or a boolean), ``timestamp`` (when it was observed, ISO
+8601 UTC; default: when it was logged; it picks the date partition) and ``logged_at``. Appending never rewrites: a
+corrected outcome is a new record, and readers keep the latest.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from typing import Any
 import pandas as pd
 
 from kfops.components import storage
-from kfops.components.contracts import KfopsError, outcomes_partition
+from kfops.components.contracts import (
+    PAYLOAD_META_COLUMNS,
+    PAYLOAD_PREDICTION_COLUMNS,
+    KfopsError,
+    outcomes_partition,
+)
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "parquet")
-OUTCOME_FIELDS = ("request_id", "outcome", "timestamp")
 MAX_HTTP_RECORDS = 10_000
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -129,6 +134,36 @@ def record_file_name(fmt: str, now: dt.datetime | None = None) -> str:
     """A new file's name: its UTC write time, so names sort by it, and a random suffix so writers never clash."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{stamp}-{uuid.uuid4().hex}.{fmt}"
+
+
+def id_text(value: Any) -> str | None:
+    """An id as text, the same whichever way it travelled: ``42``, ``42.0`` (an id column read as float) and
+    ``"42"`` are ``"42"``; booleans are ``"true"``/``"false"``; missing values are None. Joins and hashes use it."""
+    if not isinstance(value, str | int | float | bool):
+        try:
+            value = _scalar(value)  # numpy and pandas scalars unwrapped, missing ones None
+        except TypeError:
+            value = str(value)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def pseudonymize(value: Any, salt: bytes) -> str | None:
+    """HMAC-SHA256 of ``id_text(value)`` keyed by ``salt``, as hex: one value always gives one hash (so hashed ids
+    still join), and without the salt a hash cannot be reversed by hashing guesses. None stays None."""
+    import hashlib
+    import hmac
+
+    text = id_text(value)
+    if text is None:
+        return None
+    return hmac.new(salt, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ reading and writing
@@ -279,20 +314,37 @@ def _scalar(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def check_join_key(key: str) -> str:
+    """``key`` if it can name the id an outcome is joined by: ``request_id`` or a raw column the payload log keeps
+    (``transaction_id``); KfopsError for an empty name or one of the records' own fields."""
+    reserved = {"outcome", "logged_at", *PAYLOAD_META_COLUMNS, *PAYLOAD_PREDICTION_COLUMNS} - {"request_id"}
+    if not isinstance(key, str) or not key.strip() or key.strip() in reserved:
+        raise KfopsError(
+            f"outcomes: cannot join on {key!r}: use request_id or a column of the model's training data that the "
+            "payload log keeps (e.g. transaction_id)"
+        )
+    return key.strip()
+
+
 def normalize_outcomes(
-    records: Iterable[Mapping[str, Any]] | pd.DataFrame, source: str = "outcomes", now: dt.datetime | None = None
+    records: Iterable[Mapping[str, Any]] | pd.DataFrame,
+    source: str = "outcomes",
+    now: dt.datetime | None = None,
+    key: str = "request_id",
 ) -> list[dict[str, Any]]:
-    """Validated outcome records ``{request_id, outcome, timestamp, logged_at}``; KfopsError naming the row and
-    the field for a missing column, an empty id, a missing or non-scalar outcome or an unreadable timestamp."""
+    """Validated outcome records ``{key, outcome, timestamp, logged_at}`` (``key``: ``request_id``, or the business
+    id they are joined by, such as ``transaction_id``); KfopsError naming the row and the field for a missing column,
+    an empty id, a missing or non-scalar outcome or an unreadable timestamp."""
+    key = check_join_key(key)
     now = now or dt.datetime.now(dt.UTC)
     if isinstance(records, pd.DataFrame):
         frame = records
-        for name in ("request_id", "outcome"):
+        for name in (key, "outcome"):
             if name not in frame.columns:
                 raise KfopsError(
                     f"{source}: no '{name}' column; it has: {', '.join(map(str, frame.columns)) or 'no columns'}"
                 )
-        keep = [c for c in OUTCOME_FIELDS if c in frame.columns]
+        keep = [c for c in (key, "outcome", "timestamp") if c in frame.columns]
         rows: list[Any] = frame[keep].to_dict(orient="records")
     elif isinstance(records, Mapping):
         rows = [records]
@@ -305,11 +357,11 @@ def normalize_outcomes(
     for i, row in enumerate(rows):
         where = f"{source} record {i}"
         if not isinstance(row, Mapping):
-            raise KfopsError(f"{where}: expected an object with request_id and outcome, got {type(row).__name__}")
-        for name in ("request_id", "outcome"):
+            raise KfopsError(f"{where}: expected an object with {key} and outcome, got {type(row).__name__}")
+        for name in (key, "outcome"):
             if name not in row:
                 raise KfopsError(f"{where}: no '{name}' field (it has: {', '.join(map(str, row)) or 'nothing'})")
-        raw_id = row["request_id"]
+        raw_id = row[key]
         try:
             request_id = _scalar(raw_id)
         except TypeError:
@@ -318,19 +370,19 @@ def normalize_outcomes(
             request_id = int(request_id)  # an id column read as float (CSV with a gap) is still the integer id
         request_id = "" if request_id is None or isinstance(request_id, bool) else str(request_id).strip()
         if not request_id:
-            raise KfopsError(f"{where}: request_id is empty ({raw_id!r})")
+            raise KfopsError(f"{where}: {key} is empty ({raw_id!r})")
         try:
             outcome = _scalar(row["outcome"])
         except TypeError as err:
             raise KfopsError(
-                f"{where} (request_id {request_id!r}): outcome must be a label, number or boolean, got a {err}"
+                f"{where} ({key} {request_id!r}): outcome must be a label, number or boolean, got a {err}"
             ) from err
         if outcome is None or (isinstance(outcome, str) and not outcome.strip()):
-            raise KfopsError(f"{where} (request_id {request_id!r}): outcome is empty; log an outcome once it is known")
-        stamp = parse_time(row.get("timestamp"), now, what=f"{where} (request_id {request_id!r}): timestamp")
+            raise KfopsError(f"{where} ({key} {request_id!r}): outcome is empty; log an outcome once it is known")
+        stamp = parse_time(row.get("timestamp"), now, what=f"{where} ({key} {request_id!r}): timestamp")
         out.append(
             {
-                "request_id": request_id,
+                key: request_id,
                 "outcome": outcome.strip() if isinstance(outcome, str) else outcome,
                 "timestamp": iso_utc(stamp or now),
                 "logged_at": logged_at,
@@ -345,9 +397,11 @@ def log_outcomes(
     fmt: str = "jsonl",
     source: str = "outcomes",
     now: dt.datetime | None = None,
+    key: str = "request_id",
 ) -> dict[str, Any]:
-    """Validate and append outcome records under ``<sink>/outcomes/date=<day>/`` (one new file per day touched;
-    nothing is written unless every record is valid). Returns ``{"recorded": n, "files": [uri, ...]}``."""
+    """Validate and append outcome records, identified by ``key``, under ``<sink>/outcomes/date=<day>/`` (one new
+    file per day touched; nothing is written unless every record is valid). Returns ``{"recorded": n, "files":
+    [uri, ...]}``."""
     if fmt not in FORMATS:
         raise KfopsError(f"outcomes: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not isinstance(sink, str) or not sink.strip():
@@ -355,7 +409,7 @@ def log_outcomes(
     sink = sink.strip()
     if storage.is_s3(sink):
         storage.split_s3(sink)
-    normalized = normalize_outcomes(records, source, now)
+    normalized = normalize_outcomes(records, source, now, key)
     by_day: dict[str, list[dict[str, Any]]] = {}
     for record in normalized:
         by_day.setdefault(record["timestamp"][:10], []).append(record)
@@ -370,9 +424,12 @@ def log_outcomes(
 
 def record_outcomes(body: Any, sink: str, fmt: str = "jsonl", max_records: int = MAX_HTTP_RECORDS) -> dict[str, Any]:
     """The ``POST /v1/outcomes`` handler's work: ``body`` is the parsed JSON (a list of ``{"request_id",
-    "outcome", "timestamp"?}``, ``{"outcomes": [...]}`` or one record). KfopsError means a bad request."""
+    "outcome", "timestamp"?}``, ``{"outcomes": [...]}`` or one record; ``{"join_on": "transaction_id", "outcomes":
+    [{"transaction_id", "outcome"}, ...]}`` for outcomes known by a business id). KfopsError means a bad request."""
+    key = "request_id"
     if isinstance(body, Mapping) and "outcomes" in body:
         records = body["outcomes"]
+        key = body.get("join_on") or key
     elif isinstance(body, Mapping):
         records = [body]
     else:
@@ -384,4 +441,4 @@ def record_outcomes(body: Any, sink: str, fmt: str = "jsonl", max_records: int =
         )
     if len(records) > max_records:
         raise KfopsError(f"outcomes: {len(records)} records in one request; send at most {max_records}")
-    return log_outcomes(records, sink, fmt=fmt, source="request body")
+    return log_outcomes(records, sink, fmt=fmt, source="request body", key=key)

@@ -10,6 +10,7 @@ from the environment only (never from pipeline parameters, so they never land in
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -284,3 +285,48 @@ def upload_file(local_path: str | Path, uri: str) -> None:
     if not _s3_call(uri, client.bucket_exists, bucket):
         _s3_call(uri, client.make_bucket, bucket)
     _s3_call(uri, client.fput_object, bucket, key, str(local_path))
+
+
+def list_folders(uri: str) -> list[str]:
+    """The names of the folders (s3: common prefixes) directly under a local folder or s3:// prefix, sorted; hidden
+    ones (``.``/``_``) skipped. One listing call, however many files lie below: retention reads date partitions."""
+    if not is_s3(uri):
+        root = Path(uri)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    bucket, key = split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    objects = _s3_call(uri, lambda: list(s3_client().list_objects(bucket, prefix=prefix, recursive=False)))
+    names = (o.object_name[len(prefix) :].strip("/") for o in objects if o.is_dir)
+    return sorted(n for n in names if n and not _hidden(n))
+
+
+def delete_files(uris: list[str]) -> None:
+    """Delete files or objects (a missing one is no error). A local folder left empty goes too, so a deleted date
+    partition leaves no folder behind; s3 has no folders to leave."""
+    local = [uri for uri in uris if not is_s3(uri)]
+    for uri in local:
+        Path(uri).unlink(missing_ok=True)
+    for parent in sorted({Path(uri).parent for uri in local}, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only succeeds when empty
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+    if not by_bucket:
+        return
+    from minio.deleteobjects import DeleteObject
+
+    client = s3_client()
+    for bucket, keys in by_bucket.items():
+        where = f"s3://{bucket}/"
+        # remove_objects is lazy: the deletes happen (in requests of up to 1,000 keys) as its errors are read.
+        errors = _s3_call(where, lambda b=bucket, k=keys: list(client.remove_objects(b, [DeleteObject(x) for x in k])))
+        if errors:
+            first = errors[0]
+            raise KfopsError(
+                f"cannot delete {len(errors)} object(s) under {where}, e.g. {first.name}: {first.code} {first.message}"
+            )

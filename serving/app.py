@@ -6,7 +6,8 @@ exception handlers, the way ``RESTServer.create_application`` does, but on a new
 test, a second model) would add a second set of routes that the first set shadows.
 
 Additions to KServe's app: a request body that FastAPI cannot validate as a V2 inference request is a 400 (not
-a 422) with the field named; every 4xx/5xx answer of a model endpoint counts in ``model_request_errors_total``.
+a 422) with the field named; a V2 body without the binary extension's header is read as JSON whatever its
+content-type says, as V1's is; every 4xx/5xx answer of a model endpoint counts in ``model_request_errors_total``.
 
 The V1 predict route of a ready TabularPredictor takes a fast path in the middleware: the body is parsed with
 orjson and handed straight to the predictor's own ``preprocess`` and ``predict``, and the answer written back
@@ -92,12 +93,29 @@ class ErrorCounter:
             if scope["path"].endswith(":predict") and getattr(predictor, "ready", False):
                 await _fast_v1(predictor, scope, body, counting_send)
             else:
-                await self.app(scope, _replay(body, receive), counting_send)
+                v2_scope = _json_unless_binary(scope) if scope["path"].endswith("/infer") else scope
+                await self.app(v2_scope, _replay(body, receive), counting_send)
         finally:
             predictor.requests_in_flight -= 1
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _json_unless_binary(scope):
+    """A V2 infer request without the binary tensor extension's header is JSON, whatever its content-type says
+    (Triton's HTTP client sends none, ``curl -d`` a form type): FastAPI would read such a body as bytes, which
+    KServe then refuses for want of that header. Its content-type becomes application/json; a body that does not
+    parse is still a 400."""
+    headers = scope.get("headers", [])
+    for key, value in headers:
+        key = key.lower()
+        if key == b"inference-header-content-length":
+            return scope
+        if key == b"content-type" and value.split(b";", 1)[0].strip().lower() == b"application/json":
+            return scope
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+    return {**scope, "headers": [*kept, *_JSON_HEADERS]}
 
 
 def _replay(body: bytes, receive):

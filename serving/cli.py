@@ -45,6 +45,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, workspace: bool = Tr
     )
     parser.add_argument("--payload-log", help="folder or s3:// prefix to log requests and predictions to (JSONL)")
     parser.add_argument("--payload-log-format", choices=["jsonl", "parquet"], default="jsonl")
+    from kfops.serving.payload_policy import add_policy_arguments
+
+    add_policy_arguments(parser)  # retention, dropped and hashed fields: the payload log's privacy controls
+    parser.add_argument(
+        "--allow-extra-fields",
+        action="store_true",
+        help="ignore request fields the model's training data never had, instead of answering 400 naming them",
+    )
     parser.add_argument("--log-level", default="INFO", help="Python log level of the server")
     parser.add_argument(
         "--variant", default="default", help="the variant name written in payload-log records (stable, challenger)"
@@ -81,7 +89,7 @@ def _tracking_uri(args) -> str:
 
 def make_payload_logger(sink: str, model_name: str, fmt: str = "jsonl", **options):
     """A PayloadLogger for ``sink`` whose drops count in model_payload_log_dropped_total (``options``: max_queue,
-    batch_rows, flush_seconds)."""
+    batch_rows, flush_seconds, fields, retention)."""
     from kfops.components.contracts import KfopsError
     from kfops.serving import metrics
 
@@ -130,10 +138,18 @@ def run_serve(args) -> int:
 
     from kfops.serving.app import serve
     from kfops.serving.feature_lookup import feature_lookup_from_args
+    from kfops.serving.payload_policy import policy_from_args
     from kfops.serving.predictor import TabularPredictor
 
     name = _served_name(args)
-    payload_logger = make_payload_logger(args.payload_log, name, args.payload_log_format) if args.payload_log else None
+    fields, retention = policy_from_args(args)
+    if (fields or retention) and not args.payload_log:
+        raise KfopsError("serve: the --payload-log-* privacy flags need --payload-log")
+    payload_logger = (
+        make_payload_logger(args.payload_log, name, args.payload_log_format, fields=fields, retention=retention)
+        if args.payload_log
+        else None
+    )
     predictor = TabularPredictor(
         name,
         args.model,
@@ -145,6 +161,7 @@ def run_serve(args) -> int:
         torch_threads=args.torch_threads,
         variant=args.variant,
         feature_lookup=feature_lookup_from_args(args),  # --feature-repo: online features by entity id
+        allow_extra_fields=args.allow_extra_fields,
     )
     logging.getLogger(__name__).info("serving %s as '%s' on http://%s:%d", args.model, name, args.host, args.port)
     return serve(

@@ -5,7 +5,8 @@ training set was joined with (the feature-store seam, ``kfops.components.feature
 ``{"instances": [{"customer_id": 100123, "amount": 912.5, "merchant_category": "jewelry", ...}]}``: the
 features of the feature service (``fraud_model``: account_age_days, customer_age, avg_amount_30d,
 transactions_last_24h) are fetched for customer 100123 and merged in before validation; values the request
-carries win, and the entity key itself is not a model feature and is dropped. List instances and V2 requests
+carries win. The entity key is not a model feature: it is dropped, or kept for the payload log when the model's
+training data had it (``keep_key``, set by the predictor). List instances and V2 requests
 are not enriched: they carry every feature themselves.
 
 - **Unknown entity**: an id that no view of the service has is a 400 (``InvalidInput``) naming it.
@@ -180,6 +181,7 @@ class FeatureLookup:
         self.max_pending = max_pending
         self.clock = clock  # the "now" TTLs are judged against (tests and replays pin it)
         self.model = ""
+        self.keep_key = False  # leave the entity key in the rows (the predictor logs it beside the features)
         self.layout = None  # kfops.components.feature_store.store.ServiceLayout, once loaded
         self._store = None
         self._executor: ThreadPoolExecutor | None = None
@@ -438,7 +440,7 @@ class FeatureLookup:
             if not isinstance(row, dict) or key not in row:
                 merged.append(row)
                 continue
-            out = {k: v for k, v in row.items() if k != key}
+            out = dict(row) if self.keep_key else {k: v for k, v in row.items() if k != key}
             if i in wanted:
                 for name, value in values_by_id[wanted[i]].items():
                     out.setdefault(name, value)  # what the request sends wins

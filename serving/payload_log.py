@@ -17,6 +17,10 @@ Threading: ``on_drop(n)`` runs on the caller's thread for queue-full drops (keep
 Records are read by the writer thread later: do not mutate a dict after logging it. Memory is bounded by
 ``max_queue`` rows waiting plus the ``batch_rows`` the writer holds while it writes.
 
+Privacy controls (``payload_policy.py``), both applied by the writer thread: ``fields`` drops or hashes fields of
+each record before it is encoded; ``retention`` deletes this model's files past an age or total size, checked when
+the writer starts, every ``retention.check_seconds`` after, and on close.
+
 Call ``close()`` on shutdown (loggers still open at interpreter exit are closed by an ``atexit`` hook, with a
 short timeout). The writer thread does not survive ``fork()``: create loggers in the serving process itself.
 """
@@ -38,6 +42,7 @@ from typing import Any
 from kfops.components import storage
 from kfops.components.contracts import KfopsError, payload_log_partition
 from kfops.components.records import FORMATS, encode_records, record_file_name
+from kfops.serving.payload_policy import FieldPolicy, Retention
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,8 @@ class PayloadLogger:
         batch_rows: int = 5_000,  # one file per 5,000 rows at most: fewer, larger objects in the sink
         flush_seconds: float = 2.0,
         on_drop: Callable[[int], None] | None = None,
+        fields: FieldPolicy | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if not isinstance(sink_uri, str) or not sink_uri.strip():
             raise KfopsError(f"payload log sink_uri must be a non-empty local path or s3:// URI, got {sink_uri!r}")
@@ -100,6 +107,10 @@ class PayloadLogger:
         self.flush_seconds = float(flush_seconds)
         self.on_drop = on_drop
         self.on_drop_errors = 0  # times on_drop raised (swallowed; logged only when on the writer thread)
+        self.fields = fields or None
+        self.retention = retention or None
+        self._next_retention = 0.0  # monotonic time of the next retention check: at once when the writer starts
+        self._deleted_files = 0
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer waits here for rows, flushes and close
@@ -137,6 +148,11 @@ class PayloadLogger:
     def files(self) -> int:
         """Files written to the sink."""
         return self._files
+
+    @property
+    def deleted_files(self) -> int:
+        """Files deleted by retention."""
+        return self._deleted_files
 
     @property
     def queued(self) -> int:
@@ -242,7 +258,8 @@ class PayloadLogger:
     def _next_batch(self) -> list[tuple[float, list]] | None:
         """Wait for a batch to write: ``[(wall time logged, records), ...]``.
 
-        Empty when the writer is idle and has queue-full drops to report; None when closed and drained.
+        Empty when the writer has queue-full drops to report or retention to enforce first; None when closed and
+        drained.
         """
         with self._lock:
             while True:
@@ -257,6 +274,8 @@ class PayloadLogger:
                 else:
                     remaining = _IDLE_WAKE_SECONDS
                 if self._full_drops_unreported and time.monotonic() >= self._next_drop_report:
+                    return []
+                if self.retention is not None and time.monotonic() >= self._next_retention:
                     return []
                 self._work.wait(min(remaining, _IDLE_WAKE_SECONDS))
             batch: list[tuple[float, list]] = []
@@ -293,18 +312,35 @@ class PayloadLogger:
             try:
                 batch = self._next_batch()
                 self._report_full_drops(force=batch is None)
-                if batch is None:
-                    return
                 if batch:
                     self._write_batch(batch)
+                self._retain(force=batch is None)
+                if batch is None:
+                    return
             except Exception:  # the thread must outlive any bad batch
                 log.exception("payload logger for %s: unexpected error in the writer thread", self.model_name)
                 time.sleep(0.05)
+
+    def _retain(self, force: bool = False) -> None:
+        """Enforce retention when its check is due (or ``force``d, on close); a failure waits for the next check."""
+        if self.retention is None or (not force and time.monotonic() < self._next_retention):
+            return
+        self._next_retention = time.monotonic() + self.retention.check_seconds
+        folder = storage.join(self.sink_uri, payload_log_partition(self.model_name, "")[0])
+        try:
+            files, size = self.retention.enforce(folder)
+        except Exception as err:
+            log.warning("payload logger for %s: retention could not clean %s: %s", self.model_name, folder, err)
+            return
+        if files:
+            self._deleted_files += files
+            log.info("payload logger for %s: retention deleted %d file(s), %d bytes", self.model_name, files, size)
 
     def _write_batch(self, batch: list[tuple[float, list]]) -> None:
         rows = sum(len(records) for _, records in batch)
         by_date: dict[str, list[dict]] = {}
         unusable = 0
+        fields = self.fields
         try:
             for logged_wall, records in batch:
                 fallback = None
@@ -312,6 +348,8 @@ class PayloadLogger:
                     if not isinstance(record, dict):
                         unusable += 1
                         continue
+                    if fields is not None:
+                        fields.apply(record)
                     day = _utc_date(record.get("timestamp"))
                     if day is None:
                         if fallback is None:

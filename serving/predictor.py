@@ -11,13 +11,17 @@ V2  ``POST /v2/models/NAME/infer``: one named input per feature, as MLServer's p
     Outputs ``prediction`` (BYTES) and ``probability`` (FP64); ``model_version`` is set on the response and
     in its parameters. ``GET /v2/models/NAME`` lists one input per feature with its datatype and shape [-1].
 
+Besides the features, a row (V1 object) or a request (V2 input) may carry the training data's other columns (ids,
+timestamps, entity keys: ``FeatureSpec.passthrough_columns``), which are not scored but written to the payload log
+beside the features, and the target, which is ignored (``validation.py``).
+
 Every malformed request is a ``kserve.errors.InvalidInput`` (HTTP 400) whose message names the field: a body
-that is not a JSON object, unknown or missing features, a list instance of the wrong length, strings where
-numbers belong, NaN or infinite numbers (or beyond float32, |x| > 1e38), an empty batch, more rows than
-``max_request_rows``. ``null`` is a missing value (the model imputes it) for either kind of feature. Where the
-protocol has no null (V2 over gRPC, and the binary tensor extension over REST) NaN in a float input
-(FP16/FP32/FP64) is the missing value, as MLServer's pandas codec reads it; in JSON it stays a 400 (send null).
-Infinities are a 400 everywhere.
+that is not a JSON object, fields the training data never had (unless ``allow_extra_fields``), missing features,
+a list instance of the wrong length, strings where numbers belong, NaN or infinite numbers (or beyond float32,
+|x| > 1e38), an empty batch, more rows than ``max_request_rows``. ``null`` is a missing value (the model imputes
+it) for either kind of feature. Where the protocol has no null (V2 over gRPC, and the binary tensor extension over
+REST) NaN in a float input (FP16/FP32/FP64) is the missing value, as MLServer's pandas codec reads it; in JSON it
+stays a 400 (send null). Infinities are a 400 everywhere.
 
 Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop. Served
 through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests in flight
@@ -37,17 +41,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import kserve
-import numpy as np
 import pandas as pd
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from kfops.components.contracts import PAYLOAD_LOG_FORMAT_VERSION, PAYLOAD_META_COLUMNS, KfopsError
+from kfops.components.contracts import PAYLOAD_LOG_FORMAT_VERSION, PAYLOAD_META_COLUMNS
 from kfops.components.model_store import LoadedModel, load_model
-from kfops.components.transform import request_column, request_value
 from kfops.serving import metrics
 from kfops.serving.batching import BatchTimings, DynamicBatcher
-from kfops.serving.protocol import BadBody, flat_values, parse_json, show, v1_instances
+from kfops.serving.validation import FeatureValidator
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,6 @@ DEFAULT_MAX_BATCH_ROWS = 256
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_REQUEST_ROWS = 10_000
 BINARY_HEADER = "inference-header-content-length"  # the V2 binary tensor extension's JSON-length header
-NUMERIC_V2_TYPES = frozenset(
-    {"FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"}
-)
 VARIANT = "default"
 
 
@@ -75,171 +74,12 @@ class ParsedRequest:
     protocol: str  # "v1" or "v2"
     request_id: str
     started: float  # perf_counter at the start of preprocess
+    extras: dict[str, list] | None = None  # raw non-feature columns (ids, timestamps) for the payload log only
 
 
 def _new_request_id() -> str:
     """A random 128-bit id as 32 hex digits (uuid4().hex's shape), without uuid4's system call per request."""
     return f"{random.getrandbits(128):032x}"
-
-
-class FeatureValidator:
-    """Turns request values into typed feature columns, raising InvalidInput that names the field."""
-
-    def __init__(self, loaded: LoadedModel, max_request_rows: int) -> None:
-        self.spec = loaded.spec
-        self.names = loaded.spec.feature_names
-        self.kinds = {c.name: c.kind for c in loaded.spec.columns}
-        self.known = frozenset(self.names)
-        self.max_request_rows = max_request_rows
-
-    def check_rows(self, n: int, where: str) -> None:
-        if n == 0:
-            raise InvalidInput(f"{where} is empty: send at least one row")
-        if n > self.max_request_rows:
-            raise InvalidInput(
-                f"{where} has {n} rows, more than this server's maximum of {self.max_request_rows} per request"
-            )
-
-    def value(self, name: str, value: Any, where: str) -> Any:
-        """One validated value (``transform.request_value``): InvalidInput names the field."""
-        try:
-            return request_value(self.kinds[name], name, value, where)
-        except KfopsError as err:
-            raise InvalidInput(str(err)) from None
-
-    def column(self, name: str, values: list, where) -> list:
-        """A whole column validated at once (``transform.request_column``); ``where(i)`` names row i."""
-        try:
-            return request_column(self.kinds[name], name, values, where)
-        except KfopsError as err:
-            raise InvalidInput(str(err)) from None
-
-    def frame(self, columns: dict[str, list]) -> pd.DataFrame:
-        data = {}
-        for name in self.names:
-            if self.kinds[name] == "numeric":
-                data[name] = np.asarray(columns[name], dtype=np.float64)
-            else:
-                data[name] = pd.Series(columns[name], dtype=object)
-        return pd.DataFrame(data)
-
-    # ------------------------------------------------------------------------------------------ V1
-    def v1(self, body: Any) -> dict[str, list]:
-        try:
-            instances = v1_instances(parse_json(body) if isinstance(body, bytes | bytearray | str) else body)
-        except BadBody as err:
-            raise InvalidInput(str(err)) from None
-        self.check_rows(len(instances), "'instances'")
-        width = len(self.names)
-        # Check every row's shape first, then validate column by column (vectorised where it can be).
-        lists = 0
-        for i, row in enumerate(instances):
-            where = f"instances[{i}]"
-            if isinstance(row, dict):
-                if row.keys() != self.known:
-                    unknown = sorted(str(k) for k in row if k not in self.known)
-                    missing = [n for n in self.names if n not in row]
-                    parts = []
-                    if unknown:
-                        parts.append(f"unknown feature(s) {unknown[:10]}")
-                    if missing:
-                        parts.append(f"missing feature(s) {missing}")
-                    raise InvalidInput(f"{where}: {' and '.join(parts)}; the model expects {self.names}")
-            elif isinstance(row, list):
-                lists += 1
-                if len(row) != width:
-                    raise InvalidInput(
-                        f"{where}: a list instance must have {width} values (one per feature, in the order "
-                        f"{self.names}), got {len(row)}"
-                    )
-            else:
-                raise InvalidInput(
-                    f"{where} must be an object keyed by feature name or a list of {width} values, "
-                    f"got {type(row).__name__}"
-                )
-        columns: dict[str, list] = {}
-        for j, name in enumerate(self.names):
-            if lists == 0:
-                values = [row[name] for row in instances]
-            elif lists == len(instances):
-                values = [row[j] for row in instances]
-            else:
-                values = [row[name] if isinstance(row, dict) else row[j] for row in instances]
-            columns[name] = self.column(name, values, lambda i: f"instances[{i}]")
-        return columns
-
-    # ------------------------------------------------------------------------------------------ V2
-    def v2(self, request: InferRequest, nan_is_missing: bool = False) -> dict[str, list]:
-        """Columns from a V2 request; ``nan_is_missing`` for encodings without null (gRPC, binary tensors)."""
-        inputs = list(request.inputs or [])
-        if not inputs:
-            raise InvalidInput(f"'inputs' is empty: send one input per feature {self.names}")
-        by_name: dict[str, Any] = {}
-        for infer_input in inputs:
-            name = infer_input.name
-            if name in by_name:
-                raise InvalidInput(f"input '{name}' appears more than once")
-            by_name[name] = infer_input
-        unknown = sorted(str(n) for n in by_name if n not in self.known)
-        missing = [n for n in self.names if n not in by_name]
-        if unknown or missing:
-            parts = []
-            if unknown:
-                parts.append(f"unknown input(s) {unknown[:10]}")
-            if missing:
-                parts.append(f"missing input(s) {missing}")
-            raise InvalidInput(f"{' and '.join(parts)}; the model expects one input per feature: {self.names}")
-        columns: dict[str, list] = {}
-        rows = None
-        for name in self.names:
-            values = self._v2_values(by_name[name], nan_is_missing)
-            if rows is None:
-                rows = len(values)
-                self.check_rows(rows, f"input '{name}'")
-            elif len(values) != rows:
-                raise InvalidInput(
-                    f"input '{name}' has {len(values)} rows but input '{self.names[0]}' has {rows}: "
-                    "every input must have the same number of rows"
-                )
-            columns[name] = self.column(name, values, lambda i, where=f"input '{name}'": f"{where} row {i}")
-        return columns
-
-    def _v2_values(self, infer_input, nan_is_missing: bool) -> list:
-        name = infer_input.name
-        where = f"input '{name}'"
-        datatype = str(infer_input.datatype or "").upper()
-        kind = self.kinds[name]
-        if kind == "numeric" and datatype not in NUMERIC_V2_TYPES:
-            raise InvalidInput(f"{where}: numeric feature must have datatype FP64, FP32 or INT64, got {datatype!r}")
-        if kind == "categorical" and datatype != "BYTES":
-            raise InvalidInput(f"{where}: categorical feature must have datatype BYTES, got {datatype!r}")
-        shape = infer_input.shape
-        if (
-            not isinstance(shape, list | tuple)
-            or not shape
-            or len(shape) > 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
-            or (len(shape) == 2 and shape[1] != 1)
-        ):
-            raise InvalidInput(f"{where}: shape must be [n] or [n, 1], got {show(shape)}")
-        data = infer_input.data
-        if data is None:
-            try:  # binary tensor extension
-                data = infer_input.as_numpy().reshape(-1).tolist()
-            except Exception as err:
-                raise InvalidInput(f"{where}: cannot read its data: {err}") from None
-        if not isinstance(data, list):
-            raise InvalidInput(f"{where}: 'data' must be a list, got {type(data).__name__}")
-        try:
-            flat = flat_values(data, where)
-        except BadBody as err:
-            raise InvalidInput(str(err)) from None
-        if nan_is_missing and datatype.startswith("FP"):
-            # NaN: the float tensors' missing value (see the module doc)
-            flat = [None if value != value else value for value in flat]
-        if len(flat) != shape[0]:
-            raise InvalidInput(f"{where}: shape {list(shape)} says {shape[0]} rows but 'data' holds {len(flat)}")
-        return flat
 
 
 class TabularPredictor(kserve.Model):
@@ -259,6 +99,7 @@ class TabularPredictor(kserve.Model):
         variant: str = VARIANT,
         torch_threads: int | None = None,
         feature_lookup: Any = None,
+        allow_extra_fields: bool = False,
     ) -> None:
         super().__init__(name)
         if not model_ref and loaded is None:
@@ -276,6 +117,8 @@ class TabularPredictor(kserve.Model):
         self.torch_threads = torch_threads  # None: batching.serving_threads()
         # Online features for V1 instances that carry an entity id (kfops.serving.feature_lookup.FeatureLookup).
         self.feature_lookup = feature_lookup
+        # Fields the training data never had: a 400 naming them (typo guard), or, with this, ignored.
+        self.allow_extra_fields = allow_extra_fields
         self.validator: FeatureValidator | None = None
         # Requests to this model's predict/infer endpoints now in the server, counted by the app's middleware
         # (kfops.serving.app.ErrorCounter): the batcher waits for more rows only while some are on their way.
@@ -293,9 +136,11 @@ class TabularPredictor(kserve.Model):
             return True
         if self.loaded is None:
             self.loaded = load_model(self.model_ref, self.tracking_uri)
-        self.validator = FeatureValidator(self.loaded, self.max_request_rows)
+        self.validator = FeatureValidator(self.loaded, self.max_request_rows, self.allow_extra_fields)
         if self.feature_lookup is not None:  # opens the feature store; checks the model takes its features
             self.feature_lookup.load(self.loaded.spec.feature_names, self.name)
+            # An entity key the training data had goes on to the validator, and so into the payload log.
+            self.feature_lookup.keep_key = self.feature_lookup.entity_key in self.validator.passthrough
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch_rows=self.max_batch_rows,
@@ -370,7 +215,7 @@ class TabularPredictor(kserve.Model):
         if isinstance(payload, InferRequest):
             # gRPC's typed contents and REST's binary tensor extension (announced by this header) have no null.
             no_null = bool(payload.from_grpc) or BINARY_HEADER in (headers or {})
-            columns = self.validator.v2(payload, nan_is_missing=no_null)
+            columns, extras = self.validator.v2(payload, nan_is_missing=no_null)
             protocol = "v2"
             request_id = payload.id or header_id
         else:
@@ -378,10 +223,10 @@ class TabularPredictor(kserve.Model):
             if self.feature_lookup is not None:
                 payload = await self.feature_lookup.enrich_v1(payload)
             # ---
-            columns = self.validator.v1(payload)
+            columns, extras = self.validator.v1(payload)
             protocol = "v1"
             request_id = header_id
-        parsed = ParsedRequest(columns, protocol, request_id or _new_request_id(), started)
+        parsed = ParsedRequest(columns, protocol, request_id or _new_request_id(), started, extras)
         metrics.observe_latency(self.name, self.version, "parse", time.perf_counter() - started)
         return parsed
 
@@ -447,6 +292,11 @@ class TabularPredictor(kserve.Model):
                 )
             )
             records = [head.copy() for _ in range(len(labels))]
+            # The raw ids and timestamps first (where a request sent them), then the features, then the answer.
+            if payload.extras:
+                for name, values in payload.extras.items():
+                    for record, value in zip(records, values, strict=True):
+                        record[name] = value
             # Column by column (this runs on the event loop): missing numerics (NaN, the one value not equal to
             # itself) are logged as null.
             for name, values in payload.columns.items():

@@ -240,6 +240,11 @@ def _child_command(args, model: str, name: str, port: int, variant: str, trackin
         command += ["--torch-threads", str(args.torch_threads)]
     if args.payload_log:  # one sink: each record's `variant` says which predictor wrote it
         command += ["--payload-log", args.payload_log, "--payload-log-format", args.payload_log_format]
+        from kfops.serving.payload_policy import policy_argv
+
+        command += policy_argv(args)  # the same privacy controls (the salt variable is inherited)
+    if args.allow_extra_fields:
+        command += ["--allow-extra-fields"]
     from kfops.serving.feature_lookup import feature_argv
 
     command += feature_argv(args)  # both predictors fetch online features by the same entity key

@@ -16,9 +16,11 @@ def outcome_performance(
     model: str,
     report: Output[Artifact],
     metrics: Output[Metrics],
+    join_on: str = "request_id",
 ) -> NamedTuple("PerformanceOutputs", [("joined", int), ("worst_accuracy", float)]):
     """Accuracy, precision, recall and F1 per model version and variant over predictions made in [since, until)
     (``24h``, ``7d`` or ISO 8601; ``""`` for open ends). ``outcomes_uri`` ``""`` reads the payload-log sink.
+    ``join_on``: ``request_id``, or a business id the payload log keeps (``transaction_id``) the outcomes carry.
     ``worst_accuracy`` is the lowest group's accuracy, -1 when no prediction has an outcome yet (for dsl.If)."""
     import json
     from collections import namedtuple
@@ -32,6 +34,7 @@ def outcome_performance(
         until=until or None,
         positive_class=positive_class,
         model=model,
+        join_on=join_on or "request_id",
     )
     with open(report.path, "w", encoding="utf-8") as fh:
         fh.write(result.to_json())

@@ -7,10 +7,13 @@ predictor's ``POST /v1/outcomes``) under ``<sink>/outcomes/date=YYYY-MM-DD/``; r
 
 ``live_performance`` joins the payload log (``<sink>/model=<name>/date=<day>/*.jsonl|parquet``, rows with
 ``request_id``, ``timestamp``, ``model``, ``model_version``, ``variant``, ``prediction``) to the outcomes on
-``request_id`` and computes, per model, version and variant, over a window of prediction times: rows joined,
-accuracy, precision, recall and F1 of the positive class, the predicted and the observed positive rate, and what
-did not join (predictions with no outcome yet, outcomes with no prediction in the window). A request of several
-rows has one id: its outcome applies to each of its rows. The payload log and the outcomes may share one sink.
+``request_id``, or on a business id the payload log keeps beside the features (``join_on="transaction_id"``: a raw
+column of the training data the request sent, matched to outcomes logged with that field), and computes, per
+model, version and variant, over a window of prediction times: rows joined, accuracy, precision, recall and F1 of
+the positive class, the predicted and the observed positive rate, and what did not join (predictions with no
+outcome yet, outcomes with no prediction in the window). A request of several rows has one request id: its outcome
+applies to each of its rows; a business id is usually one row's. The payload log and the outcomes may share one
+sink.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from kfops.components.contracts import (
     check_payload_log_format,
     partitions_of,
 )
-from kfops.components.records import iso_utc, parse_time, read_record_file
+from kfops.components.records import check_join_key, id_text, iso_utc, parse_time, pseudonymize, read_record_file
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +88,25 @@ def _utc_times(values: pd.Series) -> pd.Series:
 
 
 def read_outcomes(
-    uri: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+    uri: str, since: dt.datetime | None = None, until: dt.datetime | None = None, key: str = "request_id"
 ) -> tuple[pd.DataFrame, int]:
-    """The latest outcome per request id (``request_id``, ``outcome``, ``timestamp``) logged under ``uri`` (the
-    sink given to ``log_outcomes``, or its ``outcomes`` folder) with a timestamp in [since, until), and how many
-    older outcomes for the same ids were superseded."""
+    """The latest outcome per id (``key``, ``outcome``, ``timestamp``) logged under ``uri`` (the sink given to
+    ``log_outcomes``, or its ``outcomes`` folder) with a timestamp in [since, until), and how many older outcomes
+    for the same ids were superseded. ``key`` is the id the outcomes were logged by: ``request_id``, or a business
+    id such as ``transaction_id`` (outcomes logged by another id are not read)."""
+    columns = [key, "outcome", "timestamp"]
     folder = storage.join(uri, OUTCOMES_DIR)
     files = _partition_files(folder, since, until)
     if not files and uri.rstrip("/").endswith("/" + OUTCOMES_DIR):
         files = _partition_files(uri, since, until)
-    frames = [read_record_file(path, ("request_id", "outcome", "timestamp")) for path, _ in files]
+    frames = [read_record_file(path, columns) for path, _ in files]
     frame = (
         pd.concat([f for f in frames if not f.empty], ignore_index=True)
         if any(not f.empty for f in frames)
-        else pd.DataFrame(columns=["request_id", "outcome", "timestamp"])
+        else pd.DataFrame(columns=columns)
     )
-    frame = frame[frame["request_id"].notna()].copy()
-    frame["request_id"] = frame["request_id"].astype(str)
+    frame = frame[frame[key].notna()].copy()
+    frame[key] = frame[key].astype(str)
     frame["time"] = _utc_times(frame["timestamp"])
     if since is not None:
         frame = frame[frame["time"] >= since]
@@ -110,26 +115,32 @@ def read_outcomes(
     before = len(frame)
     # Latest timestamp wins; among equal timestamps the later file (files are named by write time) wins.
     frame = frame.reset_index(drop=True).reset_index(names="order")
-    frame = frame.sort_values(["time", "order"], na_position="first").drop_duplicates("request_id", keep="last")
-    return frame[["request_id", "outcome", "timestamp"]].reset_index(drop=True), before - len(frame)
+    frame = frame.sort_values(["time", "order"], na_position="first").drop_duplicates(key, keep="last")
+    return frame[columns].reset_index(drop=True), before - len(frame)
 
 
 def read_predictions(
-    uri: str, since: dt.datetime | None = None, until: dt.datetime | None = None, model: str = ""
+    uri: str,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    model: str = "",
+    key: str = "request_id",
 ) -> pd.DataFrame:
-    """Payload-log rows (``PAYLOAD_COLUMNS``) under ``uri`` (the payload-log sink, or one ``model=`` folder of it)
-    with a timestamp in [since, until), optionally of one model."""
+    """Payload-log rows (``PAYLOAD_COLUMNS``, and the ``key`` column: text, null where a row has none) under ``uri``
+    (the payload-log sink, or one ``model=`` folder of it) with a timestamp in [since, until), optionally of one
+    model."""
+    columns = PAYLOAD_COLUMNS if key in PAYLOAD_COLUMNS else (*PAYLOAD_COLUMNS, key)
     files = [(p, parts) for p, parts in _partition_files(uri, since, until, model) if not _under_outcomes(uri, p)]
     frames = []
     for path, parts in files:
-        frame = read_record_file(path, PAYLOAD_COLUMNS)
+        frame = read_record_file(path, columns)
         check_payload_log_format(frame["log_format"], path)
         if "model" in parts:
             frame["model"] = frame["model"].where(frame["model"].notna(), parts["model"])
         frames.append(frame)
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame(columns=[*PAYLOAD_COLUMNS, "time"])
+        return pd.DataFrame(columns=[*columns, "time"])
     frame = pd.concat(frames, ignore_index=True)
     frame["time"] = _utc_times(frame["timestamp"])
     if since is not None:
@@ -140,6 +151,9 @@ def read_predictions(
         frame = frame[frame["model"].astype(str) == model]
     frame = frame[frame["request_id"].notna()].copy()
     frame["request_id"] = frame["request_id"].astype(str)
+    if key != "request_id":
+        # A business id as the outcomes hold it: 42, 42.0 and "42" are one id (JSON, Parquet and CSV differ).
+        frame[key] = frame[key].map(id_text).astype(object)
     for column in ("model", "model_version", "variant"):
         frame[column] = frame[column].fillna("").astype(str)
     return frame.reset_index(drop=True)
@@ -211,8 +225,9 @@ class LivePerformance:
     predictions: int
     outcomes: int  # outcomes in the window, latest per request id
     superseded_outcomes: int
-    unmatched_outcomes: int  # outcomes whose request id has no prediction in the window
+    unmatched_outcomes: int  # outcomes whose id (request id or join_on) has no prediction in the window
     groups: list[GroupPerformance] = field(default_factory=list)
+    join_on: str = "request_id"  # the id predictions and outcomes were joined by
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,8 +284,15 @@ def live_performance(
     positive_class: str = "",
     model: str = "",
     now: dt.datetime | None = None,
+    join_on: str = "request_id",
+    join_salt: bytes = b"",
 ) -> LivePerformance:
     """Join predictions made in [since, until) to their outcomes and score each model version and variant.
+
+    ``join_on``: the id predictions and outcomes share, ``request_id`` or a business id the payload log keeps (a
+    raw column of the training data, e.g. ``transaction_id``; its outcomes are logged with that field). When the
+    server hashed that field (``--payload-log-hash``), ``join_salt`` is its salt: outcome ids are hashed the same
+    way before the join.
 
     ``outcomes_uri`` defaults to ``payload_log_uri`` (one sink for both). Outcomes are read from ``since`` on
     with no upper bound: an outcome usually arrives after the window it judges. ``since``/``until`` take what
@@ -282,8 +304,11 @@ def live_performance(
     end = parse_time(until, now, what="until")
     if start is not None and end is not None and start >= end:
         raise KfopsError(f"outcomes: the window is empty: since {iso_utc(start)} is not before until {iso_utc(end)}")
-    predictions = read_predictions(payload_log_uri, start, end, model)
-    outcomes, superseded = read_outcomes(outcomes_uri or payload_log_uri, start, None)
+    key = check_join_key(join_on)
+    predictions = read_predictions(payload_log_uri, start, end, model, key)
+    outcomes, superseded = read_outcomes(outcomes_uri or payload_log_uri, start, None, key)
+    if join_salt:
+        outcomes[key] = outcomes[key].map(lambda v: pseudonymize(v, join_salt))
     predictions["prediction_label"] = predictions["prediction"].map(label_text)
     outcomes["outcome_label"] = outcomes["outcome"].map(label_text)
     predicted_labels = sorted({v for v in predictions["prediction_label"] if v is not None})
@@ -307,8 +332,8 @@ def live_performance(
     else:  # every prediction was positive (or none): the commonest other outcome is the negative class
         counts = outcomes.loc[outcomes["outcome_label"] != positive, "outcome_label"].value_counts()
         negative = str(counts.index[0]) if len(counts) else None
-    joined = predictions.merge(outcomes[["request_id", "outcome_label"]], on="request_id", how="left")
-    predicted_ids = set(predictions["request_id"])
+    joined = predictions.merge(outcomes[[key, "outcome_label"]], on=key, how="left")
+    predicted_ids = set(predictions[key].dropna())
     groups = [
         _group_performance(key, rows, positive, negative)
         for key, rows in joined.groupby(["model", "model_version", "variant"], sort=True, dropna=False)
@@ -321,6 +346,7 @@ def live_performance(
         predictions=len(predictions),
         outcomes=len(outcomes),
         superseded_outcomes=superseded,
-        unmatched_outcomes=int((~outcomes["request_id"].isin(predicted_ids)).sum()),
+        unmatched_outcomes=int((~outcomes[key].isin(predicted_ids)).sum()),
         groups=groups,
+        join_on=key,
     )

@@ -78,12 +78,14 @@ def fit_feature_spec(
             )
         )
     labels = train[target].astype(str)
+    features = {target, *numeric, *categorical}
     return FeatureSpec(
         target=target,
         positive_class=positive_class,
         negative_class=negative_class,
         columns=columns,
         dropped_columns=list(dropped or []),
+        non_feature_columns=[str(c) for c in train.columns if c not in features],
         data_sha256=data_sha256,
         train_rows=len(train),
         positive_rate=float((labels == positive_class).mean()),

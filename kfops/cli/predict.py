@@ -228,13 +228,13 @@ def cmd_outcomes_log(args) -> int:
     if args.file:
         records, source = read_outcome_file(args.file), args.file
     elif args.request_id is not None and args.outcome is not None:
-        record = {"request_id": args.request_id, "outcome": args.outcome}
+        record = {args.join_on: args.request_id, "outcome": args.outcome}
         if args.timestamp:
             record["timestamp"] = args.timestamp
         records, source = [record], "command line"
     else:
-        raise KfopsError("give --request-id and --outcome (one outcome) or --file (many)")
-    result = log_outcomes(records, args.sink, fmt=args.format, source=source)
+        raise KfopsError("give --request-id and --outcome (one outcome; --id is the same flag) or --file (many)")
+    result = log_outcomes(records, args.sink, fmt=args.format, source=source, key=args.join_on)
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
@@ -247,8 +247,16 @@ def _fmt(value) -> str:
 
 
 def cmd_outcomes_report(args) -> int:
+    import os
+
+    from kfops.components.contracts import KfopsError
     from kfops.components.outcomes.logic import live_performance
 
+    salt = b""
+    if args.join_hashed:
+        salt = os.environ.get(args.salt_env, "").encode("utf-8")
+        if not salt:
+            raise KfopsError(f"--join-hashed needs the salt the server hashed with, in ${args.salt_env}")
     report = live_performance(
         args.payload_log,
         args.outcomes or "",
@@ -256,6 +264,8 @@ def cmd_outcomes_report(args) -> int:
         until=args.until,
         positive_class=args.positive_class or "",
         model=args.model or "",
+        join_on=args.join_on,
+        join_salt=salt,
     )
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
@@ -265,7 +275,10 @@ def cmd_outcomes_report(args) -> int:
     from kfops.cli.console import make_console
 
     window = f"{report.since or 'the start'} to {report.until or 'now'}"
-    table = Table(title=f"live performance · predictions from {window} · positive class {report.positive_class!r}")
+    table = Table(
+        title=f"live performance · predictions from {window} · positive class {report.positive_class!r}"
+        + (f" · joined on {report.join_on}" if report.join_on != "request_id" else "")
+    )
     for column in ("model", "version", "variant", "predictions", "joined", "no outcome", "accuracy", "precision"):
         table.add_column(column, justify="right" if column not in ("model", "variant") else "left")
     for column in ("recall", "f1", "predicted +", "observed +"):
@@ -347,12 +360,19 @@ def add_commands(subparsers) -> None:
     outcomes_sub = outcomes.add_subparsers(dest="outcomes_command", required=True)
     log_cmd = outcomes_sub.add_parser(
         "log",
-        help="append outcomes by request id to <sink>/outcomes/date=YYYY-MM-DD/",
+        help="append outcomes by request id (or a business id) to <sink>/outcomes/date=YYYY-MM-DD/",
         description="Append outcomes (ground-truth labels or business outcomes) by request id. One with "
-        "--request-id and --outcome, or many from --file (columns request_id, outcome, optional timestamp).",
+        "--request-id and --outcome, or many from --file (columns request_id, outcome, optional timestamp). With "
+        "--join-on transaction_id the outcomes are known by that id instead (a column of the training data the "
+        "requests sent, which the payload log keeps): --id TX --outcome 1, or a file with a transaction_id column.",
     )
     log_cmd.add_argument("--sink", required=True, help="folder or s3:// prefix (the payload log's sink fits)")
-    log_cmd.add_argument("--request-id", help="the request the outcome is for")
+    log_cmd.add_argument(
+        "--request-id", "--id", dest="request_id", help="the request (or, with --join-on, the business id) it is for"
+    )
+    log_cmd.add_argument(
+        "--join-on", default="request_id", help="the id the outcomes carry: request_id (default) or e.g. transaction_id"
+    )
     log_cmd.add_argument("--outcome", help="the outcome: a class label such as 1 or fraud, or a number")
     log_cmd.add_argument("--timestamp", help="when it was observed (ISO 8601; default now)")
     log_cmd.add_argument("--file", help="CSV, Parquet or JSONL file of outcomes (local or s3://)")
@@ -369,5 +389,21 @@ def add_commands(subparsers) -> None:
     report.add_argument("--until", help="predictions before (ISO 8601, or a span back from now)")
     report.add_argument("--model", help="only this model name")
     report.add_argument("--positive-class", help="the positive label (default 1/true/yes)")
+    report.add_argument(
+        "--join-on",
+        default="request_id",
+        help="join predictions and outcomes on request_id (default) or on a business id the payload log keeps "
+        "beside the features, e.g. transaction_id (outcomes logged with --join-on transaction_id)",
+    )
+    report.add_argument(
+        "--join-hashed",
+        action="store_true",
+        help="the server hashed the --join-on field (--payload-log-hash): hash the outcomes' ids with the same salt",
+    )
+    report.add_argument(
+        "--salt-env",
+        default="KFOPS_PAYLOAD_LOG_SALT",
+        help="environment variable holding that salt (default KFOPS_PAYLOAD_LOG_SALT)",
+    )
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_outcomes_report)

@@ -14,7 +14,7 @@ from kfops.cli import main
 from kfops.components import storage
 from kfops.components.contracts import KfopsError
 from kfops.components.outcomes.logic import live_performance, read_outcomes
-from kfops.components.records import log_outcomes, parse_time, record_outcomes
+from kfops.components.records import log_outcomes, parse_time, pseudonymize, record_outcomes
 from kfops.serving.payload_log import PayloadLogger
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # outcomes logged with no timestamp get the real now
@@ -205,3 +205,86 @@ def test_outcomes_and_payload_log_on_s3(s3_env):
     report = live_performance(sink, since="48h", now=NOW)
     (group,) = report.groups
     assert (group.joined, group.tp, group.fn, group.recall) == (2, 1, 1, 0.5)
+
+
+def test_outcomes_join_on_a_business_id_the_payload_log_keeps(tmp_path, capsys, monkeypatch):
+    """Outcomes that know the transaction, not the request: logged and reported with --join-on transaction_id.
+    Two rows of one request have one request id but their own transaction ids; ids logged as numbers match the
+    same ids given as text."""
+    sink = str(tmp_path / "sink")
+    rows = [
+        {**payload("req-1", "1", "default", "1"), "transaction_id": 9001},
+        {**payload("req-1", "1", "default", "0"), "transaction_id": 9002},
+        {**payload("req-2", "1", "default", "1"), "transaction_id": "tx-3"},
+        payload("req-3", "1", "default", "0"),  # a request that sent no transaction id
+    ]
+    write_payload_log(sink, rows)
+    pd.DataFrame({"transaction_id": ["9001", "9002", "tx-9"], "outcome": [1, 1, 0]}).to_csv(
+        tmp_path / "chargebacks.csv", index=False
+    )
+    base = ["outcomes", "log", "--sink", sink, "--join-on", "transaction_id"]
+    assert main([*base, "--file", str(tmp_path / "chargebacks.csv")]) == 0
+    assert main([*base, "--id", "tx-3", "--outcome", "0"]) == 0
+    assert main(["outcomes", "log", "--sink", sink, "--request-id", "req-3", "--outcome", "1"]) == 0
+    capsys.readouterr()
+
+    report = live_performance(sink, since="24h", now=NOW, join_on="transaction_id")
+    (group,) = report.groups
+    # 9001: predicted 1, was 1; 9002: predicted 0, was 1; tx-3: predicted 1, was 0; req-3's row has no transaction id
+    assert (group.predictions, group.joined, group.unmatched_predictions) == (4, 3, 1)
+    assert (group.tp, group.fn, group.fp, group.tn) == (1, 1, 1, 0)
+    assert report.join_on == "transaction_id" and report.outcomes == 4 and report.unmatched_outcomes == 1  # tx-9
+    # By request id, only the outcome logged by request id counts.
+    by_request = live_performance(sink, since="24h", now=NOW)
+    assert (by_request.outcomes, by_request.groups[0].joined) == (1, 1)
+
+    assert main(["outcomes", "report", "--payload-log", sink, "--join-on", "transaction_id", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"][0]["joined"] == 3
+    assert main(["outcomes", "report", "--payload-log", sink, "--join-on", "transaction_id"]) == 0
+    assert "joined on transaction_id" in capsys.readouterr().out
+    assert main(["outcomes", "report", "--payload-log", sink, "--join-on", "prediction"]) == 2
+    assert "cannot join on 'prediction'" in capsys.readouterr().err
+    # The KFP stage takes the same option.
+    from kfp import dsl
+
+    from kfops.components.outcomes.component import outcome_performance_op
+
+    report_artifact = dsl.Artifact(name="report", uri=str(tmp_path / "report.json"), metadata={})
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics.json"), metadata={})
+    joined, _ = outcome_performance_op.python_func(
+        payload_log_uri=sink,
+        outcomes_uri="",
+        since="24h",
+        until="",
+        positive_class="",
+        model="",
+        report=report_artifact,
+        metrics=metrics,
+        join_on="transaction_id",
+    )
+    assert joined == 3 and json.loads((tmp_path / "report.json").read_text())["join_on"] == "transaction_id"
+    capsys.readouterr()  # what the stage printed
+
+    # A join key the server hashed (--payload-log-hash transaction_id): the outcomes' ids are hashed the same way.
+    hashed_sink = str(tmp_path / "hashed")
+    salt = b"s3cret"
+    write_payload_log(hashed_sink, [{**r, "transaction_id": pseudonymize(r.get("transaction_id"), salt)} for r in rows])
+    log_outcomes([{"transaction_id": 9001, "outcome": 1}], hashed_sink, key="transaction_id")
+    monkeypatch.setenv("KFOPS_PAYLOAD_LOG_SALT", "s3cret")
+    args = ["outcomes", "report", "--payload-log", hashed_sink, "--join-on", "transaction_id", "--join-hashed"]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"][0]["tp"] == 1
+    monkeypatch.delenv("KFOPS_PAYLOAD_LOG_SALT")
+    assert main([*args, "--json"]) == 2
+    assert "--join-hashed needs the salt" in capsys.readouterr().err
+
+
+def test_record_outcomes_takes_a_join_key_in_the_body(tmp_path):
+    sink = str(tmp_path / "sink")
+    body = {"join_on": "transaction_id", "outcomes": [{"transaction_id": 17, "outcome": 1}]}
+    assert record_outcomes(body, sink)["recorded"] == 1
+    frame, _ = read_outcomes(sink, key="transaction_id")
+    assert frame.to_dict(orient="records")[0]["transaction_id"] == "17"
+    assert read_outcomes(sink)[0].empty  # not an outcome by request id
+    with pytest.raises(KfopsError, match="record 0: no 'transaction_id' field"):
+        record_outcomes({"join_on": "transaction_id", "outcomes": [{"request_id": "a", "outcome": 1}]}, sink)

@@ -41,6 +41,20 @@ def test_statistics_come_from_the_training_split_only(frame):
     assert x[0, 0] == pytest.approx((1000 - 24.0) / amount.std)
 
 
+def test_the_spec_records_every_non_feature_column_of_the_training_data(frame):
+    """Ids, timestamps and undeclared columns: what serving accepts beside the features (and logs)."""
+    raw = frame.assign(transaction_id=range(6), event_time=pd.Timestamp("2026-01-01"), note="x")
+    spec = fit(raw, dropped=["transaction_id"])
+    assert spec.non_feature_columns == ["transaction_id", "event_time", "note"]
+    assert spec.passthrough_columns == ["transaction_id", "event_time", "note"]
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec
+    # A spec stored before the field existed reads it as empty, and falls back to its dropped columns.
+    old = spec.to_dict()
+    del old["non_feature_columns"]
+    assert FeatureSpec.from_dict(old).passthrough_columns == ["transaction_id"]
+
+
 def test_transform_layout_missing_values_and_unknown_categories(frame):
     spec = fit(frame)
     assert spec.input_width == 2 + 1 + 3  # amount + indicator, count, web/pos/unknown

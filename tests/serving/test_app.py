@@ -200,7 +200,11 @@ def bad_v1_cases(m):
         ("empty batch", {"instances": []}, "'instances' is empty"),
         ("too many rows", {"instances": [_v1_row(m)] * (MAX_ROWS + 1)}, f"maximum of {MAX_ROWS}"),
         ("short list", {"instances": [[1.0, 2.0]]}, f"instances[0]: a list instance must have {len(names)} values"),
-        ("unknown feature", {"instances": [_v1_row(m, colour="red")]}, "unknown feature(s) ['colour']"),
+        (
+            "unknown feature",
+            {"instances": [_v1_row(m, colour="red")]},
+            "unknown field(s) ['colour']: neither a feature nor a column",
+        ),
         ("missing feature", {"instances": [drop_amount]}, "missing feature(s) ['amount']"),
         (
             "string for a number",
@@ -232,7 +236,7 @@ def bad_v2_cases(m):
                     {"name": "colour", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]},
                 ]
             },
-            "unknown input(s) ['colour']",
+            "unknown input(s) ['colour']: neither a feature nor a column",
         ),
         (
             "duplicate input",
@@ -267,6 +271,13 @@ def test_a_json_body_is_read_whatever_its_content_type(client, registered_model)
         r = client.post(V1, content=body, headers=headers)
         assert r.status_code == 200, (content_type, r.text)
         assert len(r.json()["predictions"]) == 2
+        # V2 too (Triton's HTTP client sends JSON with no content-type at all)
+        v2 = orjson.dumps({"inputs": v2_inputs(registered_model.spec, registered_model.rows.head(2))})
+        r = client.post(V2, content=v2, headers=headers)
+        assert r.status_code == 200, (content_type, r.text)
+        assert r.json()["outputs"][0]["shape"] == [2]
+    r = client.post(V2, content=b"inputs=1", headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
 
 def test_bad_v1_requests_are_400_naming_the_field(client, registered_model):

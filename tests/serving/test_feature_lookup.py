@@ -3,6 +3,7 @@ online store) over the same transactions it was trained on, driven through KServ
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -153,6 +154,35 @@ def test_bad_entity_ids_and_rows_without_a_key_are_400s(served, repo, registered
     assert client.post(V1, json={"instances": [{**row, "customer_id": str(row["customer_id"])}]}).status_code == 200
     full = v1_objects(registered_model.rows.head(2))
     assert client.post(V1, json={"instances": full}).status_code == 200
+
+
+def test_the_entity_key_is_logged_when_the_training_data_had_it(registered_model, repo, clock, tmp_path):
+    """customer_id is no feature but a column of the training data: it goes on to the payload log."""
+    from kfops.serving.payload_log import PayloadLogger
+
+    assert "customer_id" in registered_model.spec.passthrough_columns
+    logger = PayloadLogger(str(tmp_path), NAME, flush_seconds=0.05)
+    predictor = TabularPredictor(
+        NAME,
+        f"{registered_model.name}@champion",
+        registered_model.tracking_uri,
+        max_wait_ms=1,
+        payload_logger=logger,
+        feature_lookup=FeatureLookup(repo["path"], FRAUD_SERVICE, timeout_ms=2000, clock=clock),
+    )
+    predictor.load()
+    try:
+        assert predictor.feature_lookup.keep_key
+        rows = repo["latest"].head(2)
+        clock.now = rows["event_time"].max()
+        with TestClient(build_app(predictor), raise_server_exceptions=False) as client:
+            r = client.post(V1, json={"instances": request_rows(rows, registered_model.spec)})
+            assert r.status_code == 200, r.text
+    finally:
+        predictor.stop()
+    records = [json.loads(line) for f in tmp_path.rglob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [r["customer_id"] for r in records] == rows["customer_id"].tolist()
+    assert all(r["account_age_days"] is not None for r in records)  # looked up and logged as scored
 
 
 def test_features_older_than_the_ttl_are_imputed_and_counted(served, repo, registered_model, clock):
