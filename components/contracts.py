@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 FEATURE_SPEC_VERSION = 1
 
@@ -42,6 +43,17 @@ ALIAS_PREVIOUS = "previous"
 
 class KfopsError(ValueError):
     """A problem with the user's input or configuration, with a message that says what to fix."""
+
+
+def fields_from_parameters(
+    cls: type, parameters: Mapping[str, Any], renamed: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``{field: value}`` for each field of the dataclass ``cls`` whose parameter is in ``parameters`` (a KFP
+    wrapper's ``locals()``, say); a field's parameter has the field's name unless ``renamed`` maps it. A wrapper
+    builds its config from its typed parameters this way instead of naming each one twice."""
+    renamed = renamed or {}
+    names = {f: renamed.get(f, f) for f in cls.__dataclass_fields__}
+    return {f: parameters[p] for f, p in names.items() if p in parameters}
 
 
 @dataclass
@@ -214,6 +226,9 @@ class TrainConfig:
     decision_threshold: float = 0.5  # positive-class probability at which the model predicts the positive class
     cuda_graphs: bool = True  # capture the training step as a CUDA graph on GPU
 
+    # field -> its name as a pipeline and component parameter, where the two differ
+    PARAMETER_NAMES: ClassVar[dict[str, str]] = {"decision_threshold": "threshold"}
+
     def check(self) -> None:
         if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
             raise KfopsError(f"train: hidden_sizes must be positive integers, got {self.hidden_sizes}")
@@ -249,6 +264,12 @@ class TrainConfig:
         cfg.batch_size, cfg.epochs = int(cfg.batch_size), int(cfg.epochs)
         cfg.early_stopping_patience, cfg.seed = int(cfg.early_stopping_patience), int(cfg.seed)
         return cfg
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> TrainConfig:
+        """The config from a train wrapper's parameters: each field given under its parameter name (a field
+        with none keeps its default; other names are ignored)."""
+        return cls.from_dict(fields_from_parameters(cls, parameters, cls.PARAMETER_NAMES))
 
 
 @dataclass
