@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -209,8 +210,8 @@ class FeatureSpec:
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of the MLP classifier. Each field but ``cuda_graphs`` is a pipeline parameter of the
-    same name; ``decision_threshold`` is the pipeline's ``threshold``."""
+    """Hyperparameters of the MLP classifier. Each field but those in ``NOT_PARAMETERS`` is a pipeline parameter
+    (``pipelines/parameters.py`` derives them from here) under its own name or the one in ``PARAMETER_NAMES``."""
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
@@ -228,6 +229,8 @@ class TrainConfig:
 
     # field -> its name as a pipeline and component parameter, where the two differ
     PARAMETER_NAMES: ClassVar[dict[str, str]] = {"decision_threshold": "threshold"}
+    # fields the pipelines do not take (left at their defaults)
+    NOT_PARAMETERS: ClassVar[tuple[str, ...]] = ("cuda_graphs",)
 
     def check(self) -> None:
         if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
@@ -270,6 +273,17 @@ class TrainConfig:
         """The config from a train wrapper's parameters: each field given under its parameter name (a field
         with none keeps its default; other names are ignored)."""
         return cls.from_dict(fields_from_parameters(cls, parameters, cls.PARAMETER_NAMES))
+
+    def to_parameters(self) -> dict[str, Any]:
+        """The fields as pipeline arguments (``from_parameters`` backwards): each under its parameter name, those
+        in ``NOT_PARAMETERS`` left out, float fields as floats (KFP checks a float parameter's type)."""
+        hints = typing.get_type_hints(type(self))
+        out = {}
+        for f in fields(self):
+            if f.name not in self.NOT_PARAMETERS:
+                value = getattr(self, f.name)
+                out[self.PARAMETER_NAMES.get(f.name, f.name)] = float(value) if hints[f.name] is float else value
+        return out
 
 
 @dataclass

@@ -14,8 +14,9 @@ from kfp import dsl
 
 from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, component_op
 from kfops.components.monitor.component import monitor_drift
+from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE, DEFAULT_TARGET
 from kfops.pipelines.steps import inputs_from, step
-from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE, DEFAULT_MODEL_NAME, DEFAULT_TARGET, build_training_pipeline
+from kfops.pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
 PIPELINE_NAME = "kfops-continuous-training"
 

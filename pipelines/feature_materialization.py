@@ -10,8 +10,8 @@ from kfp import dsl
 
 from kfops.components.features.component import materialize
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
+from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE
 from kfops.pipelines.steps import inputs_from, step
-from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE
 
 PIPELINE_NAME = "kfops-feature-materialization"
 # manifests/feature-store/feature_store.yaml, copied to MinIO (manifests/feature-store/README.md).

@@ -21,8 +21,8 @@ from kfp import dsl
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
 from kfops.components.sweep.component import katib_sweep
 from kfops.components.train.component import train
+from kfops.pipelines.parameters import DATA_PARAMETERS, TRAIN_PARAMETERS, takes
 from kfops.pipelines.steps import add_data_steps, inputs_from, step
-from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE, DEFAULT_TARGET
 
 PREPARE_NAME = "kfops-sweep-prepare"
 TRIAL_NAME = "kfops-sweep-trial"
@@ -39,27 +39,9 @@ class PreparedOutputs(NamedTuple):
 
 def build_prepare_pipeline(image: str = DEFAULT_IMAGE):
     @dsl.pipeline(name=PREPARE_NAME, description="Version, validate, split and preprocess data for a sweep.")
-    def sweep_prepare(
-        data_uri: str = "",
-        data_version: str = "",
-        target: str = DEFAULT_TARGET,
-        numeric_features: list = [],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
-        categorical_features: list = [],  # noqa: B006
-        drop_columns: list = [],  # noqa: B006
-        time_column: str = "",
-        split_by_time: bool = False,
-        positive_class: str = "",
-        expectation_suite: str = "",
-        validation_mode: str = "fail",
-        max_missing: float = 0.05,
-        validation_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 42,
-        max_categories: int = 50,
-        min_frequency: int = 5,
-        artifact_store: str = DEFAULT_ARTIFACT_STORE,
-    ) -> PreparedOutputs:
-        data = add_data_steps(image, locals()).training_inputs()
+    @takes(DATA_PARAMETERS)
+    def sweep_prepare(**params) -> PreparedOutputs:
+        data = add_data_steps(image, params).training_inputs()
         return PreparedOutputs(**{name: data[name] for name in PreparedOutputs._fields})
 
     return sweep_prepare
@@ -69,6 +51,7 @@ def build_trial_pipeline(image: str = DEFAULT_IMAGE):
     train_op = component_op(train, image)
 
     @dsl.pipeline(name=TRIAL_NAME, description="One sweep trial: train on prepared data with one set of parameters.")
+    @takes(TRAIN_PARAMETERS)
     def sweep_trial(
         train_features_uri: str,
         validation_features_uri: str,
@@ -76,27 +59,16 @@ def build_trial_pipeline(image: str = DEFAULT_IMAGE):
         raw_train_uri: str,
         data_uri: str,
         data_sha256: str,
-        hidden_sizes: list,
-        dropout: float,
-        learning_rate: float,
-        batch_size: int,
-        epochs: int,
-        optimizer: str,
-        weight_decay: float,
-        class_weighting: str,
-        early_stopping_patience: int,
-        seed: int,
-        threshold: float,
         experiment: str,
         parent_run_id: str,
         sweep_study: str,
         sweep_trial_id: int,
         sweep_storage: str = "",
-        device: str = "auto",
         mlflow_tracking_uri: str = "",
         tensorboard_root: str = "",
+        **hyperparameters,
     ) -> float:
-        params = dict(locals())  # the train step takes its inputs from these by name (steps.inputs_from)
+        params = {**locals(), **hyperparameters}  # the train step takes its inputs from these by name
 
         def imported(uri, cls, **metadata):
             return dsl.importer(artifact_uri=uri, artifact_class=cls, reimport=False, metadata=metadata).output
@@ -126,26 +98,9 @@ def build_katib_sweep_pipeline(image: str = DEFAULT_IMAGE):
         description="Prepare data, then run a W&B-format sweep spec as a Katib Experiment; outputs the best "
         "training parameters.",
     )
+    @takes(DATA_PARAMETERS)
     def katib_sweep_pipeline(
         sweep_spec: str,
-        data_uri: str = "",
-        data_version: str = "",
-        target: str = DEFAULT_TARGET,
-        numeric_features: list = [],  # noqa: B006
-        categorical_features: list = [],  # noqa: B006
-        drop_columns: list = [],  # noqa: B006
-        time_column: str = "",
-        split_by_time: bool = False,
-        positive_class: str = "",
-        expectation_suite: str = "",
-        validation_mode: str = "fail",
-        max_missing: float = 0.05,
-        validation_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 42,
-        max_categories: int = 50,
-        min_frequency: int = 5,
-        artifact_store: str = DEFAULT_ARTIFACT_STORE,
         trials: int = 0,
         parallel: int = 0,
         namespace: str = "",
@@ -156,8 +111,9 @@ def build_katib_sweep_pipeline(image: str = DEFAULT_IMAGE):
         experiment: str = "kfops-sweep",
         mlflow_tracking_uri: str = "",
         timeout_seconds: int = 86400,
+        **data_parameters,
     ) -> str:
-        params = dict(locals())  # each step takes its inputs from these by name (steps.inputs_from)
+        params = {**locals(), **data_parameters}  # each step takes its inputs from these by name
         data = add_data_steps(image, params)
         # The Experiment is state outside KFP: never replay a cached result.
         swept = step(
@@ -189,6 +145,7 @@ def run_trial_locally(request) -> None:
     when the trial fails or is pruned. ``kfops sweep`` hands this to its workers."""
     from pathlib import Path
 
+    from kfops.components.contracts import TrainConfig
     from kfops.pipelines.local import LocalWorkspace, init_local
 
     init_local(LocalWorkspace(Path(request.workspace)), enable_caching=False)
@@ -200,22 +157,11 @@ def run_trial_locally(request) -> None:
         raw_train_uri=data.raw_train,
         data_uri=data.data_uri,
         data_sha256=data.data_sha256,
-        hidden_sizes=list(values["hidden_sizes"]),
-        dropout=float(values["dropout"]),
-        learning_rate=float(values["learning_rate"]),
-        batch_size=int(values["batch_size"]),
-        epochs=int(values["epochs"]),
-        optimizer=values["optimizer"],
-        weight_decay=float(values["weight_decay"]),
-        class_weighting=values["class_weighting"],
-        early_stopping_patience=int(values["early_stopping_patience"]),
-        seed=int(values["seed"]),
-        threshold=float(values["decision_threshold"]),
-        device=values["device"],
         experiment=request.experiment,
         parent_run_id=request.parent_run_id,
         sweep_study=request.study_name,
         sweep_trial_id=request.trial_id,
         sweep_storage=request.storage_url,
         tensorboard_root=request.tensorboard_root,
+        **TrainConfig.from_dict(values).to_parameters(),
     )

@@ -20,6 +20,7 @@ from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, comp
 from kfops.components.register.component import promote, register
 from kfops.components.train.component import train
 from kfops.pipelines.deployment import add_deployment_steps
+from kfops.pipelines.parameters import DATA_PARAMETERS, TRAIN_PARAMETERS, takes
 from kfops.pipelines.steps import add_data_steps, inputs_from, step
 
 PIPELINE_NAME = "kfops-training"
@@ -31,9 +32,7 @@ class TrainingOutputs(NamedTuple):
     model_version: str
 
 
-DEFAULT_TARGET = "is_fraud"
 DEFAULT_MODEL_NAME = "fraud-detector"
-DEFAULT_ARTIFACT_STORE = "s3://kfops"
 
 
 def build_training_pipeline(
@@ -53,36 +52,8 @@ def build_training_pipeline(
         description="Version and validate tabular data, train and evaluate a classifier, bless it against "
         "thresholds and the champion, register it in MLflow and promote it when blessed.",
     )
+    @takes(DATA_PARAMETERS, TRAIN_PARAMETERS)
     def training_pipeline(
-        data_uri: str = "",
-        data_version: str = "",
-        target: str = DEFAULT_TARGET,
-        numeric_features: list = [],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
-        categorical_features: list = [],  # noqa: B006
-        drop_columns: list = [],  # noqa: B006
-        time_column: str = "",
-        split_by_time: bool = False,
-        positive_class: str = "",
-        expectation_suite: str = "",
-        validation_mode: str = "fail",
-        max_missing: float = 0.05,
-        validation_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 42,
-        max_categories: int = 50,
-        min_frequency: int = 5,
-        hidden_sizes: list = [64, 32],  # noqa: B006
-        dropout: float = 0.1,
-        learning_rate: float = 0.003,
-        batch_size: int = 512,
-        epochs: int = 12,
-        optimizer: str = "adamw",
-        weight_decay: float = 0.0001,
-        class_weighting: str = "none",
-        early_stopping_patience: int = 3,
-        seed: int = 42,
-        device: str = "auto",
-        threshold: float = 0.5,
         thresholds: str = thresholds_json(DEFAULT_THRESHOLDS),
         model_name: str = DEFAULT_MODEL_NAME,
         promote_champion: bool = True,
@@ -100,11 +71,11 @@ def build_training_pipeline(
         canary_max_p99_ratio: float = 1.5,
         canary_min_requests: int = 50,
         experiment: str = "kfops-training",
-        artifact_store: str = DEFAULT_ARTIFACT_STORE,
         mlflow_tracking_uri: str = "",
         tensorboard_root: str = "",
+        **shared,
     ) -> TrainingOutputs:
-        params = dict(locals())  # each step takes its inputs from these by name (steps.inputs_from)
+        params = {**locals(), **shared}  # each step takes its inputs from these by name (steps.inputs_from)
         data = add_data_steps(image, params)
         sha256 = data.versioned.outputs["sha256"]
         trained = step(train_op, "train", **inputs_from(train_op, params, **data.training_inputs()))
