@@ -6,7 +6,8 @@ gate's blessing; with ``deploy=False`` (the default, and what a local run does) 
 
 ``build_training_pipeline`` returns the pipeline function for a given image and device, so ``kfops compile``
 can name the images and pick CPU or GPU training at compile time. ``training_pipeline`` is the CPU pipeline with
-the default images, for ``from kfops.pipelines.training import training_pipeline``.
+the default images, for ``from kfops.pipelines.training import training_pipeline``. Besides its own parameters
+it takes the data and training parameters (``pipelines/parameters.py``), each one a typed pipeline parameter.
 """
 
 from typing import NamedTuple
@@ -64,7 +65,7 @@ def build_training_pipeline(
         deployment_mode: str = "knative",
         canary_percent: int = 10,
         service_account: str = "kfops-model-reader",
-        canary_steps: list = [10, 25, 50, 100],  # noqa: B006
+        canary_steps: list = [10, 25, 50, 100],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
         canary_window_seconds: float = 300.0,
         prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
         canary_max_error_rate: float = 0.01,
