@@ -22,6 +22,7 @@ from kfops.components.deploy.component import deploy
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
 from kfops.components.register.component import promote
 from kfops.components.rollout.component import rollout
+from kfops.pipelines.parameters import DEPLOYMENT_PARAMETERS, takes
 from kfops.pipelines.steps import inputs_from, step
 
 PIPELINE_NAME = "kfops-deployment"
@@ -52,24 +53,15 @@ def build_deployment_pipeline(image: str = DEFAULT_IMAGE):
         description="Serve a blessed model version on KServe and roll it out as a progressive canary, promoting "
         "it in the registry at the last step or rolling it back at the first breach.",
     )
+    @takes(DEPLOYMENT_PARAMETERS)
     def deployment_pipeline(
         model_name: str = DEFAULT_MODEL_NAME,
         version: str = ALIAS_CHALLENGER,
-        isvc_name: str = "",
-        namespace: str = "",
-        deployment_mode: str = "knative",
-        canary_percent: int = 10,
-        service_account: str = "kfops-model-reader",
-        steps: list = [10, 25, 50, 100],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
-        window_seconds: float = 300.0,
-        prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
-        max_error_rate: float = 0.01,
-        max_p99_ratio: float = 1.5,
-        min_requests: int = 50,
         promotion_metric: str = "f1_macro",
         mlflow_tracking_uri: str = "",
+        **deployment,
     ):
-        add_deployment_steps(image, locals())
+        add_deployment_steps(image, {**locals(), **deployment})
 
     return deployment_pipeline
 

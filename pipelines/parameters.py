@@ -2,6 +2,9 @@
 
 - ``DATA_PARAMETERS``: the data, and how to validate, split and encode it (what ``steps.add_data_steps`` reads):
   the training pipeline and both sweep pipelines take them.
+- ``DEPLOYMENT_PARAMETERS``: where and how a model is served and its canary rolled out (what
+  ``deployment.add_deployment_steps`` reads): the deployment pipeline takes them, and the training pipeline with
+  the rollout's named ``canary_*`` (``CANARY_NAMES``).
 - ``TRAIN_PARAMETERS``: the training hyperparameters, derived from ``TrainConfig`` (the one source of truth):
   each field under its parameter name, of its type, with its default. The training and sweep-trial pipelines
   take them.
@@ -50,6 +53,38 @@ def _data_parameters(
 
 
 DATA_PARAMETERS = tuple(inspect.signature(_data_parameters, eval_str=True).parameters.values())
+
+
+def _deployment_parameters(
+    isvc_name: str = "",
+    namespace: str = "",
+    deployment_mode: str = "knative",
+    canary_percent: int = 10,
+    service_account: str = "kfops-model-reader",
+    steps: list = [10, 25, 50, 100],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
+    window_seconds: float = 300.0,
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
+    max_error_rate: float = 0.01,
+    max_p99_ratio: float = 1.5,
+    min_requests: int = 50,
+) -> None:
+    """Declares DEPLOYMENT_PARAMETERS."""
+
+
+DEPLOYMENT_PARAMETERS = tuple(inspect.signature(_deployment_parameters, eval_str=True).parameters.values())
+# The rollout's parameters as the training pipeline names them, beside its training parameters.
+CANARY_NAMES = {
+    "steps": "canary_steps",
+    "window_seconds": "canary_window_seconds",
+    "max_error_rate": "canary_max_error_rate",
+    "max_p99_ratio": "canary_max_p99_ratio",
+    "min_requests": "canary_min_requests",
+}
+
+
+def renamed(group: Sequence[inspect.Parameter], names: dict[str, str]) -> tuple[inspect.Parameter, ...]:
+    """``group`` with the parameters in ``names`` renamed (same types and defaults)."""
+    return tuple(p.replace(name=names.get(p.name, p.name)) for p in group)
 
 
 def _train_parameters() -> tuple[inspect.Parameter, ...]:

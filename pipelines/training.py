@@ -7,7 +7,8 @@ gate's blessing; with ``deploy=False`` (the default, and what a local run does) 
 ``build_training_pipeline`` returns the pipeline function for a given image and device, so ``kfops compile``
 can name the images and pick CPU or GPU training at compile time. ``training_pipeline`` is the CPU pipeline with
 the default images, for ``from kfops.pipelines.training import training_pipeline``. Besides its own parameters
-it takes the data and training parameters (``pipelines/parameters.py``), each one a typed pipeline parameter.
+it takes the data, training and deployment parameters (``pipelines/parameters.py``), each one a typed pipeline
+parameter.
 """
 
 from typing import NamedTuple
@@ -21,7 +22,14 @@ from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, comp
 from kfops.components.register.component import promote, register
 from kfops.components.train.component import train
 from kfops.pipelines.deployment import add_deployment_steps
-from kfops.pipelines.parameters import DATA_PARAMETERS, TRAIN_PARAMETERS, takes
+from kfops.pipelines.parameters import (
+    CANARY_NAMES,
+    DATA_PARAMETERS,
+    DEPLOYMENT_PARAMETERS,
+    TRAIN_PARAMETERS,
+    renamed,
+    takes,
+)
 from kfops.pipelines.steps import add_data_steps, inputs_from, step
 
 PIPELINE_NAME = "kfops-training"
@@ -53,24 +61,13 @@ def build_training_pipeline(
         description="Version and validate tabular data, train and evaluate a classifier, bless it against "
         "thresholds and the champion, register it in MLflow and promote it when blessed.",
     )
-    @takes(DATA_PARAMETERS, TRAIN_PARAMETERS)
+    @takes(DATA_PARAMETERS, TRAIN_PARAMETERS, renamed(DEPLOYMENT_PARAMETERS, CANARY_NAMES))
     def training_pipeline(
         thresholds: str = thresholds_json(DEFAULT_THRESHOLDS),
         model_name: str = DEFAULT_MODEL_NAME,
         promote_champion: bool = True,
         promotion_metric: str = "f1_macro",
         deploy: bool = False,
-        isvc_name: str = "",
-        namespace: str = "",
-        deployment_mode: str = "knative",
-        canary_percent: int = 10,
-        service_account: str = "kfops-model-reader",
-        canary_steps: list = [10, 25, 50, 100],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
-        canary_window_seconds: float = 300.0,
-        prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
-        canary_max_error_rate: float = 0.01,
-        canary_max_p99_ratio: float = 1.5,
-        canary_min_requests: int = 50,
         experiment: str = "kfops-training",
         mlflow_tracking_uri: str = "",
         tensorboard_root: str = "",
@@ -119,16 +116,8 @@ def build_training_pipeline(
                 )
             # Served (deploy=True): the canary rollout promotes it at its last step, so no promotion above.
             with dsl.If(deploy == True, name="deploy"):  # noqa: E712
-                add_deployment_steps(
-                    image,
-                    params,
-                    version=registered.outputs["version"],
-                    steps=canary_steps,
-                    window_seconds=canary_window_seconds,
-                    max_error_rate=canary_max_error_rate,
-                    max_p99_ratio=canary_max_p99_ratio,
-                    min_requests=canary_min_requests,
-                )
+                canary = {name: params[ours] for name, ours in CANARY_NAMES.items()}
+                add_deployment_steps(image, params, version=registered.outputs["version"], **canary)
         return TrainingOutputs(sha256, trained.outputs["run_id"], registered.outputs["version"])
 
     return training_pipeline

@@ -9,7 +9,7 @@ from kfp.dsl.pipeline_channel import PipelineParameterChannel
 
 from kfops.components.features.component import materialize
 from kfops.components.kfp_support import component_op
-from kfops.pipelines.parameters import DATA_PARAMETERS, TRAIN_PARAMETERS, takes
+from kfops.pipelines.parameters import CANARY_NAMES, DATA_PARAMETERS, DEPLOYMENT_PARAMETERS, TRAIN_PARAMETERS, takes
 from kfops.pipelines.steps import inputs_from
 
 
@@ -27,6 +27,21 @@ def test_each_data_pipeline_takes_every_data_parameter_with_its_default(index):
     for parameter in DATA_PARAMETERS:
         assert parameter.name in inputs, (pipeline.name, parameter.name)
         assert inputs[parameter.name].default == parameter.default, (pipeline.name, parameter.name)
+
+
+@pytest.mark.parametrize("which", ["deployment", "training"])
+def test_the_deployment_parameters_are_taken_with_their_defaults(which):
+    from kfops.pipelines.deployment import deployment_pipeline
+    from kfops.pipelines.training import training_pipeline
+
+    pipeline, names = {
+        "deployment": (deployment_pipeline, {}),
+        "training": (training_pipeline, CANARY_NAMES),  # the rollout's parameters named canary_*
+    }[which]
+    inputs = pipeline.component_spec.inputs
+    for parameter in DEPLOYMENT_PARAMETERS:
+        name = names.get(parameter.name, parameter.name)
+        assert name in inputs and inputs[name].default == parameter.default, (which, name)
 
 
 def test_the_train_parameters_are_typed_as_kfp_wants():
