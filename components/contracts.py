@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 FEATURE_SPEC_VERSION = 1
 
@@ -45,6 +47,17 @@ ALIAS_PREVIOUS = "previous"
 
 class KfopsError(ValueError):
     """A problem with the user's input or configuration, with a message that says what to fix."""
+
+
+def fields_from_parameters(
+    cls: type, parameters: Mapping[str, Any], renamed: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``{field: value}`` for each field of the dataclass ``cls`` whose parameter is in ``parameters`` (a KFP
+    wrapper's ``locals()``, say); a field's parameter has the field's name unless ``renamed`` maps it. A wrapper
+    builds its config from its typed parameters this way instead of naming each one twice."""
+    renamed = renamed or {}
+    names = {f: renamed.get(f, f) for f in cls.__dataclass_fields__}
+    return {f: parameters[p] for f, p in names.items() if p in parameters}
 
 
 @dataclass
@@ -211,8 +224,8 @@ class FeatureSpec:
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of the MLP classifier. Each field but ``cuda_graphs`` is a pipeline parameter of the
-    same name; ``decision_threshold`` is the pipeline's ``threshold``."""
+    """Hyperparameters of the MLP classifier. Each field but those in ``NOT_PARAMETERS`` is a pipeline parameter
+    (``pipelines/parameters.py`` derives them from here) under its own name or the one in ``PARAMETER_NAMES``."""
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
@@ -232,6 +245,11 @@ class TrainConfig:
     # (TPR - FPR), precision>=P or recall>=R; or fixed at decision_threshold.
     threshold_objective: str = "f1"
     cuda_graphs: bool = True  # capture the training step as a CUDA graph on GPU
+
+    # field -> its name as a pipeline and component parameter, where the two differ
+    PARAMETER_NAMES: ClassVar[dict[str, str]] = {"decision_threshold": "threshold"}
+    # fields the pipelines do not take (left at their defaults)
+    NOT_PARAMETERS: ClassVar[tuple[str, ...]] = ("cuda_graphs",)
 
     def check(self) -> None:
         if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
@@ -273,6 +291,23 @@ class TrainConfig:
         cfg.batch_size, cfg.epochs = int(cfg.batch_size), int(cfg.epochs)
         cfg.early_stopping_patience, cfg.seed = int(cfg.early_stopping_patience), int(cfg.seed)
         return cfg
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> TrainConfig:
+        """The config from a train wrapper's parameters: each field given under its parameter name (a field
+        with none keeps its default; other names are ignored)."""
+        return cls.from_dict(fields_from_parameters(cls, parameters, cls.PARAMETER_NAMES))
+
+    def to_parameters(self) -> dict[str, Any]:
+        """The fields as pipeline arguments (``from_parameters`` backwards): each under its parameter name, those
+        in ``NOT_PARAMETERS`` left out, float fields as floats (KFP checks a float parameter's type)."""
+        hints = typing.get_type_hints(type(self))
+        out = {}
+        for f in fields(self):
+            if f.name not in self.NOT_PARAMETERS:
+                value = getattr(self, f.name)
+                out[self.PARAMETER_NAMES.get(f.name, f.name)] = float(value) if hints[f.name] is float else value
+        return out
 
 
 @dataclass

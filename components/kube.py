@@ -286,3 +286,58 @@ def wait_for(
             raise WaitTimeout(timeout_message(live), live)
         log.debug("waiting for %s %s/%s: %s", kind, namespace, name, waiting_for)
         time.sleep(min(poll_s, remaining))
+
+
+def true_condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The status condition of type ``kind`` when it is ``"True"``, else None."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def wait_for_condition(
+    api: KubeClient,
+    namespace: str,
+    name: str,
+    *,
+    title: str,
+    succeeded: str,
+    result: Callable[[dict[str, Any]], T],
+    failure_hint: Callable[[dict[str, Any]], str],
+    waiting_for: str,
+    timeout_s: float,
+    poll_s: float,
+    timeout_message: Callable[[dict[str, Any]], str],
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+    started: float | None = None,
+) -> T:
+    """``wait_for`` a job-like object (a Katib Experiment, a TrainJob) to finish: once its ``succeeded``
+    condition is True, return ``result(status)``; a True ``Failed`` condition raises ``KfopsError``
+    ("<title> <namespace>/<name> failed (<reason>): <message>; <failure_hint(status)>"). ``on_poll`` sees each
+    status read."""
+
+    def done(live: dict[str, Any]) -> T | None:
+        status = live.get("status") or {}
+        if true_condition(status, succeeded):
+            return result(status)
+        failed = true_condition(status, "Failed")
+        if failed:
+            raise KfopsError(
+                f"{title} {namespace}/{name} failed ({failed.get('reason', '?')}): {failed.get('message', '')}; "
+                f"{failure_hint(status)}"
+            )
+        return None
+
+    return wait_for(
+        api,
+        namespace,
+        name,
+        done,
+        waiting_for=waiting_for,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        timeout_message=timeout_message,
+        on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+        started=started,
+    )

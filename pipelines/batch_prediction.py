@@ -17,6 +17,7 @@ from kfp import dsl
 from kfops.components.batch_predict.component import plan_batch, score_batch_shard, summarize_batch
 from kfops.components.batch_predict.records import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
+from kfops.pipelines.steps import inputs_from, step
 
 PIPELINE_NAME = "kfops-batch-prediction"
 DEFAULT_MODEL = "fraud-detector@champion"
@@ -55,33 +56,15 @@ def build_batch_prediction_pipeline(image: str = DEFAULT_IMAGE, parallelism: int
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         mlflow_tracking_uri: str = "",
     ) -> BatchPredictionOutputs:
-        planned = plan_op(
-            input_uri=input_uri,
-            output_uri=output_uri,
-            model=model,
-            shards=shards,
-            shard_rows=shard_rows,
-            id_column=id_column,
-            passthrough=passthrough,
-            output_format=output_format,
-            chunk_rows=chunk_rows,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-        ).set_display_name("plan")
-        planned.set_caching_options(False)
-        tasks = [planned]
+        planned = step(plan_op, "plan", cache=False, **inputs_from(plan_op, locals()))
         # Each shard spec carries the pinned model version and the output options: nothing else to pass.
         with dsl.ParallelFor(items=planned.output, parallelism=parallelism, name="shards") as shard:
-            scored = score_op(shard=shard, mlflow_tracking_uri=mlflow_tracking_uri).set_display_name("score shard")
-            scored.set_caching_options(False)
+            scored = step(score_op, "score shard", cache=False, shard=shard, mlflow_tracking_uri=mlflow_tracking_uri)
             scored.set_retry(num_retries=SHARD_RETRIES, backoff_duration="10s")
             scored.set_cpu_request("1").set_memory_request("2G").set_memory_limit("4G")
-            tasks.append(scored)
-        summary = summarize_op(output_uri=output_uri, shard_rows=dsl.Collected(scored.output))
-        summary.set_display_name("summarize")
-        summary.set_caching_options(False)
-        tasks.append(summary)
-        for task in tasks:
-            task.set_env_variable("KFOPS_IMAGE", image)
+        summary = step(
+            summarize_op, "summarize", cache=False, output_uri=output_uri, shard_rows=dsl.Collected(scored.output)
+        )
         return BatchPredictionOutputs(
             summary.outputs["total_rows"], summary.outputs["model_version"], summary.outputs["manifest_uri"]
         )

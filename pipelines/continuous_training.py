@@ -14,7 +14,9 @@ from kfp import dsl
 
 from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, component_op
 from kfops.components.monitor.component import monitor_drift
-from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE, DEFAULT_MODEL_NAME, DEFAULT_TARGET, build_training_pipeline
+from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE, DEFAULT_TARGET
+from kfops.pipelines.steps import inputs_from, step
+from kfops.pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
 PIPELINE_NAME = "kfops-continuous-training"
 
@@ -52,41 +54,26 @@ def build_continuous_training_pipeline(
         artifact_store: str = DEFAULT_ARTIFACT_STORE,
         mlflow_tracking_uri: str = "",
     ):
-        monitored = monitor_op(
-            current_uri=current_uri,
-            reference_uri="",
-            model=monitored_model,
-            artifact_store=artifact_store,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            date_from=date_from,
-            date_to=date_to,
-            model_version="",
-            stattest=stattest,
-            threshold=-1.0,
-            drift_share=drift_share,
-            min_rows=min_rows,
-            features=[],
-            ignore=[],
-            sample_rows=20_000,
-            pushgateway=pushgateway,
-            webhook=webhook,
-        ).set_display_name("monitor drift")
+        params = dict(locals())  # each step takes its inputs from these by name (steps.inputs_from)
         # Live data changes between runs: never a cached verdict.
-        monitored.set_caching_options(False)
-        monitored.set_env_variable("KFOPS_IMAGE", image)
+        monitored = step(
+            monitor_op,
+            "monitor drift",
+            cache=False,
+            **inputs_from(
+                monitor_op,
+                params,
+                reference_uri="",
+                model=monitored_model,
+                model_version="",
+                threshold=-1.0,
+                features=[],
+                ignore=[],
+                sample_rows=20_000,
+            ),
+        )
         with dsl.If(monitored.outputs["drift_detected"] == True, name="drifted"):  # noqa: E712
-            training(
-                data_uri=data_uri,
-                target=target,
-                drop_columns=drop_columns,
-                time_column=time_column,
-                model_name=model_name,
-                deploy=deploy,
-                namespace=namespace,
-                prometheus_url=prometheus_url,
-                artifact_store=artifact_store,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-            ).set_display_name("retrain")
+            training(**inputs_from(training, params)).set_display_name("retrain")
 
     return continuous_training_pipeline
 

@@ -12,6 +12,9 @@
 behind the gate's blessing (``deploy=True``).
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 from kfp import dsl
 
 from kfops.components.contracts import ALIAS_CHALLENGER
@@ -19,68 +22,26 @@ from kfops.components.deploy.component import deploy
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
 from kfops.components.register.component import promote
 from kfops.components.rollout.component import rollout
+from kfops.pipelines.parameters import DEPLOYMENT_PARAMETERS, takes
+from kfops.pipelines.steps import inputs_from, step
 
 PIPELINE_NAME = "kfops-deployment"
 DEFAULT_MODEL_NAME = "fraud-detector"
 
 
-def add_deployment_steps(
-    image: str,
-    *,
-    model_name,
-    version,
-    isvc_name,
-    namespace,
-    deployment_mode,
-    canary_percent,
-    service_account,
-    steps,
-    window_seconds,
-    prometheus_url,
-    max_error_rate,
-    max_p99_ratio,
-    min_requests,
-    promotion_metric,
-    mlflow_tracking_uri,
-):
-    """deploy -> (canary) rollout | (no canary) promote, inside the pipeline being defined."""
-    deployed = component_op(deploy, image)(
-        model_name=model_name,
-        version=version,
-        isvc_name=isvc_name,
-        namespace=namespace,
-        deployment_mode=deployment_mode,
-        canary_percent=canary_percent,
-        service_account=service_account,
-        mlflow_tracking_uri=mlflow_tracking_uri,
-    ).set_display_name("deploy")
-    # The cluster is state outside KFP: always read it, never replay a cached answer.
-    deployed.set_caching_options(False)
+def add_deployment_steps(image: str, params: Mapping[str, Any], **given: Any) -> dsl.PipelineTask:
+    """deploy -> (canary) rollout | (no canary) promote, inside the pipeline being defined. Each step takes its
+    inputs from ``given``, else from the pipeline parameters of the same names in ``params`` (the deployment
+    pipeline's parameters: ``model_name``, ``version``, ``steps``, ...)."""
+    params = {**params, **given}
+    deploy_op, rollout_op, promote_op = (component_op(c, image) for c in (deploy, rollout, promote))
+    # The cluster and the registry are state outside KFP: always read them, never replay a cached answer.
+    deployed = step(deploy_op, "deploy", cache=False, **inputs_from(deploy_op, params))
     with dsl.If(deployed.outputs["operation"] == "canary", name="canary"):
-        rolled = component_op(rollout, image)(
-            model_name=model_name,
-            isvc_name=isvc_name,
-            namespace=namespace,
-            steps=steps,
-            window_seconds=window_seconds,
-            prometheus_url=prometheus_url,
-            max_error_rate=max_error_rate,
-            max_p99_ratio=max_p99_ratio,
-            min_requests=min_requests,
-            promotion_metric=promotion_metric,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-        ).set_display_name("rollout")
-        rolled.set_caching_options(False)
+        step(rollout_op, "rollout", cache=False, **inputs_from(rollout_op, params))
     with dsl.If(deployed.outputs["operation"] != "canary", name="no-canary"):
-        promoted = component_op(promote, image)(
-            model_name=model_name,
-            version=deployed.outputs["deployed_version"],
-            metric=promotion_metric,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-        ).set_display_name("promote")
-        promoted.set_caching_options(False)
-    for task in (deployed, rolled, promoted):
-        task.set_env_variable("KFOPS_IMAGE", image)
+        version, metric = deployed.outputs["deployed_version"], params["promotion_metric"]
+        step(promote_op, "promote", cache=False, **inputs_from(promote_op, params, version=version, metric=metric))
     return deployed
 
 
@@ -92,41 +53,15 @@ def build_deployment_pipeline(image: str = DEFAULT_IMAGE):
         description="Serve a blessed model version on KServe and roll it out as a progressive canary, promoting "
         "it in the registry at the last step or rolling it back at the first breach.",
     )
+    @takes(DEPLOYMENT_PARAMETERS)
     def deployment_pipeline(
         model_name: str = DEFAULT_MODEL_NAME,
         version: str = ALIAS_CHALLENGER,
-        isvc_name: str = "",
-        namespace: str = "",
-        deployment_mode: str = "knative",
-        canary_percent: int = 10,
-        service_account: str = "kfops-model-reader",
-        steps: list = [10, 25, 50, 100],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
-        window_seconds: float = 300.0,
-        prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090",
-        max_error_rate: float = 0.01,
-        max_p99_ratio: float = 1.5,
-        min_requests: int = 50,
         promotion_metric: str = "f1_macro",
         mlflow_tracking_uri: str = "",
+        **deployment,
     ):
-        add_deployment_steps(
-            image,
-            model_name=model_name,
-            version=version,
-            isvc_name=isvc_name,
-            namespace=namespace,
-            deployment_mode=deployment_mode,
-            canary_percent=canary_percent,
-            service_account=service_account,
-            steps=steps,
-            window_seconds=window_seconds,
-            prometheus_url=prometheus_url,
-            max_error_rate=max_error_rate,
-            max_p99_ratio=max_p99_ratio,
-            min_requests=min_requests,
-            promotion_metric=promotion_metric,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-        )
+        add_deployment_steps(image, {**locals(), **deployment})
 
     return deployment_pipeline
 

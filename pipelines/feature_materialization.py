@@ -10,7 +10,8 @@ from kfp import dsl
 
 from kfops.components.features.component import materialize
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
-from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE
+from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE
+from kfops.pipelines.steps import inputs_from, step
 
 PIPELINE_NAME = "kfops-feature-materialization"
 # manifests/feature-store/feature_store.yaml, copied to MinIO (manifests/feature-store/README.md).
@@ -35,17 +36,7 @@ def build_feature_materialization_pipeline(image: str = DEFAULT_IMAGE):
         feature_views: list = [],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
         pushgateway: str = "",
     ):
-        task = materialize_op(
-            feature_repo=feature_repo,
-            artifact_store=artifact_store,
-            data_sha256=data_sha256,
-            start_time=start_time,
-            end_time=end_time,
-            feature_views=feature_views,
-            pushgateway=pushgateway,
-        ).set_display_name("materialize")
         # The online store is state outside KFP, and "now" moves: never a cached materialisation.
-        task.set_caching_options(False)
-        task.set_env_variable("KFOPS_IMAGE", image)
+        step(materialize_op, "materialize", cache=False, **inputs_from(materialize_op, locals()))
 
     return feature_materialization_pipeline

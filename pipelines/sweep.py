@@ -18,67 +18,15 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from kfops.components.ingest.component import split_data, version_data
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
-from kfops.components.preprocess.component import preprocess
 from kfops.components.sweep.component import katib_sweep
 from kfops.components.train.component import train
-from kfops.components.validate.component import validate_data
-from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE, DEFAULT_TARGET
+from kfops.pipelines.parameters import DATA_PARAMETERS, TRAIN_PARAMETERS, takes
+from kfops.pipelines.steps import add_data_steps, inputs_from, step
 
 PREPARE_NAME = "kfops-sweep-prepare"
 TRIAL_NAME = "kfops-sweep-trial"
 KATIB_NAME = "kfops-katib-sweep"
-
-
-def _data_steps(step_image: str, **p):
-    """version -> validate -> split -> preprocess, wired as the training pipeline wires them."""
-    versioned = component_op(version_data, step_image)(
-        data_uri=p["data_uri"],
-        data_version=p["data_version"],
-        artifact_store=p["artifact_store"],
-        target=p["target"],
-        numeric_features=p["numeric_features"],
-        categorical_features=p["categorical_features"],
-        drop_columns=p["drop_columns"],
-        time_column=p["time_column"],
-        positive_class=p["positive_class"],
-        expectation_suite=p["expectation_suite"],
-    ).set_display_name("version data")
-    versioned.set_caching_options(False)
-    sha256 = versioned.outputs["sha256"]
-    validated = component_op(validate_data, step_image)(
-        data_sha256=sha256,
-        artifact_store=p["artifact_store"],
-        target=p["target"],
-        expectation_suite=p["expectation_suite"],
-        suite_sha256=versioned.outputs["suite_sha256"],
-        mode=p["validation_mode"],
-        max_missing=p["max_missing"],
-    ).set_display_name("validate")
-    splits = component_op(split_data, step_image)(
-        data_sha256=sha256,
-        artifact_store=p["artifact_store"],
-        target=p["target"],
-        validation_fraction=p["validation_fraction"],
-        test_fraction=p["test_fraction"],
-        seed=p["split_seed"],
-        time_column=p["time_column"],
-        split_by_time=p["split_by_time"],
-    ).set_display_name("split")
-    splits.after(validated)
-    prepared = component_op(preprocess, step_image)(
-        train=splits.outputs["train"],
-        validation=splits.outputs["validation"],
-        test=splits.outputs["test"],
-        schema_json=versioned.outputs["schema_json"],
-        data_sha256=sha256,
-        max_categories=p["max_categories"],
-        min_frequency=p["min_frequency"],
-    ).set_display_name("preprocess")
-    for task in (versioned, validated, splits, prepared):
-        task.set_env_variable("KFOPS_IMAGE", step_image)
-    return versioned, splits, prepared
 
 
 class PreparedOutputs(NamedTuple):
@@ -91,34 +39,10 @@ class PreparedOutputs(NamedTuple):
 
 def build_prepare_pipeline(image: str = DEFAULT_IMAGE):
     @dsl.pipeline(name=PREPARE_NAME, description="Version, validate, split and preprocess data for a sweep.")
-    def sweep_prepare(
-        data_uri: str = "",
-        data_version: str = "",
-        target: str = DEFAULT_TARGET,
-        numeric_features: list = [],  # noqa: B006 - KFP pipeline defaults are declarations, never mutated
-        categorical_features: list = [],  # noqa: B006
-        drop_columns: list = [],  # noqa: B006
-        time_column: str = "",
-        split_by_time: bool = False,
-        positive_class: str = "",
-        expectation_suite: str = "",
-        validation_mode: str = "fail",
-        max_missing: float = 0.05,
-        validation_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 42,
-        max_categories: int = 50,
-        min_frequency: int = 5,
-        artifact_store: str = DEFAULT_ARTIFACT_STORE,
-    ) -> PreparedOutputs:
-        versioned, splits, prepared = _data_steps(image, **locals())
-        return PreparedOutputs(
-            versioned.outputs["sha256"],
-            splits.outputs["train"],
-            prepared.outputs["train_features"],
-            prepared.outputs["validation_features"],
-            prepared.outputs["feature_spec"],
-        )
+    @takes(DATA_PARAMETERS)
+    def sweep_prepare(**params) -> PreparedOutputs:
+        data = add_data_steps(image, params).training_inputs()
+        return PreparedOutputs(**{name: data[name] for name in PreparedOutputs._fields})
 
     return sweep_prepare
 
@@ -127,6 +51,7 @@ def build_trial_pipeline(image: str = DEFAULT_IMAGE):
     train_op = component_op(train, image)
 
     @dsl.pipeline(name=TRIAL_NAME, description="One sweep trial: train on prepared data with one set of parameters.")
+    @takes(TRAIN_PARAMETERS)
     def sweep_trial(
         train_features_uri: str,
         validation_features_uri: str,
@@ -134,56 +59,32 @@ def build_trial_pipeline(image: str = DEFAULT_IMAGE):
         raw_train_uri: str,
         data_uri: str,
         data_sha256: str,
-        hidden_sizes: list,
-        dropout: float,
-        learning_rate: float,
-        batch_size: int,
-        epochs: int,
-        optimizer: str,
-        weight_decay: float,
-        class_weighting: str,
-        early_stopping_patience: int,
-        seed: int,
-        threshold: float,
         experiment: str,
         parent_run_id: str,
         sweep_study: str,
         sweep_trial_id: int,
         sweep_storage: str = "",
-        device: str = "auto",
         mlflow_tracking_uri: str = "",
         tensorboard_root: str = "",
+        **hyperparameters,
     ) -> float:
+        params = {**locals(), **hyperparameters}  # the train step takes its inputs from these by name
+
         def imported(uri, cls, **metadata):
             return dsl.importer(artifact_uri=uri, artifact_class=cls, reimport=False, metadata=metadata).output
 
-        trained = train_op(
-            train_features=imported(train_features_uri, dsl.Dataset),
-            validation_features=imported(validation_features_uri, dsl.Dataset),
-            feature_spec=imported(feature_spec_uri, dsl.Artifact),
-            raw_train=imported(raw_train_uri, dsl.Dataset, source=data_uri),
-            data_sha256=data_sha256,
-            hidden_sizes=hidden_sizes,
-            dropout=dropout,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            epochs=epochs,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            class_weighting=class_weighting,
-            early_stopping_patience=early_stopping_patience,
-            seed=seed,
-            device=device,
-            threshold=threshold,
-            experiment=experiment,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            tensorboard_root=tensorboard_root,
-            parent_run_id=parent_run_id,
-            sweep_study=sweep_study,
-            sweep_trial_id=sweep_trial_id,
-            sweep_storage=sweep_storage,
-        ).set_display_name("train")
-        trained.set_env_variable("KFOPS_IMAGE", image)
+        trained = step(
+            train_op,
+            "train",
+            **inputs_from(
+                train_op,
+                params,
+                train_features=imported(train_features_uri, dsl.Dataset),
+                validation_features=imported(validation_features_uri, dsl.Dataset),
+                feature_spec=imported(feature_spec_uri, dsl.Artifact),
+                raw_train=imported(raw_train_uri, dsl.Dataset, source=data_uri),
+            ),
+        )
         return trained.outputs["val_loss"]
 
     return sweep_trial
@@ -197,26 +98,9 @@ def build_katib_sweep_pipeline(image: str = DEFAULT_IMAGE):
         description="Prepare data, then run a W&B-format sweep spec as a Katib Experiment; outputs the best "
         "training parameters.",
     )
+    @takes(DATA_PARAMETERS)
     def katib_sweep_pipeline(
         sweep_spec: str,
-        data_uri: str = "",
-        data_version: str = "",
-        target: str = DEFAULT_TARGET,
-        numeric_features: list = [],  # noqa: B006
-        categorical_features: list = [],  # noqa: B006
-        drop_columns: list = [],  # noqa: B006
-        time_column: str = "",
-        split_by_time: bool = False,
-        positive_class: str = "",
-        expectation_suite: str = "",
-        validation_mode: str = "fail",
-        max_missing: float = 0.05,
-        validation_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 42,
-        max_categories: int = 50,
-        min_frequency: int = 5,
-        artifact_store: str = DEFAULT_ARTIFACT_STORE,
         trials: int = 0,
         parallel: int = 0,
         namespace: str = "",
@@ -227,31 +111,25 @@ def build_katib_sweep_pipeline(image: str = DEFAULT_IMAGE):
         experiment: str = "kfops-sweep",
         mlflow_tracking_uri: str = "",
         timeout_seconds: int = 86400,
+        **data_parameters,
     ) -> str:
-        params = dict(locals())
-        versioned, splits, prepared = _data_steps(image, **params)
-        swept = katib_op(
-            train_features=prepared.outputs["train_features"],
-            validation_features=prepared.outputs["validation_features"],
-            feature_spec=prepared.outputs["feature_spec"],
-            raw_train=splits.outputs["train"],
-            data_sha256=versioned.outputs["sha256"],
-            sweep_spec=sweep_spec,
-            image=image,
-            trials=trials,
-            parallel=parallel,
-            namespace=namespace,
-            env_secret=env_secret,
-            cpu=trial_cpu,
-            memory=trial_memory,
-            gpus=trial_gpus,
-            experiment=experiment,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            timeout_seconds=timeout_seconds,
-        ).set_display_name("katib sweep")
+        params = {**locals(), **data_parameters}  # each step takes its inputs from these by name
+        data = add_data_steps(image, params)
         # The Experiment is state outside KFP: never replay a cached result.
-        swept.set_caching_options(False)
-        swept.set_env_variable("KFOPS_IMAGE", image)
+        swept = step(
+            katib_op,
+            "katib sweep",
+            cache=False,
+            **inputs_from(
+                katib_op,
+                params,
+                **data.training_inputs(),
+                image=image,
+                cpu=trial_cpu,
+                memory=trial_memory,
+                gpus=trial_gpus,
+            ),
+        )
         return swept.outputs["best_params"]
 
     return katib_sweep_pipeline
@@ -267,6 +145,7 @@ def run_trial_locally(request) -> None:
     when the trial fails or is pruned. ``kfops sweep`` hands this to its workers."""
     from pathlib import Path
 
+    from kfops.components.contracts import TrainConfig
     from kfops.pipelines.local import LocalWorkspace, init_local
 
     init_local(LocalWorkspace(Path(request.workspace)), enable_caching=False)
@@ -278,22 +157,11 @@ def run_trial_locally(request) -> None:
         raw_train_uri=data.raw_train,
         data_uri=data.data_uri,
         data_sha256=data.data_sha256,
-        hidden_sizes=list(values["hidden_sizes"]),
-        dropout=float(values["dropout"]),
-        learning_rate=float(values["learning_rate"]),
-        batch_size=int(values["batch_size"]),
-        epochs=int(values["epochs"]),
-        optimizer=values["optimizer"],
-        weight_decay=float(values["weight_decay"]),
-        class_weighting=values["class_weighting"],
-        early_stopping_patience=int(values["early_stopping_patience"]),
-        seed=int(values["seed"]),
-        threshold=float(values["decision_threshold"]),
-        device=values["device"],
         experiment=request.experiment,
         parent_run_id=request.parent_run_id,
         sweep_study=request.study_name,
         sweep_trial_id=request.trial_id,
         sweep_storage=request.storage_url,
         tensorboard_root=request.tensorboard_root,
+        **TrainConfig.from_dict(values).to_parameters(),
     )

@@ -78,7 +78,8 @@ def test_every_install_uses_the_constraints():
     assert '-c constraints.txt -e ".[dev]"' in makefile
     assert '-c constraints.txt "torch==$(TORCH_VERSION)"' in makefile
     assert re.search(r"^\$\(STAMP\):.*constraints\.txt", makefile, re.M)
-    for dockerfile in sorted((REPO_ROOT / "images").glob("*/Dockerfile")):
-        text = dockerfile.read_text()
+    images = REPO_ROOT / "images"
+    for build_file in sorted([*images.glob("*/Dockerfile"), *images.glob("*.sh")]):
+        text = build_file.read_text()
         if '"/src[features]"' in text:
-            assert "-c /src/constraints.txt" in text or "-c /tmp/constraints.txt" in text, dockerfile
+            assert "-c /src/constraints.txt" in text or "-c /tmp/constraints.txt" in text, build_file

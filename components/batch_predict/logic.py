@@ -302,36 +302,22 @@ def predict_batch(
     output_uri: str,
     model: str,
     tracking_uri: str = "",
-    shard_rows: int | None = None,
-    shards: int | None = None,
-    id_column: str = "",
-    passthrough: Sequence[str] = (),
-    output_format: str = PARQUET,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    *,
     on_plan: Callable[[BatchPlan], None] | None = None,
     on_rows: Callable[[int], None] | None = None,
+    **plan_options: Any,
 ) -> dict[str, Any]:
     """The whole job in this process: plan, every shard in turn with one loaded model, summary (the manifest).
 
     The same functions the pipeline's steps call; what it saves is the per-step process start, model load and
-    orchestration. ``on_plan`` sees the plan before scoring starts (a progress bar's total).
+    orchestration. ``plan_options`` are ``plan_batch``'s (``shard_rows``, ``shards``, ``id_column``,
+    ``passthrough``, ``output_format``, ``chunk_rows``), declared there once. ``on_plan`` sees the plan before
+    scoring starts (a progress bar's total).
     """
     from kfops.components.model_store import load_model
 
     loaded = load_model(model, tracking_uri)
-    plan = plan_batch(
-        input_uri,
-        output_uri,
-        model,
-        tracking_uri,
-        shard_rows=shard_rows,
-        shards=shards,
-        id_column=id_column,
-        passthrough=passthrough,
-        output_format=output_format,
-        chunk_rows=chunk_rows,
-        loaded=loaded,
-    )
+    plan = plan_batch(input_uri, output_uri, model, tracking_uri, loaded=loaded, **plan_options)
     if on_plan is not None:
         on_plan(plan)
     for shard in plan.shards:

@@ -56,28 +56,7 @@ def deploy(
     from kfops.components.deploy.logic import deploy as deploy_version
     from kfops.components.isvc.spec import DeploySpec
 
-    spec = DeploySpec(
-        model_name=model_name,
-        version=version,
-        name=isvc_name,
-        namespace=namespace,
-        mode=deployment_mode,
-        canary_percent=canary_percent,
-        runtime=runtime,
-        image=image,
-        cpu_request=cpu_request,
-        cpu_limit=cpu_limit,
-        memory_request=memory_request,
-        memory_limit=memory_limit,
-        gpus=gpus,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        scale_metric=scale_metric,
-        scale_target=scale_target,
-        service_account=service_account,
-        logger_url=logger_url,
-        logger_mode=logger_mode,
-    )
+    spec = DeploySpec.from_parameters(locals())  # the spec's fields among the parameters above
     result = deploy_version(spec, tracking_uri=mlflow_tracking_uri, timeout_s=timeout_seconds, poll_s=poll_seconds)
     Path(manifest.path).write_text(yaml.safe_dump(result.manifest, sort_keys=False), encoding="utf-8")
     Path(status.path).write_text(json.dumps(result.status, indent=2, sort_keys=True), encoding="utf-8")

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
-from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
+from kfops.components.contracts import ALIAS_CHAMPION, KfopsError, fields_from_parameters
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
@@ -124,6 +125,15 @@ class DeploySpec:
     service_account: str = DEFAULT_SERVICE_ACCOUNT  # "" = the namespace's default account
     logger_url: str = ""  # payload logger: CloudEvents of requests/responses sent here ("" = off)
     logger_mode: str = "all"
+
+    # field -> the deploy component's parameter, where the two differ
+    PARAMETER_NAMES: ClassVar[dict[str, str]] = {"name": "isvc_name", "mode": "deployment_mode"}
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> DeploySpec:
+        """The spec from the deploy component's parameters: each field given under its parameter name (a field
+        with none keeps its default; other names are ignored)."""
+        return cls(**fields_from_parameters(cls, parameters, cls.PARAMETER_NAMES))
 
     @property
     def isvc_name(self) -> str:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for
+from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for_condition
 from kfops.components.sweep.spec import INT_FIELDS, LIST_FIELDS, ParameterSpace, SweepSpec, katib_bounds
 
 API_VERSION = "kubeflow.org/v1beta1"
@@ -286,13 +286,6 @@ def typed_value(spec: SweepSpec, name: str, text: str) -> Any:
         raise KfopsError(f"Katib assigned {name}={text!r}, which is not a value of the sweep's {name}") from err
 
 
-def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
-    return None
-
-
 def best_from_status(spec: SweepSpec, name: str, status: dict[str, Any]) -> KatibBest:
     optimal = status.get("currentOptimalTrial") or {}
     assignments = optimal.get("parameterAssignments") or []
@@ -347,18 +340,6 @@ def wait(
     """Wait for the Experiment to succeed and return its best trial; KfopsError when it fails or times out."""
     api = api.for_resource(KATIB_EXPERIMENTS)
 
-    def done(live: dict[str, Any]) -> KatibBest | None:
-        status = live.get("status") or {}
-        if _condition(status, "Succeeded"):
-            return best_from_status(spec, name, status)
-        failed = _condition(status, "Failed")
-        if failed:
-            raise KfopsError(
-                f"Katib Experiment {namespace}/{name} failed ({failed.get('reason', '?')}): "
-                f"{failed.get('message', '')}; {status.get('trialsFailed', 0)} trial(s) failed"
-            )
-        return None
-
     def timeout_message(live: dict[str, Any]) -> str:
         succeeded = (live.get("status") or {}).get("trialsSucceeded", 0)
         return (
@@ -366,14 +347,17 @@ def wait(
             f"({succeeded} of {spec.trials} trials succeeded); it keeps running"
         )
 
-    return wait_for(
+    return wait_for_condition(
         api,
         namespace,
         name,
-        done,
+        title="Katib Experiment",
+        succeeded="Succeeded",
+        result=lambda status: best_from_status(spec, name, status),
+        failure_hint=lambda status: f"{status.get('trialsFailed', 0)} trial(s) failed",
         waiting_for="the sweep's trials",
         timeout_s=timeout_s,
         poll_s=poll_s,
         timeout_message=timeout_message,
-        on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+        on_poll=on_poll,
     )

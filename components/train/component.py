@@ -50,22 +50,7 @@ def train(
     from kfops.components.train.logic import train_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = TrainConfig.from_dict(
-        dict(
-            hidden_sizes=hidden_sizes,
-            dropout=dropout,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            epochs=epochs,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            class_weighting=class_weighting,
-            early_stopping_patience=early_stopping_patience,
-            seed=seed,
-            device=device,
-            decision_threshold=threshold,
-        )
-    )
+    config = TrainConfig.from_parameters(locals())  # the hyperparameters among the parameters above
     checkpoint = None
     if checkpoint_every > 0:
         # The output's URI is fixed when the task starts, so a retried pod finds its predecessor's checkpoint.
@@ -172,21 +157,7 @@ def train_distributed(
     def s3(artifact) -> str:
         return artifact.uri.replace("minio://", "s3://", 1)
 
-    config = TrainConfig.from_dict(
-        dict(
-            hidden_sizes=hidden_sizes,
-            dropout=dropout,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            epochs=epochs,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            class_weighting=class_weighting,
-            early_stopping_patience=early_stopping_patience,
-            seed=seed,
-            decision_threshold=threshold,
-        )
-    )
+    config = TrainConfig.from_parameters(locals())  # the hyperparameters among the parameters above
     api = connect()
     output_dir = s3(model).rstrip("/").rsplit("/", 1)[0]
     # One name per task output: a retried step finds (and watches) the TrainJob it submitted before.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for
+from kfops.components.kube import CustomResource, KubeClient, KubeError, true_condition, wait_for_condition
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 TRAINJOBS = CustomResource(
@@ -206,13 +206,6 @@ class TrainJobResult:
     status: dict[str, Any]
 
 
-def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return condition
-    return None
-
-
 def submit_and_wait(
     api: KubeClient, manifest: dict[str, Any], timeout_s: float, poll_s: float = 10.0, on_poll=None
 ) -> TrainJobResult:
@@ -233,33 +226,26 @@ def submit_and_wait(
                 f"TrainJob {namespace}/{name} already exists with another trainer spec; delete it or use another name"
             ) from None
 
-    def done(live: dict[str, Any]) -> TrainJobResult | None:
-        status = live.get("status") or {}
-        if _condition(status, "Complete"):
-            return TrainJobResult(name, namespace, "Complete", time.monotonic() - started, status)
-        failed = _condition(status, "Failed")
-        if failed:
-            raise KfopsError(
-                f"TrainJob {namespace}/{name} failed ({failed.get('reason', '?')}): {failed.get('message', '')}; "
-                f"see its pods' logs: kubectl logs -n {namespace} -l jobset.sigs.k8s.io/jobset-name={name}"
-            )
-        return None
-
     def timeout_message(live: dict[str, Any]) -> str:
-        suspended = _condition(live.get("status") or {}, "Suspended")
+        suspended = true_condition(live.get("status") or {}, "Suspended")
         state = "suspended (waiting for quota?)" if suspended else "running"
         return f"TrainJob {namespace}/{name} did not complete within {timeout_s:.0f} s; it is {state} and keeps running"
 
-    return wait_for(
+    return wait_for_condition(
         api,
         namespace,
         name,
-        done,
+        title="TrainJob",
+        succeeded="Complete",
+        result=lambda status: TrainJobResult(name, namespace, "Complete", time.monotonic() - started, status),
+        failure_hint=lambda _: (
+            f"see its pods' logs: kubectl logs -n {namespace} -l jobset.sigs.k8s.io/jobset-name={name}"
+        ),
         waiting_for="it to complete",
         timeout_s=timeout_s,
         poll_s=poll_s,
         timeout_message=timeout_message,
-        on_poll=None if on_poll is None else (lambda live: on_poll(live.get("status") or {})),
+        on_poll=on_poll,
         started=started,
     )
 

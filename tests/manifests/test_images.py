@@ -20,6 +20,7 @@ from tests.manifests.test_serving_manifests import _SECRET_PATTERNS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES = REPO_ROOT / "images"
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
+SUITE_SCRIPT = IMAGES / "suite-image.sh"
 PINNED_BASE = re.compile(r"^FROM (?P<name>[\w./-]+):(?P<tag>[\w.-]+)@sha256:[0-9a-f]{64}$", re.MULTILINE)
 SENSITIVE = re.compile(r"(?i)(SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL)")
 
@@ -75,10 +76,31 @@ def test_dockerfile_conventions(dockerfile):
 @pytest.mark.parametrize("name", ["component", "component-cuda", "serving"])
 def test_suite_images_install_the_suite(name):
     text = (IMAGES / name / "Dockerfile").read_text()
-    assert "COPY . /src" in text
-    # the suite, with Feast, at the versions the tests ran with
-    assert re.search(r"pip install --no-cache-dir -c /(src|tmp)/constraints\.txt \"/src\[features\]\"", text)
-    assert "import kfops" in text or "kfops." in text  # the smoke test imports the suite
+    # the build steps the suite's images share, the suite installed from the whole repository
+    assert "COPY images/suite-image.sh /opt/suite-image.sh" in text
+    install = re.search(r"^RUN sh /opt/suite-image\.sh install (\w+)", text, re.MULTILINE)
+    assert install and install.group(1) == {"component-cuda": "cuda"}.get(name, name)
+    assert text.index("COPY . /src") < install.start()
+    if name != "component-cuda":  # CPU torch before the sources, so a source change does not fetch it again
+        assert text.index("sh /opt/suite-image.sh torch-cpu") < text.index("COPY . /src")
+
+
+def test_the_shared_build_steps():
+    script = SUITE_SCRIPT.read_text()
+    # the suite, with Feast, at the versions the tests ran with; the CUDA image less the torch pin
+    assert 'pip install --no-cache-dir -c /src/constraints.txt "/src[features]"' in script
+    assert 'pip install --no-cache-dir -c /tmp/constraints.txt "/src[features]"' in script
+    assert "pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in script
+    # a smoke test per kind of image, importing the suite
+    for kind in ("component", "cuda", "serving"):
+        assert re.search(rf"^    {kind}\)$", script, re.MULTILINE), kind
+    assert "kfops.components.train.logic" in script and "python -m kfops.serving --help" in script
+    sh = shutil.which("sh")
+    if sh is None:
+        pytest.skip("no sh")
+    assert subprocess.run([sh, "-n", str(SUITE_SCRIPT)], capture_output=True, check=False).returncode == 0
+    usage = subprocess.run([sh, str(SUITE_SCRIPT)], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "usage: suite-image.sh" in usage.stderr
 
 
 def test_mlflow_image_pins_what_it_installs():

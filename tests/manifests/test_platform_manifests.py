@@ -496,7 +496,7 @@ def _bucket(uri: str) -> str:
 def test_buckets_agree_everywhere(objects):
     """The init Job creates the buckets the policy grants, MLflow writes to, the pipelines default to, and the
     TensorBoard reads."""
-    from kfops.pipelines.training import DEFAULT_ARTIFACT_STORE
+    from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE
 
     job = _one(objects, "Job", "minio-bucket-init")
     env = {e["name"]: e.get("value") for e in pod_specs(job)["containers"][0]["env"]}

@@ -364,8 +364,9 @@ def test_dockerfile_matches_the_component_image_conventions():
     text = DOCKERFILE.read_text()
     base = re.search(r"^FROM (\S+)", COMPONENT_DOCKERFILE.read_text(), re.MULTILINE).group(1)
     assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == [base]
-    torch_line = text.index("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
-    install = text.index('pip install --no-cache-dir -c /src/constraints.txt "/src[features]"')
+    # the component image's build steps (images/suite-image.sh): CPU torch, then the suite with the server's smoke
+    torch_line = text.index("sh /opt/suite-image.sh torch-cpu")
+    install = text.index("sh /opt/suite-image.sh install serving")
     assert torch_line < text.index("COPY . /src") < install
     assert re.search(r"^USER 1000:1000$", text, re.MULTILINE)
     assert re.search(r"^EXPOSE 8080$", text, re.MULTILINE)
