@@ -41,7 +41,7 @@ def _data_parameters(
     positive_class: str = "",
     expectation_suite: str = "",
     validation_mode: str = "fail",
-    max_missing: float = 0.05,
+    max_missing: float = -1.0,  # at least 0: the fixed-cap suite; below: the inferred or the champion's suite
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 42,

@@ -70,9 +70,11 @@ def add_data_steps(image: str, params: Mapping[str, Any]) -> DataSteps:
     # Always read the data: the sha256 it hands on is what makes the later steps' cache correct.
     versioned = step(version_op, "version data", cache=False, **inputs_from(version_op, params))
     sha256 = versioned.outputs["sha256"]
+    # Never cached: with no suite given, the data is held to the current champion's suite, state outside KFP.
     validated = step(
         validate_op,
         "validate",
+        cache=False,
         **inputs_from(
             validate_op,
             params,

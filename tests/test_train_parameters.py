@@ -90,6 +90,7 @@ def test_kfops_run_has_a_flag_for_each_and_passes_it_on(tmp_path):
         "seed": ("5", 5),
         "device": ("cpu", "cpu"),
         "threshold": ("0.4", 0.4),
+        "threshold_objective": ("fixed", "fixed"),  # what --threshold alone also sets
     }
     assert set(given) == {name for name, _, _ in parameters()}, "a TrainConfig field with no case here"
     argv = ["run", "--data", str(tmp_path / "x.csv"), "--target", "y"]
@@ -99,3 +100,22 @@ def test_kfops_run_has_a_flag_for_each_and_passes_it_on(tmp_path):
     arguments = training_arguments(args, workspace(tmp_path / "ws"))
     for name, (_, value) in given.items():
         assert arguments.get(name) == value, f"kfops run --{name.replace('_', '-')} does not reach the pipeline"
+
+
+def test_kfops_run_threshold_flags(tmp_path):
+    from kfops.cli import build_parser
+    from kfops.cli.run import training_arguments
+    from kfops.components.contracts import KfopsError
+    from kfops.components.workspace import workspace
+
+    def arguments(*flags):
+        args = build_parser().parse_args(["run", "--data", str(tmp_path / "x.csv"), "--target", "y", *flags])
+        return training_arguments(args, workspace(tmp_path / "ws"))
+
+    assert "threshold_objective" not in arguments()  # the pipeline's default: f1 on the validation split
+    assert arguments("--threshold", "0.3")["threshold_objective"] == "fixed"
+    assert arguments("--threshold-objective", "recall>=0.9")["threshold_objective"] == "recall>=0.9"
+    with pytest.raises(SystemExit, match="drop --threshold-objective"):
+        arguments("--threshold", "0.3", "--threshold-objective", "youden")
+    with pytest.raises(KfopsError, match="threshold_objective"):
+        arguments("--threshold-objective", "accuracy")

@@ -21,7 +21,8 @@ and the blessing says so; with no thresholds at all the gate refuses to bless.
 
 A baseline threshold compares the candidate with the naive class-prior baseline on the same test rows (every row
 scored with the training positive rate: ROC-AUC 0.5, balanced accuracy 0.5): the candidate passes when it beats
-the baseline by at least ``absolute``. The defaults (``DEFAULT_THRESHOLDS``) ask for that on ROC-AUC and balanced
+the baseline by at least ``absolute`` after taking off 1.645 standard errors of the metric on those rows (Hanley
+and McNeil's for ROC-AUC, binomial for balanced accuracy), so a chance lift on a handful of positives is no lift. The defaults (``DEFAULT_THRESHOLDS``) ask for that on ROC-AUC and balanced
 accuracy, which a good model on any data meets and a model of noise does not, whatever the class balance; fixed
 floors such as the reference document's (``REFERENCE_THRESHOLDS``, ``examples/thresholds/reference.yaml``) suit
 one known dataset, and the bundled fraud demo keeps them.
@@ -227,7 +228,7 @@ def judge(
                 )
             )
         if rule.margin is not None:
-            checks.append(_naive_check(rule, value, naive))
+            checks.append(_naive_check(rule, value, naive, candidate))
         if rule.has_change:
             base = _finite((baseline or {}).get(rule.metric))
             if baseline is None or base is None:
@@ -276,19 +277,35 @@ def judge(
     )
 
 
-def _naive_check(rule: Rule, value: float, naive: dict[str, float] | None) -> MetricCheck:
+# One-sided 95%: a lift over the naive baseline counts only when it stands clear of the test set's noise.
+NAIVE_LIFT_Z = 1.645
+
+
+def _naive_check(rule: Rule, value: float, naive: dict[str, float] | None, candidate: dict[str, float]) -> MetricCheck:
+    from kfops.components.scoring import NEGATIVES_KEY, POSITIVES_KEY, standard_error
+
     base = _finite((naive or {}).get(rule.metric))
     if base is None:
         return MetricCheck(rule.metric, value, "fail", reason="the naive baseline has no value to compare with")
     diff = value - base
     sign = 1.0 if rule.higher_is_better else -1.0
-    ok = sign * diff >= rule.margin
+    positives = int((naive or {}).get(POSITIVES_KEY, 0))
+    negatives = int((naive or {}).get(NEGATIVES_KEY, 0))
+    error = standard_error(rule.metric, candidate, positives, negatives) or 0.0
+    lift = sign * diff - NAIVE_LIFT_Z * error
+    ok = lift >= rule.margin
+    noise = (
+        f" less {NAIVE_LIFT_Z:g} x {error:.4f} of noise on {positives} positive and {negatives} negative rows"
+        f" = {lift:+.4f}"
+        if error
+        else ""
+    )
     return MetricCheck(
         rule.metric,
         value,
         "pass" if ok else "fail",
         change=diff,
-        reason=f"vs naive baseline {base:.4f}: margin {sign * diff:+.4f} {'>=' if ok else '<'} {rule.margin:+g}",
+        reason=f"vs naive baseline {base:.4f}: margin {sign * diff:+.4f}{noise} {'>=' if ok else '<'} {rule.margin:+g}",
     )
 
 
@@ -403,8 +420,16 @@ def blessing_markdown(blessing: Blessing) -> str:
     if blessing.baseline_version:
         lines += [f"Compared with champion version {blessing.baseline_version}.", ""]
     if blessing.naive_baseline:
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(blessing.naive_baseline.items()) if k != "val_loss")
-        lines += [f"Naive class-prior baseline on the same rows: {scores}.", ""]
+        from kfops.components.scoring import NEGATIVES_KEY, POSITIVES_KEY
+
+        naive = blessing.naive_baseline
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(naive.items()) if k in METRIC_NAMES and k != "val_loss")
+        rows = (
+            f" ({int(naive[POSITIVES_KEY])} positive, {int(naive[NEGATIVES_KEY])} negative rows)"
+            if POSITIVES_KEY in naive and NEGATIVES_KEY in naive
+            else ""
+        )
+        lines += [f"Naive class-prior baseline on the same rows{rows}: {scores}.", ""]
     if blessing.checks:
         lines += [
             "| metric | value | lower | upper | champion | change | verdict | why |",

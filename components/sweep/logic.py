@@ -50,6 +50,7 @@ RUN_FLAGS = {
     "class_weighting": "--class-weighting",
     "seed": "--seed",
     "decision_threshold": "--threshold",
+    "threshold_objective": "--threshold-objective",
 }
 
 

@@ -145,6 +145,8 @@ def training_args(spec: TrainJobSpec) -> list[str]:
         "cuda" if spec.gpus_per_node else "cpu",
         "--threshold",
         str(config.decision_threshold),
+        "--threshold-objective",
+        config.threshold_objective,
     ]
     if spec.checkpoint_uri:
         args += ["--checkpoint-uri", spec.checkpoint_uri, "--checkpoint-every", str(spec.checkpoint_every)]

@@ -15,10 +15,10 @@ def validate_data(
     suite_sha256: str,
     mode: str,
     max_missing: float,
-    model_name: str,
-    mlflow_tracking_uri: str,
     validation_result: Output[Artifact],
     report: Output[Markdown],
+    model_name: str = "",
+    mlflow_tracking_uri: str = "",
 ) -> NamedTuple("ValidateOutputs", [("success", bool), ("failed_expectations", int)]):
     """Validate the snapshot against the given suite, the fixed-cap suite (max_missing >= 0), the champion's
     stored suite or the one inferred from this data; stop the run on an error unless warn."""

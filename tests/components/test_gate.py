@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kfops.components.contracts import Blessing, KfopsError
@@ -91,6 +93,19 @@ def test_baseline_thresholds_compare_with_the_naive_scores():
         parse_thresholds({"roc_auc": {"baseline": 0.05}})
 
 
+def test_a_lift_within_the_test_sets_noise_is_no_lift():
+    """The same scores pass on thousands of test rows and fail on five positives, where chance alone reaches them."""
+    rules = parse_thresholds(DEFAULT_THRESHOLDS)
+    scores = {"roc_auc": 0.63, "balanced_accuracy": 0.6, "recall": 0.4, "f1_macro": 0.55}
+    naive = {"roc_auc": 0.5, "balanced_accuracy": 0.5}
+    few = judge(scores, rules, naive=dict(naive, test_positives=5, test_negatives=195))
+    assert not few.blessed
+    assert "of noise on 5 positive and 195 negative rows" in few.message
+    assert "(5 positive, 195 negative rows)" in blessing_markdown(few)
+    many = judge(scores, rules, naive=dict(naive, test_positives=500, test_negatives=5000))
+    assert many.blessed, many.message
+
+
 def test_a_missing_metric_value_fails():
     blessing = judge({"accuracy": float("nan")}, parse_thresholds({"accuracy": {"lower": 0.5}}))
     assert not blessing.blessed and "no value for accuracy" in blessing.checks[0].reason
@@ -173,9 +188,11 @@ def test_champion_is_rescored_on_the_candidates_test_split(tmp_path, prepared, f
     assert EvaluationResult.from_json(scored.to_json()).metrics["f1_macro"] == scored.metrics["f1_macro"]
 
 
-def test_a_model_of_shuffled_labels_is_never_blessed(tmp_path, prepared, fast_config, mlflow_store):
+@pytest.mark.parametrize("decisions", ["default", "majority"])
+def test_a_model_of_shuffled_labels_is_never_blessed(tmp_path, prepared, fast_config, mlflow_store, decisions):
     """Labels shuffled in training: the model learns noise, and the default gate sees it against the naive
-    baseline on the real test rows, whatever its accuracy (the majority class gets that for free)."""
+    baseline on the real test rows, whatever its accuracy (the majority class gets that for free), with the
+    default threshold and weighting or with an unweighted loss cut at 0.5."""
     import numpy as np
 
     from kfops.components.gate.logic import run_gate
@@ -188,14 +205,18 @@ def test_a_model_of_shuffled_labels_is_never_blessed(tmp_path, prepared, fast_co
         features, labels = load_matrix(str(prepared[f"{split}_matrix"]))
         shuffled[f"{split}_matrix"] = tmp_path / f"{split}.npz"
         save_matrix(str(shuffled[f"{split}_matrix"]), features, rng.permutation(labels))
-    train_prepared(shuffled, fast_config, tmp_path / "m", tmp_path / "tb")
+    config = fast_config
+    if decisions == "majority":
+        config = dataclasses.replace(fast_config, class_weighting="none", threshold_objective="fixed")
+    train_prepared(shuffled, config, tmp_path / "m", tmp_path / "tb")
     scored, _ = evaluate_model(str(tmp_path / "m"), str(prepared["test_raw"]))
     blessing = run_gate(
         scored.metrics, str(prepared["test_raw"]), DEFAULT_THRESHOLDS, "noise", model_dir=str(tmp_path / "m")
     )
     assert not blessing.blessed, blessing.message
     assert blessing.naive_baseline["roc_auc"] == 0.5 and blessing.naive_baseline["balanced_accuracy"] == 0.5
-    assert scored.metrics["accuracy"] > 0.9  # the floors of old would have let it through on accuracy
+    if decisions == "majority":
+        assert scored.metrics["accuracy"] > 0.9  # the floors of old would have let it through on accuracy
 
 
 def test_a_champion_trained_on_other_columns_stops_the_gate(tmp_path, prepared, fast_config, mlflow_store):

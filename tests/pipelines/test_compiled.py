@@ -129,11 +129,12 @@ def test_images_are_configurable_at_compile_time(tmp_path):
 def test_caching_is_off_for_the_data_version_gate_and_registry_steps():
     spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
-    for name in ("version-data", "gate", "register"):
+    # validate-data holds the data to the current champion's suite: registry state, like the gate's
+    for name in ("version-data", "validate-data", "gate", "register"):
         assert tasks[name]["cachingOptions"] == {}, name
-    for name in ("validate-data", "split-data", "train", "evaluate"):
+    for name in ("split-data", "train", "evaluate"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
-    # The validation step is keyed on the suite's content too, and nothing splits data before it passes.
+    # The validation step is given the suite's content too, and nothing splits data before it passes.
     validate_inputs = tasks["validate-data"]["inputs"]["parameters"]
     assert validate_inputs["suite_sha256"]["taskOutputParameter"]["producerTask"] == "version-data"
     assert "validate-data" in tasks["split-data"]["dependentTasks"]
@@ -168,7 +169,7 @@ def test_promotion_runs_only_when_blessed_and_wanted():
     deploying = _dag(spec, "comp-condition-4")
     assert set(deploying) == {"deploy", "condition-5", "condition-6"}
     defaults = spec["root"]["inputDefinitions"]["parameters"]
-    assert json.loads(defaults["thresholds"]["defaultValue"])["accuracy"] == {"lower": 0.9}
+    assert json.loads(defaults["thresholds"]["defaultValue"])["roc_auc"] == {"baseline": {"absolute": 0.05}}
     assert defaults["promote_champion"]["defaultValue"] is True
     assert defaults["deploy"]["defaultValue"] is False  # local runs never reach for a cluster
 
