@@ -3,8 +3,32 @@
 Fraud is drawn first and the transaction is drawn given it, the way fraud looks in card data: larger
 amounts, night hours, card-not-present channels, foreign merchants, new accounts, bursts of transactions far
 from home. The classes overlap, so a good model is good but not perfect. Missing values appear where they do in
-real feeds (age not on file, no geolocation, unknown device). ``drift`` shifts the distributions the way a
-changed customer base or a new fraud pattern would, for monitoring demos and tests.
+real feeds (age not on file, no geolocation, unknown device).
+
+``drift`` (0..1) makes a later month, for monitoring demos and tests: amounts, transaction counts and the fraud
+rate rise for everyone, a new fraud pattern appears (card testing: tiny amounts at gaming merchants), geolocation
+goes missing more often, and a new customer segment joins, a share ``NEW_SEGMENT_SHARE * drift`` of the legitimate
+transactions: younger people with accounts opened last year who shop online, in the evening, at other merchants
+(not the brand-new accounts and merchants fraud favours, so that the classes stay as separable). The stronger
+the drift, the more features move and the further, as a real shift spreads. On 50,000 rows a side, each feature
+crosses Evidently's default threshold (Wasserstein 0.1, Jensen-Shannon 0.1) from about this drift on:
+
+==================================================================  =====
+feature                                                             drift
+==================================================================  =====
+transactions_last_24h                                               0.1
+amount                                                              0.3
+account_age_days, customer_age, channel, card_present, device_type  0.4
+avg_amount_30d, hour_of_day                                         0.5
+merchant_category                                                   0.8
+distance_from_home_km                                               1.0
+country                                                             never
+==================================================================  =====
+
+So with the ids, the timestamp and the label left out (12 features), ``drift=0.3`` drifts 2 features (no dataset
+drift at Evidently's default share of 0.5), ``drift=0.4`` 7, ``drift=0.6`` 9 and ``drift=1`` 11
+(``tests/components/test_monitor_readme.py`` holds ``drift=0.6`` and ``drift=0`` to it). ``drift=0`` gives the same
+rows as before the drift option existed, so the bundled default data never changes.
 """
 
 from __future__ import annotations
@@ -46,6 +70,15 @@ DEVICES = np.array(["ios", "android", "web", "pos_terminal"])
 COUNTRIES = np.array(["US", "GB", "DE", "FR", "CA", "MX", "BR", "NG", "RU", "CN"])
 LEGIT_COUNTRY_P = np.array([0.82, 0.04, 0.03, 0.03, 0.04, 0.02, 0.01, 0.003, 0.003, 0.004])
 FRAUD_COUNTRY_P = np.array([0.35, 0.05, 0.04, 0.04, 0.03, 0.08, 0.10, 0.12, 0.10, 0.09])
+# drift: the new customer segment's share of legitimate transactions at drift 1, and the share of its transactions
+# that show each of its traits (traits drawn apart, so each feature moves at its own pace).
+NEW_SEGMENT_SHARE = 0.5
+SEGMENT_TRAITS = {"young": 0.6, "new_account": 0.5, "evening": 0.4, "merchants": 0.8, "online": 0.5}
+# Restaurants, fashion and entertainment: the segment shops where fraud seldom does, so it moves the mix without
+# looking like fraud.
+SEGMENT_CATEGORY_P = np.array([0.10, 0.22, 0.02, 0.04, 0.06, 0.26, 0.24, 0.03, 0.02, 0.01, 0.0, 0.0])
+AVG_AMOUNT_RISE = 0.15  # avg_amount_30d x (1 + this * drift): it lags the transaction amounts' own rise
+DISTANCE_RISE = 0.2  # distance_from_home_km x (1 + this * drift)
 
 
 def _choice(
@@ -66,8 +99,8 @@ def generate_transactions(
 ) -> pd.DataFrame:
     """Return ``rows`` card transactions with an ``is_fraud`` label (0/1).
 
-    ``fraud_rate`` is the share of positives (kept within 1-5%); ``drift`` in [0, 1] moves amounts up, the
-    channel mix online, raises missing geolocation and adds a new fraud pattern, as a later month would.
+    ``fraud_rate`` is the share of positives (kept within 1-5%); ``drift`` in [0, 1] makes a later month: more
+    features shift, and further, as it grows (the module's docstring lists them).
     """
     if rows < 10:
         raise ValueError(f"rows must be at least 10, got {rows}")
@@ -138,6 +171,9 @@ def generate_transactions(
             TARGET: fraud.astype(np.int64),
         }
     )
+    if drift > 0:
+        # Its own random stream: the main one, hence drift=0's rows, stays as it was.
+        _new_customer_segment(df, fraud, drift, np.random.default_rng([seed, 1]))
     # Missing values where real feeds have them.
     df.loc[rng.random(rows) < 0.03, "customer_age"] = np.nan
     df.loc[rng.random(rows) < 0.04 + 0.15 * drift, "distance_from_home_km"] = np.nan
@@ -146,6 +182,26 @@ def generate_transactions(
     flip = rng.random(rows) < 0.001
     df.loc[flip, TARGET] = 1 - df.loc[flip, TARGET]
     return df
+
+
+def _new_customer_segment(df: pd.DataFrame, fraud: np.ndarray, drift: float, rng: np.random.Generator) -> None:
+    """A later month's customers, in place (see the module's docstring): legitimate rows of the new segment get
+    its traits; spending levels and distances rise for everyone."""
+    rows = len(df)
+    segment = ~fraud & (rng.random(rows) < NEW_SEGMENT_SHARE * drift)
+    traits = {name: segment & (rng.random(rows) < share) for name, share in SEGMENT_TRAITS.items()}
+    young, new_account, evening = traits["young"], traits["new_account"], traits["evening"]
+    df.loc[young, "customer_age"] = np.clip(rng.normal(30, 7, int(young.sum())), 18, 95).round()
+    df.loc[new_account, "account_age_days"] = rng.integers(365, 730, int(new_account.sum())).astype(np.float64)
+    df.loc[evening, "hour_of_day"] = rng.integers(18, 23, int(evening.sum()))
+    merchants, online = traits["merchants"], traits["online"]
+    p = SEGMENT_CATEGORY_P / SEGMENT_CATEGORY_P.sum()
+    df.loc[merchants, "merchant_category"] = rng.choice(MERCHANT_CATEGORIES, size=int(merchants.sum()), p=p)
+    df.loc[online, "channel"] = "online"
+    df.loc[online, "device_type"] = rng.choice(DEVICES[:3], size=int(online.sum()))
+    df.loc[online, "card_present"] = 0
+    df["avg_amount_30d"] = (df["avg_amount_30d"] * (1.0 + AVG_AMOUNT_RISE * drift)).round(2)
+    df["distance_from_home_km"] = (df["distance_from_home_km"] * (1.0 + DISTANCE_RISE * drift)).round(1)
 
 
 def write_transactions(

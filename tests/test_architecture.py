@@ -2,9 +2,9 @@
 
 - Stage logic (``components/<stage>/logic.py``) never imports kfp: tests and other code call it directly.
 - A stage (a folder with a ``component.py``) imports the shared seams (``components/*.py``: contracts, storage,
-  tables, records, kube, http, tracking, registry, model_store, transform, datasets, scoring, workspace, study;
-  and the folders without a ``component.py``: ``components/isvc/``, ``components/feature_store/``) and never
-  another stage or serving.
+  tables, records, roles, kube, http, tracking, registry, model_store, transform, datasets, scoring, workspace,
+  study; and the folders without a ``component.py``: ``components/isvc/``, ``components/feature_store/``) and
+  never another stage or serving.
 - Serving never imports pipelines or stages.
 - Nothing imports the CLI (``kfops.cli``) but the CLI itself and ``python -m kfops``.
 - No module outside tests is over ``MAX_LINES`` lines.

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfops.components import tables
+from kfops.components import roles, tables
 from kfops.components.contracts import DataVersion, KfopsError, Schema, SplitConfig
 from kfops.components.datasets import read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
 # A text column whose non-empty values are at least this share numbers is a numeric column with bad values.
-NUMERIC_TEXT_SHARE = 0.95
+NUMERIC_TEXT_SHARE = roles.NUMERIC_TEXT_SHARE
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -106,6 +106,12 @@ def resolve_schema(
 
     excluded = {target, time_column, *drop}
     declared = set(numeric) | set(categorical)
+    if not declared:
+        # Timestamps and ids are no features: the rule the monitor applies too (components/roles.py).
+        for name, why in roles.not_features(df, skip=excluded).items():
+            drop.append(name)
+            excluded.add(name)
+            log.info("%s: column '%s' is no feature (%s)", source, name, why)
     inferred_numeric, inferred_categorical = [], []
     for name in columns:
         if name in excluded:
@@ -129,10 +135,6 @@ def resolve_schema(
             continue
         if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
             inferred_numeric.append(name)
-        elif pd.api.types.is_datetime64_any_dtype(col):
-            # A raw timestamp is no feature (its values never recur); it can still order a time split.
-            drop.append(name)
-            log.info("%s: column '%s' holds timestamps; not used as a feature", source, name)
         else:
             present = col.dropna()
             n_bad, examples = _non_numeric_examples(present)
@@ -149,13 +151,6 @@ def resolve_schema(
         schema_numeric, schema_categorical = numeric, categorical
     else:
         schema_numeric, schema_categorical = inferred_numeric, inferred_categorical
-    # Columns that look like row ids carry no signal and would overfit: unique text per row.
-    if not (numeric or categorical):
-        for name in list(schema_categorical):
-            if df[name].nunique(dropna=True) >= 0.9 * len(df) and len(df) >= 50:
-                schema_categorical.remove(name)
-                drop.append(name)
-                log.info("%s: column '%s' is unique per row; treated as an id and dropped", source, name)
     if not schema_numeric and not schema_categorical:
         raise KfopsError(f"{source}: no feature columns left after target '{target}' and dropped columns")
     return Schema(

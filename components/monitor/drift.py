@@ -67,6 +67,7 @@ def compute_drift(
     kinds: dict[str, str] | None = None,
     ignore: Sequence[str] = (),
     chunk_rows: int = 131_072,
+    target: str = "",
 ) -> DriftResult:
     """Drift of ``current`` against ``reference``: tables in memory, or chunk iterators (the reference as a
     function returning a fresh iterator, since it is read twice)."""
@@ -75,7 +76,13 @@ def compute_drift(
     options = options or DriftOptions()
     ref_chunks = (lambda: frame_chunks(reference, chunk_rows)) if isinstance(reference, pd.DataFrame) else reference
     profile = profile_reference(
-        ref_chunks, options, features=features, kinds=kinds, ignore=ignore, need_kl=options.stattest == "kl"
+        ref_chunks,
+        options,
+        features=features,
+        kinds=kinds,
+        ignore=ignore,
+        need_kl=options.stattest == "kl",
+        target=target,
     )
     window = WindowAccumulator(profile, options)
     for chunk in frame_chunks(current, chunk_rows) if isinstance(current, pd.DataFrame) else current:

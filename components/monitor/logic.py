@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import roles, storage
 from kfops.components.contracts import FeatureSpec, KfopsError
 from kfops.components.monitor import alerts
 from kfops.components.monitor.columns import PREDICTION_COLUMNS, DriftOptions
-from kfops.components.monitor.profiles import WindowAccumulator, profile_reference
+from kfops.components.monitor.profiles import WindowAccumulator, left_out_of, profile_reference
 from kfops.components.monitor.report import (
     DriftResult,
     StratifiedSample,
@@ -179,6 +179,7 @@ def monitor(
     features: Sequence[str] | None = None,
     kinds: dict[str, str] | None = None,
     ignore: Sequence[str] = (),
+    target: str = "",
     date_from: str = "",
     date_to: str = "",
     model_version: str = "",
@@ -195,20 +196,30 @@ def monitor(
     and write drift.json, drift.md and drift.html under ``output_dir``.
 
     ``date_from``/``date_to``/``model_version`` filter a payload-log window (partitions ``date=``; rows of
-    ``model_version``); with ``model`` the window's ``model=`` partition is filtered to it too."""
+    ``model_version``); with ``model`` the window's ``model=`` partition is filtered to it too.
+
+    Features: ``features``, else the model's (its feature spec), else every column of the reference but the
+    ``target``, timestamps and ids, by training's rule (components/roles.py). The result's ``left_out`` names the
+    other columns and why."""
     started = time.perf_counter()
     options = options or DriftOptions()
     options.check()
     if sample_rows <= 0:
         raise KfopsError(f"sample_rows must be positive, got {sample_rows}")
     model_ref = None
+    left_out_why: dict[str, str] = {}
+    messages = []
     if model:
         model_ref = resolve_model_reference(model, tracking_uri, artifact_store)
         if not isinstance(reference, pd.DataFrame) and not reference:
             reference = model_ref.data_uri
-        if model_ref.spec is not None and features is None:
-            features = model_ref.spec.feature_names
-            kinds = {c.name: c.kind for c in model_ref.spec.columns} | dict(kinds or {})
+        spec = model_ref.spec
+        if spec is not None and features is None:
+            features = [name for name in spec.feature_names if name not in set(ignore)]
+            kinds = {c.name: c.kind for c in spec.columns} | dict(kinds or {})
+            left_out_why = {c: "dropped in training" for c in spec.dropped_columns}
+            left_out_why[spec.target] = roles.TARGET
+            left_out_why |= {c: "ignored" for c in ignore}
     if isinstance(reference, str) and not reference:
         raise KfopsError("no reference: pass the reference data or a registered model (NAME@ALIAS)")
 
@@ -232,11 +243,15 @@ def monitor(
         kinds=kinds,
         ignore=ignore,
         need_kl=options.stattest == "kl",
+        target=target,
     )
     if ref_window is not None:  # the columns it has but that were not read are no "extra" columns of the window
         profile.all_columns = list(dict.fromkeys([*profile.all_columns, *ref_window.columns]))
+    if features is not None:  # those not read are left out too, with why where the model's feature spec says it
+        why = left_out_why | ({target: roles.TARGET} if target else {})
+        default = "not a feature of the model" if left_out_why else "not among the features"
+        profile.left_out = left_out_of(profile.all_columns, features, why, default)
     reference_sample = ref_sample.frame()
-    messages = []
     if model_ref is not None and score_reference and "prediction" not in profile.columns and len(reference_sample):
         scored = _score_reference(model_ref, reference_sample)
         if scored is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kfops.components import roles
 from kfops.components.contracts import KfopsError
 from kfops.components.monitor.column_tests import test_column
 from kfops.components.monitor.columns import (
@@ -72,7 +73,8 @@ class ReferenceProfile:
     columns: dict[str, ReferenceColumn]
     all_columns: list[str]  # every column the reference has
     rows: int
-    skipped: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # features that cannot be tested: why
+    left_out: dict[str, str] = field(default_factory=dict)  # columns that are no features: why
 
     @property
     def features(self) -> list[str]:
@@ -112,13 +114,16 @@ def profile_reference(
     kinds: dict[str, str] | None = None,
     ignore: Sequence[str] = (),
     need_kl: bool = False,
+    target: str = "",
 ) -> ReferenceProfile:
     """Two passes over the reference (``chunks()`` is called twice): statistics, exact counts and a sample;
     then the histogram on the edges the first pass placed.
 
-    ``features``: the columns to test (None: every column but ``ignore``, the payload-log metadata and those
-    that are no features: timestamps, free text or ids). ``kinds``: a kind per column where known (a model's
-    feature spec); the rest are inferred as Evidently does. Prediction columns are profiled when present."""
+    ``features``: the columns to test (None: every column but ``ignore``, the payload-log metadata and those that
+    are no features by training's rule, decided on the first chunk: ``target``, timestamps and ids, see
+    components/roles.py). ``kinds``: a kind per column where known (a model's feature spec); the rest are inferred
+    as Evidently does. Prediction columns are profiled when present. ``left_out`` names every other column of the
+    reference and why."""
     options.check()
     kinds = dict(kinds or {})
     for name, kind in kinds.items():
@@ -130,6 +135,7 @@ def profile_reference(
     skipped: dict[str, str] = {}
     pending: set[str] = set()
     all_columns: list[str] = []
+    left_out: dict[str, str] = {}
     rows = 0
     sample_keys = np.empty(0)
 
@@ -149,7 +155,16 @@ def profile_reference(
             all_columns += new_columns  # a later file's columns (features were chosen on the first chunk)
         else:
             all_columns = new_columns
-            wanted = list(features) if features is not None else [c for c in all_columns if c not in ignored]
+            if features is None:
+                if target and target not in all_columns:
+                    raise KfopsError(
+                        f"target column '{target}' is not in the reference; its columns: {', '.join(all_columns)}"
+                    )
+                left_out = {c: "ignored" for c in all_columns if c in set(ignore)}
+                left_out |= roles.not_features(chunk, target=target, skip=ignored | set(PREDICTION_COLUMNS))
+                wanted = [c for c in all_columns if c not in ignored and c not in left_out]
+            else:
+                wanted = list(features)
             for name in [*wanted, *(p for p in PREDICTION_COLUMNS if p in all_columns and p not in wanted)]:
                 if name not in all_columns:
                     continue  # named in the result as missing from the reference
@@ -201,6 +216,7 @@ def profile_reference(
     for name in pending:
         skipped[name] = "empty in every reference row"
     if features is not None:
+        left_out = left_out_of(all_columns, features, {target: roles.TARGET} if target else {})
         for name in features:
             if name not in all_columns and name not in skipped:
                 skipped[name] = "not in the reference"
@@ -229,7 +245,16 @@ def profile_reference(
                 if col.name in chunk.columns:
                     values, _ = numeric_values(chunk[col.name])
                     col.histogram.add(np.sort(values))
-    return ReferenceProfile(columns=columns, all_columns=all_columns, rows=rows, skipped=skipped)
+    return ReferenceProfile(columns=columns, all_columns=all_columns, rows=rows, skipped=skipped, left_out=left_out)
+
+
+def left_out_of(
+    columns: Iterable[str], features: Sequence[str], why: dict[str, str], default: str = "not among the features"
+) -> dict[str, str]:
+    """The reference's columns that are not among the ``features`` given (nor the payload log's or the
+    predictions), each with ``why`` it is left out, else ``default``."""
+    chosen = set(features) | set(META_COLUMNS) | set(PREDICTION_COLUMNS)
+    return {c: why.get(c, default) for c in columns if c not in chosen}
 
 
 def _skip_reason(series: pd.Series) -> str:
@@ -418,6 +443,7 @@ def assess(
         missing_columns=missing,
         extra_columns=extra,
         skipped_columns=skipped,
+        left_out=dict(profile.left_out),
         reference=reference,
         current=current,
         reference_rows=profile.rows,

@@ -91,6 +91,7 @@ class DriftResult:
     missing_columns: list[str] = field(default_factory=list)  # features the current window lacks
     extra_columns: list[str] = field(default_factory=list)  # current columns the reference lacks
     skipped_columns: dict[str, str] = field(default_factory=dict)  # column -> why it is not tested
+    left_out: dict[str, str] = field(default_factory=dict)  # reference column -> why it is no feature
     reference: str = ""
     current: str = ""
     reference_rows: int = 0
@@ -180,6 +181,8 @@ def to_markdown(result: DriftResult, html_name: str = "") -> str:
         lines += ["## Features", "", *_feature_rows(result.features), ""]
     if result.prediction_drift:
         lines += ["## Prediction drift", "", *_feature_rows(result.prediction_drift), ""]
+    if result.left_out:
+        lines += ["## Left out (no features)", "", *[f"- `{c}`: {why}" for c, why in result.left_out.items()], ""]
     problems = list(result.messages)
     if result.missing_columns:
         problems.append("columns missing from the current window: " + ", ".join(result.missing_columns))

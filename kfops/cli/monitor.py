@@ -48,6 +48,7 @@ def cmd_monitor(args) -> int:
         features=features,
         kinds=kinds,
         ignore=args.ignore or [],
+        target=args.target or "",
         date_from=args.date_from or "",
         date_to=args.date_to or "",
         model_version=args.model_version or "",
@@ -59,6 +60,14 @@ def cmd_monitor(args) -> int:
         report_url=args.report_url or "",
     )
     result = outcome.result
+    model_spec = outcome.reference.spec if outcome.reference else None
+    if not args.target and not args.features and not args.ignore and model_spec is None:
+        # Without a model or --target nothing says which column is the label: it would be compared as a feature.
+        print(
+            "note: no --target given: every column but ids and timestamps is compared, a label among them too; "
+            "name it with --target COLUMN (or --model NAME@ALIAS)",
+            file=sys.stderr,
+        )
     if args.json:
         sys.stdout.write(result.to_json() + "\n")
     else:
@@ -96,6 +105,9 @@ def _print_summary(result, paths) -> None:
         console.print(f"  [yellow]![/] missing from the current window: {', '.join(result.missing_columns)}")
     if result.extra_columns:
         console.print(f"  [dim]not in the reference (not tested): {', '.join(result.extra_columns)}[/]")
+    if result.left_out:
+        left_out = "; ".join(f"{name} ({why})" for name, why in result.left_out.items())
+        console.print(f"  [dim]left out, no features: {left_out}[/]")
     for channel, what in result.notifications.items():
         console.print(f"  {channel}: {what}")
     for kind, path in paths.items():
@@ -129,7 +141,16 @@ def add_commands(subparsers) -> None:
     what.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first date= partition of the window")
     what.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last date= partition of the window")
     what.add_argument("--model-version", help="only the window's rows logged by this model version")
-    what.add_argument("--features", type=csv_list, help="columns to test (default: the model's, else all)")
+    what.add_argument(
+        "--target",
+        metavar="COLUMN",
+        help="the label: left out of the features (with --model, the model's target is known)",
+    )
+    what.add_argument(
+        "--features",
+        type=csv_list,
+        help="columns to test (default: the model's, else all but the target, ids and timestamps, as training)",
+    )
     what.add_argument("--numeric", type=csv_list, help="treat these columns as numeric (default: inferred)")
     what.add_argument("--categorical", type=csv_list, help="treat these columns as categorical (default: inferred)")
     what.add_argument("--ignore", type=csv_list, help="columns not to test, e.g. the label or ids")

@@ -67,6 +67,15 @@ def test_schema_inference_kinds_ids_and_timestamps(transactions):
     assert (schema.positive_class, schema.negative_class) == ("1", "0")
 
 
+def test_a_csv_as_a_user_hands_it_keeps_ids_and_timestamps_out(tmp_path, transactions):
+    # Read back from CSV the timestamps are text and customer_id repeats: the shared rule (components/roles.py)
+    # still leaves them out, as the monitor does.
+    transactions.to_csv(tmp_path / "t.csv", index=False)
+    schema = resolve_schema(read_table(str(tmp_path / "t.csv")), "t.csv", "is_fraud")
+    assert schema.dropped == ["transaction_id", "event_time", "customer_id"]
+    assert "amount" in schema.numeric and "channel" in schema.categorical
+
+
 def test_declared_features_and_positive_class(transactions):
     labelled = transactions.assign(label=np.where(transactions.is_fraud == 1, "fraud", "legit"))
     schema = resolve_schema(

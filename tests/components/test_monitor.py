@@ -638,6 +638,13 @@ def test_a_registered_models_training_data_is_the_reference(
     assert [f.name for f in out.result.features] == loaded.spec.feature_names
     # The window's ids, time and label are columns the reference has too (only not features): not "extra".
     assert out.result.extra_columns == [] and out.result.missing_columns == []
+    # and they are listed as left out, the target as the spec names it
+    assert out.result.left_out == {
+        "transaction_id": "not a feature of the model",
+        "event_time": "not a feature of the model",
+        "customer_id": "not a feature of the model",
+        "is_fraud": "the target",
+    }
     assert {f.name: f.kind for f in out.result.features} == {c.name: c.kind for c in loaded.spec.columns}
     assert {"amount", "transactions_last_24h", "channel"} <= set(out.result.drifted)
     assert {f.name for f in out.result.prediction_drift} == {"prediction", "probability"}
