@@ -20,12 +20,13 @@ lower-is-better one when the change is at most the bound. With no champion yet, 
 and the blessing says so; with no thresholds at all the gate refuses to bless.
 
 A baseline threshold compares the candidate with the naive class-prior baseline on the same test rows (every row
-scored with the training positive rate: ROC-AUC 0.5, balanced accuracy 0.5): the candidate passes when it beats
-the baseline by at least ``absolute`` after taking off 1.645 standard errors of the metric on those rows (Hanley
-and McNeil's for ROC-AUC, binomial for balanced accuracy), so a chance lift on a handful of positives is no
-lift. The defaults (``DEFAULT_THRESHOLDS``) ask for that on ROC-AUC and balanced accuracy, which a good model
-on any data meets and a model of noise does not, whatever the class balance; fixed floors such as the reference document's (``REFERENCE_THRESHOLDS``, ``examples/thresholds/reference.yaml``) suit
-one known dataset, and the bundled fraud demo keeps them.
+scored with the training positive rate: ROC-AUC 0.5, balanced accuracy 0.5): the candidate passes when it beats the
+baseline by at least ``absolute`` after taking off 1.645 standard errors of the metric on those rows (Hanley and
+McNeil's for ROC-AUC, binomial for balanced accuracy), so a chance lift on a handful of positives is no lift. The
+defaults (``DEFAULT_THRESHOLDS``) ask for that on ROC-AUC and balanced accuracy, which a good model on any data
+meets and a model of noise does not, whatever the class balance; fixed floors such as the reference document's
+(``REFERENCE_THRESHOLDS``, ``examples/thresholds/reference.yaml``) suit one known dataset, and the bundled fraud
+demo keeps them.
 """
 
 from __future__ import annotations
