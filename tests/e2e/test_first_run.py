@@ -84,6 +84,29 @@ def test_breast_cancer_with_no_flags_is_validated_named_blessed_and_tuned(tmp_pa
     assert "baseline" in run.data.tags["kfops.gate.thresholds"]
     assert run.data.tags["kfops.threshold_objective"] == "f1"
 
+    # Served, it answers raw rows of the same file: the id, the timestamp, the blanks and the label included.
+    from fastapi.testclient import TestClient
+
+    from kfops.serving.app import build_app
+    from kfops.serving.predictor import TabularPredictor
+
+    rows = pd.read_csv(tmp_path / "breast_cancer.csv").sample(60, random_state=0)
+    body = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in rows.to_dict(orient="records")]
+    assert any(r["mean_smoothness"] is None for r in body) or any(r["worst_symmetry"] is None for r in body)
+    predictor = TabularPredictor(
+        "breast-cancer", "breast-cancer-diagnosis@champion", result["mlflow_tracking_uri"], max_wait_ms=1
+    )
+    predictor.load()
+    try:
+        with TestClient(build_app(predictor), raise_server_exceptions=False) as client:
+            answer = client.post("/v1/models/breast-cancer:predict", json={"instances": body})
+    finally:
+        predictor.stop()
+    assert answer.status_code == 200, answer.text
+    predicted = [p["prediction"] for p in answer.json()["predictions"]]
+    assert set(predicted) <= {"benign", "malignant"}
+    assert np.mean(np.array(predicted) == rows["diagnosis"].to_numpy()) > 0.85
+
 
 def gappy_rare_csv(path, rows: int = 3000, seed: int = 1, empty: float = 0.10) -> pd.DataFrame:
     """Generated orders: 6% positives, a 10% empty column, and several id and time columns."""
