@@ -1,6 +1,6 @@
 """Record files, written and read in one place: the payload log, outcomes and batch predictions.
 
-Each is a folder of append-only JSON Lines or Parquet files (contracts.py declares the payload log's and the
+Each is a folder of append-only JSON Lines or Parquet files (the contracts package declares the payload log's and the
 outcomes' folder layout). Here are the encoders (``encode_records``: NaN, infinities and pandas' missing values as
 null, numpy scalars as Python ones, a column of mixed types kept as text in Parquet), ``read_record_file`` (selected
 columns of one file), ``RecordFileWriter`` (Arrow tables streamed into one file, put in place whole) and the

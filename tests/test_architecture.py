@@ -7,6 +7,8 @@
   never another stage or serving.
 - Serving never imports pipelines or stages.
 - Nothing imports the CLI (``kfops.cli``) but the CLI itself and ``python -m kfops``.
+- The contracts (``components/contracts/``) import only the standard library and each other at module level, so
+  every stage, serving and the CLI can read them without loading anything heavy.
 - No module outside tests is over ``MAX_LINES`` lines.
 
 ``KNOWN`` lists what is still in the way, each with why; the tests fail on anything new, and on an entry that no
@@ -16,6 +18,7 @@ longer applies (so the list only shrinks).
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,54 @@ def test_no_module_is_over_the_size_limit():
     assert new == [], f"modules over {MAX_LINES} lines (split them along their jobs): {new}"
     shrunk = sorted(set(KNOWN_LONG) - set(long))
     assert shrunk == [], f"now within {MAX_LINES} lines, take out of KNOWN_LONG: {shrunk}"
+
+
+def heavy_contract_imports(path: Path) -> list[str]:
+    """The module-level imports of a contracts module that are neither the standard library nor the contracts."""
+    found = []
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [
+            n
+            for n in names
+            if n.split(".")[0] not in sys.stdlib_module_names and not n.startswith("kfops.components.contracts")
+        ]
+    return found
+
+
+def test_the_contracts_import_only_the_standard_library():
+    folder = REPO_ROOT / "components" / "contracts"
+    modules = sorted(folder.glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "delivery", "monitoring", "sweep"}
+    heavy = {p.name: heavy_contract_imports(p) for p in modules if heavy_contract_imports(p)}
+    assert heavy == {}, f"contracts importing more than the standard library at module level: {heavy}"
+
+
+def test_the_contracts_rule_sees_a_heavy_import(tmp_path):
+    module = tmp_path / "contract.py"
+    module.write_text("import json\nimport numpy as np\nfrom pandas import DataFrame\n\n\ndef f():\n    import torch\n")
+    assert heavy_contract_imports(module) == ["numpy", "pandas"]
+
+
+@pytest.mark.parametrize(
+    ("moved", "where"),
+    [
+        ("DeploySpec", "kfops.components.contracts.delivery"),
+        ("CanaryThresholds", "kfops.components.contracts.delivery"),
+        ("DriftResult", "kfops.components.contracts.monitoring"),
+        ("SweepSpec", "kfops.components.contracts.sweep"),
+    ],
+)
+def test_no_stage_defines_a_contract_of_its_own(moved, where):
+    """Each contract is defined once, in the contracts package; stages may re-export it but not redefine it."""
+    defining = sorted(
+        module_name(path)
+        for path in sources()
+        if any(isinstance(n, ast.ClassDef) and n.name == moved for n in ast.parse(path.read_text()).body)
+    )
+    assert defining == [where]

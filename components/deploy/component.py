@@ -53,8 +53,8 @@ def deploy(
 
     import yaml
 
+    from kfops.components.contracts.delivery import DeploySpec
     from kfops.components.deploy.logic import deploy as deploy_version
-    from kfops.components.isvc.spec import DeploySpec
 
     spec = DeploySpec.from_parameters(locals())  # the spec's fields among the parameters above
     result = deploy_version(spec, tracking_uri=mlflow_tracking_uri, timeout_s=timeout_seconds, poll_s=poll_seconds)

@@ -28,8 +28,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kfops.components.contracts import ALIAS_CHAMPION, TAG_BLESSED, KfopsError
+from kfops.components.contracts.delivery import KNATIVE, DeploySpec
 from kfops.components.isvc.patches import plan_deploy
-from kfops.components.isvc.spec import KNATIVE, DeploySpec, build_inferenceservice, clean_manifest
+from kfops.components.isvc.spec import build_inferenceservice, clean_manifest
 from kfops.components.isvc.traffic import DEFAULT_POLL_S, DEFAULT_TIMEOUT_S, ReadyTimeout, wait_ready
 
 log = logging.getLogger(__name__)

@@ -11,19 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from kfops.components.contracts import KfopsError
+from kfops.components.contracts.delivery import _DNS1123_LABEL, KNATIVE, STANDARD, DeploySpec
 from kfops.components.isvc.spec import (
-    _DNS1123_LABEL,
     _MODE_VALUE,
     ANNOTATION_MODEL,
     ANNOTATION_STABLE_PREDICTOR,
     ANNOTATION_STABLE_URI,
-    KNATIVE,
     LABEL_CANARY_VERSION,
     LABEL_VERSION,
     MODEL_FIELDS,
     PREDICTOR_FIELDS,
-    STANDARD,
-    DeploySpec,
     ServingState,
     _version_label,
     _where,

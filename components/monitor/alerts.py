@@ -24,7 +24,7 @@ import urllib.error
 
 from kfops.components import http
 from kfops.components.contracts import KfopsError
-from kfops.components.monitor.report import VERDICT_INSUFFICIENT, DriftResult
+from kfops.components.contracts.monitoring import VERDICT_INSUFFICIENT, DriftResult
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kfops.components.contracts import KfopsError
-from kfops.components.rollout.metric_sources import MetricSource, Variant, WindowStats, _check_window, _is_number
+from kfops.components.contracts.delivery import CanaryThresholds
+from kfops.components.rollout.metric_sources import MetricSource, Variant, WindowStats, _check_window
 
 log = logging.getLogger(__name__)
 
@@ -59,68 +60,6 @@ INSUFFICIENT_DATA = "insufficient_data"
 VERDICTS = (ADVANCE, ROLLBACK, INSUFFICIENT_DATA)
 EXTEND = "extend"  # next_action's third answer: hold the step for another window
 DEFAULT_MAX_EXTENSIONS = 2
-
-
-# ---------------------------------------------------------------------------------------------- thresholds
-@dataclass
-class CanaryThresholds:
-    """What a canary must hold in each step window.
-
-    - ``max_error_rate``: the canary's share of 5xx answers, at most this (0.01 = 1%).
-    - ``max_error_rate_increase``: canary error rate minus stable's, at most this (absolute, 0.005 = 0.5 points).
-    - ``max_p99_seconds``: the canary's p99 latency, at most this many seconds (None: no absolute limit).
-    - ``max_p99_ratio`` and ``p99_slack_seconds``: the canary's p99 at most the larger of ``ratio x stable p99``
-      and ``stable p99 + slack``; the slack keeps millisecond jitter on tiny latencies from tripping the ratio.
-    - ``min_requests``: requests each variant must answer in the window before it is judged (the canary at all,
-      stable for the checks against it).
-    """
-
-    max_error_rate: float = 0.01
-    max_error_rate_increase: float = 0.005
-    max_p99_seconds: float | None = None
-    max_p99_ratio: float = 1.5
-    p99_slack_seconds: float = 0.025
-    min_requests: int = 50
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        for name in ("max_error_rate", "max_error_rate_increase"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise KfopsError(f"canary thresholds: {name} must be a share between 0 and 1, got {value!r}")
-        if self.max_p99_seconds is not None and (not _is_number(self.max_p99_seconds) or self.max_p99_seconds <= 0):
-            raise KfopsError(
-                f"canary thresholds: max_p99_seconds must be a positive number of seconds or None, "
-                f"got {self.max_p99_seconds!r}"
-            )
-        if not _is_number(self.max_p99_ratio) or self.max_p99_ratio < 1.0:
-            raise KfopsError(f"canary thresholds: max_p99_ratio must be a number >= 1, got {self.max_p99_ratio!r}")
-        if not _is_number(self.p99_slack_seconds) or self.p99_slack_seconds < 0:
-            raise KfopsError(
-                f"canary thresholds: p99_slack_seconds must be a number of seconds >= 0, got {self.p99_slack_seconds!r}"
-            )
-        if isinstance(self.min_requests, bool) or not isinstance(self.min_requests, int) or self.min_requests < 1:
-            raise KfopsError(f"canary thresholds: min_requests must be an integer >= 1, got {self.min_requests!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> CanaryThresholds:
-        """Thresholds from a mapping (e.g. parsed JSON/YAML); missing keys keep their defaults."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise KfopsError(f"canary thresholds must be a mapping of name to value, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise KfopsError(
-                f"canary thresholds: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**dict(data))
 
 
 # ------------------------------------------------------------------------------------------------- analysis

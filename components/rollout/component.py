@@ -42,8 +42,8 @@ def rollout(
     from pathlib import Path
 
     from kfops.components.contracts import KfopsError
+    from kfops.components.contracts.delivery import CanaryThresholds
     from kfops.components.kube import connect
-    from kfops.components.rollout.analysis import CanaryThresholds
     from kfops.components.rollout.logic import PROMOTED, RolloutAborted, RolloutPlan, run_rollout
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from kfops.components import http
 from kfops.components.contracts import KfopsError
+from kfops.components.contracts.delivery import is_finite_number
 
 LATENCY_QUANTILE = 0.99
 REQUESTS_METRIC = "model_requests_total"
@@ -197,12 +198,8 @@ def _duration(window_s: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_window(window_s: float) -> float:
-    if not _is_number(window_s) or window_s <= 0:
+    if not is_finite_number(window_s) or window_s <= 0:
         raise KfopsError(f"canary analysis window must be a positive number of seconds, got {window_s!r}")
     return float(window_s)
 

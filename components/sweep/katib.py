@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.contracts.sweep import INT_FIELDS, LIST_FIELDS, ParameterSpace, SweepSpec
 from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for_condition
-from kfops.components.sweep.spec import INT_FIELDS, LIST_FIELDS, ParameterSpace, SweepSpec, katib_bounds
+from kfops.components.sweep.spec import katib_bounds
 
 API_VERSION = "kubeflow.org/v1beta1"
 KATIB_EXPERIMENTS = CustomResource(

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.contracts.sweep import SweepSpec
 from kfops.components.study import TAG_STUDY, TAG_TRIAL, sqlite_url
-from kfops.components.sweep.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from statistics import NormalDist
 from typing import Any
 
 from kfops.components.contracts import KfopsError
+from kfops.components.contracts.sweep import QUANTILE_EPSILON, ParameterSpace, SweepSpec
 from kfops.components.study import (
     ATTR_PRUNED_AT,
     ATTR_RUN_ID,
@@ -44,7 +45,6 @@ from kfops.components.study import (
     pruner_from,
     storage,
 )
-from kfops.components.sweep.spec import QUANTILE_EPSILON, ParameterSpace, SweepSpec
 
 
 # ---------------------------------------------------------------------------------------------- the space

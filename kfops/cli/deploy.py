@@ -36,8 +36,8 @@ def cmd_deploy(args) -> int:
 
     from kfops.cli.console import tracking_uri
     from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
+    from kfops.components.contracts.delivery import DeploySpec
     from kfops.components.deploy.logic import deploy
-    from kfops.components.isvc.spec import DeploySpec
     from kfops.components.registry import parse_model_ref
 
     if args.dry_run and not args.output:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from kfops.components.contracts import TAG_BLESSED, KfopsError
+from kfops.components.contracts.delivery import DeploySpec
 from kfops.components.deploy.logic import deploy
 from kfops.components.isvc import traffic
 from kfops.components.isvc.patches import percent_write, plan_deploy, promote_write
@@ -24,7 +25,6 @@ from kfops.components.isvc.spec import (
     ANNOTATION_STABLE_URI,
     LABEL_CANARY_VERSION,
     LABEL_VERSION,
-    DeploySpec,
     build_inferenceservice,
     serving_state,
 )

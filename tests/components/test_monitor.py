@@ -22,11 +22,12 @@ import pytest
 from scipy import stats
 
 from kfops.components.contracts import KfopsError
+from kfops.components.contracts.monitoring import DriftResult
 from kfops.components.monitor import sources
 from kfops.components.monitor.columns import DriftOptions
 from kfops.components.monitor.drift import compute_drift
 from kfops.components.monitor.logic import monitor
-from kfops.components.monitor.report import DriftResult, to_markdown
+from kfops.components.monitor.report import to_markdown
 from tests.conftest import free_port
 from tests.tools import require
 

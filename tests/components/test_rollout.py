@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from kfops.components.contracts import ALIAS_CHALLENGER, ALIAS_CHAMPION, ALIAS_PREVIOUS, TAG_BLESSED, KfopsError
+from kfops.components.contracts.delivery import CanaryThresholds, DeploySpec
 from kfops.components.isvc.patches import plan_deploy
-from kfops.components.isvc.spec import ANNOTATION_STABLE_URI, DeploySpec, build_inferenceservice
+from kfops.components.isvc.spec import ANNOTATION_STABLE_URI, build_inferenceservice
 from kfops.components.kube import connect
-from kfops.components.rollout.analysis import CanaryThresholds
 from kfops.components.rollout.logic import (
     PROMOTED,
     ROLLED_BACK,

@@ -112,10 +112,10 @@ def test_every_alert_has_severity_and_runbook(rule_groups):
 
 
 def test_rules_read_the_metrics_the_code_exports(rule_groups):
+    from kfops.components.contracts.monitoring import DriftResult, FeatureDrift
     from kfops.components.feature_store.store import ViewFreshness
     from kfops.components.features.freshness import freshness_registry
     from kfops.components.monitor.alerts import drift_registry
-    from kfops.components.monitor.report import DriftResult, FeatureDrift
     from kfops.serving.metrics import SERVING_REGISTRY
 
     result = DriftResult(

@@ -1,7 +1,11 @@
 """The contracts between stages: what one stage writes and the next one reads.
 
 Everything here is a small typed dataclass with a JSON round trip, so a stage can hand it to the next as an
-artifact file or as artifact metadata, and serving can read what training wrote. No heavy imports.
+artifact file or as artifact metadata, and serving can read what training wrote. Standard library only
+(tests/test_architecture.py holds that).
+
+This module holds the training chain's contracts and the payload log's; beside it, ``delivery`` (``DeploySpec``,
+``CanaryThresholds``), ``monitoring`` (``DriftResult``) and ``sweep`` (``SweepSpec``).
 """
 
 from __future__ import annotations
