@@ -110,9 +110,14 @@ IMAGE_FOLDERS := component component-cuda serving mlflow
 ## Build and tag the suite's images (needs Docker; the build context is the repository root).
 images: $(addprefix image-,$(IMAGE_FOLDERS))
 
+# The serving image is the component image with the server's entry point on top: built after it, from it.
+image-serving: image-component
+image-serving: IMAGE_BUILD_ARGS = --build-arg BASE_IMAGE=$(REGISTRY)/$(IMAGE_NAME_component):$(KFOPS_VERSION)
+
 $(addprefix image-,$(IMAGE_FOLDERS)): image-%:
 	$(DOCKER) build -f images/$*/Dockerfile -t $(REGISTRY)/$(IMAGE_NAME_$*):$(KFOPS_VERSION) \
-	    --build-arg KFOPS_IMAGE=$(REGISTRY)/$(IMAGE_NAME_$*):$(KFOPS_VERSION) --build-arg KFOPS_GIT_COMMIT=$(GIT_COMMIT) .
+	    --build-arg KFOPS_IMAGE=$(REGISTRY)/$(IMAGE_NAME_$*):$(KFOPS_VERSION) --build-arg KFOPS_GIT_COMMIT=$(GIT_COMMIT) \
+	    $(IMAGE_BUILD_ARGS) .
 
 push-images: images
 	$(foreach f,$(IMAGE_FOLDERS),$(DOCKER) push $(REGISTRY)/$(IMAGE_NAME_$(f)):$(KFOPS_VERSION) &&) true

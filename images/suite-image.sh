@@ -1,5 +1,6 @@
 #!/bin/sh
-# The build steps the suite's images share (images/component, images/component-cuda, images/serving). Dockerfiles
+# The build steps the suite's images share (images/component, images/component-cuda; images/serving runs
+# its smoke test on the component image). Dockerfiles
 # cannot include each other, so each one COPYs this script and RUNs it one step at a time, which keeps Docker's
 # layer cache per step (torch before the sources, the sources before the suite):
 #
@@ -7,6 +8,7 @@
 #   suite-image.sh torch-cpu             torch from the CPU-only index (the CPU images)
 #   suite-image.sh install KIND [--base-torch] [PIP_ARGS...]
 #                                        the suite from /src, then /src removed and KIND's smoke test
+#   suite-image.sh smoke KIND            KIND's smoke test alone (the serving image, built on the component image)
 #
 # KIND is component, cuda or serving. --base-torch keeps the base image's torch (the CUDA image): constraints.txt
 # less its torch pin, and no `pip check`, since the base's conda packages do not all declare what pip checks.
@@ -80,8 +82,12 @@ install)
     # what the build wrote under /tmp (the smoke test's caches, root's) must not shadow what uid 1000 writes there
     rm -rf /tmp/* /tmp/.[!.]*
     ;;
+smoke)
+    smoke "$2"
+    rm -rf /tmp/* /tmp/.[!.]*
+    ;;
 *)
-    echo "usage: suite-image.sh user | torch-cpu | install KIND [--base-torch] [PIP_ARGS...]" >&2
+    echo "usage: suite-image.sh user | torch-cpu | install KIND [--base-torch] [PIP_ARGS...] | smoke KIND" >&2
     exit 2
     ;;
 esac

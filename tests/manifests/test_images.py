@@ -51,10 +51,14 @@ def test_dockerfiles_exist():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_dockerfile_conventions(dockerfile):
     text = dockerfile.read_text()
-    # one stage, its base pinned by tag and digest
+    # one stage, its base pinned by tag and digest, or (the serving image) the component image, which is
     froms = re.findall(r"^FROM .*$", text, re.MULTILINE)
-    assert len(froms) == 1 and PINNED_BASE.match(froms[0]), froms
-    assert ":latest" not in froms[0]
+    assert len(froms) == 1 and ":latest" not in froms[0], froms
+    if froms[0] == "FROM ${BASE_IMAGE}":
+        assert f"ARG BASE_IMAGE={DEFAULT_IMAGE}" in text
+        text = (IMAGES / "component" / "Dockerfile").read_text() + text  # the environment it inherits
+    else:
+        assert PINNED_BASE.match(froms[0]), froms
     # non-root, numeric (Kubernetes runAsNonRoot can only verify a numeric user), and the last USER
     users = re.findall(r"^USER (.+)$", text, re.MULTILINE)
     assert users and users[-1] == "1000:1000"
@@ -67,13 +71,14 @@ def test_dockerfile_conventions(dockerfile):
     for name in re.findall(r"^(?:ARG|ENV)\s+(\w+)", text, re.MULTILINE):
         assert not SENSITIVE.search(name), name
     # OCI labels; the image's own name defaults to what `make images` tags it
-    title = re.search(r'org\.opencontainers\.image\.title="([\w-]+)"', text).group(1)
+    own = dockerfile.read_text()
+    title = re.search(r'org\.opencontainers\.image\.title="([\w-]+)"', own).group(1)
     for label in ("description", "licenses"):
-        assert f"org.opencontainers.image.{label}=" in text
-    assert f"ARG KFOPS_IMAGE=ghcr.io/kfops/{title}:{__version__}" in text
+        assert f"org.opencontainers.image.{label}=" in own
+    assert f"ARG KFOPS_IMAGE=ghcr.io/kfops/{title}:{__version__}" in own
 
 
-@pytest.mark.parametrize("name", ["component", "component-cuda", "serving"])
+@pytest.mark.parametrize("name", ["component", "component-cuda"])
 def test_suite_images_install_the_suite(name):
     text = (IMAGES / name / "Dockerfile").read_text()
     # the build steps the suite's images share, the suite installed from the whole repository
@@ -83,6 +88,15 @@ def test_suite_images_install_the_suite(name):
     assert text.index("COPY . /src") < install.start()
     if name != "component-cuda":  # CPU torch before the sources, so a source change does not fetch it again
         assert text.index("sh /opt/suite-image.sh torch-cpu") < text.index("COPY . /src")
+
+
+def test_the_serving_image_is_the_component_image_with_the_server_on_top():
+    text = (IMAGES / "serving" / "Dockerfile").read_text()
+    assert re.findall(r"^FROM .*$", text, re.MULTILINE) == ["FROM ${BASE_IMAGE}"]
+    assert f"ARG BASE_IMAGE={DEFAULT_IMAGE}" in text
+    # nothing installed again: the suite, torch and the user are the component image's
+    assert "COPY" not in text and "install" not in re.findall(r"^RUN (.*)$", text, re.MULTILINE)[0]
+    assert re.findall(r"^RUN (.*)$", text, re.MULTILINE) == ["sh /opt/suite-image.sh smoke serving"]
 
 
 def test_the_shared_build_steps():
@@ -126,6 +140,18 @@ def test_make_images_tags_what_pipelines_and_manifests_name():
 def test_make_images_follows_the_registry():
     tags = _make_images("REGISTRY=registry.example.com/ml")
     assert tags["component"] == f"registry.example.com/ml/kfops:{__version__}"
+    # the serving image is built after the component image, from the one just tagged
+    make = shutil.which("make")
+    dry = subprocess.run(
+        [make, "-n", "image-serving", "REGISTRY=registry.example.com/ml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    assert dry.index("-f images/component/Dockerfile") < dry.index("-f images/serving/Dockerfile")
+    assert f"--build-arg BASE_IMAGE=registry.example.com/ml/kfops:{__version__}" in dry
 
 
 def test_compiled_pipelines_name_the_suite_images():
