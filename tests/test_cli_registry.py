@@ -198,3 +198,24 @@ def test_help_does_not_import_mlflow():
     code = "import sys\nfrom kfops.cli import build_parser\nbuild_parser()\nprint('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_retrain_retrains_the_workspaces_one_champion_and_asks_when_there_are_several(tmp_path):
+    import mlflow
+
+    from kfops.cli.retrain import _workspace_model
+    from kfops.components.contracts import KfopsError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    assert _workspace_model(uri, "fraud-detector") == "fraud-detector"  # nothing registered: the demo's name
+    for name in ("churn-exited", "credit-default"):
+        client.create_registered_model(name)
+        version = client.create_model_version(name, source=str(tmp_path / name))
+        if name == "churn-exited":
+            client.set_registered_model_alias(name, "champion", version.version)
+    # a model without a champion is nothing to retrain against
+    assert _workspace_model(uri, "fraud-detector") == "churn-exited"
+    client.set_registered_model_alias("credit-default", "champion", "1")
+    with pytest.raises(KfopsError, match=r"2 models with a champion \(churn-exited, credit-default\).*--model-name"):
+        _workspace_model(uri, "fraud-detector")

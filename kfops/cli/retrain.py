@@ -26,7 +26,13 @@ def cmd_retrain(args) -> int:
 
     console = make_console()
     ws = workspace(args.workspace)
-    model_name = args.model_name or DEFAULT_MODEL_NAME
+    try:
+        model_name = args.model_name or _workspace_model(ws.tracking_uri(), DEFAULT_MODEL_NAME)
+    except KfopsError as err:
+        console.print(f"[red bold]error[/]: {err}")
+        return EXIT_USER_ERROR
+    # The run trains the model that was monitored, whatever the new data file is called.
+    args.model_name = model_name
     output = ws.root / "monitor" / time.strftime("%Y%m%d-%H%M%S")
     console.print(f"[bold]kfops retrain[/] · workspace [cyan]{ws.root}[/] · model {model_name}")
     try:
@@ -63,6 +69,24 @@ def cmd_retrain(args) -> int:
         )
         return EXIT_NOT_BLESSED
     return 0
+
+
+def _workspace_model(tracking_uri: str, default: str) -> str:
+    """Without --model-name: the workspace's one registered model with a champion (the bundled demo's name when
+    it has none). Several such models are a question only the user can answer."""
+    from mlflow import MlflowClient
+
+    from kfops.components.contracts import ALIAS_CHAMPION, KfopsError
+
+    models = [m.name for m in MlflowClient(tracking_uri).search_registered_models() if ALIAS_CHAMPION in m.aliases]
+    if len(models) == 1:
+        return models[0]
+    if len(models) > 1:
+        raise KfopsError(
+            f"the workspace has {len(models)} models with a champion ({', '.join(sorted(models))}): say which to "
+            "monitor and retrain with --model-name"
+        )
+    return default
 
 
 def add_commands(sub) -> None:

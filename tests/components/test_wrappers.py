@@ -98,6 +98,7 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
         seed=1,
         device="cpu",
         threshold=0.4,
+        threshold_objective="fixed",
         experiment="wrappers",
         mlflow_tracking_uri="",
         tensorboard_root="",

@@ -84,6 +84,8 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
         "is_fraud",
         "--drop",
         "transaction_id,customer_id",
+        "--model-name",
+        "fraud-detector",  # a file of the user's own would name a model of its own
         "--workspace",
         str(ws),
         "--thresholds",
@@ -107,6 +109,8 @@ def test_training_pipeline_runs_caches_and_retrains_on_a_stored_version(tmp_path
         "is_fraud",
         "--drop",
         "transaction_id,customer_id",
+        "--model-name",
+        "fraud-detector",
         "--workspace",
         str(ws),
         "--no-cache",

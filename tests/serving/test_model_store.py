@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,9 @@ def test_registry_references_load_the_registered_version(registered_model, form)
     loaded = load_model(form.format(name=m.name, version=m.version), m.tracking_uri)
     assert (loaded.name, loaded.version) == (m.name, m.version)
     assert loaded.spec.feature_names == m.spec.feature_names
-    assert loaded.threshold == pytest.approx(0.5)
+    # the decision threshold training chose on the validation split and stored in the model
+    stored = json.loads((m.model_dir / "artifacts" / "network.json").read_text())["threshold"]
+    assert 0.0 < stored < 1.0 and loaded.threshold == pytest.approx(stored)
     rows = m.rows.head(40)
     out = loaded.predict(model_input_frame(loaded.spec, rows))
     expected = m.expected(rows)
