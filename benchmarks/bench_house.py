@@ -9,7 +9,8 @@ server imports only its own code: ``before`` (a git revision, checked out in a s
 - ``router``: ``python -m kfops.serving route --mode canary --split 0`` in front of a predictor of the same tree,
   batch-1 requests from 8 clients (requests/s, p50).
 
-The ratio after/before is taken per round and reported as the median with its range (min-max). The client is
+The model is trained by the ``before`` tree (the newer code must read models the older one wrote). The
+ratio after/before is taken per round and reported as the median with its range (min-max). The client is
 bench_serving's aiohttp loop, the same for both trees, sharing the machine's CPUs with the servers.
 
     python benchmarks/bench_house.py --before dd17115 [--rounds 5] [--seconds 4]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import signal
@@ -33,9 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 try:
-    from bench_serving import RESULTS, free_port, load, train_model_dir, wait_ready
+    from bench_serving import RESULTS, free_port, load, wait_ready
 except ImportError:  # python -m benchmarks.bench_house
-    from benchmarks.bench_serving import RESULTS, free_port, load, train_model_dir, wait_ready
+    from benchmarks.bench_serving import RESULTS, free_port, load, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "fraud"
@@ -83,6 +85,24 @@ def spawn(site: Path, args: list[str], log: Path) -> subprocess.Popen:
         cwd=site.parent,
         start_new_session=True,
     )
+
+
+def train_with(source: Path, site: Path, root: Path) -> tuple[Path, list[dict]]:
+    """The benchmark's model, trained by the ``before`` tree (its own bench_serving.train_model_dir), so that both
+    trees serve it: a model of the older format, which the newer code must keep reading. Returns the model folder
+    and the raw test rows."""
+    root.mkdir(parents=True, exist_ok=True)
+    script = (
+        "import json, sys; from pathlib import Path; "
+        f"sys.path.insert(0, {str(source / 'benchmarks')!r}); "
+        "from bench_serving import train_model_dir; "
+        f"model, raw, _ = train_model_dir(Path({str(root)!r})); "
+        f"Path({str(root / 'trained.json')!r}).write_text(json.dumps({{'model': str(model), 'raw': raw}}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=site.parent, check=True, capture_output=True)
+    trained = json.loads((root / "trained.json").read_text())
+    return Path(trained["model"]), trained["raw"]
 
 
 def check_tree(site: Path) -> None:
@@ -196,7 +216,7 @@ def main() -> None:
             install_tree(REPO, sites["after"])
             for site in sites.values():
                 check_tree(site)
-            model_dir, raw, _ = train_model_dir(work)
+            model_dir, raw = train_with(worktree, sites["before"], work / "model-work")
             load_before = os.getloadavg()
             rounds: list[dict[str, dict[str, float]]] = []
             for r in range(args.rounds):

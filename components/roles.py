@@ -23,6 +23,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from kfops.components.contracts import MAX_CLASSES
+
 UNIQUE_SHARE = 0.9  # distinct values / rows at which text is an id
 MIN_ROWS = 50  # fewer rows say nothing about uniqueness
 MAX_CODES = 20  # a column named like an id with at most this many distinct values is a code, not an id
@@ -41,6 +43,15 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z
 # lower-case letter or digit (customerId, CustomerID): not "paid" or "valid".
 _ID_SUFFIX = re.compile(r"(^|[_\-\s.])(id|uuid|guid)$", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")
+
+
+def is_continuous_target(series: pd.Series, max_classes: int = MAX_CLASSES) -> bool:
+    """A target that can only be a regression's: every value a number, more distinct ones than a classifier may
+    have classes (``contracts.MAX_CLASSES``). Validation and splitting treat it by range, not by class."""
+    present = series.dropna()
+    if present.empty or present.nunique() <= max_classes or pd.api.types.is_bool_dtype(present):
+        return False
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
 
 
 def named_like_an_id(name: str) -> bool:

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from kfops.components.contracts import METRIC_NAMES, EvaluationResult, FeatureSpec, KfopsError
+from kfops.components.contracts import (
+    PROBABILITY_PREFIX,
+    TASK_METRIC_NAMES,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
+    EvaluationResult,
+    FeatureSpec,
+    KfopsError,
+)
 
 ROC_CURVE_POINTS = 200
 
@@ -84,6 +92,68 @@ def binary_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float
     }
 
 
+def multiclass_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """The multiclass metrics for class indices and rows of class probabilities: the predicted class is the most
+    probable; macro averages weigh classes alike, weighted ones by their rows; ``roc_auc_ovr`` is the mean of
+    each class's one-vs-rest ROC-AUC over the classes present with both outcomes (scikit-learn's macro OvR)."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    k = p.shape[1]
+    pred = p.argmax(axis=1)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (y, pred), 1)
+    support = matrix.sum(axis=1).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    hits = np.diag(matrix).astype(np.float64)
+    precision = np.divide(hits, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = support > 0
+    weights = support / max(support.sum(), 1.0)
+    aucs = [roc_auc((y == c).astype(np.int64), p[:, c]) for c in range(k) if 0 < support[c] < len(y)]
+    return {
+        "accuracy": _safe_div(hits.sum(), len(y)),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "precision_macro": float(precision[present].mean()) if present.any() else 0.0,
+        "recall_macro": float(recall[present].mean()) if present.any() else 0.0,
+        "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
+        "precision_weighted": float((precision * weights).sum()),
+        "recall_weighted": float((recall * weights).sum()),
+        "f1_weighted": float((f1 * weights).sum()),
+        "log_loss": float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)))) if len(y) else math.nan,
+        "roc_auc_ovr": float(np.mean(aucs)) if aucs else math.nan,
+    }
+
+
+def regression_metrics(y_true: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """The regression metrics in the target's units; ``r2`` is 1 - SSres/SStot (NaN for a constant target),
+    ``smape`` the symmetric MAPE, 2|y - p| / (|y| + |p|) averaged, a row with both 0 counting 0."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(prediction, dtype=np.float64)
+    error = p - y
+    total = float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
+    scale = np.abs(y) + np.abs(p)
+    return {
+        "rmse": float(np.sqrt(np.mean(error**2))) if len(y) else math.nan,
+        "mae": float(np.mean(np.abs(error))) if len(y) else math.nan,
+        "r2": 1.0 - float(np.sum(error**2)) / total if total > 0 else math.nan,
+        "median_ae": float(np.median(np.abs(error))) if len(y) else math.nan,
+        "smape": float(np.mean(np.divide(2 * np.abs(error), scale, out=np.zeros_like(y), where=scale > 0)))
+        if len(y)
+        else math.nan,
+    }
+
+
+def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The task's metrics (all but val_loss) from the model's outputs: positive-class probabilities (binary),
+    rows of class probabilities (multiclass), or predictions in the target's units (regression)."""
+    if task == TASK_MULTICLASS:
+        return multiclass_metrics(y_true, outputs)
+    if task == TASK_REGRESSION:
+        return regression_metrics(y_true, outputs)
+    return binary_metrics(y_true, outputs, threshold)
+
+
 def confusion(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> list[list[int]]:
     """Rows actual [negative, positive], columns predicted [negative, positive]."""
     y = np.asarray(y_true).astype(np.int64)
@@ -124,28 +194,45 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
         raise KfopsError(f"evaluate: target '{spec.target}' is not a column of {test_path}")
     y = encode_labels(spec, test[spec.target], source=test_path)
     scored = model.predict(model_input_frame(spec, test, source=test_path))
-    probability = scored["probability"].to_numpy(dtype=np.float64)
-    metrics = binary_metrics(y, probability, threshold)
+    if spec.task == TASK_MULTICLASS:
+        outputs = scored[[PROBABILITY_PREFIX + label for label in spec.labels]].to_numpy(dtype=np.float64)
+    elif spec.task == TASK_REGRESSION:
+        outputs = scored["prediction"].to_numpy(dtype=np.float64)
+    else:
+        outputs = scored["probability"].to_numpy(dtype=np.float64)
+    metrics = task_metrics(spec.task, y, outputs, threshold)
     metrics["val_loss"] = float(val_loss)
-    missing = set(METRIC_NAMES) - set(metrics)
+    missing = set(TASK_METRIC_NAMES[spec.task]) - set(metrics)
     if missing:
         raise AssertionError(f"evaluate produced no {sorted(missing)}")
+    if spec.task == TASK_MULTICLASS:
+        k = len(spec.labels)
+        matrix = np.zeros((k, k), dtype=np.int64)
+        np.add.at(matrix, (y.astype(np.int64), outputs.argmax(axis=1)), 1)
+        result = EvaluationResult(metrics, matrix.tolist(), list(spec.labels), threshold=0.0, rows=len(test))
+        return result, {}
+    if spec.task == TASK_REGRESSION:
+        result = EvaluationResult(metrics, [], [], threshold=0.0, rows=len(test))
+        # a bounded sample of the test rows for the predicted-vs-actual picture
+        keep = np.random.default_rng(0).permutation(len(y))[:PLOT_POINTS]
+        return result, {"actual": y[keep].astype(float).tolist(), "predicted": outputs[keep].tolist()}
     result = EvaluationResult(
         metrics=metrics,
-        confusion_matrix=confusion(y, probability, threshold),
+        confusion_matrix=confusion(y, outputs, threshold),
         labels=[spec.negative_class, spec.positive_class],
         threshold=threshold,
         rows=len(test),
     )
-    fpr, tpr, thresholds = roc_curve(y, probability)
+    fpr, tpr, thresholds = roc_curve(y, outputs)
     curve = dict(zip(("fpr", "tpr", "thresholds"), downsample_curve(fpr, tpr, thresholds), strict=True))
     return result, curve
 
 
 def naive_baseline_metrics(model_dir: str, test_path: str) -> dict[str, float]:
-    """The class-prior baseline's metrics on the test rows: every row gets the training positive rate as its
-    probability (ROC-AUC 0.5) and the majority class as its prediction (balanced accuracy 0.5). A model is worth
-    deploying only by its margin over this."""
+    """The prior baseline's metrics on the test rows. Binary: every row gets the training positive rate as its
+    probability (ROC-AUC 0.5) and the majority class as its prediction (balanced accuracy 0.5). Multiclass: the
+    training class shares as every row's probabilities (balanced accuracy 1/k). Regression: the training mean
+    as every prediction (R² about 0). A model is worth deploying only by its margin over this."""
     import pandas as pd
 
     from kfops.components.transform import encode_labels
@@ -153,6 +240,18 @@ def naive_baseline_metrics(model_dir: str, test_path: str) -> dict[str, float]:
     spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json"))
     test = pd.read_parquet(test_path, columns=[spec.target])
     y = encode_labels(spec, test[spec.target], source=test_path)
+    if spec.task == TASK_MULTICLASS:
+        shares = np.asarray(spec.class_shares or [1.0 / len(spec.labels)] * len(spec.labels), dtype=np.float64)
+        metrics = multiclass_metrics(y, np.tile(shares, (len(y), 1)))
+        counts = np.bincount(y.astype(np.int64), minlength=len(shares))
+        metrics[ROWS_KEY] = float(len(y))
+        metrics[INVERSE_CLASS_ROWS_KEY] = float(sum(1.0 / c for c in counts if c > 0))
+        metrics[CLASSES_KEY] = float(np.count_nonzero(counts))
+        return metrics
+    if spec.task == TASK_REGRESSION:
+        metrics = regression_metrics(y, np.full(len(y), spec.target_mean))
+        metrics[ROWS_KEY] = float(len(y))
+        return metrics
     metrics = binary_metrics(y, np.full(len(y), spec.positive_rate), threshold=0.5)
     # The class counts travel with the baseline: they size the noise in the candidate's lift over it.
     metrics[POSITIVES_KEY], metrics[NEGATIVES_KEY] = float(y.sum()), float(len(y) - y.sum())
@@ -160,13 +259,29 @@ def naive_baseline_metrics(model_dir: str, test_path: str) -> dict[str, float]:
 
 
 POSITIVES_KEY, NEGATIVES_KEY = "test_positives", "test_negatives"
+ROWS_KEY = "test_rows"
+CLASSES_KEY = "test_classes"  # classes present in the test rows
+INVERSE_CLASS_ROWS_KEY = "test_inverse_class_rows"  # sum of 1 / (test rows of each class), for multiclass noise
+PLOT_POINTS = 2_000
 
 
-def standard_error(metric: str, metrics: dict[str, float], positives: int, negatives: int) -> float | None:
-    """The sampling standard error of ``metric`` on a test set of this many positives and negatives: Hanley and
-    McNeil's (1982) for ROC-AUC, the binomial one of the two class recalls for balanced accuracy, None for a
-    metric without a closed form here. A lift over the naive baseline smaller than this is noise: on 5
-    positives a model of shuffled labels reaches ROC-AUC 0.63 by chance (error about 0.14)."""
+def standard_error(metric: str, metrics: dict[str, float], counts: dict[str, float]) -> float | None:
+    """The sampling standard error of ``metric`` on the test rows ``counts`` describes (the naive baseline's
+    ``test_*`` keys): Hanley and McNeil's (1982) for a binary ROC-AUC, the binomial one of the class recalls for
+    balanced accuracy (binary: the two recalls; multiclass: ``(1/k) sqrt(b(1-b) sum 1/n_c)`` with every recall
+    taken at the balanced accuracy ``b``), ``(1 - R²) sqrt(2/n)`` for R² (the residual-to-total ratio of two sums
+    of squares, each with relative error about ``sqrt(2/n)``), None for a metric without a closed form here. A
+    lift over the naive baseline smaller than this is noise: on 5 positives a model of shuffled labels reaches
+    ROC-AUC 0.63 by chance (error about 0.14)."""
+    rows = int(counts.get(ROWS_KEY, 0))
+    if metric == "r2" and "r2" in metrics and rows > 1:
+        return (1.0 - min(float(metrics["r2"]), 1.0)) * math.sqrt(2.0 / rows)
+    inverse = float(counts.get(INVERSE_CLASS_ROWS_KEY, 0.0))
+    if metric == "balanced_accuracy" and inverse > 0 and counts.get(CLASSES_KEY):  # multiclass
+        b = min(max(float(metrics["balanced_accuracy"]), 0.0), 1.0)
+        return math.sqrt(b * (1 - b) * inverse) / float(counts[CLASSES_KEY])
+    positives = int(counts.get(POSITIVES_KEY, 0))
+    negatives = int(counts.get(NEGATIVES_KEY, 0))
     if positives < 1 or negatives < 1:
         return None
     if metric == "roc_auc" and "roc_auc" in metrics:

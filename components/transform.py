@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfops.components.contracts import ColumnSpec, FeatureSpec, KfopsError
+from kfops.components.contracts import TASK_MULTICLASS, TASK_REGRESSION, ColumnSpec, FeatureSpec, KfopsError
 
 MAX_ABS_NUMBER = 1e38  # float32 holds about 3.4e38; larger values would become inf inside the model
 _SHOWN = 60  # characters of a bad value quoted in a message
@@ -126,7 +126,29 @@ def model_input_frame(spec: FeatureSpec, frame: pd.DataFrame, source: str = "inp
 
 
 def encode_labels(spec: FeatureSpec, labels: pd.Series, source: str = "input") -> np.ndarray:
-    """1 for the positive class, 0 for the negative; unknown labels are an error."""
+    """The target as the model learns it (float32): binary 1 for the positive class and 0 for the negative;
+    multiclass the class's index in ``spec.labels``; regression the value itself. Unknown classes and
+    non-numeric regression targets are errors."""
+    if spec.task == TASK_REGRESSION:
+        values = pd.to_numeric(labels, errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))
+        if bad.any():
+            raise KfopsError(
+                f"{source}: regression target '{spec.target}' has {int(bad.sum())} value(s) that are not finite "
+                f"numbers, e.g. {show_value(labels[bad].iloc[0])}"
+            )
+        return values.to_numpy(dtype=np.float32)
+    if spec.task == TASK_MULTICLASS:
+        text = labels.astype(str)
+        index = {c: i for i, c in enumerate(spec.labels)}
+        codes = text.map(index)
+        if codes.isna().any():
+            unknown = sorted(text[codes.isna()].unique())[:5]
+            raise KfopsError(
+                f"{source}: target '{spec.target}' has class(es) {unknown} the model was not trained on "
+                f"(classes: {', '.join(spec.labels[:20])})"
+            )
+        return codes.to_numpy(dtype=np.float32)
     text = labels.astype(str)
     unknown = ~text.isin([spec.positive_class, spec.negative_class])
     if unknown.any():

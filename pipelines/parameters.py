@@ -39,6 +39,7 @@ def _data_parameters(
     time_column: str = "",
     split_by_time: bool = False,
     positive_class: str = "",
+    task: str = "auto",  # auto, binary, multiclass or regression
     expectation_suite: str = "",
     validation_mode: str = "fail",
     max_missing: float = -1.0,  # at least 0: the fixed-cap suite; below: the inferred or the champion's suite

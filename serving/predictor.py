@@ -6,9 +6,13 @@ V1  ``POST /v1/models/NAME:predict``::
         {"instances": [[12.5, "grocery", ...], ...]}          # values in FeatureSpec.feature_names order
     ->  {"predictions": [{"prediction": "1", "probability": 0.93, "model_version": "3"}, ...]}
 
+    A multiclass model's answers add ``"probabilities": {"setosa": 0.01, ...}`` (every class's); ``probability`` is
+    the predicted class's. A regression model answers ``{"prediction": 151.2, "model_version": "3"}``.
+
 V2  ``POST /v2/models/NAME/infer``: one named input per feature, as MLServer's pandas codec does: BYTES for
     categorical features, FP64/FP32/INT64 (any numeric type) for numeric ones, shape ``[n]`` or ``[n, 1]``.
-    Outputs ``prediction`` (BYTES) and ``probability`` (FP64); ``model_version`` is set on the response and
+    Outputs ``prediction`` (BYTES) and ``probability`` (FP64), and for a multiclass model ``probability_<class>``
+    (FP64) per class; a regression model's ``prediction`` is FP64. ``model_version`` is set on the response and
     in its parameters. ``GET /v2/models/NAME`` lists one input per feature with its datatype and shape [-1].
 
 Besides the features, a row (V1 object) or a request (V2 input) may carry the training data's other columns (ids,
@@ -45,7 +49,13 @@ import pandas as pd
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from kfops.components.contracts import PAYLOAD_LOG_FORMAT_VERSION, PAYLOAD_META_COLUMNS
+from kfops.components.contracts import (
+    PAYLOAD_LOG_FORMAT_VERSION,
+    PAYLOAD_META_COLUMNS,
+    PROBABILITY_PREFIX,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
+)
 from kfops.components.model_store import LoadedModel, load_model
 from kfops.serving import metrics
 from kfops.serving.batching import BatchTimings, DynamicBatcher
@@ -195,10 +205,16 @@ class TabularPredictor(kserve.Model):
         ]
 
     def get_output_types(self) -> list[dict]:
-        return [
+        spec = self.loaded.spec if self.loaded is not None else None
+        if spec is not None and spec.task == TASK_REGRESSION:
+            return [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+        outputs = [
             {"name": "prediction", "datatype": "BYTES", "shape": [-1]},
             {"name": "probability", "datatype": "FP64", "shape": [-1]},
         ]
+        if spec is not None and spec.task == TASK_MULTICLASS:
+            outputs += [{"name": PROBABILITY_PREFIX + c, "datatype": "FP64", "shape": [-1]} for c in spec.labels]
+        return outputs
 
     # ------------------------------------------------------------------------------------------ handlers
     def validate(self, payload):
@@ -252,13 +268,45 @@ class TabularPredictor(kserve.Model):
         metrics.observe_latency(self.name, version, "queue", timings.queue_seconds)
         metrics.observe_latency(self.name, version, "predict", timings.predict_seconds)
         metrics.observe_latency(self.name, version, "total", time.perf_counter() - payload.started)
-        metrics.count_predictions(self.name, version, _values(result, "prediction"))
+        predictions = _values(result, "prediction")
+        if self.loaded.spec.task == TASK_REGRESSION:  # values, not classes: one series, not one per value
+            predictions = [""] * len(predictions)
+        metrics.count_predictions(self.name, version, predictions)
 
     def _respond(self, payload: ParsedRequest, result: pd.DataFrame):
         version = self.version
+        spec = self.loaded.spec
+        if spec.task == TASK_REGRESSION:
+            values = [float(v) for v in _values(result, "prediction")]
+            if payload.protocol == "v1":
+                return {"predictions": [{"prediction": v, "model_version": version} for v in values]}
+            return InferResponse(
+                response_id=payload.request_id,
+                model_name=self.name,
+                model_version=version or None,
+                infer_outputs=[InferOutput(name="prediction", shape=[len(values)], datatype="FP64", data=values)],
+                parameters={"model_version": version},
+            )
         labels = [str(v) for v in _values(result, "prediction")]
         probabilities = [float(v) for v in _values(result, "probability")]
+        per_class = (
+            {c: [float(v) for v in _values(result, PROBABILITY_PREFIX + c)] for c in spec.labels}
+            if spec.task == TASK_MULTICLASS
+            else {}
+        )
         if payload.protocol == "v1":
+            if per_class:
+                return {
+                    "predictions": [
+                        {
+                            "prediction": label,
+                            "probability": p,
+                            "probabilities": {c: values[i] for c, values in per_class.items()},
+                            "model_version": version,
+                        }
+                        for i, (label, p) in enumerate(zip(labels, probabilities, strict=True))
+                    ]
+                }
             return {
                 "predictions": [
                     {"prediction": label, "probability": p, "model_version": version}
@@ -273,6 +321,10 @@ class TabularPredictor(kserve.Model):
             infer_outputs=[
                 InferOutput(name="prediction", shape=[n], datatype="BYTES", data=labels),
                 InferOutput(name="probability", shape=[n], datatype="FP64", data=probabilities),
+                *(
+                    InferOutput(name=PROBABILITY_PREFIX + c, shape=[n], datatype="FP64", data=values)
+                    for c, values in per_class.items()
+                ),
             ],
             parameters={"model_version": version},
         )
@@ -282,7 +334,9 @@ class TabularPredictor(kserve.Model):
         try:
             timestamp = dt.datetime.now(dt.UTC).isoformat()
             labels = _values(result, "prediction")
-            probabilities = _values(result, "probability")
+            # a regression's prediction is the value, and it has no probability (logged as null)
+            regression = self.loaded.spec.task == TASK_REGRESSION
+            probabilities = [None] * len(labels) if regression else _values(result, "probability")
             # the payload log's meta columns, in the contract's order (contracts.PAYLOAD_META_COLUMNS)
             head = dict(
                 zip(
@@ -303,8 +357,8 @@ class TabularPredictor(kserve.Model):
                 for record, value in zip(records, values, strict=True):
                     record[name] = value if value == value else None
             for record, label, p in zip(records, labels, probabilities, strict=True):
-                record["prediction"] = str(label)
-                record["probability"] = float(p)
+                record["prediction"] = float(label) if regression else str(label)
+                record["probability"] = None if p is None else float(p)
             self.payload_logger.log(records)
         except Exception:
             log.exception("payload logging failed for request %s", payload.request_id)

@@ -59,7 +59,7 @@ from kfops.components.batch_predict.records import (
     Shard,
     ShardResult,
 )
-from kfops.components.contracts import KfopsError
+from kfops.components.contracts import TASK_BINARY, TASK_MULTICLASS, KfopsError
 from kfops.components.records import RecordFileWriter
 
 log = logging.getLogger(__name__)
@@ -114,18 +114,33 @@ def _output_table(chunk: _Chunk, loaded, id_column: str, passthrough: list[str])
 
     frame = _numeric_checked(chunk, loaded.spec)
     features = transform_features(loaded.spec, frame, source=chunk.piece.name)
-    probability = loaded.classifier.score_matrix(features)
-    positive = probability >= loaded.threshold
-    labels = pa.DictionaryArray.from_arrays(
-        pa.array(positive.astype(np.int8)), pa.array([loaded.spec.negative_class, loaded.spec.positive_class])
-    ).cast(pa.string())
+    scores = loaded.classifier.score_matrix(features)
+    if loaded.spec.task == TASK_BINARY:
+        probability = scores
+        positive = probability >= loaded.threshold
+        labels = pa.DictionaryArray.from_arrays(
+            pa.array(positive.astype(np.int8)), pa.array([loaded.spec.negative_class, loaded.spec.positive_class])
+        ).cast(pa.string())
+    elif loaded.spec.task == TASK_MULTICLASS:
+        # the most probable class, and its probability
+        best = np.argmax(scores, axis=1)
+        probability = scores[np.arange(len(best)), best]
+        labels = pa.DictionaryArray.from_arrays(pa.array(best.astype(np.int32)), pa.array(loaded.spec.labels)).cast(
+            pa.string()
+        )
+    else:
+        # a regression's value in the target's units; no probability (null)
+        labels = pa.array(scores, type=pa.float64())
+        probability = None
     repeated = pa.array(np.zeros(len(frame), dtype=np.int8))  # one value per row, built in C++
     columns = {
         "request_id": _request_ids(chunk, id_column),
         "model": pa.DictionaryArray.from_arrays(repeated, pa.array([loaded.name or ""])).cast(pa.string()),
         "model_version": pa.DictionaryArray.from_arrays(repeated, pa.array([loaded.version or ""])).cast(pa.string()),
         "prediction": labels,
-        "probability": pa.array(probability, type=pa.float64()),
+        "probability": pa.array(probability, type=pa.float64())
+        if probability is not None
+        else pa.nulls(len(frame), pa.float64()),
     }
     for name in passthrough:
         if chunk.arrow is not None:
@@ -136,11 +151,12 @@ def _output_table(chunk: _Chunk, loaded, id_column: str, passthrough: list[str])
     return pa.table(columns)
 
 
-def _empty_schema(passthrough: list[str]):
+def _empty_schema(passthrough: list[str], regression: bool = False):
     """The output schema of a shard that had no rows (passthrough types unknown: text)."""
     import pyarrow as pa
 
-    fields = [(c, pa.float64() if c == "probability" else pa.string()) for c in OUTPUT_COLUMNS]
+    numeric = {"probability", "prediction"} if regression else {"probability"}
+    fields = [(c, pa.float64() if c in numeric else pa.string()) for c in OUTPUT_COLUMNS]
     return pa.schema(fields + [(c, pa.string()) for c in passthrough])
 
 
@@ -187,7 +203,7 @@ def score_shard(
                     rows += table.num_rows
                     if on_rows is not None:
                         on_rows(table.num_rows)
-        writer.commit(_empty_schema(passthrough))
+        writer.commit(_empty_schema(passthrough, regression=spec.task == "regression"))
     except BaseException:
         writer.abort()
         raise

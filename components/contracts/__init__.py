@@ -19,11 +19,22 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-FEATURE_SPEC_VERSION = 1
+# 2 added the task (binary, multiclass, regression), the class list and the target's scale; a version-1 spec
+# (kfops 0.1.0) is a binary classifier's and loads as one.
+FEATURE_SPEC_VERSION = 2
 
-# The one list of evaluation metric names. The gate, sweeps, the CLI and the MLflow logging all use these
+# The learning tasks. A target is one of these; every stage past ingest reads the task from the feature spec.
+TASK_BINARY = "binary"
+TASK_MULTICLASS = "multiclass"
+TASK_REGRESSION = "regression"
+TASKS: tuple[str, ...] = (TASK_BINARY, TASK_MULTICLASS, TASK_REGRESSION)
+# A multiclass model answers with each class's probability in a column of this prefix ("probability_setosa").
+PROBABILITY_PREFIX = "probability_"
+MAX_CLASSES = 50  # a classifier's most classes; a numeric target with more distinct values is a regression's
+
+# The evaluation metric names, per task. The gate, sweeps, the CLI and the MLflow logging all use these
 # names, so a threshold on "f1" means the same thing everywhere.
-METRIC_NAMES: tuple[str, ...] = (
+BINARY_METRIC_NAMES: tuple[str, ...] = (
     "accuracy",
     "precision_macro",
     "recall_macro",
@@ -36,8 +47,32 @@ METRIC_NAMES: tuple[str, ...] = (
     "pr_auc",
     "val_loss",
 )
+MULTICLASS_METRIC_NAMES: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "log_loss",
+    "roc_auc_ovr",
+    "val_loss",
+)
+# smape: the symmetric mean absolute percentage error, 2|y - p| / (|y| + |p|) averaged, a row where both are 0
+# counting 0; unlike MAPE it stays finite when the target is 0.
+REGRESSION_METRIC_NAMES: tuple[str, ...] = ("rmse", "mae", "r2", "median_ae", "smape", "val_loss")
+TASK_METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    TASK_BINARY: BINARY_METRIC_NAMES,
+    TASK_MULTICLASS: MULTICLASS_METRIC_NAMES,
+    TASK_REGRESSION: REGRESSION_METRIC_NAMES,
+}
+# Every metric name of every task, the binary ones first.
+METRIC_NAMES: tuple[str, ...] = tuple(dict.fromkeys(n for names in TASK_METRIC_NAMES.values() for n in names))
+LOWER_IS_BETTER = frozenset({"val_loss", "log_loss", "rmse", "mae", "median_ae", "smape"})
 # Direction of improvement, for gates and sweeps.
-HIGHER_IS_BETTER: dict[str, bool] = {name: name != "val_loss" for name in METRIC_NAMES}
+HIGHER_IS_BETTER: dict[str, bool] = {name: name not in LOWER_IS_BETTER for name in METRIC_NAMES}
 
 FeatureKind = Literal["numeric", "categorical"]
 AUTO_BALANCE_BELOW = 0.2  # class_weighting "auto" weights the positive class when it is rarer than this
@@ -95,6 +130,8 @@ class Schema:
     time_column: str = ""
     positive_class: str = ""
     negative_class: str = ""
+    task: str = TASK_BINARY
+    classes: list[str] = field(default_factory=list)  # a classifier's target values, sorted
 
     @property
     def features(self) -> list[str]:
@@ -174,6 +211,26 @@ class FeatureSpec:
     train_rows: int = 0
     positive_rate: float = 0.0
     version: int = FEATURE_SPEC_VERSION
+    task: str = TASK_BINARY
+    # multiclass: the classes in the order of the model's outputs (binary: [negative, positive])
+    classes: list[str] = field(default_factory=list)
+    # multiclass: each class's share of the training rows, in ``classes`` order (the prior baseline)
+    class_shares: list[float] = field(default_factory=list)
+    # regression: the training target's mean and standard deviation (the network learns the standardised target)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def labels(self) -> list[str]:
+        """A classifier's classes in the order of its outputs; none for regression."""
+        if self.task == TASK_REGRESSION:
+            return []
+        return self.classes or [self.negative_class, self.positive_class]
+
+    @property
+    def output_width(self) -> int:
+        """The network's outputs: one logit (binary), one per class (multiclass), one value (regression)."""
+        return len(self.labels) if self.task == TASK_MULTICLASS else 1
 
     @property
     def feature_names(self) -> list[str]:
@@ -208,9 +265,14 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         data = dict(data)
-        version = data.get("version", FEATURE_SPEC_VERSION)
-        if version != FEATURE_SPEC_VERSION:
-            raise KfopsError(f"feature spec version {version} is not supported (expected {FEATURE_SPEC_VERSION})")
+        version = data.get("version", 1)
+        if version not in (1, FEATURE_SPEC_VERSION):
+            raise KfopsError(
+                f"feature spec version {version} is not supported (this kfops reads 1 to {FEATURE_SPEC_VERSION})"
+            )
+        if data.get("task", TASK_BINARY) not in TASKS:
+            raise KfopsError(f"feature spec: task {data['task']!r} is not one of {', '.join(TASKS)}")
+        data["version"] = FEATURE_SPEC_VERSION  # version 1 had no task: a binary classifier's, as the defaults say
         data["columns"] = [ColumnSpec(**c) for c in data["columns"]]
         return cls(**data)
 
@@ -234,7 +296,7 @@ class TrainConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
     learning_rate: float = 3e-3
-    batch_size: int = 512
+    batch_size: int = 512  # at most: small data gets smaller batches, 8 steps an epoch (train.loop)
     epochs: int = 12
     optimizer: str = "adamw"  # adam, adamw or sgd
     weight_decay: float = 1e-4

@@ -18,15 +18,19 @@ def evaluate(
     import json
     import math
 
-    from kfops.components.evaluate.logic import log_to_mlflow, plot_confusion_matrix
+    from kfops.components.evaluate.logic import log_to_mlflow, plot_evaluation
     from kfops.components.scoring import evaluate_model
 
     result, curve = evaluate_model(model.path, test.path, val_loss=float(model.metadata.get("val_loss", "nan")))
     for name, value in result.metrics.items():
         if math.isfinite(value):
             metrics.log_metric(name, round(float(value), 6))
-    classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
-    classification_metrics.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
+    # Classifiers: the confusion matrix over every class (and a binary one's ROC curve) for the Kubeflow UI; a
+    # regression's picture is the predicted-vs-actual and residual PNG below.
+    if result.labels:
+        classification_metrics.log_confusion_matrix(result.labels, result.confusion_matrix)
+    if "fpr" in curve:
+        classification_metrics.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
     with open(evaluation.path, "w", encoding="utf-8") as fh:
         fh.write(result.to_json())
     # Metrics artifacts live in metadata; a file behind each also lets kfp.local's cache find them.
@@ -40,7 +44,7 @@ def evaluate(
             **{k: round(v, 6) for k, v in result.metrics.items() if math.isfinite(v)},
         }
     )
-    plot_confusion_matrix(result, confusion_matrix_png.path)
+    plot_evaluation(result, curve, confusion_matrix_png.path)
     if model.metadata.get("run_id"):
         log_to_mlflow(model.metadata["run_id"], result, confusion_matrix_png.path, mlflow_tracking_uri)
     print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))

@@ -45,6 +45,10 @@ from kfops.components.contracts import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
     TAG_METRIC_PREFIX,
+    TASK_BINARY,
+    TASK_METRIC_NAMES,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
     Blessing,
     FeatureSpec,
     KfopsError,
@@ -60,6 +64,17 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, Any]] = {
     "roc_auc": {"baseline": {"absolute": 0.05}},
     "balanced_accuracy": {"baseline": {"absolute": 0.05}},
     "f1_macro": {"change": {"absolute": -0.01}},
+}
+# The same defaults for the other tasks: balanced accuracy 0.05 above the prior's 1/k and no more than a point of
+# macro F1 below the champion (multiclass); R² 0.05 above the mean predictor's (about 0) and an RMSE at most 1%
+# above the champion's (regression).
+TASK_DEFAULT_THRESHOLDS: dict[str, dict[str, dict[str, Any]]] = {
+    TASK_BINARY: DEFAULT_THRESHOLDS,
+    TASK_MULTICLASS: {
+        "balanced_accuracy": {"baseline": {"absolute": 0.05}},
+        "f1_macro": {"change": {"absolute": -0.01}},
+    },
+    TASK_REGRESSION: {"r2": {"baseline": {"absolute": 0.05}}, "rmse": {"change": {"relative": 0.01}}},
 }
 # The reference document's deployment gate (fixed floors for the fraud data), plus the same champion check.
 REFERENCE_THRESHOLDS: dict[str, dict[str, Any]] = {
@@ -282,25 +297,29 @@ def judge(
 NAIVE_LIFT_Z = 1.645
 
 
+def _test_rows(naive: dict[str, float], joiner: str = " and ") -> str:
+    """The test rows the naive baseline was scored on, in words."""
+    from kfops.components.scoring import CLASSES_KEY, NEGATIVES_KEY, POSITIVES_KEY, ROWS_KEY
+
+    if POSITIVES_KEY in naive and NEGATIVES_KEY in naive:
+        return f"{int(naive[POSITIVES_KEY])} positive{joiner}{int(naive[NEGATIVES_KEY])} negative rows"
+    if CLASSES_KEY in naive:
+        return f"{int(naive.get(ROWS_KEY, 0))} rows of {int(naive[CLASSES_KEY])} classes"
+    return f"{int(naive.get(ROWS_KEY, 0))} rows"
+
+
 def _naive_check(rule: Rule, value: float, naive: dict[str, float] | None, candidate: dict[str, float]) -> MetricCheck:
-    from kfops.components.scoring import NEGATIVES_KEY, POSITIVES_KEY, standard_error
+    from kfops.components.scoring import standard_error
 
     base = _finite((naive or {}).get(rule.metric))
     if base is None:
         return MetricCheck(rule.metric, value, "fail", reason="the naive baseline has no value to compare with")
     diff = value - base
     sign = 1.0 if rule.higher_is_better else -1.0
-    positives = int((naive or {}).get(POSITIVES_KEY, 0))
-    negatives = int((naive or {}).get(NEGATIVES_KEY, 0))
-    error = standard_error(rule.metric, candidate, positives, negatives) or 0.0
+    error = standard_error(rule.metric, candidate, naive or {}) or 0.0
     lift = sign * diff - NAIVE_LIFT_Z * error
     ok = lift >= rule.margin
-    noise = (
-        f" less {NAIVE_LIFT_Z:g} x {error:.4f} of noise on {positives} positive and {negatives} negative rows"
-        f" = {lift:+.4f}"
-        if error
-        else ""
-    )
+    noise = f" less {NAIVE_LIFT_Z:g} x {error:.4f} of noise on {_test_rows(naive or {})} = {lift:+.4f}" if error else ""
     return MetricCheck(
         rule.metric,
         value,
@@ -355,9 +374,11 @@ def champion_metrics(
 
 def _same_model(model_name: str, version: str, champion: FeatureSpec, candidate: FeatureSpec) -> None:
     ours, theirs = set(candidate.feature_names), set(champion.feature_names)
-    if candidate.target == champion.target and ours == theirs:
+    if candidate.target == champion.target and ours == theirs and candidate.task == champion.task:
         return
     what = []
+    if candidate.task != champion.task:
+        what.append(f"a {champion.task} target (this run: {candidate.task})")
     if candidate.target != champion.target:
         what.append(f"target '{champion.target}' (this run: '{candidate.target}')")
     if theirs - ours:
@@ -379,6 +400,23 @@ def _recorded_metrics(version) -> dict[str, float]:
     return out
 
 
+def thresholds_for_task(thresholds: dict[str, Any] | None, task: str) -> dict[str, Any] | None:
+    """The thresholds a model of ``task`` is judged by: the pipeline's default (the binary defaults) becomes the
+    task's own default; thresholds of the user's on metrics the task does not produce are an error naming them."""
+    if not thresholds or task == TASK_BINARY:
+        return thresholds
+    body = thresholds["thresholds"] if set(thresholds) == {"thresholds"} else thresholds
+    if body == DEFAULT_THRESHOLDS:
+        return TASK_DEFAULT_THRESHOLDS[task]
+    produced = TASK_METRIC_NAMES[task]
+    foreign = sorted(set(body) - set(produced))
+    if foreign:
+        raise KfopsError(
+            f"thresholds: a {task} model has no {', '.join(foreign)}; its metrics are {', '.join(produced)}"
+        )
+    return thresholds
+
+
 def run_gate(
     evaluation: dict[str, float],
     test_path: str,
@@ -392,8 +430,9 @@ def run_gate(
     its feature spec says what the naive baseline predicts and which champion is comparable."""
     from kfops.components.scoring import naive_baseline_metrics
 
-    rules = parse_thresholds(thresholds)
     spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json")) if model_dir else None
+    thresholds = thresholds_for_task(thresholds, spec.task if spec is not None else TASK_BINARY)
+    rules = parse_thresholds(thresholds)
     # The champion check comes first even with no change rule: a run never silently replaces another model.
     version, baseline, note = champion_metrics(model_name, test_path, spec, rescore=any(r.has_change for r in rules))
     naive = None
@@ -421,16 +460,13 @@ def blessing_markdown(blessing: Blessing) -> str:
     if blessing.baseline_version:
         lines += [f"Compared with champion version {blessing.baseline_version}.", ""]
     if blessing.naive_baseline:
-        from kfops.components.scoring import NEGATIVES_KEY, POSITIVES_KEY
-
         naive = blessing.naive_baseline
         scores = ", ".join(f"{k} {v:.4f}" for k, v in sorted(naive.items()) if k in METRIC_NAMES and k != "val_loss")
-        rows = (
-            f" ({int(naive[POSITIVES_KEY])} positive, {int(naive[NEGATIVES_KEY])} negative rows)"
-            if POSITIVES_KEY in naive and NEGATIVES_KEY in naive
-            else ""
-        )
-        lines += [f"Naive class-prior baseline on the same rows{rows}: {scores}.", ""]
+        from kfops.components.scoring import CLASSES_KEY, POSITIVES_KEY, ROWS_KEY
+
+        kind = "mean-predictor" if "r2" in naive else "class-prior"
+        rows = f" ({_test_rows(naive, ', ')})" if {POSITIVES_KEY, CLASSES_KEY, ROWS_KEY} & set(naive) else ""
+        lines += [f"Naive {kind} baseline on the same rows{rows}: {scores}.", ""]
     if blessing.checks:
         lines += [
             "| metric | value | lower | upper | champion | change | verdict | why |",

@@ -21,6 +21,7 @@ def version_data(
     drop_columns: list,
     time_column: str,
     positive_class: str,
+    task: str,
     expectation_suite: str,
 ) -> NamedTuple(
     "VersionOutputs", [("sha256", str), ("schema_json", str), ("rows", int), ("source", str), ("suite_sha256", str)]
@@ -47,8 +48,10 @@ def version_data(
         drop=drop_columns,
         time_column=time_column,
         positive_class=positive_class,
+        task=task,
     )
     print(f"data version {version.sha256} ({version.rows} rows) from {version.source} at {version.uri}")
+    print(f"task: {schema.task} (target '{schema.target}')")
     suite_sha256 = ""
     if expectation_suite:
         try:

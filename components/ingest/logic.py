@@ -13,13 +13,26 @@ import numpy as np
 import pandas as pd
 
 from kfops.components import roles, tables
-from kfops.components.contracts import DataVersion, KfopsError, Schema, SplitConfig
+from kfops.components.contracts import (
+    MAX_CLASSES,
+    TASK_BINARY,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
+    TASKS,
+    DataVersion,
+    KfopsError,
+    Schema,
+    SplitConfig,
+)
 from kfops.components.datasets import read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
 # A text column whose non-empty values are at least this share numbers is a numeric column with bad values.
 NUMERIC_TEXT_SHARE = roles.NUMERIC_TEXT_SHARE
+MAX_AUTO_CLASSES = 10  # task auto: whole numbers with at most this many values are classes
+MIN_AUTO_REGRESSION = 20  # task auto: numbers with at least this many distinct values are a regression target
+REGRESSION_STRATA = 10  # a regression target is stratified on its deciles when split
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -46,6 +59,66 @@ def _non_numeric_examples(values: pd.Series) -> tuple[int, list[str]]:
     return len(bad), [f"{v!r} (row {i})" for i, v in bad.head(3).items()]
 
 
+def resolve_task(labels: pd.Series, target: str, source: str, task: str = "auto") -> str:
+    """The task of a target: ``task`` checked against the values, or with ``auto`` inferred from them.
+
+    ``auto``: two values is binary; text (or booleans) with up to ``MAX_CLASSES`` values is multiclass; whole
+    numbers with at most ``MAX_AUTO_CLASSES`` values is multiclass; numbers with at least ``MIN_AUTO_REGRESSION``
+    distinct values is regression. Anything between is ambiguous: an error that names ``--task``."""
+    if task not in ("auto", *TASKS):
+        raise KfopsError(f"{source}: task must be auto, {', '.join(TASKS)}; got {task!r}")
+    distinct = int(labels.nunique())
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    if not numeric and labels.dtype == object:
+        parsed = pd.to_numeric(labels, errors="coerce")
+        numeric = bool(parsed.notna().all())  # numbers read as text (e.g. quoted in a CSV)
+        if numeric:
+            labels = parsed
+    examples = ", ".join(map(str, sorted(labels.astype(str).unique())[:8]))
+    if task == TASK_REGRESSION:
+        if not numeric:
+            raise KfopsError(
+                f"{source}: task regression needs a numeric target, but '{target}' holds text ({examples}, ...); "
+                "use --task multiclass or --task binary"
+            )
+        if distinct < 3:
+            raise KfopsError(f"{source}: target '{target}' has {distinct} distinct values: too few to regress on")
+        return task
+    if task == TASK_BINARY:
+        if distinct != 2:
+            raise KfopsError(
+                f"{source}: task binary needs a target with 2 classes, but '{target}' has {distinct} ({examples}"
+                f"{', ...' if distinct > 8 else ''}); use --task auto"
+            )
+        return task
+    if task == TASK_MULTICLASS:
+        if not 2 <= distinct <= MAX_CLASSES:
+            raise KfopsError(
+                f"{source}: task multiclass takes 2 to {MAX_CLASSES} classes, but '{target}' has {distinct}"
+                + ("; a numeric target with that many values is a regression (--task regression)" if numeric else "")
+            )
+        return task
+    if distinct <= 2:
+        return TASK_BINARY
+    if not numeric:
+        if distinct > MAX_CLASSES:
+            raise KfopsError(
+                f"{source}: target '{target}' has {distinct} distinct text values ({examples}, ...): more than "
+                f"{MAX_CLASSES} classes; group them, or pick another target"
+            )
+        return TASK_MULTICLASS
+    values = labels.astype("float64")
+    whole = bool(np.all(np.mod(values, 1) == 0))
+    if whole and distinct <= MAX_AUTO_CLASSES:
+        return TASK_MULTICLASS
+    if distinct >= MIN_AUTO_REGRESSION:
+        return TASK_REGRESSION
+    raise KfopsError(
+        f"{source}: target '{target}' has {distinct} distinct numeric values ({examples}, ...): classes or "
+        "amounts? Say which with --task multiclass or --task regression"
+    )
+
+
 def resolve_schema(
     df: pd.DataFrame,
     source: str,
@@ -55,8 +128,10 @@ def resolve_schema(
     drop: list[str] | None = None,
     time_column: str = "",
     positive_class: str = "",
+    task: str = "auto",
 ) -> Schema:
-    """Decide each column's role and kind and check the data fits; raise KfopsError naming file and column."""
+    """Decide each column's role and kind, and the task, and check the data fits; raise KfopsError naming file
+    and column."""
     numeric, categorical, drop = list(numeric or []), list(categorical or []), list(drop or [])
     columns = list(df.columns)
     if not target:
@@ -77,32 +152,36 @@ def resolve_schema(
         if clash:
             raise KfopsError(f"{source}: feature column(s) {sorted(clash)} are also {role}")
 
-    # Target: at least two classes, no empty labels, binary.
+    # Target: no empty values; the task from its values (or --task), and what that task needs of them.
     labels = df[target]
     if labels.isna().any():
         raise KfopsError(f"{source}: target column '{target}' has {int(labels.isna().sum())} empty values")
-    classes = sorted(labels.astype(str).unique())
-    if len(classes) < 2:
-        raise KfopsError(
-            f"{source}: target column '{target}' has only one class ({classes[0]!r}); a classifier needs two"
-        )
-    if len(classes) > 2:
-        raise KfopsError(
-            f"{source}: target column '{target}' has {len(classes)} classes "
-            f"({', '.join(classes[:8])}); kfops trains binary classifiers"
-        )
-    if positive_class:
-        if positive_class not in classes:
+    task = resolve_task(labels, target, source, task)
+    classes: list[str] = []
+    negative_class = ""
+    if task == TASK_REGRESSION:
+        if positive_class:
+            raise KfopsError(f"{source}: --positive-class {positive_class!r} is for binary targets, not regression")
+    else:
+        classes = sorted(labels.astype(str).unique())
+        if len(classes) < 2:
+            raise KfopsError(
+                f"{source}: target column '{target}' has only one class ({classes[0]!r}); a classifier needs two"
+            )
+        if task == TASK_MULTICLASS and positive_class:
+            raise KfopsError(f"{source}: --positive-class is for binary targets; '{target}' has {len(classes)} classes")
+        if positive_class and positive_class not in classes:
             raise KfopsError(
                 f"{source}: positive class {positive_class!r} is not a value of '{target}' "
-                f"(values: {', '.join(classes)})"
+                f"(values: {', '.join(classes[:20])})"
             )
-    else:
-        counts = labels.astype(str).value_counts()
-        # "1", "true", "yes" read as the positive class; otherwise the rarer class is.
-        truthy = [c for c in classes if c.lower() in ("1", "1.0", "true", "yes", "y", "positive")]
-        positive_class = truthy[0] if truthy else str(counts.idxmin())
-    negative_class = next(c for c in classes if c != positive_class)
+        if task == TASK_BINARY:
+            if not positive_class:
+                counts = labels.astype(str).value_counts()
+                # "1", "true", "yes" read as the positive class; otherwise the rarer class is.
+                truthy = [c for c in classes if c.lower() in ("1", "1.0", "true", "yes", "y", "positive")]
+                positive_class = truthy[0] if truthy else str(counts.idxmin())
+            negative_class = next(c for c in classes if c != positive_class)
 
     excluded = {target, time_column, *drop}
     declared = set(numeric) | set(categorical)
@@ -161,6 +240,8 @@ def resolve_schema(
         time_column=time_column,
         positive_class=positive_class,
         negative_class=negative_class,
+        task=task,
+        classes=classes if task == TASK_MULTICLASS else [],
     )
 
 
@@ -174,6 +255,7 @@ def version_data(
     drop: list[str] | None = None,
     time_column: str = "",
     positive_class: str = "",
+    task: str = "auto",
 ) -> tuple[DataVersion, Schema]:
     """Read (or look up) the data, check it, and make sure its snapshot is stored. Returns its version."""
     if data_version:
@@ -184,7 +266,7 @@ def version_data(
             raise KfopsError("no data given: pass a data URI or a stored data version")
         df = read_table(data_uri)
         source = data_uri
-    schema = resolve_schema(df, source, target, numeric, categorical, drop, time_column, positive_class)
+    schema = resolve_schema(df, source, target, numeric, categorical, drop, time_column, positive_class, task)
     if not data_version:
         version = write_snapshot(df, store, source=data_uri)
     return version, schema
@@ -210,7 +292,7 @@ def split_frame(df: pd.DataFrame, target: str, config: SplitConfig) -> dict[str,
         }
     else:
         rng = np.random.default_rng(config.seed)
-        labels = df[target].astype(str).to_numpy()
+        labels = _strata(df[target])
         parts = {"train": [], "validation": [], "test": []}
         for label in sorted(set(labels)):
             idx = np.flatnonzero(labels == label)
@@ -234,6 +316,16 @@ def split_frame(df: pd.DataFrame, target: str, config: SplitConfig) -> dict[str,
                 "use more data or a stratified split"
             )
     return splits
+
+
+def _strata(target: pd.Series) -> np.ndarray:
+    """What a split stratifies on: a classifier's classes, or a numeric target with more distinct values than a
+    classifier may have (a regression target) cut into deciles, so each split spans its range."""
+    if roles.is_continuous_target(target):
+        values = pd.to_numeric(target, errors="coerce")
+        bins = pd.qcut(values.rank(method="first"), REGRESSION_STRATA, labels=False)
+        return bins.astype(int).astype(str).to_numpy()
+    return target.astype(str).to_numpy()
 
 
 def write_split(frame: pd.DataFrame, path: str | Path) -> None:

@@ -46,6 +46,17 @@ KS_EXACT_MAX_N = 10_000  # scipy ks_2samp(method="auto"): exact p-value when bot
 # Columns that are not features: what the serving payload log adds to every record.
 META_COLUMNS = PAYLOAD_META_COLUMNS  # the payload log's own columns: never features
 PREDICTION_COLUMNS = {"prediction": "categorical", "probability": "numeric"}
+
+
+def prediction_kind(name: str, values: pd.Series) -> str | None:
+    """How a prediction column is tested: a classifier's predicted class as a category (class-share drift), a
+    regression's numeric prediction as a number; ``probability`` as a number. None for other columns."""
+    kind = PREDICTION_COLUMNS.get(name)
+    if name == "prediction" and pd.api.types.is_float_dtype(values):
+        return "numeric"  # a regression's values (a classifier's labels are text, in the log and when scored)
+    return kind
+
+
 KINDS = ("numeric", "categorical")
 
 

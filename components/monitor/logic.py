@@ -336,8 +336,11 @@ def _score_reference(model_ref: ModelReference, sample: pd.DataFrame) -> pd.Data
         log.warning("cannot score the reference with model %s: %s; no prediction drift", model_ref.name, err)
         return None
     out = sample.copy()
-    out["prediction"] = [str(v) for v in scored["prediction"]]
-    out["probability"] = pd.Series(list(scored["probability"]), index=out.index, dtype="float64")
+    if "probability" in scored:  # a classifier: the class as text, as the payload log holds it
+        out["prediction"] = [str(v) for v in scored["prediction"]]
+        out["probability"] = pd.Series(list(scored["probability"]), index=out.index, dtype="float64")
+    else:  # a regression: the predicted value
+        out["prediction"] = pd.Series(list(scored["prediction"]), index=out.index, dtype="float64")
     return out
 
 

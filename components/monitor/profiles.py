@@ -27,6 +27,7 @@ from kfops.components.monitor.columns import (
     _Moments,
     canonical,
     numeric_values,
+    prediction_kind,
 )
 from kfops.components.monitor.report import (
     STATUS_INSUFFICIENT,
@@ -168,7 +169,7 @@ def profile_reference(
             for name in [*wanted, *(p for p in PREDICTION_COLUMNS if p in all_columns and p not in wanted)]:
                 if name not in all_columns:
                     continue  # named in the result as missing from the reference
-                kind = PREDICTION_COLUMNS.get(name) or kinds.get(name) or infer_kind(chunk[name])
+                kind = prediction_kind(name, chunk[name]) or kinds.get(name) or infer_kind(chunk[name])
                 if kind == "pending":
                     pending.add(name)
                 elif kind is None:

@@ -40,6 +40,8 @@ def preprocess(
         data_sha256=data_sha256,
         max_categories=int(max_categories),
         min_frequency=int(min_frequency),
+        task=schema.task,
+        classes=schema.classes,
     )
     spec.save(feature_spec.path)
     feature_spec.metadata.update(
@@ -48,6 +50,7 @@ def preprocess(
             "input_width": spec.input_width,
             "target": spec.target,
             "positive_class": spec.positive_class,
+            "task": spec.task,
             "sha256": data_sha256,
         }
     )

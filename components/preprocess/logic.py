@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kfops.components.contracts import ColumnSpec, FeatureSpec, KfopsError
+from kfops.components.contracts import (
+    TASK_BINARY,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
+    ColumnSpec,
+    FeatureSpec,
+    KfopsError,
+)
 
 DEFAULT_MAX_CATEGORIES = 50
 DEFAULT_MIN_FREQUENCY = 5
@@ -29,8 +36,12 @@ def fit_feature_spec(
     data_sha256: str = "",
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     min_frequency: int = DEFAULT_MIN_FREQUENCY,
+    task: str = TASK_BINARY,
+    classes: list[str] | None = None,
 ) -> FeatureSpec:
-    """Fit the transform's statistics and vocabularies on the training split."""
+    """Fit the transform's statistics and vocabularies on the training split, and the target's: the positive
+    rate (binary), each class's share (multiclass, ``classes`` in the model's output order), or the mean and
+    standard deviation the network's target is standardised with (regression)."""
     if train.empty:
         raise KfopsError("preprocess: the training split is empty")
     absent = [c for c in [target, *numeric, *categorical] if c not in train.columns]
@@ -79,6 +90,17 @@ def fit_feature_spec(
         )
     labels = train[target].astype(str)
     features = {target, *numeric, *categorical}
+    target_stats: dict = {}
+    if task == TASK_MULTICLASS:
+        classes = [str(c) for c in (classes or sorted(labels.unique()))]
+        shares = labels.value_counts(normalize=True)
+        target_stats = {"classes": classes, "class_shares": [float(shares.get(c, 0.0)) for c in classes]}
+    elif task == TASK_REGRESSION:
+        values = pd.to_numeric(train[target], errors="coerce").astype(np.float64)
+        if values.isna().any():
+            raise KfopsError(f"preprocess: regression target '{target}' has values that are not numbers")
+        std = float(values.std(ddof=0))
+        target_stats = {"target_mean": float(values.mean()), "target_std": std if std > 1e-12 else 1.0}
     return FeatureSpec(
         target=target,
         positive_class=positive_class,
@@ -88,5 +110,7 @@ def fit_feature_spec(
         non_feature_columns=[str(c) for c in train.columns if c not in features],
         data_sha256=data_sha256,
         train_rows=len(train),
-        positive_rate=float((labels == positive_class).mean()),
+        positive_rate=float((labels == positive_class).mean()) if task == TASK_BINARY else 0.0,
+        task=task,
+        **target_stats,
     )

@@ -25,7 +25,15 @@ from importlib import metadata
 from pathlib import Path
 
 from kfops.components import storage
-from kfops.components.contracts import FeatureSpec, KfopsError, TrainConfig
+from kfops.components.contracts import (
+    PROBABILITY_PREFIX,
+    TASK_BINARY,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
+    FeatureSpec,
+    KfopsError,
+    TrainConfig,
+)
 from kfops.components.tracking import ensure_experiment, set_tracking
 
 log = logging.getLogger(__name__)
@@ -88,8 +96,18 @@ def model_signature(spec: FeatureSpec):
     inputs = Schema(
         [ColSpec("double" if c.kind == "numeric" else "string", c.name, required=False) for c in spec.columns]
     )
-    outputs = Schema([ColSpec("string", "prediction"), ColSpec("double", "probability")])
+    outputs = Schema([ColSpec(kind, name) for name, kind in output_columns(spec)])
     return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def output_columns(spec: FeatureSpec) -> list[tuple[str, str]]:
+    """The model's output columns and their MLflow types, per task (pyfunc.TabularModel.predict writes them)."""
+    if spec.task == TASK_REGRESSION:
+        return [("prediction", "double")]
+    columns = [("prediction", "string"), ("probability", "double")]
+    if spec.task == TASK_MULTICLASS:
+        columns += [(PROBABILITY_PREFIX + label, "double") for label in spec.labels]
+    return columns
 
 
 def input_example(spec: FeatureSpec, raw_rows):
@@ -99,13 +117,20 @@ def input_example(spec: FeatureSpec, raw_rows):
     return model_input_frame(spec, raw_rows.head(2), source="input example").reset_index(drop=True)
 
 
-def validation_metrics(y_val, threshold: float):
-    """The per-epoch hook adding the suite's metrics on the validation split (``val_f1_macro``, ...); accuracy
-    stays ``fit``'s ``val_accuracy`` (at 0.5), the others use the model's decision threshold."""
-    from kfops.components.scoring import binary_metrics
+def validation_metrics(y_val, threshold: float, spec: FeatureSpec | None = None):
+    """The per-epoch hook adding the task's metrics on the validation split (``val_f1_macro``, ``val_rmse``, ...);
+    accuracy stays ``fit``'s ``val_accuracy`` (binary: at 0.5), the others use the model's decision threshold.
+    Regression metrics are in the target's own units (``fit`` sees the standardised target)."""
+    from kfops.components.scoring import task_metrics
 
-    def metrics(probability) -> dict[str, float]:
-        values = binary_metrics(y_val, probability, threshold)
+    task = spec.task if spec is not None else TASK_BINARY
+
+    def metrics(outputs) -> dict[str, float]:
+        if task == TASK_REGRESSION:
+            truth = y_val * spec.target_std + spec.target_mean
+            values = task_metrics(task, truth, outputs * spec.target_std + spec.target_mean)
+        else:
+            values = task_metrics(task, y_val, outputs, threshold)
         return {f"val_{name}": float(v) for name, v in values.items() if name != "accuracy"}
 
     return metrics
@@ -177,18 +202,31 @@ def train_model(
     spec = FeatureSpec.load(spec_path)
     x_train, y_train = load_matrix(train_path)
     x_val, y_val = load_matrix(validation_path)
+    if spec.task == TASK_REGRESSION:
+        # the network learns the standardised target; the model turns its outputs back (pyfunc)
+        y_train = (y_train - spec.target_mean) / spec.target_std
+        y_val = (y_val - spec.target_mean) / spec.target_std
     if x_train.shape[1] != spec.input_width:
         raise KfopsError(
             f"train: features in {train_path} have {x_train.shape[1]} columns but the feature spec "
             f"{spec_path} describes {spec.input_width}"
         )
     resume = checkpoint.load() if checkpoint is not None else None
-    epoch_metrics = validation_metrics(y_val, config.decision_threshold)
+    epoch_metrics = validation_metrics(y_val, config.decision_threshold, spec)
+    shape = {"task": spec.task, "outputs": spec.output_width}
     dist_ctx = distributed.current()
     if dist_ctx is not None and not dist_ctx.is_main:
         # Rank 0 records the run; this rank trains its share and, for a checkpoint, hands over its RNG state.
         result = fit(
-            x_train, y_train, x_val, y_val, config, epoch_metrics=epoch_metrics, checkpoint=checkpoint, resume=resume
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            config,
+            epoch_metrics=epoch_metrics,
+            checkpoint=checkpoint,
+            resume=resume,
+            **shape,
         )
         return TrainOutcome(
             run_id="",
@@ -226,7 +264,9 @@ def train_model(
                 "kfops.seed": str(config.seed),
                 "kfops.python": platform.python_version(),
                 **{f"kfops.version.{name}": version for name, version in versions.items()},
-                "mlflow.note.content": f"MLP {config.hidden_sizes} on data {data_sha256[:12]} from {data_uri}",
+                "mlflow.note.content": (
+                    f"MLP {config.hidden_sizes} ({spec.task}) on data {data_sha256[:12]} from {data_uri}"
+                ),
             }
         )
         params = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in config.to_dict().items()}
@@ -238,6 +278,7 @@ def train_model(
                 "numeric_features": len([c for c in spec.columns if c.kind == "numeric"]),
                 "categorical_features": len([c for c in spec.columns if c.kind == "categorical"]),
                 "positive_class": spec.positive_class,
+                "task": spec.task,
                 "data_sha256": data_sha256,
             }
         )
@@ -254,13 +295,12 @@ def train_model(
             for name, value in row.items():
                 if name != "epoch":
                     writer.add_scalar(name.replace("_", "/", 1), value, step)
-            log.info(
-                "epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f",
-                step,
-                row["train_loss"],
-                row["val_loss"],
-                row["val_accuracy"],
+            quality = (
+                f"val_accuracy {row['val_accuracy']:.4f}"
+                if "val_accuracy" in row
+                else f"val_rmse {row.get('val_rmse', float('nan')):.4f}"
             )
+            log.info("epoch %d: train_loss %.4f val_loss %.4f %s", step, row["train_loss"], row["val_loss"], quality)
             if epoch_hook is not None:
                 epoch_hook(row)
 
@@ -276,6 +316,7 @@ def train_model(
                 checkpoint=checkpoint,
                 resume=resume,
                 checkpoint_extra={"mlflow_run_id": run_id},
+                **shape,
             )
         except StopTraining as stopped:
             mlflow.set_tag("kfops.stopped", str(stopped))
@@ -283,9 +324,12 @@ def train_model(
             raise
         finally:
             writer.close()
-        threshold = decision_threshold(result.model, x_val, y_val, config)
-        mlflow.log_metric("decision_threshold", threshold)
-        mlflow.set_tag("kfops.threshold_objective", config.threshold_objective)
+        # a binary classifier's decision threshold; the other tasks have none (argmax, or the value itself)
+        threshold = decision_threshold(result.model, x_val, y_val, config) if spec.task == TASK_BINARY else 0.5
+        mlflow.set_tag("kfops.task", spec.task)
+        if spec.task == TASK_BINARY:
+            mlflow.log_metric("decision_threshold", threshold)
+            mlflow.set_tag("kfops.threshold_objective", config.threshold_objective)
         best_row = result.history[result.best_epoch - 1] if result.best_epoch else {}
         val_metrics = {k: float(v) for k, v in best_row.items() if k.startswith("val_")}
         val_metrics["val_loss"] = result.best_val_loss
@@ -316,7 +360,9 @@ def train_model(
                 "numeric": [c.name for c in spec.columns if c.kind == "numeric"],
                 "categorical": [c.name for c in spec.columns if c.kind == "categorical"],
                 "target": spec.target,
+                "task": spec.task,
                 "positive_class": spec.positive_class,
+                "classes": spec.labels,
             },
             "history": result.history,
         }
@@ -336,6 +382,7 @@ def train_model(
                 config.hidden_sizes,
                 config.dropout,
                 threshold=threshold,
+                outputs=spec.output_width,
             )
             spec_copy = Path(tmp, "feature_spec.json")
             shutil.copyfile(spec_path, spec_copy)

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kfops.components.contracts import AUTO_BALANCE_BELOW, KfopsError, StopTraining, TrainConfig
+from kfops.components.contracts import (
+    AUTO_BALANCE_BELOW,
+    TASK_BINARY,
+    TASK_MULTICLASS,
+    TASK_REGRESSION,
+    KfopsError,
+    StopTraining,
+    TrainConfig,
+)
 from kfops.components.resources import cpu_limit
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 
 EVAL_BATCH = 65_536
 GRAPH_WARMUP_STEPS = 3
+MIN_STEPS_PER_EPOCH = 8
+MIN_BATCH = 16
 
 
 def resolve_device(requested: str) -> str:
@@ -46,8 +56,9 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def build_mlp(input_width: int, hidden_sizes: list[int], dropout: float):
-    """Linear-ReLU-Dropout blocks ending in one logit (the positive class)."""
+def build_mlp(input_width: int, hidden_sizes: list[int], dropout: float, outputs: int = 1):
+    """Linear-ReLU-Dropout blocks ending in ``outputs`` values: one logit (binary: the positive class), one logit
+    per class (multiclass: a softmax head), or one value (regression: the standardised target)."""
     from torch import nn
 
     layers: list[nn.Module] = []
@@ -57,8 +68,48 @@ def build_mlp(input_width: int, hidden_sizes: list[int], dropout: float):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = hidden
-    layers.append(nn.Linear(width, 1))
+    layers.append(nn.Linear(width, outputs))
     return nn.Sequential(*layers)
+
+
+def task_loss(task: str, y_train: np.ndarray, config: TrainConfig, outputs: int, device: str):
+    """The training loss of ``task`` with the config's class weighting: binary cross-entropy with the positive
+    class weighted, cross-entropy with per-class weights (each class ``n / (k x its rows)``), or squared error
+    on the standardised target. ``auto`` weights a classifier's classes when the rarest is under
+    ``AUTO_BALANCE_BELOW`` of the rows (binary) or under half an even share (multiclass)."""
+    import torch
+
+    n = len(y_train)
+    if task == TASK_REGRESSION:
+        return torch.nn.MSELoss()
+    if task == TASK_MULTICLASS:
+        counts = np.bincount(y_train.astype(np.int64), minlength=outputs).astype(np.float64)
+        rarest = counts.min() / n
+        balance = config.class_weighting == "balanced" or (config.class_weighting == "auto" and rarest < 0.5 / outputs)
+        weight = None
+        if balance:
+            weight = torch.tensor(n / (outputs * np.maximum(counts, 1.0)), dtype=torch.float32, device=device)
+        return torch.nn.CrossEntropyLoss(weight=weight)
+    positives = float(y_train.sum())
+    pos_weight = None
+    balance = config.class_weighting == "balanced" or (
+        config.class_weighting == "auto" and positives < AUTO_BALANCE_BELOW * n
+    )
+    if balance and positives > 0:
+        pos_weight = torch.tensor((n - positives) / positives, device=device)
+    return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def task_outputs(task: str, logits):
+    """What the network's raw outputs mean: the positive-class probability (binary), each class's probability
+    (multiclass, rows of ``k``), or the standardised prediction itself (regression)."""
+    import torch
+
+    if task == TASK_MULTICLASS:
+        return torch.softmax(logits, dim=-1)
+    if task == TASK_REGRESSION:
+        return logits
+    return torch.sigmoid(logits)
 
 
 def make_optimizer(model, config: TrainConfig, device: str, capturable: bool = False):
@@ -95,10 +146,13 @@ class FitResult:
 class _Stepper:
     """One optimisation step on a batch, eager or replayed from a captured CUDA graph."""
 
-    def __init__(self, model, optimizer, loss_fn, device: str, use_graph: bool, batch_size: int, width: int):
+    def __init__(
+        self, model, optimizer, loss_fn, device: str, use_graph: bool, batch_size: int, width: int, y_dtype=None
+    ):
         import torch
 
         self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
+        self.y_dtype = y_dtype or torch.float32
         self.loss_sum = torch.zeros((), device=device)
         self.graph = None
         self.autocast = device == "cuda"
@@ -122,7 +176,7 @@ class _Stepper:
         import torch
 
         self.static_x = torch.zeros((batch_size, width), device=self.device)
-        self.static_y = torch.zeros((batch_size,), device=self.device)
+        self.static_y = torch.zeros((batch_size,), device=self.device, dtype=self.y_dtype)
         initial = [p.detach().clone() for p in self.model.parameters()]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -182,8 +236,14 @@ def fit(
     checkpoint=None,
     resume: dict | None = None,
     checkpoint_extra: dict | None = None,
+    task: str = TASK_BINARY,
+    outputs: int = 1,
 ) -> FitResult:
     """Train the MLP with early stopping on validation loss; return the best epoch's model on the CPU.
+
+    ``task`` picks the head and the loss (``task_loss``): binary (``y`` 0/1), multiclass (``y`` the class index,
+    ``outputs`` classes) or regression (``y`` the standardised target; no ``val_accuracy``). ``epoch_metrics``
+    gets the validation split's ``task_outputs``.
 
     ``on_epoch`` gets each epoch's row (``epoch``, ``train_loss``, ``val_loss``, ``val_accuracy``,
     ``epoch_seconds`` and what ``epoch_metrics`` adds from the validation probabilities); it may raise
@@ -211,28 +271,24 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
     xt = torch.as_tensor(np.ascontiguousarray(x_train, dtype=np.float32), device=device)
-    yt = torch.as_tensor(np.ascontiguousarray(y_train, dtype=np.float32), device=device)
+    y_type = np.int64 if task == TASK_MULTICLASS else np.float32  # cross-entropy takes class indices
+    yt = torch.as_tensor(np.ascontiguousarray(y_train, dtype=y_type), device=device)
     xv = torch.as_tensor(np.ascontiguousarray(x_val, dtype=np.float32), device=device)
-    yv = torch.as_tensor(np.ascontiguousarray(y_val, dtype=np.float32), device=device)
+    yv = torch.as_tensor(np.ascontiguousarray(y_val, dtype=y_type), device=device)
     n, width = xt.shape
-    model = build_mlp(width, config.hidden_sizes, config.dropout).to(device)
+    model = build_mlp(width, config.hidden_sizes, config.dropout, outputs).to(device)
     network = model
     if dist_ctx:
         from torch.nn.parallel import DistributedDataParallel
 
         network = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
 
-    positives = float(y_train.sum())
-    pos_weight = None
-    balance = config.class_weighting == "balanced" or (
-        config.class_weighting == "auto" and positives < AUTO_BALANCE_BELOW * n
-    )
-    if balance and positives > 0:
-        pos_weight = torch.tensor((n - positives) / positives, device=device)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    eval_loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss_fn = task_loss(task, np.asarray(y_train), config, outputs, device)
+    eval_loss_fn = loss_fn
 
-    batch = min(config.batch_size, n)
+    # Small data: batches small enough for MIN_STEPS_PER_EPOCH steps an epoch (150 rows in one batch of 512 would
+    # be one step an epoch, and twelve epochs twelve steps), never under MIN_BATCH rows.
+    batch = min(config.batch_size, n, max(MIN_BATCH, math.ceil(n / MIN_STEPS_PER_EPOCH)))
     # CUDA graphs capture one process's step; data-parallel steps synchronise gradients across processes.
     use_graph = device == "cuda" and config.cuda_graphs and dist_ctx is None
     # A captured graph has one batch shape: the last partial batch of an epoch is skipped (the data is
@@ -244,7 +300,7 @@ def fit(
     if steps < 1:
         raise KfopsError(f"train: {n} training rows cannot be split over {world} processes")
     optimizer = make_optimizer(network, config, device, capturable=use_graph)
-    stepper = _Stepper(network, optimizer, loss_fn, device, use_graph, batch, width)
+    stepper = _Stepper(network, optimizer, loss_fn, device, use_graph, batch, width, y_dtype=yt.dtype)
 
     result = FitResult(model=model, device=device, cuda_graphs=use_graph, world_size=world)
     best_state, waited, first_epoch = None, 0, 0
@@ -282,14 +338,13 @@ def fit(
         val_logits = _validation_logits(model, xv, device, dist_ctx)
         val_loss = float(eval_loss_fn(val_logits, yv))
         train_loss = loss_total / seen
-        val_prob = torch.sigmoid(val_logits).cpu().numpy()
-        row = {
-            "epoch": float(epoch + 1),
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": float(((val_prob >= 0.5) == (y_val >= 0.5)).mean()),
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
+        val_prob = task_outputs(task, val_logits).float().cpu().numpy()
+        row = {"epoch": float(epoch + 1), "train_loss": train_loss, "val_loss": val_loss}
+        if task == TASK_MULTICLASS:
+            row["val_accuracy"] = float((val_prob.argmax(axis=1) == np.asarray(y_val)).mean())
+        elif task == TASK_BINARY:
+            row["val_accuracy"] = float(((val_prob >= 0.5) == (y_val >= 0.5)).mean())
+        row["epoch_seconds"] = time.perf_counter() - epoch_start
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise KfopsError(
                 f"train: loss became {train_loss} (train) / {val_loss} (validation) in epoch "
@@ -319,7 +374,7 @@ def fit(
         torch.cuda.synchronize()
     result.train_seconds = time.perf_counter() - started
     result.samples_per_second = trained_samples / max(result.train_seconds, 1e-9)
-    cpu_model = build_mlp(width, config.hidden_sizes, config.dropout)
+    cpu_model = build_mlp(width, config.hidden_sizes, config.dropout, outputs)
     cpu_model.load_state_dict(best_state if best_state is not None else model.state_dict())
     cpu_model.eval()
     result.model = cpu_model

@@ -1,8 +1,10 @@
 """The one model artifact: an MLflow pyfunc holding the torch module and the feature spec.
 
 ``predict`` takes a DataFrame of raw feature rows (the columns of the training data, any extra columns
-ignored) and returns one row per input with ``prediction`` (the class label as it appeared in the training
-data) and ``probability`` (of the positive class). Serving, batch prediction, evaluation and deployment all
+ignored) and returns one row per input, by the feature spec's task: a binary classifier's ``prediction`` (the
+class label as it appeared in the training data) and ``probability`` (of the positive class); a multiclass
+one's ``prediction``, ``probability`` (of the predicted class) and ``probability_<class>`` for every class; a
+regression's ``prediction`` (the value, in the target's units). Serving, batch prediction, evaluation and deployment all
 load this artifact, so every one of them transforms rows with the same code as training.
 """
 
@@ -22,7 +24,13 @@ FEATURE_SPEC_FILE = "feature_spec.json"
 
 
 def save_network(
-    directory: str | Path, model, input_width: int, hidden_sizes: list[int], dropout: float, threshold: float = 0.5
+    directory: str | Path,
+    model,
+    input_width: int,
+    hidden_sizes: list[int],
+    dropout: float,
+    threshold: float = 0.5,
+    outputs: int = 1,
 ) -> tuple[Path, Path]:
     """Write the torch weights and the architecture they need; return both paths."""
     import torch
@@ -40,6 +48,7 @@ def save_network(
                 "hidden_sizes": list(hidden_sizes),
                 "dropout": dropout,
                 "threshold": threshold,
+                "outputs": outputs,
             },
             indent=2,
         )
@@ -48,7 +57,8 @@ def save_network(
 
 
 class TabularClassifier(mlflow.pyfunc.PythonModel):
-    """Raw rows in, class and positive-class probability out."""
+    """Raw rows in, the task's answer out (class and probabilities, or a value). The class keeps its name, which
+    models already registered pickle a reference to."""
 
     def load_context(self, context) -> None:
         import torch
@@ -66,7 +76,9 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
                 f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
             )
         self.threshold = float(config.get("threshold", 0.5))
-        network = build_mlp(config["input_width"], config["hidden_sizes"], config["dropout"])
+        network = build_mlp(
+            config["input_width"], config["hidden_sizes"], config["dropout"], int(config.get("outputs", 1))
+        )
         network.load_state_dict(torch.load(context.artifacts["network"], map_location="cpu", weights_only=True))
         network.eval()
         self.network = network
@@ -80,25 +92,51 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         return self.score_matrix(transform_features(self.spec, frame, source="model input"))
 
     def score_matrix(self, features):
-        """Positive-class probabilities (float64) for an already transformed float32 feature matrix."""
+        """The network's answer (float64) for an already transformed float32 feature matrix, by task: the
+        positive-class probability (binary), each class's probability (multiclass: rows of k), the prediction in
+        the target's units (regression)."""
         import torch
+
+        from kfops.components.contracts import TASK_MULTICLASS, TASK_REGRESSION
 
         with torch.inference_mode():
             logits = self.network(torch.from_numpy(features)).squeeze(-1)
+            if self.spec.task == TASK_MULTICLASS:
+                return torch.softmax(logits.reshape(len(features), -1), dim=-1).numpy().astype("float64")
+            if self.spec.task == TASK_REGRESSION:
+                values = logits.numpy().astype("float64")
+                return values * self.spec.target_std + self.spec.target_mean
             return torch.sigmoid(logits).numpy().astype("float64")
 
     def labels(self, probability):
-        """The predicted class per probability, at the model's decision threshold (object array of labels)."""
+        """The predicted class per row (object array of labels): at the model's decision threshold (binary), the
+        most probable class (multiclass)."""
         import numpy as np
 
+        from kfops.components.contracts import TASK_MULTICLASS
+
+        if self.spec.task == TASK_MULTICLASS:
+            return np.asarray(self.spec.labels, dtype=object)[np.argmax(probability, axis=1)]
         return np.where(probability >= self.threshold, self.spec.positive_class, self.spec.negative_class).astype(
             object
         )
+
+    def outputs(self, scores) -> dict:
+        """The columns ``predict`` answers with, from ``score_matrix``'s scores (serving builds its answers from
+        these too)."""
+        from kfops.components.contracts import PROBABILITY_PREFIX, TASK_MULTICLASS, TASK_REGRESSION
+
+        if self.spec.task == TASK_REGRESSION:
+            return {"prediction": scores}
+        if self.spec.task == TASK_MULTICLASS:
+            out = {"prediction": self.labels(scores), "probability": scores.max(axis=1)}
+            out.update({PROBABILITY_PREFIX + label: scores[:, i] for i, label in enumerate(self.spec.labels)})
+            return out
+        return {"prediction": self.labels(scores), "probability": scores}
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        probability = self.predict_proba(model_input)
-        return pd.DataFrame({"prediction": self.labels(probability), "probability": probability})
+        return pd.DataFrame(self.outputs(self.predict_proba(model_input)))

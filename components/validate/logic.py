@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import roles, storage
 from kfops.components.contracts import KfopsError
 
 log = logging.getLogger(__name__)
@@ -210,11 +210,10 @@ def default_suite(
                 _expectation("expect_column_values_to_not_be_null", column=column, mostly=round(1.0 - max_missing, 6))
             )
     if target:
-        # Drawn from the data itself, the suite cannot know the classes; it can know there must be two.
+        # Drawn from the data itself, the suite cannot know the classes (or a regression target's range); it can
+        # know there must be two values at least.
         expectations.append(_expectation("expect_column_values_to_not_be_null", column=target))
-        expectations.append(
-            _expectation("expect_column_unique_value_count_to_be_between", column=target, min_value=2, max_value=2)
-        )
+        expectations.append(_expectation("expect_column_unique_value_count_to_be_between", column=target, min_value=2))
     return {"name": name, "expectations": expectations, "meta": {"kfops": "default suite from the data's schema"}}
 
 
@@ -284,7 +283,7 @@ def profile_suite(
                         "expect_column_values_to_be_in_set", column=column, value_set=sorted(distinct.tolist())
                     )
                 )
-    if target and target in frame.columns:
+    if target and target in frame.columns and not roles.is_continuous_target(frame[target]):
         classes = sorted(frame[target].dropna().unique().tolist(), key=str)
         extra.append(
             _expectation("expect_column_values_to_be_in_set", column=target, value_set=[_plain(v) for v in classes])

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from kfops.components import storage
+from kfops.components import roles, storage
 from kfops.components.contracts import KfopsError
 from kfops.components.validate.logic import NUMERIC_TYPES, TEXT_TYPES
 
@@ -78,8 +78,21 @@ def infer_suite(frame: pd.DataFrame, target: str, name: str = "kfops-inferred") 
             )
         share = float(column.isna().mean())
         if name_ == target:
-            classes = sorted((_plain(v) for v in column.dropna().unique()), key=str)
             expectations.append(_expectation("expect_column_values_to_not_be_null", ERROR, column=name_))
+            if roles.is_continuous_target(column):
+                # a regression target: its range, a warning like any numeric column's (drifted amounts still train)
+                values = pd.to_numeric(column, errors="coerce").dropna()
+                expectations.append(
+                    _expectation(
+                        "expect_column_values_to_be_between",
+                        WARNING,
+                        column=name_,
+                        min_value=float(values.min()),
+                        max_value=float(values.max()),
+                    )
+                )
+                continue
+            classes = sorted((_plain(v) for v in column.dropna().unique()), key=str)
             expectations.append(
                 _expectation("expect_column_values_to_be_in_set", ERROR, column=name_, value_set=classes)
             )

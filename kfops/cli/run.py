@@ -43,6 +43,7 @@ def training_arguments(args, ws) -> dict:
     for flag in (
         "time_column",
         "positive_class",
+        "task",
         "epochs",
         "batch_size",
         "learning_rate",
@@ -240,6 +241,12 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--categorical", type=csv_list, help="categorical feature columns (comma-separated)")
     data.add_argument("--drop", type=csv_list, help="columns to leave out, such as ids (comma-separated)")
     data.add_argument("--positive-class", help="the positive label value (default: 1/true/yes, else the rarer)")
+    data.add_argument(
+        "--task",
+        choices=("auto", "binary", "multiclass", "regression"),
+        help="what the target is (default auto: two values binary, text or few whole numbers multiclass, many "
+        "numbers regression)",
+    )
     data.add_argument("--time-column", help="event time column")
     data.add_argument("--split-by-time", action="store_true", help="newest rows go to validation and test")
     data.add_argument("--validation-fraction", type=float)

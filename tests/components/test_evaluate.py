@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from kfops.components.contracts import METRIC_NAMES, EvaluationResult
+from kfops.components.contracts import BINARY_METRIC_NAMES, EvaluationResult
 from kfops.components.evaluate.logic import plot_confusion_matrix
 from kfops.components.scoring import binary_metrics, confusion, downsample_curve, roc_curve
 
@@ -28,7 +28,7 @@ def test_metrics_match_scikit_learn(seed):
     assert got["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
     assert got["pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
-    assert set(got) | {"val_loss"} == set(METRIC_NAMES)
+    assert set(got) | {"val_loss"} == set(BINARY_METRIC_NAMES)
     assert confusion(y, p) == skm.confusion_matrix(y, pred).tolist()
 
 

@@ -121,9 +121,55 @@ def test_target_with_one_class(transactions):
         resolve_schema(transactions.assign(is_fraud=0), "data.csv", "is_fraud")
 
 
-def test_target_with_many_classes(transactions):
-    with pytest.raises(KfopsError, match="'channel' has 4 classes"):
-        resolve_schema(transactions, "data.csv", "channel")
+def test_the_task_is_inferred_from_the_target(transactions):
+    binary = resolve_schema(transactions, "data.csv", "is_fraud")
+    assert (binary.task, binary.classes, binary.positive_class) == ("binary", [], "1")
+    # four text values: a multiclass target, its classes sorted, no positive class
+    multi = resolve_schema(transactions, "data.csv", "channel", drop=["is_fraud"])
+    assert multi.task == "multiclass" and multi.classes == sorted(transactions["channel"].unique())
+    assert multi.positive_class == "" and "channel" not in multi.features
+    # many distinct amounts: a regression target
+    regression = resolve_schema(transactions, "data.csv", "amount", drop=["is_fraud"])
+    assert (regression.task, regression.classes) == ("regression", [])
+    # a few whole numbers are classes
+    graded = transactions.assign(grade=np.arange(len(transactions)) % 5)
+    assert resolve_schema(graded, "data.csv", "grade", drop=["is_fraud"]).task == "multiclass"
+
+
+@pytest.mark.parametrize(
+    ("target", "task", "message"),
+    [
+        ("channel", "binary", "task binary needs a target with 2 classes, but 'channel' has 4"),
+        ("channel", "regression", "task regression needs a numeric target, but 'channel' holds text"),
+        ("amount", "multiclass", "a numeric target with that many values is a regression"),
+        ("rating", "auto", "'rating' has 14 distinct numeric values .*--task multiclass or --task regression"),
+        ("code", "auto", "'code' has 60 distinct text values .*more than 50 classes"),
+        ("channel", "ordinal", "task must be auto, binary, multiclass, regression; got 'ordinal'"),
+    ],
+)
+def test_a_target_that_does_not_fit_the_task_names_it_and_the_flag(transactions, target, task, message):
+    frame = transactions.assign(
+        rating=np.arange(len(transactions)) % 14, code=[f"c{i % 60}" for i in range(len(transactions))]
+    )
+    with pytest.raises(KfopsError, match=message):
+        resolve_schema(frame, "data.csv", target, drop=["is_fraud"], task=task)
+
+
+def test_a_positive_class_is_for_binary_targets(transactions):
+    with pytest.raises(KfopsError, match="--positive-class is for binary targets; 'channel' has 4 classes"):
+        resolve_schema(transactions, "data.csv", "channel", drop=["is_fraud"], positive_class="web")
+
+
+def test_a_regression_target_is_split_on_its_deciles(transactions):
+    from kfops.components.contracts import SplitConfig
+    from kfops.components.ingest.logic import split_frame
+
+    splits = split_frame(transactions, "amount", SplitConfig(validation_fraction=0.2, test_fraction=0.2, seed=1))
+    deciles = transactions["amount"].quantile([0.1, 0.9]).to_numpy()
+    for frame in splits.values():
+        # each split spans the target's range, from the lowest decile to the highest
+        assert frame["amount"].min() < deciles[0] and frame["amount"].max() > deciles[1]
+    assert sum(len(f) for f in splits.values()) == len(transactions)
 
 
 def test_text_in_a_numeric_column(tmp_path, transactions):

@@ -35,6 +35,7 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
         drop_columns=["transaction_id", "customer_id"],
         time_column="event_time",
         positive_class="",
+        task="auto",
         expectation_suite="",
     )
     assert (
@@ -232,6 +233,7 @@ def test_version_wrapper_stops_on_bad_data(tmp_path):
             drop_columns=[],
             time_column="",
             positive_class="",
+            task="auto",
             expectation_suite="",
         )
     assert not (tmp_path / "s").exists()  # nothing stored for data that failed its checks
