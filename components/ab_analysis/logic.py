@@ -61,7 +61,13 @@ log = logging.getLogger(__name__)
 CONVERSION = "conversion"
 CONTINUOUS = "continuous"
 AUTO = "auto"
-METRIC_KINDS = (CONVERSION, CONTINUOUS, AUTO)
+# A regression model's variants compared on their errors: per row |prediction - outcome| or its square, Welch's
+# t-test on those, lower better (the mean squared error's comparison; the mean absolute error's).
+ABSOLUTE_ERROR = "absolute_error"
+SQUARED_ERROR = "squared_error"
+ERROR_KINDS = (ABSOLUTE_ERROR, SQUARED_ERROR)
+METRIC_KINDS = (CONVERSION, CONTINUOUS, AUTO, *ERROR_KINDS)
+PREDICTION_COLUMN = "prediction"
 
 BETTER = "challenger better"
 WORSE = "challenger worse"
@@ -189,6 +195,29 @@ def _variants(frame: pd.DataFrame, column: str, source: str, control: str, treat
     return text
 
 
+def _errors(
+    frame: pd.DataFrame, outcomes: pd.Series, known: pd.Series, metric: str, source: str
+) -> tuple[pd.Series, pd.Series]:
+    """Each row's error of the logged prediction against its outcome (a regression's A/B test)."""
+    if PREDICTION_COLUMN not in frame.columns:
+        raise KfopsError(
+            f"{source}: metric {metric} compares predictions with outcomes, but there is no '{PREDICTION_COLUMN}' "
+            f"column; its columns: {', '.join(map(str, frame.columns))}"
+        )
+    predicted = pd.to_numeric(frame[PREDICTION_COLUMN], errors="coerce")
+    bad = predicted.isna() & frame[PREDICTION_COLUMN].notna()
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise KfopsError(
+            f"{source}: metric {metric} needs numeric predictions (a regression's), but '{PREDICTION_COLUMN}' holds "
+            f"{frame[PREDICTION_COLUMN].iloc[first]!r} (row {first})"
+        )
+    error = (predicted - outcomes).abs()
+    if metric == SQUARED_ERROR:
+        error = error**2
+    return error, known & predicted.notna()
+
+
 def _outcomes(frame: pd.DataFrame, column: str, source: str) -> tuple[pd.Series, pd.Series]:
     """The outcome column as floats, and the mask of rows that have one."""
     raw = frame[column]
@@ -240,6 +269,9 @@ def analyze_ab(
             )
     variants = _variants(frame, variant_column, source, control, treatment)
     values, known = _outcomes(frame, outcome_column, source)
+    if metric in ERROR_KINDS:
+        values, known = _errors(frame, values, known, metric, source)
+        higher_is_better = False
     missing = int((~known).sum())
     warnings: list[str] = []
     if missing:
@@ -254,6 +286,9 @@ def analyze_ab(
 
     binary = bool(np.isin(np.concatenate([a, b]), (0.0, 1.0)).all())
     kind = (CONVERSION if binary else CONTINUOUS) if metric == AUTO else metric
+    kind = CONTINUOUS if kind in ERROR_KINDS else kind
+    if metric in ERROR_KINDS:
+        warnings.append(f"compared on each row's {metric.replace('_', ' ')} of '{PREDICTION_COLUMN}': lower is better")
     if kind == CONVERSION and not binary:
         odd = next(v for v in np.concatenate([a, b]) if v not in (0.0, 1.0))
         raise KfopsError(

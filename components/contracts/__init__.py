@@ -290,8 +290,9 @@ class FeatureSpec:
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of the MLP classifier. Each field but those in ``NOT_PARAMETERS`` is a pipeline parameter
-    (``pipelines/parameters.py`` derives them from here) under its own name or the one in ``PARAMETER_NAMES``."""
+    """Hyperparameters of the MLP (its head follows the feature spec's task). Each field but those in
+    ``NOT_PARAMETERS`` is a pipeline parameter (``pipelines/parameters.py`` derives them from here) under its own
+    name or the one in ``PARAMETER_NAMES``."""
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1

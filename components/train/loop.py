@@ -1,4 +1,5 @@
-"""The PyTorch training loop: an MLP classifier trained on in-memory tensors, fast on CPU and GPU.
+"""The PyTorch training loop: an MLP (a binary or multiclass classifier, or a regression) trained on in-memory
+tensors, fast on CPU and GPU.
 
 Plain torch and numpy only (no MLflow, no KFP), so the loop can be benchmarked and reused anywhere. Why it is
 fast: the whole split lives in one tensor on the training device; each epoch shuffles it once with a single

@@ -77,8 +77,9 @@ def add_commands(subparsers) -> None:
         "--metric",
         choices=METRIC_KINDS,
         default="auto",
-        help="conversion (0/1: two-proportion z-test), continuous (Welch's t-test), or auto (conversion when "
-        "every outcome is 0 or 1)",
+        help="conversion (0/1: two-proportion z-test), continuous (Welch's t-test), auto (conversion when "
+        "every outcome is 0 or 1), or a regression model's absolute_error / squared_error of the logged prediction "
+        "against the outcome (Welch's t-test, lower is better)",
     )
     analyze.add_argument("--alpha", type=_share, default=0.05, help="significance level (default 0.05)")
     analyze.add_argument("--power", type=_share, default=0.8, help="power for the sample-size figures (default 0.8)")

@@ -379,3 +379,28 @@ def test_the_compiled_component_runs_in_kfp_local(outcome_file, tmp_path):
     assert task.outputs["result"].metadata["verdict"] == BETTER
     with open(task.outputs["report"].path, encoding="utf-8") as fh:
         assert f"**Verdict: {BETTER}**" in fh.read()
+
+
+@pytest.mark.parametrize("metric", ["absolute_error", "squared_error"])
+def test_a_regression_challenger_with_smaller_errors_is_found_better(metric):
+    """A known gap: the challenger's predictions miss the outcome by half as much as stable's."""
+    rng = np.random.default_rng(11)
+    outcome = rng.gamma(2.0, 60.0, 1200)
+    variant = np.array(["stable", "challenger"] * 600)
+    noise = np.where(variant == "stable", 30.0, 15.0)
+    logged = pd.DataFrame(
+        {"variant": variant, "outcome": outcome, "prediction": outcome + rng.normal(size=1200) * noise}
+    )
+    result = analyze_ab(logged, metric=metric)
+    assert result.metric == CONTINUOUS and result.verdict == BETTER and not result.higher_is_better
+    assert result.difference < 0  # the challenger's mean error is the smaller
+    if metric == "absolute_error":  # E|N(0, s)| = s sqrt(2/pi)
+        assert result.control.mean == pytest.approx(30 * math.sqrt(2 / math.pi), rel=0.1)
+    assert any("lower is better" in w for w in result.warnings)
+    # the same predictions, no gap: no difference
+    same = logged.assign(prediction=outcome + rng.normal(size=1200) * 20.0)
+    assert analyze_ab(same, metric=metric).verdict == NO_DIFFERENCE
+    with pytest.raises(KfopsError, match=r"needs numeric predictions .* 'prediction' holds 'a'"):
+        analyze_ab(logged.assign(prediction="a"), metric=metric)
+    with pytest.raises(KfopsError, match="there is no 'prediction' column"):
+        analyze_ab(logged.drop(columns="prediction"), metric=metric)
