@@ -9,7 +9,7 @@ import argparse
 import sys
 
 # As in kfops.components.ab_analysis.logic (not imported here: it brings pandas into every start-up).
-METRIC_KINDS = ("conversion", "continuous", "auto")
+METRIC_KINDS = ("conversion", "continuous", "auto", "absolute_error", "squared_error")
 FORMATS = ("auto", "csv", "parquet", "jsonl")
 DEFAULT_CONTROL = "stable"
 DEFAULT_TREATMENT = "challenger"

@@ -182,10 +182,12 @@ def _print_summary(
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
     version = client.get_model_version(model_name, outputs["model_version"])
     aliases = client.get_registered_model(model_name).aliases
-    from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE
+    from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE, TASK_METRIC_NAMES
 
-    metrics = {k: run.data.metrics[k] for k in METRIC_NAMES if k in run.data.metrics}
+    task = run.data.tags.get("kfops.task", "binary")
+    metrics = {k: run.data.metrics[k] for k in TASK_METRIC_NAMES.get(task, METRIC_NAMES) if k in run.data.metrics}
     summary = {
+        "task": task,
         "data_sha256": outputs["data_sha256"],
         "run_id": outputs["run_id"],
         "model_name": model_name,
@@ -215,6 +217,10 @@ def _print_summary(
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
     console.print(table)
+    how = (
+        "as asked (--task)" if arguments.get("task", "auto") != "auto" else "inferred from the target; --task to choose"
+    )
+    console.print(f"  task           {task} ({how})")
     console.print(f"  data version   {summary['data_sha256']}")
     console.print(
         f"  MLflow run     {summary['run_id']} (experiment {summary['experiment_id']}, trained on {summary['device']})"

@@ -107,6 +107,44 @@ def monitor(tmp_path, model: str, window: pd.DataFrame, capsys) -> dict:
     return {f["name"]: f for f in result["prediction_drift"]}
 
 
+def triton_infer(model_ref: str, tracking_uri: str, rows: pd.DataFrame, tmp_path) -> dict[str, np.ndarray]:
+    """Triton's own HTTP client (binary tensors) against `python -m kfops.serving` on 127.0.0.1: the outputs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import tritonclient.http as httpclient
+
+    from tests.serving.test_server import NAME, free_port, wait_ready
+
+    port, log = free_port(), tmp_path / "server.log"
+    command = [sys.executable, "-m", "kfops.serving", "--model", model_ref, "--name", NAME, "--host", "127.0.0.1"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--port", str(port), "--max-wait-ms", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, log)
+        tensors = []
+        for name, column in rows.items():
+            if pd.api.types.is_numeric_dtype(column):
+                tensor = httpclient.InferInput(name, [len(rows)], "FP64")
+                tensor.set_data_from_numpy(column.to_numpy(dtype=np.float64, na_value=np.nan), binary_data=True)
+            else:
+                tensor = httpclient.InferInput(name, [len(rows)], "BYTES")
+                tensor.set_data_from_numpy(np.array([v.encode() for v in column], dtype=np.object_), binary_data=True)
+            tensors.append(tensor)
+        result = httpclient.InferenceServerClient(f"127.0.0.1:{port}").infer(NAME, tensors)
+        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def records(rows: pd.DataFrame) -> list[dict]:
     return [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in rows.to_dict(orient="records")]
 
@@ -114,7 +152,7 @@ def records(rows: pd.DataFrame) -> list[dict]:
 def test_iris_is_a_multiclass_model_with_every_class_probability(tmp_path, capsys, clean_env):
     frame = iris_csv(tmp_path / "iris.csv")
     result = run_json(capsys, "--data", str(tmp_path / "iris.csv"), "--target", "species", "--workspace", str(tmp_path))
-    assert result["model_name"] == "iris-species"
+    assert result["model_name"] == "iris-species" and result["task"] == "multiclass"
     assert result["blessed"], result["blessing"]
     metrics = result["metrics"]
     assert {"balanced_accuracy", "f1_weighted", "log_loss", "roc_auc_ovr"} <= set(metrics)
@@ -149,6 +187,13 @@ def test_iris_is_a_multiclass_model_with_every_class_probability(tmp_path, capsy
     assert outputs["prediction"]["data"] == [a["prediction"] for a in v1["predictions"]]
     assert {o["name"] for o in meta["outputs"]} == set(outputs)
 
+    # Triton's client, binary tensors, the same answers (NaN is the missing value in a binary tensor).
+    triton = triton_infer("iris-species@champion", result["mlflow_tracking_uri"], rows, tmp_path)
+    assert [v.decode() if isinstance(v, bytes) else str(v) for v in triton["prediction"]] == [
+        a["prediction"] for a in v1["predictions"]
+    ]
+    assert np.allclose(triton["probability_setosa"], [a["probabilities"]["setosa"] for a in v1["predictions"]])
+
     # Batch prediction writes the class and its probability, the same as serving's.
     scored = batch_predict(tmp_path, "iris-species@champion", frame.drop(columns="species"), capsys)
     assert set(scored["prediction"]) <= classes and scored["probability"].between(1 / 3, 1.0).all()
@@ -165,7 +210,7 @@ def test_diabetes_is_a_regression_answered_in_its_own_units(tmp_path, capsys, cl
     result = run_json(
         capsys, "--data", str(tmp_path / "diabetes.csv"), "--target", "progression", "--workspace", str(tmp_path)
     )
-    assert result["model_name"] == "diabetes-progression"
+    assert result["model_name"] == "diabetes-progression" and result["task"] == "regression"
     assert result["blessed"], result["blessing"]
     metrics = result["metrics"]
     assert {"rmse", "mae", "r2", "median_ae", "smape"} <= set(metrics)
@@ -189,6 +234,11 @@ def test_diabetes_is_a_regression_answered_in_its_own_units(tmp_path, capsys, cl
     assert output["name"] == "prediction" and output["datatype"] == "FP64"
     assert np.allclose(output["data"], predicted)
     assert meta["outputs"] == [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
+
+    triton = triton_infer(
+        "diabetes-progression@champion", result["mlflow_tracking_uri"], rows.drop(columns="patient_id"), tmp_path
+    )
+    assert triton["prediction"].dtype == np.float64 and np.allclose(triton["prediction"], predicted)
 
     # Batch prediction writes the value (a number) and no probability.
     scored = batch_predict(tmp_path, "diabetes-progression@champion", frame.drop(columns="progression"), capsys)
