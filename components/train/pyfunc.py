@@ -15,6 +15,9 @@ from pathlib import Path
 
 import mlflow.pyfunc
 
+# the contracts are standard library only: imported once here, not on every scored batch
+from kfops.components.contracts import PROBABILITY_PREFIX, TASK_MULTICLASS, TASK_REGRESSION
+
 # The model folder's format: network.json records it (a folder without the field is format 1, as 0.1.0 wrote);
 # a folder of a newer format is refused with a message instead of loading wrongly.
 MODEL_FORMAT_VERSION = 1
@@ -97,8 +100,6 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         the target's units (regression)."""
         import torch
 
-        from kfops.components.contracts import TASK_MULTICLASS, TASK_REGRESSION
-
         with torch.inference_mode():
             logits = self.network(torch.from_numpy(features)).squeeze(-1)
             if self.spec.task == TASK_MULTICLASS:
@@ -113,8 +114,6 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         most probable class (multiclass)."""
         import numpy as np
 
-        from kfops.components.contracts import TASK_MULTICLASS
-
         if self.spec.task == TASK_MULTICLASS:
             return np.asarray(self.spec.labels, dtype=object)[np.argmax(probability, axis=1)]
         return np.where(probability >= self.threshold, self.spec.positive_class, self.spec.negative_class).astype(
@@ -124,8 +123,6 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     def outputs(self, scores) -> dict:
         """The columns ``predict`` answers with, from ``score_matrix``'s scores (serving builds its answers from
         these too)."""
-        from kfops.components.contracts import PROBABILITY_PREFIX, TASK_MULTICLASS, TASK_REGRESSION
-
         if self.spec.task == TASK_REGRESSION:
             return {"prediction": scores}
         if self.spec.task == TASK_MULTICLASS:
