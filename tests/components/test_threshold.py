@@ -69,7 +69,9 @@ def test_unreachable_bounds_and_one_class_are_named():
 
 @pytest.mark.parametrize("objective", ["fixed", "f1", "youden", "precision>=0.9", "recall>=0.75", "recall>=1"])
 def test_objectives_accepted(objective):
-    TrainConfig(threshold_objective=objective).check()
+    config = TrainConfig.from_dict({"threshold_objective": objective})  # check() raises KfopsError if refused
+    config.check()
+    assert config.threshold_objective == objective
 
 
 @pytest.mark.parametrize("objective", ["F1", "precision>0.9", "recall>=0", "recall>=1.5", "accuracy"])
