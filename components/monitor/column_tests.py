@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kfops.components.contracts.monitoring import STATUS_INSUFFICIENT, FeatureDrift
 from kfops.components.monitor.columns import (
     DEFAULT_THRESHOLDS,
     FEW_VALUES,
@@ -20,10 +21,6 @@ from kfops.components.monitor.columns import (
     DriftOptions,
     _fill_zeroes,
     _Histogram,
-)
-from kfops.components.monitor.report import (
-    STATUS_INSUFFICIENT,
-    FeatureDrift,
 )
 
 if TYPE_CHECKING:  # the column types, for annotations only (profiles imports this module)

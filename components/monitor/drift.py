@@ -52,11 +52,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 
+from kfops.components.contracts.monitoring import DriftResult
 from kfops.components.monitor.columns import DriftOptions
 from kfops.components.monitor.profiles import WindowAccumulator, profile_reference
-from kfops.components.monitor.report import (
-    DriftResult,
-)
 
 
 def compute_drift(

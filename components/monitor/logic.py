@@ -26,11 +26,11 @@ import pandas as pd
 
 from kfops.components import roles, storage
 from kfops.components.contracts import FeatureSpec, KfopsError
+from kfops.components.contracts.monitoring import DriftResult
 from kfops.components.monitor import alerts
 from kfops.components.monitor.columns import PREDICTION_COLUMNS, DriftOptions
 from kfops.components.monitor.profiles import WindowAccumulator, left_out_of, profile_reference
 from kfops.components.monitor.report import (
-    DriftResult,
     StratifiedSample,
     now_iso,
     write_html,

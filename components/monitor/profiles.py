@@ -13,6 +13,14 @@ import pandas as pd
 
 from kfops.components import roles
 from kfops.components.contracts import KfopsError
+from kfops.components.contracts.monitoring import (
+    STATUS_INSUFFICIENT,
+    STATUS_OK,
+    VERDICT_DRIFT,
+    VERDICT_INSUFFICIENT,
+    VERDICT_NO_DRIFT,
+    DriftResult,
+)
 from kfops.components.monitor.column_tests import test_column
 from kfops.components.monitor.columns import (
     BINNED_AS_VALUES,
@@ -28,14 +36,6 @@ from kfops.components.monitor.columns import (
     canonical,
     numeric_values,
     prediction_kind,
-)
-from kfops.components.monitor.report import (
-    STATUS_INSUFFICIENT,
-    STATUS_OK,
-    VERDICT_DRIFT,
-    VERDICT_INSUFFICIENT,
-    VERDICT_NO_DRIFT,
-    DriftResult,
 )
 
 

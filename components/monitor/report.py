@@ -15,12 +15,8 @@ import numpy as np
 import pandas as pd
 
 from kfops.components.contracts import KfopsError
-from kfops.components.contracts.monitoring import (  # noqa: F401  (the monitor's contract, re-exported)
-    STATUS_INSUFFICIENT,
+from kfops.components.contracts.monitoring import (
     STATUS_OK,
-    VERDICT_DRIFT,
-    VERDICT_INSUFFICIENT,
-    VERDICT_NO_DRIFT,
     DriftResult,
     FeatureDrift,
 )

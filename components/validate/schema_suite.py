@@ -61,6 +61,17 @@ def allowed_empty(share: float) -> float:
     return min(1.0, 2 * share + EMPTY_TOLERANCE)
 
 
+def _range(column: str, values: pd.Series) -> dict[str, Any]:
+    """The observed range of a numeric column, a warning: values outside it drifted but still train."""
+    return _expectation(
+        "expect_column_values_to_be_between",
+        WARNING,
+        column=column,
+        min_value=float(values.min()),
+        max_value=float(values.max()),
+    )
+
+
 def infer_suite(frame: pd.DataFrame, target: str, name: str = "kfops-inferred") -> dict[str, Any]:
     """The suite drawn from this data: errors for the schema, warnings for ranges and domains."""
     expectations = [
@@ -81,16 +92,7 @@ def infer_suite(frame: pd.DataFrame, target: str, name: str = "kfops-inferred") 
             expectations.append(_expectation("expect_column_values_to_not_be_null", ERROR, column=name_))
             if roles.is_continuous_target(column):
                 # a regression target: its range, a warning like any numeric column's (drifted amounts still train)
-                values = pd.to_numeric(column, errors="coerce").dropna()
-                expectations.append(
-                    _expectation(
-                        "expect_column_values_to_be_between",
-                        WARNING,
-                        column=name_,
-                        min_value=float(values.min()),
-                        max_value=float(values.max()),
-                    )
-                )
+                expectations.append(_range(name_, pd.to_numeric(column, errors="coerce").dropna()))
                 continue
             classes = sorted((_plain(v) for v in column.dropna().unique()), key=str)
             expectations.append(
@@ -110,15 +112,7 @@ def infer_suite(frame: pd.DataFrame, target: str, name: str = "kfops-inferred") 
         if values.empty:
             continue
         if kind == "numeric":
-            expectations.append(
-                _expectation(
-                    "expect_column_values_to_be_between",
-                    WARNING,
-                    column=name_,
-                    min_value=float(values.min()),
-                    max_value=float(values.max()),
-                )
-            )
+            expectations.append(_range(name_, values))
         elif kind == "text":
             domain = values.astype(str).unique()
             if len(domain) <= MAX_DOMAIN and len(domain) < len(values):  # unique per row: an id, no domain

@@ -15,13 +15,6 @@ pytestmark = pytest.mark.e2e
 FAST = ["--epochs", "3", "--hidden-sizes", "16,8", "--batch-size", "256", "--rows", "20000"]
 
 
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "KFOPS_MLFLOW_ARTIFACT_ROOT", "KFOPS_WORKSPACE", "KFOPS_ARTIFACT_STORE"):
-        monkeypatch.setenv(name, "unset")
-        monkeypatch.delenv(name)
-
-
 def champion(ws) -> str:
     from mlflow import MlflowClient
 

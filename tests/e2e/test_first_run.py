@@ -15,22 +15,9 @@ import pandas as pd
 import pytest
 
 from kfops.cli import main
+from tests.e2e.helpers import run_json
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "KFOPS_MLFLOW_ARTIFACT_ROOT", "KFOPS_WORKSPACE", "KFOPS_ARTIFACT_STORE"):
-        monkeypatch.setenv(name, "unset")
-        monkeypatch.delenv(name)
-
-
-def run_json(capsys, *args) -> dict:
-    code = main(["run", *args, "--json"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    return json.loads(out[out.index("{") :])
 
 
 def breast_cancer_csv(path) -> pd.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from pathlib import Path
@@ -12,23 +11,10 @@ import pytest
 
 from kfops.cli import main
 from kfops.components.datasets import canonical_sha256
+from tests.e2e.helpers import run_json
 
 pytestmark = pytest.mark.e2e
 FAST = ["--epochs", "3", "--hidden-sizes", "16,8", "--batch-size", "256"]
-
-
-@pytest.fixture
-def clean_env(monkeypatch):
-    # The runs must use their workspace's own store, whatever this shell has set; restore afterwards.
-    for name in ("MLFLOW_TRACKING_URI", "KFOPS_MLFLOW_ARTIFACT_ROOT", "KFOPS_WORKSPACE", "KFOPS_ARTIFACT_STORE"):
-        monkeypatch.setenv(name, "unset")
-        monkeypatch.delenv(name)
-
-
-def run_json(capsys, *args) -> dict:
-    assert main(["run", *args, "--json"]) == 0
-    out = capsys.readouterr().out
-    return json.loads(out[out.index("{") :])
 
 
 def strip(text: str) -> str:
