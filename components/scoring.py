@@ -92,25 +92,21 @@ def binary_metrics(y_true: np.ndarray, probability: np.ndarray, threshold: float
     }
 
 
-def multiclass_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """The multiclass metrics for class indices and rows of class probabilities: the predicted class is the most
-    probable; macro averages weigh classes alike, weighted ones by their rows; ``roc_auc_ovr`` is the mean of
-    each class's one-vs-rest ROC-AUC over the classes present with both outcomes (scikit-learn's macro OvR)."""
+def class_metrics(y_true: np.ndarray, predicted: np.ndarray, k: int) -> dict[str, float]:
+    """The multiclass metrics that need only the predicted class (class indices in [0, k)): accuracy, balanced
+    accuracy, and precision/recall/F1 macro (classes alike, over the classes present) and weighted (by rows)."""
     y = np.asarray(y_true).astype(np.int64)
-    p = np.asarray(probabilities, dtype=np.float64)
-    k = p.shape[1]
-    pred = p.argmax(axis=1)
+    pred = np.asarray(predicted).astype(np.int64)
     matrix = np.zeros((k, k), dtype=np.int64)
     np.add.at(matrix, (y, pred), 1)
     support = matrix.sum(axis=1).astype(np.float64)
-    predicted = matrix.sum(axis=0).astype(np.float64)
+    predicted_rows = matrix.sum(axis=0).astype(np.float64)
     hits = np.diag(matrix).astype(np.float64)
-    precision = np.divide(hits, predicted, out=np.zeros(k), where=predicted > 0)
+    precision = np.divide(hits, predicted_rows, out=np.zeros(k), where=predicted_rows > 0)
     recall = np.divide(hits, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
     present = support > 0
     weights = support / max(support.sum(), 1.0)
-    aucs = [roc_auc((y == c).astype(np.int64), p[:, c]) for c in range(k) if 0 < support[c] < len(y)]
     return {
         "accuracy": _safe_div(hits.sum(), len(y)),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
@@ -120,6 +116,20 @@ def multiclass_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[st
         "precision_weighted": float((precision * weights).sum()),
         "recall_weighted": float((recall * weights).sum()),
         "f1_weighted": float((f1 * weights).sum()),
+    }
+
+
+def multiclass_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """The multiclass metrics for class indices and rows of class probabilities: ``class_metrics`` of the most
+    probable class, ``log_loss``, and ``roc_auc_ovr``, the mean of each class's one-vs-rest ROC-AUC over the
+    classes present with both outcomes (scikit-learn's macro OvR)."""
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    k = p.shape[1]
+    support = np.bincount(y, minlength=k)
+    aucs = [roc_auc((y == c).astype(np.int64), p[:, c]) for c in range(k) if 0 < support[c] < len(y)]
+    return {
+        **class_metrics(y, p.argmax(axis=1), k),
         "log_loss": float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)))) if len(y) else math.nan,
         "roc_auc_ovr": float(np.mean(aucs)) if aucs else math.nan,
     }

@@ -17,11 +17,15 @@ def outcome_performance(
     report: Output[Artifact],
     metrics: Output[Metrics],
     join_on: str = "request_id",
-) -> NamedTuple("PerformanceOutputs", [("joined", int), ("worst_accuracy", float)]):
-    """Accuracy, precision, recall and F1 per model version and variant over predictions made in [since, until)
+    task: str = "auto",
+) -> NamedTuple(
+    "PerformanceOutputs", [("joined", int), ("task", str), ("worst_accuracy", float), ("worst_rmse", float)]
+):
+    """Live metrics per model version and variant, in the task's terms, over predictions made in [since, until)
     (``24h``, ``7d`` or ISO 8601; ``""`` for open ends). ``outcomes_uri`` ``""`` reads the payload-log sink.
     ``join_on``: ``request_id``, or a business id the payload log keeps (``transaction_id``) the outcomes carry.
-    ``worst_accuracy`` is the lowest group's accuracy, -1 when no prediction has an outcome yet (for dsl.If)."""
+    ``task``: ``auto`` reads it from the payload log. For ``dsl.If``: ``worst_accuracy`` is the lowest group's
+    accuracy (a classifier's), ``worst_rmse`` the highest group's RMSE (a regression's); -1 when there is none."""
     import json
     from collections import namedtuple
 
@@ -35,29 +39,40 @@ def outcome_performance(
         positive_class=positive_class,
         model=model,
         join_on=join_on or "request_id",
+        task=task or "auto",
     )
     with open(report.path, "w", encoding="utf-8") as fh:
         fh.write(result.to_json())
     report.metadata.update(
-        {"predictions": result.predictions, "outcomes": result.outcomes, "positive_class": result.positive_class}
+        {
+            "predictions": result.predictions,
+            "outcomes": result.outcomes,
+            "task": result.task,
+            "positive_class": result.positive_class or "",
+        }
     )
     for group in result.groups:
         prefix = f"{group.model}-v{group.model_version}-{group.variant}"
         metrics.log_metric(f"{prefix}-joined", group.joined)
-        for name in ("accuracy", "precision", "recall", "f1"):
-            value = getattr(group, name)
+        for name in result.metric_names:
+            value = group.values.get(name)
             if value is not None:
                 metrics.log_metric(f"{prefix}-{name}", round(value, 6))
     with open(metrics.path, "w", encoding="utf-8") as fh:
         json.dump(metrics.metadata, fh, indent=2, sort_keys=True)
-    accuracies = [g.accuracy for g in result.groups if g.accuracy is not None]
     for group in result.groups:
-        print(
-            f"{group.model} v{group.model_version} {group.variant}: {group.joined} of {group.predictions} joined, "
-            f"accuracy {group.accuracy}, precision {group.precision}, recall {group.recall}, f1 {group.f1}"
-        )
-    outputs = namedtuple("PerformanceOutputs", ["joined", "worst_accuracy"])
-    return outputs(sum(g.joined for g in result.groups), min(accuracies) if accuracies else -1.0)
+        shown = ", ".join(f"{name} {group.values.get(name)}" for name in result.metric_names)
+        joined = f"{group.joined} of {group.predictions} joined"
+        print(f"{group.model} v{group.model_version} {group.variant}: {joined}, {shown}")
+    accuracies = [v for g in result.groups if (v := g.values.get("accuracy")) is not None]
+    rmses = [v for g in result.groups if (v := g.values.get("rmse")) is not None]
+    outputs = namedtuple("PerformanceOutputs", ["joined", "task", "worst_accuracy", "worst_rmse"])
+    return outputs(
+        sum(g.joined for g in result.groups),
+        result.task,
+        min(accuracies) if accuracies else -1.0,
+        max(rmses) if rmses else -1.0,
+    )
 
 
 outcome_performance_op = component_op(outcome_performance)

@@ -249,7 +249,7 @@ def _fmt(value) -> str:
 def cmd_outcomes_report(args) -> int:
     import os
 
-    from kfops.components.contracts import KfopsError
+    from kfops.components.contracts import TASK_BINARY, TASK_REGRESSION, KfopsError
     from kfops.components.outcomes.logic import live_performance
 
     salt = b""
@@ -266,6 +266,7 @@ def cmd_outcomes_report(args) -> int:
         model=args.model or "",
         join_on=args.join_on,
         join_salt=salt,
+        task=args.task,
     )
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
@@ -275,14 +276,15 @@ def cmd_outcomes_report(args) -> int:
     from kfops.cli.console import make_console
 
     window = f"{report.since or 'the start'} to {report.until or 'now'}"
-    table = Table(
-        title=f"live performance · predictions from {window} · positive class {report.positive_class!r}"
-        + (f" · joined on {report.join_on}" if report.join_on != "request_id" else "")
-    )
-    for column in ("model", "version", "variant", "predictions", "joined", "no outcome", "accuracy", "precision"):
+    title = f"live performance ({report.task}) · predictions from {window}"
+    if report.positive_class is not None:
+        title += f" · positive class {report.positive_class!r}"
+    table = Table(title=title + (f" · joined on {report.join_on}" if report.join_on != "request_id" else ""))
+    for column in ("model", "version", "variant", "predictions", "joined", "no outcome"):
         table.add_column(column, justify="right" if column not in ("model", "variant") else "left")
-    for column in ("recall", "f1", "predicted +", "observed +"):
-        table.add_column(column, justify="right")
+    headings = {"positive_rate": "predicted +", "outcome_positive_rate": "observed +"}
+    for name in report.metric_names:
+        table.add_column(headings.get(name, name.replace("_", " ")), justify="right")
     for g in report.groups:
         table.add_row(
             g.model,
@@ -291,12 +293,7 @@ def cmd_outcomes_report(args) -> int:
             f"{g.predictions:,}",
             f"{g.joined:,}",
             f"{g.unmatched_predictions:,}",
-            _fmt(g.accuracy),
-            _fmt(g.precision),
-            _fmt(g.recall),
-            _fmt(g.f1),
-            _fmt(g.positive_rate),
-            _fmt(g.outcome_positive_rate),
+            *(_fmt(g.values.get(name)) for name in report.metric_names),
         )
     console = make_console()
     console.print(table)
@@ -306,10 +303,14 @@ def cmd_outcomes_report(args) -> int:
     )
     invalid = sum(g.invalid_outcomes for g in report.groups)
     if invalid:
-        console.print(
-            f"  [yellow]{invalid:,} outcome(s) are neither {report.positive_class!r} nor "
-            f"{report.negative_class!r}: left out of the metrics[/]"
+        usable = (
+            "numbers"
+            if report.task == TASK_REGRESSION
+            else f"{report.positive_class!r} or {report.negative_class!r}"
+            if report.task == TASK_BINARY
+            else "class labels"
         )
+        console.print(f"  [yellow]{invalid:,} outcome(s) are not {usable}: left out of the metrics[/]")
     return 0
 
 
@@ -381,14 +382,25 @@ def add_commands(subparsers) -> None:
     log_cmd.set_defaults(func=cmd_outcomes_log)
     report = outcomes_sub.add_parser(
         "report",
-        help="accuracy, precision, recall, F1 per model version and variant, from the payload log and outcomes",
+        help="live metrics per model version and variant, in the task's terms, from the payload log and outcomes",
+        description="Join the payload log to the logged outcomes and score each model version and variant: "
+        "accuracy, precision, recall, F1 (binary); accuracy, balanced accuracy, macro precision/recall/F1 "
+        "(multiclass); RMSE, MAE, R², median AE, SMAPE (regression). The task is read from the payload log "
+        "unless --task says it.",
     )
     report.add_argument("--payload-log", required=True, help="the payload-log sink (folder or s3:// prefix)")
     report.add_argument("--outcomes", help="the outcomes sink (default: the payload-log sink)")
     report.add_argument("--since", help="predictions from (ISO 8601, or 24h / 7d back from now)")
     report.add_argument("--until", help="predictions before (ISO 8601, or a span back from now)")
     report.add_argument("--model", help="only this model name")
-    report.add_argument("--positive-class", help="the positive label (default 1/true/yes)")
+    report.add_argument("--positive-class", help="binary: the positive label (default 1/true/yes)")
+    report.add_argument(
+        "--task",
+        default="auto",
+        choices=["auto", "binary", "multiclass", "regression"],
+        help="the model's task (default auto: numbers in the payload log are a regression's, more than two class "
+        "labels a multiclass model's)",
+    )
     report.add_argument(
         "--join-on",
         default="request_id",

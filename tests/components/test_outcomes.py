@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -193,8 +194,10 @@ def test_report_command_json_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "live performance" in out and "0.5000" in out and "2 prediction(s), 2 outcome(s)" in out
     write_payload_log(sink, [payload("c", "3", "default", "maybe")])
-    assert main([*args, "--json"]) == 2
-    assert "live performance is for binary classifiers" in capsys.readouterr().err
+    assert main([*args, "--json", "--task", "binary"]) == 2
+    assert "a binary model predicts two: use --task multiclass" in capsys.readouterr().err
+    assert main([*args, "--json"]) == 0  # three labels: read as a multiclass model
+    assert json.loads(capsys.readouterr().out)["task"] == "multiclass"
 
 
 def test_outcomes_and_payload_log_on_s3(s3_env):
@@ -251,7 +254,7 @@ def test_outcomes_join_on_a_business_id_the_payload_log_keeps(tmp_path, capsys, 
 
     report_artifact = dsl.Artifact(name="report", uri=str(tmp_path / "report.json"), metadata={})
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics.json"), metadata={})
-    joined, _ = outcome_performance_op.python_func(
+    joined, task, *_ = outcome_performance_op.python_func(
         payload_log_uri=sink,
         outcomes_uri="",
         since="24h",
@@ -262,7 +265,11 @@ def test_outcomes_join_on_a_business_id_the_payload_log_keeps(tmp_path, capsys, 
         metrics=metrics,
         join_on="transaction_id",
     )
-    assert joined == 3 and json.loads((tmp_path / "report.json").read_text())["join_on"] == "transaction_id"
+    assert (
+        joined == 3
+        and task == "binary"
+        and json.loads((tmp_path / "report.json").read_text())["join_on"] == "transaction_id"
+    )
     capsys.readouterr()  # what the stage printed
 
     # A join key the server hashed (--payload-log-hash transaction_id): the outcomes' ids are hashed the same way.
@@ -288,3 +295,66 @@ def test_record_outcomes_takes_a_join_key_in_the_body(tmp_path):
     assert read_outcomes(sink)[0].empty  # not an outcome by request id
     with pytest.raises(KfopsError, match="record 0: no 'transaction_id' field"):
         record_outcomes({"join_on": "transaction_id", "outcomes": [{"request_id": "a", "outcome": 1}]}, sink)
+
+
+def test_live_performance_of_a_multiclass_model_against_a_hand_count(tmp_path, capsys):
+    sink = str(tmp_path / "sink")
+    # predicted  a a b b c c a  ; actual a b b b c a (none)
+    predicted = ["a", "a", "b", "b", "c", "c", "a"]
+    write_payload_log(sink, [payload(f"m{i}", "4", "stable", p) for i, p in enumerate(predicted)])
+    log_outcomes([{"request_id": f"m{i}", "outcome": o} for i, o in enumerate("abbbca")], sink)
+    report = live_performance(sink, since="24h", now=NOW + dt.timedelta(minutes=5))
+    assert report.task == "multiclass" and report.classes == ["a", "b", "c"] and report.positive_class is None
+    (group,) = report.groups
+    assert (group.predictions, group.joined, group.unmatched_predictions, group.invalid_outcomes) == (7, 6, 1, 0)
+    # per class: a 1/2 predicted right of 2 actual (recall 1/2), b 2/3 (2/2 precision), c 1/1 of 2 predicted
+    assert group.accuracy == pytest.approx(4 / 6)
+    assert group.balanced_accuracy == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    precision = {"a": 1 / 2, "b": 2 / 2, "c": 1 / 2}
+    assert group.precision_macro == pytest.approx(sum(precision.values()) / 3)
+    assert group.predicted_shares == pytest.approx({"a": 2 / 6, "b": 2 / 6, "c": 2 / 6})
+    assert group.outcome_shares == pytest.approx({"a": 2 / 6, "b": 3 / 6, "c": 1 / 6})
+    with pytest.raises(AttributeError, match="no 'tp'"):
+        _ = group.tp
+    args = ["outcomes", "report", "--payload-log", sink, "--since", "24h"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "live performance (multiclass)" in out and "balanced accuracy" in out and "0.7222" in out
+
+
+def test_live_performance_of_a_regression_against_a_hand_count(tmp_path, capsys):
+    sink = str(tmp_path / "sink")
+    records = [
+        {**payload(f"r{i}", "2", "canary", "0"), "prediction": p, "probability": None}
+        for i, p in enumerate([10.0, 20.0, 30.0, 40.0])
+    ]
+    write_payload_log(sink, records, fmt="parquet")
+    log_outcomes(
+        [
+            {"request_id": "r0", "outcome": 12},
+            {"request_id": "r1", "outcome": "17.5"},
+            {"request_id": "r2", "outcome": 30},
+            {"request_id": "r3", "outcome": "n/a"},
+        ],
+        sink,
+    )
+    report = live_performance(sink, since="24h", now=NOW + dt.timedelta(minutes=5))
+    assert report.task == "regression" and report.classes == []
+    (group,) = report.groups
+    assert (group.predictions, group.joined, group.invalid_outcomes) == (4, 3, 1)  # "n/a" is not a number
+    errors = [10 - 12, 20 - 17.5, 0.0]
+    assert group.rmse == pytest.approx((sum(e * e for e in errors) / 3) ** 0.5)
+    assert group.mae == pytest.approx(4.5 / 3)
+    assert group.median_ae == pytest.approx(2.0)
+    assert group.mean_prediction == pytest.approx(20.0) and group.mean_outcome == pytest.approx(59.5 / 3)
+    assert main(["outcomes", "report", "--payload-log", sink, "--since", "24h"]) == 0
+    out = capsys.readouterr().out
+    assert "live performance (regression)" in out and "rmse" in out and "1 outcome(s) are not numbers" in out
+    # Told it is a classifier, the numbers read as labels; told a classifier's log is a regression, it says so.
+    assert live_performance(sink, since="24h", now=NOW, task="multiclass").task == "multiclass"
+    labels = str(tmp_path / "labels")
+    write_payload_log(labels, [payload("x", "1", "stable", "fraud")])
+    with pytest.raises(KfopsError, match=re.escape("prediction(s) are not numbers (e.g. 'fraud', request x)")):
+        live_performance(labels, since="24h", now=NOW, task="regression")
+    with pytest.raises(KfopsError, match="unknown task 'ranking'"):
+        live_performance(labels, task="ranking")

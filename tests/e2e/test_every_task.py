@@ -60,6 +60,40 @@ def serve(model_ref: str, tracking_uri: str, v1_body: dict, v2_body: dict) -> tu
     return v1.json(), v2.json(), meta.json()
 
 
+def live_report(model_ref: str, tracking_uri: str, rows: pd.DataFrame, truth: pd.Series, tmp_path, capsys) -> dict:
+    """Each row served as its own V1 request (request id ``r<index>``) with the payload log on, the true values
+    logged as outcomes with `kfops outcomes log`, then `kfops outcomes report --json`: the report and the served
+    predictions (by request id)."""
+    from fastapi.testclient import TestClient
+
+    from kfops.serving.app import build_app
+    from kfops.serving.payload_log import PayloadLogger
+    from kfops.serving.predictor import TabularPredictor
+
+    sink = str(tmp_path / "payload-log")
+    served = {}
+    with PayloadLogger(sink, "m", flush_seconds=0.05) as logger:
+        predictor = TabularPredictor("m", model_ref, tracking_uri, max_wait_ms=1, payload_logger=logger)
+        predictor.load()
+        try:
+            with TestClient(build_app(predictor), raise_server_exceptions=False) as client:
+                for index, row in zip(rows.index, records(rows), strict=True):
+                    answer = client.post(
+                        "/v1/models/m:predict", json={"instances": [row]}, headers={"x-request-id": f"r{index}"}
+                    )
+                    assert answer.status_code == 200, answer.text
+                    served[f"r{index}"] = answer.json()["predictions"][0]["prediction"]
+        finally:
+            predictor.stop()
+    pd.DataFrame({"request_id": [f"r{i}" for i in truth.index], "outcome": truth.to_numpy()}).to_csv(
+        tmp_path / "outcomes.csv", index=False
+    )
+    assert main(["outcomes", "log", "--sink", sink, "--file", str(tmp_path / "outcomes.csv")]) == 0
+    capsys.readouterr()
+    assert main(["outcomes", "report", "--payload-log", sink, "--since", "1h", "--json"]) == 0
+    return json.loads(capsys.readouterr().out), served
+
+
 def v2_inputs(rows: pd.DataFrame) -> dict:
     inputs = []
     for name, column in rows.items():
@@ -191,6 +225,21 @@ def test_iris_is_a_multiclass_model_with_every_class_probability(tmp_path, capsy
     drift = monitor(tmp_path, "iris-species@champion", pd.concat([window] * 3), capsys)
     assert drift["prediction"]["kind"] == "categorical" and drift["prediction"]["drift_detected"]
 
+    # Live performance: served predictions joined to the true species, in the multiclass terms.
+    report, served = live_report(
+        "iris-species@champion", result["mlflow_tracking_uri"], rows, frame.loc[rows.index, "species"], tmp_path, capsys
+    )
+    assert report["task"] == "multiclass" and report["positive_class"] is None
+    (group,) = report["groups"]
+    assert (group["predictions"], group["joined"], group["invalid_outcomes"]) == (30, 30, 0)
+    hits = [served[f"r{i}"] == frame.loc[i, "species"] for i in rows.index]
+    assert group["accuracy"] == pytest.approx(np.mean(hits))
+    species = frame.loc[rows.index, "species"].to_numpy()
+    recalls = [np.mean(np.array(hits)[species == c]) for c in classes]
+    assert group["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    assert set(group["predicted_shares"]) == set(group["outcome_shares"]) == classes
+    assert sum(group["outcome_shares"].values()) == pytest.approx(1.0)
+
 
 def test_diabetes_is_a_regression_answered_in_its_own_units(tmp_path, capsys, clean_env):
     frame = diabetes_csv(tmp_path / "diabetes.csv")
@@ -237,6 +286,21 @@ def test_diabetes_is_a_regression_answered_in_its_own_units(tmp_path, capsys, cl
     window = window[window["bmi"] > window["bmi"].quantile(0.7)]
     drift = monitor(tmp_path, "diabetes-progression@champion", window, capsys)
     assert drift["prediction"]["kind"] == "numeric" and drift["prediction"]["drift_detected"]
+
+    # Live performance: served values joined to the measured progression, in the regression terms.
+    measured = frame.loc[rows.index, "progression"]
+    report, served = live_report(
+        "diabetes-progression@champion", result["mlflow_tracking_uri"], rows, measured, tmp_path, capsys
+    )
+    assert report["task"] == "regression"
+    (group,) = report["groups"]
+    assert (group["predictions"], group["joined"], group["invalid_outcomes"]) == (40, 40, 0)
+    errors = np.array([served[f"r{i}"] for i in rows.index]) - frame.loc[rows.index, "progression"].to_numpy()
+    assert np.allclose([served[f"r{i}"] for i in rows.index], predicted)  # one row at a time, the same values
+    assert group["rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)))
+    assert group["mae"] == pytest.approx(np.mean(np.abs(errors)))
+    assert group["mean_outcome"] == pytest.approx(frame.loc[rows.index, "progression"].mean())
+    assert "accuracy" not in group
 
 
 def test_an_ambiguous_numeric_target_asks_for_the_task(tmp_path, capsys, clean_env):
