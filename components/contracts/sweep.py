@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfops.components.contracts import METRIC_NAMES, KfopsError, TrainConfig
+from kfops.components.contracts import METRIC_NAMES, TASK_METRIC_NAMES, KfopsError, TrainConfig
 
 METHODS = ("bayes", "random", "grid")
 GOALS = ("minimize", "maximize")
@@ -65,9 +65,21 @@ ALIASES = {"threshold": "decision_threshold"}
 QUANTILE_EPSILON = 1e-6
 
 
-def objective_metrics() -> tuple[str, ...]:
-    """Metric names a sweep may optimise: ``val_loss`` and each suite metric on the validation split."""
-    return ("val_loss", *(f"val_{name}" for name in METRIC_NAMES if name != "val_loss"))
+def objective_metrics(task: str = "") -> tuple[str, ...]:
+    """Metric names a sweep may optimise: ``val_loss`` and each suite metric on the validation split; with
+    ``task``, only that task's (what its trials report)."""
+    names = TASK_METRIC_NAMES[task] if task else METRIC_NAMES
+    return ("val_loss", *(f"val_{name}" for name in names if name != "val_loss"))
+
+
+def check_objective_for_task(spec: SweepSpec, task: str, source: str = "sweep") -> None:
+    """A KfopsError before any trial runs when the spec optimises a metric the data's task does not report
+    (``val_roc_auc`` on a regression target), naming the task's metrics."""
+    if spec.metric not in objective_metrics(task):
+        raise KfopsError(
+            f"{source}: metric.name {spec.metric} is not reported for a {task} target; a {task} sweep may optimise "
+            f"{', '.join(objective_metrics(task))}"
+        )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def katib_sweep(
 
     import yaml
 
+    from kfops.components.contracts import FeatureSpec
     from kfops.components.sweep.katib import TrialData, TrialPod, experiment_name
     from kfops.components.sweep.logic import run_katib_sweep, write_best
     from kfops.components.sweep.spec import parse_spec
@@ -78,6 +79,8 @@ def katib_sweep(
         tracking_uri=mlflow_tracking_uri,
         timeout_s=timeout_seconds,
         poll_s=poll_seconds,
+        # preprocess records the task on the artifact; an older one's file says it (v1 specs are binary).
+        task=feature_spec.metadata.get("task") or FeatureSpec.load(feature_spec.path).task,
     )
     Path(experiment_manifest.path).write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
     write_best(best.path, document)

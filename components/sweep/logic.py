@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 import warnings
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.contracts.sweep import SweepSpec
+from kfops.components.contracts.sweep import SweepSpec, check_objective_for_task
 from kfops.components.study import TAG_STUDY, TAG_TRIAL, sqlite_url
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ class PreparedData:
     raw_train: str
     data_sha256: str = ""
     data_uri: str = ""
+
+
+def data_task(feature_spec_uri: str) -> str:
+    """The task of the data a sweep trains on, from preprocess's feature spec (a path or an s3:// URI)."""
+    from kfops.components import storage
+    from kfops.components.contracts import FeatureSpec
+
+    try:
+        return FeatureSpec.from_json(storage.read_bytes(feature_spec_uri).decode("utf-8")).task
+    except (ValueError, TypeError, KeyError) as err:
+        raise KfopsError(f"sweep: cannot read the feature spec {feature_spec_uri}: {err}") from err
 
 
 @dataclass
@@ -185,8 +197,14 @@ def best_document(
     pipeline = {("threshold" if k == "decision_threshold" else k): v for k, v in best.items()}
     flags = []
     for name, flag in RUN_FLAGS.items():
+        # `kfops run` takes --threshold (a fixed threshold) or --threshold-objective (one chosen on validation),
+        # not both: the flag that says what the configuration does.
+        fixed = best["threshold_objective"] == "fixed"
+        if (name == "decision_threshold" and not fixed) or (name == "threshold_objective" and fixed):
+            continue
         value_ = best[name]
-        flags += [flag, ",".join(str(v) for v in value_) if isinstance(value_, list) else str(value_)]
+        text = ",".join(str(v) for v in value_) if isinstance(value_, list) else str(value_)
+        flags += [flag, shlex.quote(text)]
     return {
         "sweep": spec.name,
         "method": spec.method,
@@ -367,6 +385,7 @@ def run_local_sweep(
     from kfops.components.sweep import optuna_backend
 
     started = time.perf_counter()
+    check_objective_for_task(spec, data_task(data.feature_spec), f"sweep {spec.name}")
     base = base or TrainConfig()
     workspace = Path(workspace).resolve()
     study_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -467,9 +486,11 @@ def run_katib_sweep(
     tracking_uri: str = "",
     timeout_s: float = 86400,
     poll_s: float = 15.0,
+    task: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the sweep as a Katib Experiment and wait for it; returns (the Experiment manifest, the best document).
-    ``data`` is a ``katib.TrialData``, ``pod`` a ``katib.TrialPod`` (its parent run is set here)."""
+    ``data`` is a ``katib.TrialData``, ``pod`` a ``katib.TrialPod`` (its parent run is set here). ``task``, the
+    data's (its feature spec's), is checked against the spec's metric before anything is submitted."""
     import mlflow
 
     from kfops.components.sweep import katib
@@ -478,6 +499,8 @@ def run_katib_sweep(
         from kfops.components.kube import connect
 
         api = connect()
+    if task:
+        check_objective_for_task(spec, task, f"sweep {spec.name}")
     namespace = namespace or api.default_namespace
     parent_run_id, experiment_id = _katib_parent_run(spec, pod.experiment, name, tracking_uri)
     pod = dataclasses.replace(pod, parent_run_id=parent_run_id)

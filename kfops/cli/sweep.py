@@ -83,19 +83,21 @@ def _write_katib(args, spec, console) -> int:
 
 def _prepare(args, ws, console):
     """Run the data steps once (kfp.local, cached) and return the prepared artifacts."""
+    # `kfops run`'s data flags, through the function that reads them for the training pipeline: every training
+    # flag the sweep does not take gets `kfops run`'s default, so a flag added there cannot break this.
+    import argparse
     import warnings
 
-    from kfops.cli.run import training_arguments
+    from kfops.cli.run import add_training_flags, training_arguments
     from kfops.components.sweep.logic import PreparedData, _quiet
     from kfops.pipelines.local import run_pipeline
     from kfops.pipelines.sweep import sweep_prepare_pipeline
 
-    # `kfops run`'s data flags, through the function that reads them for the training pipeline.
-    for flag in ("hidden_sizes", "learning_rate", "dropout", "optimizer", "weight_decay", "class_weighting", "seed",
-                 "batch_size", "model_name", "threshold", "suite", "thresholds", "max_missing"):  # fmt: skip
-        setattr(args, flag, getattr(args, flag, None))
-    for flag in ("no_promote", "warn_only"):
-        setattr(args, flag, False)
+    defaults = argparse.ArgumentParser(add_help=False)
+    add_training_flags(defaults)
+    for name, value in vars(defaults.parse_args([])).items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
     arguments = training_arguments(args, ws)
     wanted = sweep_prepare_pipeline.component_spec.inputs.keys()
     arguments = {k: v for k, v in arguments.items() if k in wanted}
@@ -233,6 +235,7 @@ def add_commands(sub) -> None:
     data.add_argument("--categorical", type=csv_list)
     data.add_argument("--drop", type=csv_list)
     data.add_argument("--positive-class")
+    data.add_argument("--task", choices=["auto", "binary", "multiclass", "regression"], default=None)
     data.add_argument("--time-column")
     data.add_argument("--split-by-time", action="store_true")
     data.add_argument("--validation-fraction", type=float)

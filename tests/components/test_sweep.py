@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.contracts.sweep import objective_metrics
 from kfops.components.study import EpochReporter, sqlite_url
 from kfops.components.sweep import katib, optuna_backend
 from kfops.components.sweep.spec import parse_spec
@@ -467,7 +468,7 @@ def test_the_katib_step_submits_waits_and_outputs_the_best_parameters(tmp_path, 
     out = katib_sweep_op.python_func(
         train_features=artifact(dsl.Dataset, "train_features"),
         validation_features=artifact(dsl.Dataset, "validation_features"),
-        feature_spec=artifact(dsl.Artifact, "feature_spec"),
+        feature_spec=artifact(dsl.Artifact, "feature_spec", task="binary"),
         raw_train=artifact(dsl.Dataset, "train", source="s3://raw/tx.parquet"),
         data_sha256="abc",
         sweep_spec=spec_text,
@@ -508,6 +509,75 @@ def test_a_failed_katib_experiment_is_a_clear_error(tmp_path, fake, mlflow_store
     fake.fail("POST", 403, "Forbidden", 'experiments.kubeflow.org is forbidden: User "x" cannot create')
     with pytest.raises(KfopsError, match=r"create Experiment team-a/s-2: forbidden: .*experiments.kubeflow.org"):
         run_katib_sweep(spec, DATA, POD, namespace="team-a", name="s-2", api=connect(host=fake.url), poll_s=0.01)
+
+
+def test_a_metric_the_datas_task_does_not_report_is_refused_before_anything_runs(fake, mlflow_store, tmp_path):
+    from kfops.components.kube import connect
+    from kfops.components.sweep.logic import run_katib_sweep
+
+    spec = spec_of(
+        {
+            "name": "s",
+            "method": "random",
+            "metric": {"name": "roc_auc"},
+            "parameters": {"dropout": {"min": 0.0, "max": 0.3}},
+        }
+    )
+    with pytest.raises(KfopsError, match=r"val_roc_auc is not reported for a regression target; .* val_rmse, val_mae"):
+        run_katib_sweep(spec, DATA, POD, namespace="team-a", name="s-1", api=connect(host=fake.url), task="regression")
+    assert fake.calls() == []  # nothing submitted
+    assert objective_metrics("multiclass")[:3] == ("val_loss", "val_accuracy", "val_balanced_accuracy")
+    assert "val_roc_auc" not in objective_metrics("multiclass") and "val_roc_auc" in objective_metrics("binary")
+
+
+@pytest.mark.parametrize(
+    "objective, expected",
+    [("f1", ["--threshold-objective", "f1"]), ("precision>=0.9", ["--threshold-objective", "precision>=0.9"]),
+     ("fixed", ["--threshold", "0.35"])],
+)  # fmt: skip
+def test_the_best_configurations_flags_are_what_kfops_run_takes(objective, expected):
+    import shlex
+
+    from kfops.cli import build_parser
+    from kfops.components.sweep.logic import best_document
+
+    spec = spec_of({"name": "s", "method": "random", "parameters": {"dropout": {"min": 0.0, "max": 0.3}}})
+    base = TrainConfig(threshold_objective=objective, decision_threshold=0.35)
+    flags = shlex.split(best_document(spec, {"dropout": 0.2}, 0.1, base)["kfops_run_flags"])
+    assert flags[flags.index(expected[0]) : flags.index(expected[0]) + 2] == expected
+    assert ("--threshold" in flags) != ("--threshold-objective" in flags)  # kfops run refuses both
+    args = build_parser().parse_args(["run", *flags])
+    assert args.dropout == pytest.approx(0.2) and args.hidden_sizes == [64, 32]
+
+
+@pytest.mark.e2e
+def test_a_regression_sweep_from_the_command_line_optimises_rmse(tmp_path, capsys, mlflow_store):
+    from sklearn.datasets import load_diabetes
+
+    from kfops.cli import main
+
+    load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"}).to_csv(
+        tmp_path / "diabetes.csv", index=False
+    )
+    sweep = {
+        "name": "progression",
+        "method": "random",
+        "metric": {"name": "rmse"},
+        "run_cap": 2,
+        "parameters": {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    data = ["--data", str(tmp_path / "diabetes.csv"), "--target", "progression", "--workspace", str(tmp_path / "ws")]
+    args = ["sweep", str(tmp_path / "sweep.yaml"), "--epochs", "2", *data]
+    assert main([*args, "--json"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    document = json.loads(out[out.index("{") :])
+    assert document["metric"] == "val_rmse" and document["goal"] == "minimize" and document["trials"]["complete"] == 2
+    assert 20 < document["value"] < 100  # the target's units: progression spans 25..346, its std is 77
+    sweep["metric"] = {"name": "roc_auc"}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(args) == 2
+    assert "val_roc_auc is not reported for a regression target" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- local, e2e
