@@ -189,7 +189,6 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
 
     Metrics use the model's own decision threshold, so they describe the predictions serving will make.
     """
-    import json
 
     import mlflow.pyfunc
     import pandas as pd
@@ -198,7 +197,7 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
 
     model = mlflow.pyfunc.load_model(model_dir)
     spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json"))
-    threshold = float(json.loads(Path(model_dir, "artifacts", "network.json").read_text()).get("threshold", 0.5))
+    threshold = float(getattr(model.unwrap_python_model(), "threshold", 0.5))  # the model format's, any family
     test = pd.read_parquet(test_path)
     if spec.target not in test.columns:
         raise KfopsError(f"evaluate: target '{spec.target}' is not a column of {test_path}")

@@ -27,6 +27,8 @@ def train(
     device: str,
     threshold: float,
     threshold_objective: str,
+    model_family: str,
+    model_params: dict,
     experiment: str,
     mlflow_tracking_uri: str,
     tensorboard_root: str,
@@ -124,6 +126,8 @@ def train_distributed(
     seed: int,
     threshold: float,
     threshold_objective: str,
+    model_family: str,
+    model_params: dict,
     experiment: str,
     mlflow_tracking_uri: str,
     model: Output[Model],
@@ -160,6 +164,11 @@ def train_distributed(
         return artifact.uri.replace("minio://", "s3://", 1)
 
     config = TrainConfig.from_parameters(locals())  # the hyperparameters among the parameters above
+    if config.model_family != "mlp":
+        from kfops.components.contracts import KfopsError
+
+        raise KfopsError(f"train_distributed: data-parallel training is the mlp's; {config.model_family} trains in "
+                         "the train step")  # fmt: skip
     api = connect()
     output_dir = s3(model).rstrip("/").rsplit("/", 1)[0]
     # One name per task output: a retried step finds (and watches) the TrainJob it submitted before.

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--threshold", type=float, dest="decision_threshold")
     model.add_argument("--threshold-objective", help="fixed, f1, youden, precision>=P or recall>=R")
     model.add_argument("--no-cuda-graphs", action="store_true", help="do not capture the step as a CUDA graph")
+    model.add_argument("--model-family", choices=["mlp", "gbdt"])
+    model.add_argument("--model-params", help="the family's own parameters as JSON (gbdt: '{\"max_leaf_nodes\": 63}')")
     track = parser.add_argument_group("tracking")
     track.add_argument("--experiment", default="kfops-training")
     track.add_argument("--mlflow-tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from kfops.components import storage
 from kfops.components.contracts import (
+    MODEL_FAMILY_GBDT,
+    MODEL_FAMILY_MLP,
     PROBABILITY_PREFIX,
     TASK_BINARY,
     TASK_MULTICLASS,
@@ -136,19 +139,29 @@ def validation_metrics(y_val, threshold: float, spec: FeatureSpec | None = None)
     return metrics
 
 
+def validation_probability(model, x_val, config: TrainConfig):
+    """A binary model's positive-class probability on the validation rows, for either family."""
+    if config.model_family == MODEL_FAMILY_GBDT:
+        from kfops.components.train.gbdt import class_scores
+
+        return class_scores(model, x_val, TASK_BINARY, 1)
+    import torch
+
+    from kfops.components.train.loop import predict_logits
+
+    device = next(model.parameters()).device
+    features = torch.as_tensor(x_val, dtype=torch.float32, device=device)
+    return torch.sigmoid(predict_logits(model, features, device.type)).cpu().numpy()
+
+
 def decision_threshold(model, x_val, y_val, config: TrainConfig) -> float:
     """The model's decision threshold: ``config.decision_threshold`` when fixed, else the one that best meets
     ``config.threshold_objective`` on the validation split (scoring.choose_threshold)."""
     if config.threshold_objective == "fixed":
         return config.decision_threshold
-    import torch
-
     from kfops.components.scoring import choose_threshold
-    from kfops.components.train.loop import predict_logits
 
-    device = next(model.parameters()).device
-    features = torch.as_tensor(x_val, dtype=torch.float32, device=device)
-    probability = torch.sigmoid(predict_logits(model, features, device.type)).cpu().numpy()
+    probability = validation_probability(model, x_val, config)
     if y_val.min() == y_val.max():
         log.warning("validation rows hold one class: the decision threshold stays %g", config.decision_threshold)
         return config.decision_threshold
@@ -157,8 +170,9 @@ def decision_threshold(model, x_val, y_val, config: TrainConfig) -> float:
     return threshold
 
 
-def pip_requirements() -> list[str]:
-    versions = package_versions(MODEL_PIP_PACKAGES)
+def pip_requirements(family: str = MODEL_FAMILY_MLP) -> list[str]:
+    names = MODEL_PIP_PACKAGES + (("scikit-learn",) if family == MODEL_FAMILY_GBDT else ())
+    versions = package_versions(names)
     return [f"{name}=={version}" for name, version in versions.items() if version != "not installed"]
 
 
@@ -195,7 +209,6 @@ def train_model(
     from kfops.components.contracts import StopTraining
     from kfops.components.train import distributed
     from kfops.components.train.loop import fit
-    from kfops.components.train.pyfunc import TabularClassifier, save_network
     from kfops.components.transform import load_matrix
 
     config.check()
@@ -215,6 +228,9 @@ def train_model(
     epoch_metrics = validation_metrics(y_val, config.decision_threshold, spec)
     shape = {"task": spec.task, "outputs": spec.output_width}
     dist_ctx = distributed.current()
+    trees = config.model_family == MODEL_FAMILY_GBDT
+    if trees and (dist_ctx is not None or checkpoint is not None):
+        raise KfopsError("train: gbdt trains in one process and needs no checkpoints; use it without torchrun")
     if dist_ctx is not None and not dist_ctx.is_main:
         # Rank 0 records the run; this rank trains its share and, for a checkpoint, hands over its RNG state.
         result = fit(
@@ -264,12 +280,13 @@ def train_model(
                 "kfops.seed": str(config.seed),
                 "kfops.python": platform.python_version(),
                 **{f"kfops.version.{name}": version for name, version in versions.items()},
+                "kfops.model_family": config.model_family,
                 "mlflow.note.content": (
-                    f"MLP {config.hidden_sizes} ({spec.task}) on data {data_sha256[:12]} from {data_uri}"
+                    f"{_describe(config)} ({spec.task}) on data {data_sha256[:12]} from {data_uri}"
                 ),
             }
         )
-        params = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in config.to_dict().items()}
+        params = {k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in config.to_dict().items()}
         params.update(
             {
                 "train_rows": len(x_train),
@@ -305,19 +322,27 @@ def train_model(
                 epoch_hook(row)
 
         try:
-            result = fit(
-                x_train,
-                y_train,
-                x_val,
-                y_val,
-                config,
-                on_epoch=on_epoch,
-                epoch_metrics=epoch_metrics,
-                checkpoint=checkpoint,
-                resume=resume,
-                checkpoint_extra={"mlflow_run_id": run_id},
-                **shape,
-            )
+            if trees:
+                from kfops.components.train.gbdt import fit_gbdt
+
+                result = fit_gbdt(x_train, y_train, x_val, y_val, config, epoch_metrics=epoch_metrics, **shape)
+                _log_history(run_id, result.history, writer)
+                if epoch_hook is not None:
+                    epoch_hook(result.history[-1])
+            else:
+                result = fit(
+                    x_train,
+                    y_train,
+                    x_val,
+                    y_val,
+                    config,
+                    on_epoch=on_epoch,
+                    epoch_metrics=epoch_metrics,
+                    checkpoint=checkpoint,
+                    resume=resume,
+                    checkpoint_extra={"mlflow_run_id": run_id},
+                    **shape,
+                )
         except StopTraining as stopped:
             mlflow.set_tag("kfops.stopped", str(stopped))
             mlflow.end_run(status="KILLED")
@@ -375,24 +400,16 @@ def train_model(
             mlflow.set_tag("kfops.tensorboard_uri", tensorboard_uri)
 
         with tempfile.TemporaryDirectory() as tmp:
-            weights, network_config = save_network(
-                tmp,
-                result.model,
-                spec.input_width,
-                config.hidden_sizes,
-                config.dropout,
-                threshold=threshold,
-                outputs=spec.output_width,
-            )
+            python_model, artifacts = _model_files(tmp, result.model, spec, config, threshold)
             spec_copy = Path(tmp, "feature_spec.json")
             shutil.copyfile(spec_path, spec_copy)
-            artifacts = {"network": str(weights), "network_config": str(network_config), "feature_spec": str(spec_copy)}
+            artifacts["feature_spec"] = str(spec_copy)
             model_kwargs = dict(
-                python_model=TabularClassifier(),
+                python_model=python_model,
                 artifacts=artifacts,
                 signature=model_signature(spec),
                 input_example=example,
-                pip_requirements=pip_requirements(),
+                pip_requirements=pip_requirements(config.model_family),
             )
             if Path(model_dir).exists():
                 shutil.rmtree(model_dir)
@@ -415,6 +432,53 @@ def train_model(
         resumed_from_epoch=result.resumed_from_epoch,
         world_size=result.world_size,
     )
+
+
+def _describe(config: TrainConfig) -> str:
+    if config.model_family == MODEL_FAMILY_GBDT:
+        params = config.gbdt()
+        return f"gradient-boosted trees ({params.max_leaf_nodes} leaves, learning rate {params.learning_rate})"
+    return f"MLP {config.hidden_sizes}"
+
+
+def _model_files(directory: str, model, spec: FeatureSpec, config: TrainConfig, threshold: float):
+    """The family's pyfunc class and its artifact files (written to ``directory``), but the feature spec."""
+    from kfops.components.train.pyfunc import TabularClassifier, TreeModel, save_network, save_trees
+
+    if config.model_family == MODEL_FAMILY_GBDT:
+        estimator, trees_config = save_trees(directory, model, threshold=threshold, outputs=spec.output_width)
+        return TreeModel(), {"estimator": str(estimator), "trees_config": str(trees_config)}
+    weights, network_config = save_network(
+        directory,
+        model,
+        spec.input_width,
+        config.hidden_sizes,
+        config.dropout,
+        threshold=threshold,
+        outputs=spec.output_width,
+    )
+    return TabularClassifier(), {"network": str(weights), "network_config": str(network_config)}
+
+
+def _log_history(run_id: str, history: list[dict[str, float]], writer) -> None:
+    """Boosting iterations as epoch metrics, in one batch (hundreds of rows; one call each would take seconds)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"epoch_{name}", float(value), now, int(row["epoch"]))
+        for row in history
+        for name, value in row.items()
+        if name != "epoch"
+    ]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    for row in history:
+        for name, value in row.items():
+            if name != "epoch":
+                writer.add_scalar(name.replace("_", "/", 1), value, int(row["epoch"]))
 
 
 def _resumable_run(run_id: str) -> str:

@@ -73,29 +73,38 @@ def build_mlp(input_width: int, hidden_sizes: list[int], dropout: float, outputs
     return nn.Sequential(*layers)
 
 
+def balances_classes(task: str, y_train: np.ndarray, config: TrainConfig, outputs: int) -> bool:
+    """Whether training weights a classifier's classes: ``balanced``, or ``auto`` when the rarest class is under
+    ``AUTO_BALANCE_BELOW`` of the rows (binary: the positives) or under half an even share (multiclass)."""
+    if task == TASK_REGRESSION or config.class_weighting == "none":
+        return False
+    if config.class_weighting == "balanced":
+        return True
+    n = len(y_train)
+    if task == TASK_MULTICLASS:
+        counts = np.bincount(y_train.astype(np.int64), minlength=outputs)
+        return counts.min() / n < 0.5 / outputs
+    return float(y_train.sum()) < AUTO_BALANCE_BELOW * n
+
+
 def task_loss(task: str, y_train: np.ndarray, config: TrainConfig, outputs: int, device: str):
-    """The training loss of ``task`` with the config's class weighting: binary cross-entropy with the positive
-    class weighted, cross-entropy with per-class weights (each class ``n / (k x its rows)``), or squared error
-    on the standardised target. ``auto`` weights a classifier's classes when the rarest is under
-    ``AUTO_BALANCE_BELOW`` of the rows (binary) or under half an even share (multiclass)."""
+    """The training loss of ``task`` with the config's class weighting (``balances_classes``): binary
+    cross-entropy with the positive class weighted, cross-entropy with per-class weights (each class ``n / (k x
+    its rows)``), or squared error on the standardised target."""
     import torch
 
     n = len(y_train)
     if task == TASK_REGRESSION:
         return torch.nn.MSELoss()
+    balance = balances_classes(task, y_train, config, outputs)
     if task == TASK_MULTICLASS:
         counts = np.bincount(y_train.astype(np.int64), minlength=outputs).astype(np.float64)
-        rarest = counts.min() / n
-        balance = config.class_weighting == "balanced" or (config.class_weighting == "auto" and rarest < 0.5 / outputs)
         weight = None
         if balance:
             weight = torch.tensor(n / (outputs * np.maximum(counts, 1.0)), dtype=torch.float32, device=device)
         return torch.nn.CrossEntropyLoss(weight=weight)
     positives = float(y_train.sum())
     pos_weight = None
-    balance = config.class_weighting == "balanced" or (
-        config.class_weighting == "auto" and positives < AUTO_BALANCE_BELOW * n
-    )
     if balance and positives > 0:
         pos_weight = torch.tensor((n - positives) / positives, device=device)
     return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)

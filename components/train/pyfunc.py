@@ -137,3 +137,67 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         return pd.DataFrame(self.outputs(self.predict_proba(model_input)))
+
+
+# ------------------------------------------------------------------------------------------------ gbdt
+ESTIMATOR_FILE = "estimator.pkl"
+TREES_CONFIG_FILE = "trees.json"
+
+
+def save_trees(directory: str | Path, estimator, threshold: float = 0.5, outputs: int = 1) -> tuple[Path, Path]:
+    """Write the fitted scikit-learn estimator (pickled, as MLflow's sklearn flavour does) and what loading it
+    needs; return both paths."""
+    import pickle
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / ESTIMATOR_FILE
+    with weights.open("wb") as fh:
+        pickle.dump(estimator, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    config = directory / TREES_CONFIG_FILE
+    config.write_text(
+        json.dumps(
+            {
+                "format_version": MODEL_FORMAT_VERSION,
+                "family": "gbdt",
+                "estimator": type(estimator).__name__,
+                "threshold": threshold,
+                "outputs": outputs,
+            },
+            indent=2,
+        )
+    )
+    return weights, config
+
+
+class TreeModel(TabularClassifier):
+    """The gbdt family in the same format: the feature spec's transform, then the fitted HistGradientBoosting.
+    Everything but loading and scoring the matrix is TabularClassifier's, so serving, batch prediction and
+    evaluation use it unchanged."""
+
+    def load_context(self, context) -> None:
+        import pickle
+
+        from kfops.components.contracts import FeatureSpec, KfopsError
+
+        self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
+        config = json.loads(Path(context.artifacts["trees_config"]).read_text())
+        version = int(config.get("format_version", 1))
+        if version > MODEL_FORMAT_VERSION:
+            raise KfopsError(
+                f"model format {version} ({context.artifacts['trees_config']}) is newer than this kfops reads "
+                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
+            )
+        self.threshold = float(config.get("threshold", 0.5))
+        self.width = int(config.get("outputs", 1))
+        # Unpickling runs code, as loading any MLflow model does: load models only from a registry or folder you trust.
+        with open(context.artifacts["estimator"], "rb") as fh:
+            self.estimator = pickle.load(fh)
+
+    def score_matrix(self, features):
+        from kfops.components.train.gbdt import class_scores
+
+        scores = class_scores(self.estimator, features, self.spec.task, self.width)
+        if self.spec.task == TASK_REGRESSION:
+            return scores * self.spec.target_std + self.spec.target_mean
+        return scores

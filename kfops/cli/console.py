@@ -4,6 +4,7 @@ kfp.local run (one line per pipeline step)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -24,6 +25,17 @@ def int_list(text: str) -> list[int]:
         return [int(part) for part in csv_list(text)]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def json_object(text: str) -> dict:
+    """A flag's JSON object (``'{"max_leaf_nodes": 63}'``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({{...}}), got {text!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ progress

@@ -11,7 +11,16 @@ import time
 import warnings
 from pathlib import Path
 
-from kfops.cli.console import ANSI, EXIT_FAILURE, EXIT_USER_ERROR, PipelineProgress, csv_list, int_list, make_console
+from kfops.cli.console import (
+    ANSI,
+    EXIT_FAILURE,
+    EXIT_USER_ERROR,
+    PipelineProgress,
+    csv_list,
+    int_list,
+    json_object,
+    make_console,
+)
 
 
 def training_arguments(args, ws) -> dict:
@@ -60,6 +69,8 @@ def training_arguments(args, ws) -> dict:
         "test_fraction",
         "threshold",
         "threshold_objective",
+        "model_family",
+        "model_params",
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -72,6 +83,12 @@ def training_arguments(args, ws) -> dict:
         from kfops.components.contracts import TrainConfig
 
         TrainConfig(threshold_objective=args.threshold_objective).check()
+    if args.model_family is not None or args.model_params is not None:
+        from kfops.components.contracts import TrainConfig
+
+        # the family and its parameters checked here, not minutes later in the train step
+        family = {k: arguments[k] for k in ("model_family", "model_params", "device") if k in arguments}
+        TrainConfig.from_dict(family).check()
     if args.split_by_time:
         arguments["split_by_time"] = True
     if args.no_promote:
@@ -260,6 +277,19 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--rows", type=int, default=100_000, help="rows of default data to generate")
     data.add_argument("--data-seed", type=int, default=7, help="seed of the default data generator")
     model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        "--model-family",
+        dest="model_family",
+        choices=("mlp", "gbdt"),
+        help="the model family: mlp (the torch MLP, default) or gbdt (gradient-boosted trees, scikit-learn's "
+        "HistGradientBoosting)",
+    )
+    model.add_argument(
+        "--model-params",
+        type=json_object,
+        help='the family\'s own parameters as JSON, e.g. \'{"max_leaf_nodes": 63, "learning_rate": 0.05}\' for gbdt',
+    )
     model.add_argument("--hidden-sizes", type=int_list, help="e.g. 64,32")
     model.add_argument("--epochs", type=int)
     model.add_argument("--batch-size", type=int)

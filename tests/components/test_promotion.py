@@ -296,7 +296,11 @@ def test_two_processes_racing_agree_on_the_winner(registry, tmp_path):
     ]
     finished = [proc.communicate(timeout=300) for proc in procs]
     # Both racers' errors at once: when one crashes, the other only says the crashed one never arrived.
-    failures = [f"racer {i}: {err[-2000:]}" for i, (proc, (_, err)) in enumerate(zip(procs, finished)) if proc.returncode]
+    failures = [
+        f"racer {i}: {err[-2000:]}"
+        for i, (proc, (_, err)) in enumerate(zip(procs, finished, strict=True))
+        if proc.returncode
+    ]
     assert not failures, "\n".join(failures)
     outputs = [[json.loads(line) for line in out.splitlines() if line.startswith("{")] for out, _ in finished]
 

@@ -1,0 +1,83 @@
+"""The gbdt family's parameters, checks and answers: what `kfops run --model gbdt` refuses before any step runs,
+and the trees' scores in the model format's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kfops.components.contracts import GbdtConfig, KfopsError, TrainConfig
+from kfops.components.train.gbdt import class_scores, fit_gbdt, validation_loss
+from kfops.components.train.loop import balances_classes
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"max_depth": 3}, "unknown gbdt parameter(s) ['max_depth']; known: learning_rate, max_iter"),
+        ({"max_iter": 10.5}, "model_params.max_iter must be an integer, got 10.5"),
+        ({"learning_rate": "fast"}, "model_params.learning_rate must be a number, got 'fast'"),
+        ({"learning_rate": 0}, "model_params.learning_rate must be positive"),
+        ({"max_leaf_nodes": 1}, "model_params.max_leaf_nodes must be at least 2"),
+        ({"max_features": 1.5}, "model_params.max_features must be in (0, 1]"),
+        ({"n_iter_no_change": True}, "model_params.n_iter_no_change must be an integer, got True"),
+    ],
+)
+def test_bad_gbdt_parameters_are_refused_naming_the_parameter(params, message):
+    with pytest.raises(KfopsError) as err:
+        TrainConfig.from_dict({"model_family": "gbdt", "model_params": params}).check()
+    assert message in str(err.value)
+
+
+def test_the_family_and_its_parameters_are_checked_together():
+    config = TrainConfig.from_dict({"model_family": "gbdt", "model_params": '{"max_iter": 40.0, "learning_rate": 0.2}'})
+    config.check()
+    assert config.model_params == {"max_iter": 40, "learning_rate": 0.2}  # typed: JSON text and floats from KFP
+    assert config.gbdt() == GbdtConfig(max_iter=40, learning_rate=0.2)
+    with pytest.raises(KfopsError, match=r"model_params \['max_iter'\] are another family's"):
+        TrainConfig(model_params={"max_iter": 5}).check()
+    with pytest.raises(KfopsError, match="gbdt trains on the CPU"):
+        TrainConfig(model_family="gbdt", device="cuda").check()
+    with pytest.raises(KfopsError, match="model_family must be mlp or gbdt, got 'xgboost'"):
+        TrainConfig(model_family="xgboost").check()
+    with pytest.raises(KfopsError, match="model_params is not JSON"):
+        TrainConfig.from_dict({"model_family": "gbdt", "model_params": "{max_iter: 5"})
+
+
+def test_kfops_run_refuses_bad_model_parameters_before_any_step(tmp_path, capsys):
+    from kfops.cli import main
+
+    (tmp_path / "d.csv").write_text("x,y\n1,0\n2,1\n")
+    argv = ["run", "--data", str(tmp_path / "d.csv"), "--target", "y", "--workspace", str(tmp_path / "ws")]
+    assert main([*argv, "--model", "gbdt", "--model-params", '{"leaves": 8}']) == 2
+    assert "unknown gbdt parameter(s) ['leaves']" in capsys.readouterr().err
+    assert not (tmp_path / "ws" / "mlflow.db").exists()  # nothing ran, nothing was recorded
+    with pytest.raises(SystemExit):
+        main([*argv, "--model", "gbdt", "--model-params", "[1, 2]"])
+    assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_trees_answer_in_the_model_formats_shape_and_stop_on_the_validation_split():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4)).astype(np.float32)
+    y = np.digitize(x[:, 0] + 0.3 * rng.normal(size=600), [-0.5, 0.5]).astype(np.float64)  # classes 0, 1, 2
+    config = TrainConfig(model_family="gbdt", model_params={"max_iter": 400, "n_iter_no_change": 5})
+    # Four classes in the spec, the last never seen in training: its column is there, all zeros.
+    result = fit_gbdt(x[:400], y[:400], x[400:], y[400:], config, task="multiclass", outputs=4)
+    scores = class_scores(result.model, x[400:], "multiclass", 4)
+    assert scores.shape == (200, 4) and np.allclose(scores.sum(axis=1), 1.0) and (scores[:, 3] == 0).all()
+    assert result.stopped_early and result.best_epoch < 400 and len(result.history) == result.best_epoch
+    assert result.best_val_loss == pytest.approx(validation_loss("multiclass", y[400:], scores))
+    assert result.history[-1]["val_accuracy"] > 0.7
+    binary = fit_gbdt(x[:400], (y[:400] > 0).astype(float), x[400:], (y[400:] > 0).astype(float), config)
+    probability = class_scores(binary.model, x[400:], "binary", 1)
+    assert probability.shape == (200,) and ((probability >= 0) & (probability <= 1)).all()
+
+
+def test_class_weighting_is_decided_once_for_both_families():
+    rare = np.array([1.0] * 10 + [0.0] * 90)
+    assert balances_classes("binary", rare, TrainConfig(), 1)
+    assert not balances_classes("binary", rare, TrainConfig(class_weighting="none"), 1)
+    assert not balances_classes("binary", np.array([1.0, 0.0] * 50), TrainConfig(), 1)
+    assert balances_classes("multiclass", np.array([0] * 80 + [1] * 15 + [2] * 5), TrainConfig(), 3)
+    assert not balances_classes("regression", rare, TrainConfig(class_weighting="balanced"), 1)
