@@ -5,7 +5,8 @@ artifact file or as artifact metadata, and serving can read what training wrote.
 (tests/test_architecture.py holds that).
 
 This module holds the training chain's contracts and the payload log's; beside it, ``delivery`` (``DeploySpec``,
-``CanaryThresholds``), ``monitoring`` (``DriftResult``) and ``sweep`` (``SweepSpec``).
+``CanaryThresholds``), ``monitoring`` (``DriftResult``), ``sweep`` (``SweepSpec``) and ``models`` (each model
+family's own parameters: ``GbdtConfig``).
 """
 
 from __future__ import annotations
@@ -295,63 +296,11 @@ MODEL_FAMILIES: tuple[str, ...] = (MODEL_FAMILY_MLP, MODEL_FAMILY_GBDT)
 
 
 @dataclass
-class GbdtConfig:
-    """The gradient-boosted trees' own parameters (``TrainConfig.model_params`` when ``model_family`` is gbdt):
-    scikit-learn's HistGradientBoosting names and meanings. ``seed`` and ``class_weighting`` come from
-    TrainConfig; the other MLP fields do not apply. Boosting stops when the validation split's loss has not
-    improved for ``n_iter_no_change`` iterations."""
-
-    learning_rate: float = 0.1
-    max_iter: int = 500
-    max_leaf_nodes: int = 31
-    min_samples_leaf: int = 20
-    l2_regularization: float = 0.0
-    max_features: float = 1.0  # share of features each split considers
-    n_iter_no_change: int = 20
-
-    def check(self) -> None:
-        where = "train: model_params"
-        if self.learning_rate <= 0:
-            raise KfopsError(f"{where}.learning_rate must be positive, got {self.learning_rate}")
-        for name in ("max_iter", "min_samples_leaf", "n_iter_no_change"):
-            if int(getattr(self, name)) < 1:
-                raise KfopsError(f"{where}.{name} must be at least 1, got {getattr(self, name)}")
-        if int(self.max_leaf_nodes) < 2:
-            raise KfopsError(f"{where}.max_leaf_nodes must be at least 2, got {self.max_leaf_nodes}")
-        if self.l2_regularization < 0:
-            raise KfopsError(f"{where}.l2_regularization must be >= 0, got {self.l2_regularization}")
-        if not 0.0 < self.max_features <= 1.0:
-            raise KfopsError(f"{where}.max_features must be in (0, 1], got {self.max_features}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GbdtConfig:
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise KfopsError(f"train: model_params: unknown gbdt parameter(s) {unknown}; known: {', '.join(known)}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for name, value in data.items():
-            kind = hints[name]
-            try:
-                number = float(value)
-            except (TypeError, ValueError) as err:
-                raise KfopsError(f"train: model_params.{name} must be a number, got {value!r}") from err
-            if isinstance(value, bool) or (kind is int and not number.is_integer()):
-                raise KfopsError(f"train: model_params.{name} must be {'an integer' if kind is int else 'a number'}, "
-                                 f"got {value!r}")  # fmt: skip
-            values[name] = kind(number)
-        config = cls(**values)
-        config.check()
-        return config
-
-
-@dataclass
 class TrainConfig:
     """Training parameters: the model family and its parameters. The MLP's (its head follows the feature spec's
-    task) are fields here; another family's are ``model_params`` (for gbdt, ``GbdtConfig``). Each field but those
-    in ``NOT_PARAMETERS`` is a pipeline parameter (``pipelines/parameters.py`` derives them from here) under its
-    own name or the one in ``PARAMETER_NAMES``."""
+    task) are fields here; another family's are ``model_params`` (for gbdt, ``contracts.models.GbdtConfig``).
+    Each field but those in ``NOT_PARAMETERS`` is a pipeline parameter (``pipelines/parameters.py`` derives them
+    from here) under its own name or the one in ``PARAMETER_NAMES``."""
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.1
@@ -417,8 +366,10 @@ class TrainConfig:
                 "fields of their own (hidden_sizes, dropout, ...)"
             )
 
-    def gbdt(self) -> GbdtConfig:
-        """The gbdt family's parameters, typed and checked."""
+    def gbdt(self):
+        """The gbdt family's parameters, typed and checked (a ``contracts.models.GbdtConfig``)."""
+        from kfops.components.contracts.models import GbdtConfig
+
         return GbdtConfig.from_dict(self.model_params)
 
     def to_dict(self) -> dict[str, Any]:
@@ -442,7 +393,7 @@ class TrainConfig:
             cfg.model_params = {}
         if cfg.model_family == MODEL_FAMILY_GBDT and isinstance(cfg.model_params, dict):
             # typed as the family's config says (kfp.local delivers the ints inside a dict parameter as floats)
-            typed = GbdtConfig.from_dict(cfg.model_params)
+            typed = cfg.gbdt()
             cfg.model_params = {name: getattr(typed, name) for name in cfg.model_params}
         cfg.batch_size, cfg.epochs = int(cfg.batch_size), int(cfg.epochs)
         cfg.early_stopping_patience, cfg.seed = int(cfg.early_stopping_patience), int(cfg.seed)

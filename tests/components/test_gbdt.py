@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfops.components.contracts import GbdtConfig, KfopsError, TrainConfig
+from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.contracts.models import GbdtConfig
 from kfops.components.train.gbdt import class_scores, fit_gbdt, validation_loss
 from kfops.components.train.loop import balances_classes
 

@@ -100,6 +100,8 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
         device="cpu",
         threshold=0.4,
         threshold_objective="fixed",
+        model_family="mlp",
+        model_params={},
         experiment="wrappers",
         mlflow_tracking_uri="",
         tensorboard_root="",

@@ -45,8 +45,9 @@ def test_the_deployment_parameters_are_taken_with_their_defaults(which):
 
 
 def test_the_train_parameters_are_typed_as_kfp_wants():
-    assert {p.annotation for p in TRAIN_PARAMETERS} <= {list, float, int, str}
+    assert {p.annotation for p in TRAIN_PARAMETERS} <= {list, dict, float, int, str}
     assert next(p for p in TRAIN_PARAMETERS if p.name == "hidden_sizes").annotation is list
+    assert next(p for p in TRAIN_PARAMETERS if p.name == "model_params").annotation is dict  # a KFP struct
 
 
 def test_takes_appends_the_groups_and_hands_them_to_the_body():
