@@ -164,6 +164,31 @@ def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, threshold: 
     return binary_metrics(y_true, outputs, threshold)
 
 
+def task_loss_value(task: str, y_true: np.ndarray, scores: np.ndarray) -> float:
+    """The training loss every family reports as ``val_loss``, from its answers: log loss (binary: ``scores`` the
+    positive-class probability; multiclass: rows of class probabilities), squared error for a regression (on the
+    standardised target, as the MLP learns it)."""
+    y = np.asarray(y_true)
+    if task == TASK_REGRESSION:
+        return float(np.mean((np.asarray(scores, dtype=np.float64) - y) ** 2))
+    if task == TASK_MULTICLASS:
+        picked = np.asarray(scores)[np.arange(len(y)), y.astype(np.int64)]
+    else:
+        picked = np.where(y >= 0.5, scores, 1.0 - np.asarray(scores))
+    return float(-np.mean(np.log(np.clip(picked, 1e-15, 1.0))))
+
+
+def aligned_probabilities(proba: np.ndarray, classes, task: str, outputs: int) -> np.ndarray:
+    """A fitted classifier's ``predict_proba`` as the model format answers: the positive class's column (binary),
+    or one column per class in the feature spec's order (multiclass, ``outputs`` of them; a class the classifier
+    never saw gets 0). ``classes`` are its ``classes_``: class indices (0 .. k-1) as the matrices hold them."""
+    proba = np.asarray(proba, dtype=np.float64)
+    columns = np.asarray(classes).astype(np.int64)
+    full = np.zeros((len(proba), outputs if task == TASK_MULTICLASS else 2), dtype=np.float64)
+    full[:, columns] = proba
+    return full if task == TASK_MULTICLASS else full[:, 1]
+
+
 def confusion(y_true: np.ndarray, probability: np.ndarray, threshold: float = 0.5) -> list[list[int]]:
     """Rows actual [negative, positive], columns predicted [negative, positive]."""
     y = np.asarray(y_true).astype(np.int64)

@@ -111,6 +111,18 @@ def transform_columns(spec: FeatureSpec, columns: Mapping[str, Sequence], rows: 
     return out
 
 
+def matrix_columns(spec: FeatureSpec) -> list[str]:
+    """The names of the model matrix's columns, in order: a numeric feature's own name (and ``<name>_missing``, its
+    indicator), a categorical one's ``<name>=<value>`` per vocabulary value and ``<name>=<other>``."""
+    names: list[str] = []
+    for col in spec.columns:
+        if col.kind == "numeric":
+            names += [col.name, f"{col.name}_missing"] if col.add_missing_indicator else [col.name]
+        else:
+            names += [f"{col.name}={value}" for value in col.vocabulary] + [f"{col.name}=<other>"]
+    return names
+
+
 def model_input_frame(spec: FeatureSpec, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
     """The feature columns typed as the model's signature declares them: numeric as float64, categorical as
     str (missing as None). MLflow refuses to widen int64 to float64 by itself."""

@@ -91,7 +91,8 @@ def test_kfops_run_has_a_flag_for_each_and_passes_it_on(tmp_path):
         "device": ("cpu", "cpu"),
         "threshold": ("0.4", 0.4),
         "threshold_objective": ("fixed", "fixed"),  # what --threshold alone also sets
-        "model_family": ("gbdt", "gbdt"),
+        "model_family": ("module", "module"),
+        "model_module": (__file__, __file__),
         "model_params": ('{"max_leaf_nodes": 15}', {"max_leaf_nodes": 15}),
     }
     assert set(given) == {name for name, _, _ in parameters()}, "a TrainConfig field with no case here"

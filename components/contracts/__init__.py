@@ -289,10 +289,12 @@ class FeatureSpec:
             raise KfopsError(f"cannot read feature spec {path}: {err}") from err
 
 
-# The model families training fits: the torch MLP, or gradient-boosted trees (scikit-learn's HistGradientBoosting).
+# The model families training fits: the torch MLP, gradient-boosted trees (scikit-learn's HistGradientBoosting), or
+# what the user's module's train() returns.
 MODEL_FAMILY_MLP = "mlp"
 MODEL_FAMILY_GBDT = "gbdt"
-MODEL_FAMILIES: tuple[str, ...] = (MODEL_FAMILY_MLP, MODEL_FAMILY_GBDT)
+MODEL_FAMILY_MODULE = "module"  # the user's own training code (model_module)
+MODEL_FAMILIES: tuple[str, ...] = (MODEL_FAMILY_MLP, MODEL_FAMILY_GBDT, MODEL_FAMILY_MODULE)
 
 
 @dataclass
@@ -322,6 +324,7 @@ class TrainConfig:
     cuda_graphs: bool = True  # capture the training step as a CUDA graph on GPU
     model_family: str = MODEL_FAMILY_MLP  # one of MODEL_FAMILIES
     model_params: dict = field(default_factory=dict)  # the family's own parameters (gbdt: GbdtConfig fields)
+    model_module: str = ""  # the module family's Python file (local path or s3://): see train/user_module.py
 
     # field -> its name as a pipeline and component parameter, where the two differ
     PARAMETER_NAMES: ClassVar[dict[str, str]] = {"decision_threshold": "threshold"}
@@ -353,14 +356,21 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise KfopsError(f"train: device must be auto, cpu or cuda, got '{self.device}'")
         if self.model_family not in MODEL_FAMILIES:
-            raise KfopsError(f"train: model_family must be {' or '.join(MODEL_FAMILIES)}, got '{self.model_family}'")
+            raise KfopsError(f"train: model_family must be {', '.join(MODEL_FAMILIES)}, got '{self.model_family}'")
+        if (self.model_family == MODEL_FAMILY_MODULE) != bool(self.model_module):
+            raise KfopsError(
+                "train: model_module (a Python file) goes with model_family module and only with it; got family "
+                f"'{self.model_family}' and module {self.model_module!r}"
+            )
         if not isinstance(self.model_params, dict):
             raise KfopsError(f"train: model_params must be a mapping of parameter to value, got {self.model_params!r}")
         if self.model_family == MODEL_FAMILY_GBDT:
             self.gbdt()
-            if self.device == "cuda":
-                raise KfopsError("train: gbdt trains on the CPU; use device auto or cpu (or model_family mlp)")
-        elif self.model_params:
+        if self.model_family != MODEL_FAMILY_MLP and self.device == "cuda":
+            raise KfopsError(
+                f"train: {self.model_family} trains on the CPU; use device auto or cpu (or model_family mlp)"
+            )
+        if self.model_params and self.model_family == MODEL_FAMILY_MLP:
             raise KfopsError(
                 f"train: model_params {sorted(self.model_params)} are another family's; the mlp's parameters are "
                 "fields of their own (hidden_sizes, dropout, ...)"
@@ -391,6 +401,8 @@ class TrainConfig:
                 raise KfopsError(f"train: model_params is not JSON: {err}: {cfg.model_params!r}") from err
         if cfg.model_params is None:
             cfg.model_params = {}
+        if cfg.model_module and "model_family" not in data:
+            cfg.model_family = MODEL_FAMILY_MODULE  # a module is its own family
         if cfg.model_family == MODEL_FAMILY_GBDT and isinstance(cfg.model_params, dict):
             # typed as the family's config says (kfp.local delivers the ints inside a dict parameter as floats)
             typed = cfg.gbdt()

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from kfops.components.contracts import TASK_BINARY, TASK_MULTICLASS, TASK_REGRESSION, KfopsError, TrainConfig
+from kfops.components.scoring import aligned_probabilities, task_loss_value
 from kfops.components.train.loop import FitResult, balances_classes
 
 
@@ -49,23 +50,7 @@ def class_scores(estimator, features: np.ndarray, task: str, outputs: int) -> np
     rows lacked gets 0), the standardised prediction (regression)."""
     if task == TASK_REGRESSION:
         return estimator.predict(features).astype(np.float64)
-    proba = estimator.predict_proba(features).astype(np.float64)
-    columns = np.asarray(estimator.classes_, dtype=np.int64)
-    full = np.zeros((len(features), outputs if task == TASK_MULTICLASS else 2), dtype=np.float64)
-    full[:, columns] = proba
-    return full if task == TASK_MULTICLASS else full[:, 1]
-
-
-def validation_loss(task: str, y_val: np.ndarray, scores: np.ndarray) -> float:
-    """The MLP's validation loss, on the trees' answers: log loss (binary and multiclass), squared error on the
-    standardised target (regression). The two families' ``val_loss`` compare."""
-    if task == TASK_REGRESSION:
-        return float(np.mean((scores - y_val) ** 2))
-    if task == TASK_MULTICLASS:
-        picked = scores[np.arange(len(y_val)), y_val.astype(np.int64)]
-    else:
-        picked = np.where(y_val >= 0.5, scores, 1.0 - scores)
-    return float(-np.mean(np.log(np.clip(picked, 1e-15, 1.0))))
+    return aligned_probabilities(estimator.predict_proba(features), estimator.classes_, task, outputs)
 
 
 def fit_gbdt(
@@ -100,7 +85,7 @@ def fit_gbdt(
         for i, (t, v) in enumerate(zip(train_losses, val_losses, strict=True))
     ]
     scores = class_scores(estimator, x_val, task, outputs)
-    final = validation_loss(task, y_val, scores)
+    final = task_loss_value(task, y_val, scores)
     if not math.isfinite(final):
         raise KfopsError(f"train: gbdt's validation loss is {final}; lower model_params.learning_rate")
     last = history[-1] if history else {"epoch": 1.0}

@@ -29,6 +29,7 @@ from kfops.components import storage
 from kfops.components.contracts import (
     MODEL_FAMILY_GBDT,
     MODEL_FAMILY_MLP,
+    MODEL_FAMILY_MODULE,
     PROBABILITY_PREFIX,
     TASK_BINARY,
     TASK_MULTICLASS,
@@ -139,8 +140,12 @@ def validation_metrics(y_val, threshold: float, spec: FeatureSpec | None = None)
     return metrics
 
 
-def validation_probability(model, x_val, config: TrainConfig):
-    """A binary model's positive-class probability on the validation rows, for either family."""
+def validation_probability(model, x_val, config: TrainConfig, spec: FeatureSpec | None = None):
+    """A binary model's positive-class probability on the validation rows, for any family."""
+    if config.model_family == MODEL_FAMILY_MODULE:
+        from kfops.components.train.user_module import module_scores
+
+        return module_scores(model, x_val, spec)
     if config.model_family == MODEL_FAMILY_GBDT:
         from kfops.components.train.gbdt import class_scores
 
@@ -154,14 +159,14 @@ def validation_probability(model, x_val, config: TrainConfig):
     return torch.sigmoid(predict_logits(model, features, device.type)).cpu().numpy()
 
 
-def decision_threshold(model, x_val, y_val, config: TrainConfig) -> float:
+def decision_threshold(model, x_val, y_val, config: TrainConfig, spec: FeatureSpec | None = None) -> float:
     """The model's decision threshold: ``config.decision_threshold`` when fixed, else the one that best meets
     ``config.threshold_objective`` on the validation split (scoring.choose_threshold)."""
     if config.threshold_objective == "fixed":
         return config.decision_threshold
     from kfops.components.scoring import choose_threshold
 
-    probability = validation_probability(model, x_val, config)
+    probability = validation_probability(model, x_val, config, spec)
     if y_val.min() == y_val.max():
         log.warning("validation rows hold one class: the decision threshold stays %g", config.decision_threshold)
         return config.decision_threshold
@@ -215,6 +220,7 @@ def train_model(
     spec = FeatureSpec.load(spec_path)
     x_train, y_train = load_matrix(train_path)
     x_val, y_val = load_matrix(validation_path)
+    y_train_raw, y_val_raw = y_train, y_val  # the user's module sees the target in its own units
     if spec.task == TASK_REGRESSION:
         # the network learns the standardised target; the model turns its outputs back (pyfunc)
         y_train = (y_train - spec.target_mean) / spec.target_std
@@ -229,8 +235,12 @@ def train_model(
     shape = {"task": spec.task, "outputs": spec.output_width}
     dist_ctx = distributed.current()
     trees = config.model_family == MODEL_FAMILY_GBDT
-    if trees and (dist_ctx is not None or checkpoint is not None):
-        raise KfopsError("train: gbdt trains in one process and needs no checkpoints; use it without torchrun")
+    module_file = _module_file(config.model_module) if config.model_family == MODEL_FAMILY_MODULE else ""
+    if config.model_family != MODEL_FAMILY_MLP and (dist_ctx is not None or checkpoint is not None):
+        raise KfopsError(
+            f"train: {config.model_family} trains in one process and needs no checkpoints; use it without torchrun"
+        )
+    extra_requirements: list[str] = []
     if dist_ctx is not None and not dist_ctx.is_main:
         # Rank 0 records the run; this rank trains its share and, for a checkpoint, hands over its RNG state.
         result = fit(
@@ -322,7 +332,15 @@ def train_model(
                 epoch_hook(row)
 
         try:
-            if trees:
+            if module_file:
+                from kfops.components.train.user_module import fit_module
+
+                result, extra_requirements = fit_module(
+                    module_file, x_train, y_train_raw, x_val, y_val_raw, spec, config.model_params, epoch_metrics
+                )
+                _log_history(run_id, result.history, writer)
+                mlflow.set_tag("kfops.model_module", config.model_module)
+            elif trees:
                 from kfops.components.train.gbdt import fit_gbdt
 
                 result = fit_gbdt(x_train, y_train, x_val, y_val, config, epoch_metrics=epoch_metrics, **shape)
@@ -350,7 +368,7 @@ def train_model(
         finally:
             writer.close()
         # a binary classifier's decision threshold; the other tasks have none (argmax, or the value itself)
-        threshold = decision_threshold(result.model, x_val, y_val, config) if spec.task == TASK_BINARY else 0.5
+        threshold = decision_threshold(result.model, x_val, y_val, config, spec) if spec.task == TASK_BINARY else 0.5
         mlflow.set_tag("kfops.task", spec.task)
         if spec.task == TASK_BINARY:
             mlflow.log_metric("decision_threshold", threshold)
@@ -400,7 +418,7 @@ def train_model(
             mlflow.set_tag("kfops.tensorboard_uri", tensorboard_uri)
 
         with tempfile.TemporaryDirectory() as tmp:
-            python_model, artifacts = _model_files(tmp, result.model, spec, config, threshold)
+            python_model, artifacts = _model_files(tmp, result.model, spec, config, threshold, module_file)
             spec_copy = Path(tmp, "feature_spec.json")
             shutil.copyfile(spec_path, spec_copy)
             artifacts["feature_spec"] = str(spec_copy)
@@ -409,7 +427,7 @@ def train_model(
                 artifacts=artifacts,
                 signature=model_signature(spec),
                 input_example=example,
-                pip_requirements=pip_requirements(config.model_family),
+                pip_requirements=pip_requirements(config.model_family) + extra_requirements,
             )
             if Path(model_dir).exists():
                 shutil.rmtree(model_dir)
@@ -435,15 +453,35 @@ def train_model(
 
 
 def _describe(config: TrainConfig) -> str:
+    if config.model_family == MODEL_FAMILY_MODULE:
+        return f"the model of {config.model_module}"
     if config.model_family == MODEL_FAMILY_GBDT:
         params = config.gbdt()
         return f"gradient-boosted trees ({params.max_leaf_nodes} leaves, learning rate {params.learning_rate})"
     return f"MLP {config.hidden_sizes}"
 
 
-def _model_files(directory: str, model, spec: FeatureSpec, config: TrainConfig, threshold: float):
+def _module_file(uri: str) -> str:
+    """The user's module as a local file (an s3:// one downloaded next to the task's temporary files)."""
+    if not storage.is_s3(uri):
+        return uri
+    local = Path(tempfile.mkdtemp(prefix="kfops-module-")) / uri.rstrip("/").rsplit("/", 1)[-1]
+    return str(storage.download_to(uri, local))
+
+
+def _model_files(directory: str, model, spec: FeatureSpec, config: TrainConfig, threshold: float, module_file=""):
     """The family's pyfunc class and its artifact files (written to ``directory``), but the feature spec."""
-    from kfops.components.train.pyfunc import TabularClassifier, TreeModel, save_network, save_trees
+    from kfops.components.train.pyfunc import (
+        ModuleModel,
+        TabularClassifier,
+        TreeModel,
+        save_module_model,
+        save_network,
+        save_trees,
+    )
+
+    if module_file:
+        return ModuleModel(), save_module_model(directory, model, module_file, threshold=threshold)
 
     if config.model_family == MODEL_FAMILY_GBDT:
         estimator, trees_config = save_trees(directory, model, threshold=threshold, outputs=spec.output_width)

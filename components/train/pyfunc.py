@@ -201,3 +201,68 @@ class TreeModel(TabularClassifier):
         if self.spec.task == TASK_REGRESSION:
             return scores * self.spec.target_std + self.spec.target_mean
         return scores
+
+
+# ------------------------------------------------------------------------------------------------ the user's module
+MODULE_CONFIG_FILE = "module.json"
+FITTED_FILE = "fitted.pkl"
+
+
+def save_module_model(directory: str | Path, fitted, module_path: str | Path, threshold: float = 0.5) -> dict[str, str]:
+    """Write what the user's ``train()`` returned (pickled), a copy of the module's file, and what loading them
+    needs; return the artifacts (name -> path)."""
+    import pickle
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    module_copy = directory / Path(module_path).name
+    shutil.copyfile(module_path, module_copy)
+    fitted_path = directory / FITTED_FILE
+    with fitted_path.open("wb") as fh:
+        pickle.dump(fitted, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    config = directory / MODULE_CONFIG_FILE
+    config.write_text(
+        json.dumps(
+            {
+                "format_version": MODEL_FORMAT_VERSION,
+                "family": "module",
+                "module_file": module_copy.name,
+                "fitted": type(fitted).__module__ + "." + type(fitted).__qualname__,
+                "threshold": threshold,
+            },
+            indent=2,
+        )
+    )
+    return {"fitted": str(fitted_path), "module_file": str(module_copy), "module_config": str(config)}
+
+
+class ModuleModel(TabularClassifier):
+    """The user's own model in the same format: the feature spec's transform, then what their module's
+    ``train()`` returned (see ``train/user_module.py``). The module's file travels in the model and is imported
+    before unpickling, so the classes it defines load wherever the model does."""
+
+    def load_context(self, context) -> None:
+        import pickle
+
+        from kfops.components.contracts import FeatureSpec, KfopsError
+        from kfops.components.train.user_module import load_module
+
+        self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
+        config = json.loads(Path(context.artifacts["module_config"]).read_text())
+        version = int(config.get("format_version", 1))
+        if version > MODEL_FORMAT_VERSION:
+            raise KfopsError(
+                f"model format {version} ({context.artifacts['module_config']}) is newer than this kfops reads "
+                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
+            )
+        self.threshold = float(config.get("threshold", 0.5))
+        load_module(context.artifacts["module_file"])
+        # Unpickling runs code, as loading any MLflow model does: load models only from a registry or folder you trust.
+        with open(context.artifacts["fitted"], "rb") as fh:
+            self.fitted = pickle.load(fh)
+
+    def score_matrix(self, features):
+        from kfops.components.train.user_module import module_scores
+
+        return module_scores(self.fitted, features, self.spec)

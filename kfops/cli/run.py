@@ -71,6 +71,7 @@ def training_arguments(args, ws) -> dict:
         "threshold_objective",
         "model_family",
         "model_params",
+        "model_module",
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -83,11 +84,20 @@ def training_arguments(args, ws) -> dict:
         from kfops.components.contracts import TrainConfig
 
         TrainConfig(threshold_objective=args.threshold_objective).check()
-    if args.model_family is not None or args.model_params is not None:
+    if args.model_module and not args.model_module.startswith("s3://"):
+        module = Path(args.model_module).expanduser().resolve()
+        if not module.is_file():
+            from kfops.components.contracts import KfopsError
+
+            raise KfopsError(f"--model-module {args.model_module}: no such file")
+        arguments["model_module"] = str(module)  # the train step runs elsewhere: an absolute path
+    if args.model_module and args.model_family is None:
+        arguments["model_family"] = "module"
+    if args.model_family is not None or args.model_params is not None or args.model_module:
         from kfops.components.contracts import TrainConfig
 
         # the family and its parameters checked here, not minutes later in the train step
-        family = {k: arguments[k] for k in ("model_family", "model_params", "device") if k in arguments}
+        family = {k: arguments[k] for k in ("model_family", "model_params", "model_module", "device") if k in arguments}
         TrainConfig.from_dict(family).check()
     if args.split_by_time:
         arguments["split_by_time"] = True
@@ -281,9 +291,14 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--model",
         "--model-family",
         dest="model_family",
-        choices=("mlp", "gbdt"),
-        help="the model family: mlp (the torch MLP, default) or gbdt (gradient-boosted trees, scikit-learn's "
-        "HistGradientBoosting)",
+        choices=("mlp", "gbdt", "module"),
+        help="the model family: mlp (the torch MLP, default), gbdt (gradient-boosted trees, scikit-learn's "
+        "HistGradientBoosting), or module (--model-module's; implied by it)",
+    )
+    model.add_argument(
+        "--model-module",
+        help="your own training code: a Python file (local or s3://) defining train(train, validation, spec, "
+        "params) that returns a fitted model (see components/train/README.md); its family is 'module'",
     )
     model.add_argument(
         "--model-params",

@@ -8,7 +8,8 @@ import pytest
 
 from kfops.components.contracts import KfopsError, TrainConfig
 from kfops.components.contracts.models import GbdtConfig
-from kfops.components.train.gbdt import class_scores, fit_gbdt, validation_loss
+from kfops.components.scoring import task_loss_value
+from kfops.components.train.gbdt import class_scores, fit_gbdt
 from kfops.components.train.loop import balances_classes
 
 
@@ -39,7 +40,7 @@ def test_the_family_and_its_parameters_are_checked_together():
         TrainConfig(model_params={"max_iter": 5}).check()
     with pytest.raises(KfopsError, match="gbdt trains on the CPU"):
         TrainConfig(model_family="gbdt", device="cuda").check()
-    with pytest.raises(KfopsError, match="model_family must be mlp or gbdt, got 'xgboost'"):
+    with pytest.raises(KfopsError, match="model_family must be mlp, gbdt, module, got 'xgboost'"):
         TrainConfig(model_family="xgboost").check()
     with pytest.raises(KfopsError, match="model_params is not JSON"):
         TrainConfig.from_dict({"model_family": "gbdt", "model_params": "{max_iter: 5"})
@@ -68,7 +69,7 @@ def test_trees_answer_in_the_model_formats_shape_and_stop_on_the_validation_spli
     scores = class_scores(result.model, x[400:], "multiclass", 4)
     assert scores.shape == (200, 4) and np.allclose(scores.sum(axis=1), 1.0) and (scores[:, 3] == 0).all()
     assert result.stopped_early and result.best_epoch < 400 and len(result.history) == result.best_epoch
-    assert result.best_val_loss == pytest.approx(validation_loss("multiclass", y[400:], scores))
+    assert result.best_val_loss == pytest.approx(task_loss_value("multiclass", y[400:], scores))
     assert result.history[-1]["val_accuracy"] > 0.7
     binary = fit_gbdt(x[:400], (y[:400] > 0).astype(float), x[400:], (y[400:] > 0).astype(float), config)
     probability = class_scores(binary.model, x[400:], "binary", 1)
@@ -82,3 +83,57 @@ def test_class_weighting_is_decided_once_for_both_families():
     assert not balances_classes("binary", np.array([1.0, 0.0] * 50), TrainConfig(), 1)
     assert balances_classes("multiclass", np.array([0] * 80 + [1] * 15 + [2] * 5), TrainConfig(), 3)
     assert not balances_classes("regression", rare, TrainConfig(class_weighting="balanced"), 1)
+
+
+# ------------------------------------------------------------------------------------------------ the user's module
+def _spec(task="binary"):
+    from kfops.components.contracts import ColumnSpec, FeatureSpec
+
+    columns = [ColumnSpec("a", "numeric"), ColumnSpec("c", "categorical", vocabulary=["x", "y"])]
+    classes = ["p", "q", "r"] if task == "multiclass" else []
+    return FeatureSpec(target="t", positive_class="1", negative_class="0", columns=columns, task=task, classes=classes)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def fit(train, validation, spec, params):\n    pass\n", "defines no function train(train, validation"),
+        ("import not_a_package_here\n", "does not import: ModuleNotFoundError: No module named 'not_a_package_here'"),
+        ("def train(train, validation, spec, params):\n    return 42\n", "returned int, which has no predict_proba"),
+        (
+            "class M:\n    def predict_proba(self, frame):\n        return [[1.0]] * len(frame)\n"
+            "def train(train, validation, spec, params):\n    return M()\n",
+            "predict_proba answered shape (20, 1) for 20 rows; expected (20, 2)",
+        ),
+        (
+            "def train(train, validation, spec, params):\n    return {}['missing']\n",
+            "train() raised KeyError: 'missing' (",
+        ),
+    ],
+)
+def test_a_users_module_that_cannot_train_says_what_and_where(tmp_path, source, message):
+    from kfops.components.train.user_module import fit_module
+
+    path = tmp_path / "user.py"
+    path.write_text(source)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 4)).astype(np.float32), (rng.random(40) > 0.5).astype(np.float64)
+    with pytest.raises(KfopsError) as err:
+        fit_module(path, x[:20], y[:20], x[20:], y[20:], _spec(), {})
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_the_module_sees_named_matrix_columns_and_its_classes_are_placed_by_classes_():
+    from kfops.components.train.user_module import frame_of, module_scores
+
+    spec = _spec("multiclass")
+    assert list(frame_of(np.zeros((2, 4), dtype=np.float32), spec).columns) == ["a", "c=x", "c=y", "c=<other>"]
+
+    class TwoOfThree:  # trained on classes 0 and 2 only, in that order
+        classes_ = np.array([2, 0])
+
+        def predict_proba(self, frame):
+            return np.tile([0.7, 0.3], (len(frame), 1))
+
+    scores = module_scores(TwoOfThree(), np.zeros((3, 4), dtype=np.float32), spec)
+    assert scores.tolist() == [[0.3, 0.0, 0.7]] * 3
