@@ -101,16 +101,29 @@ def _load_registered(ref: str, tracking_uri: str, source: str) -> LoadedModel:
     return loaded
 
 
-def load_model_dir(path: Path, source: str = "") -> LoadedModel:
-    """Load an MLflow pyfunc folder written by the train stage."""
+def load_pyfunc(path: str | Path):
+    """``mlflow.pyfunc.load_model`` of a local model folder, leaving ``sys.path`` as it was: a kfops model ships its
+    runtime code (``train/model_code.py``), which MLflow puts first on ``sys.path``; here kfops is installed and
+    already imported, and processes this one starts later must import the installed package, not the model's."""
+    import sys
+
     import mlflow.pyfunc
 
+    before = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(str(path))
+    finally:
+        sys.path[:] = before
+
+
+def load_model_dir(path: Path, source: str = "") -> LoadedModel:
+    """Load an MLflow pyfunc folder written by the train stage."""
     if not path.is_dir():
         raise KfopsError(f"serving: model folder {path} does not exist")
     if not (path / MLMODEL_FILE).is_file():
         raise KfopsError(f"serving: {path} is not an MLflow model folder (it has no {MLMODEL_FILE} file)")
     try:
-        pyfunc = mlflow.pyfunc.load_model(str(path))
+        pyfunc = load_pyfunc(path)
         classifier = pyfunc.unwrap_python_model()
     except Exception as err:  # a broken or foreign model folder
         raise KfopsError(f"serving: cannot load the MLflow model in {path}: {err}") from err

@@ -215,12 +215,12 @@ def evaluate_model(model_dir: str, test_path: str, val_loss: float = float("nan"
     Metrics use the model's own decision threshold, so they describe the predictions serving will make.
     """
 
-    import mlflow.pyfunc
     import pandas as pd
 
+    from kfops.components.model_store import load_pyfunc
     from kfops.components.transform import encode_labels, model_input_frame
 
-    model = mlflow.pyfunc.load_model(model_dir)
+    model = load_pyfunc(model_dir)
     spec = FeatureSpec.load(Path(model_dir, "artifacts", "feature_spec.json"))
     threshold = float(getattr(model.unwrap_python_model(), "threshold", 0.5))  # the model format's, any family
     test = pd.read_parquet(test_path)

@@ -214,6 +214,7 @@ def train_model(
     from kfops.components.contracts import StopTraining
     from kfops.components.train import distributed
     from kfops.components.train.loop import fit
+    from kfops.components.train.model_code import write_model_code
     from kfops.components.transform import load_matrix
 
     config.check()
@@ -422,8 +423,10 @@ def train_model(
             spec_copy = Path(tmp, "feature_spec.json")
             shutil.copyfile(spec_path, spec_copy)
             artifacts["feature_spec"] = str(spec_copy)
+            code = write_model_code(Path(tmp, "code"))  # the model loads with no kfops install (model_code.py)
             model_kwargs = dict(
                 python_model=python_model,
+                code_paths=[str(code)],
                 artifacts=artifacts,
                 signature=model_signature(spec),
                 input_example=example,
