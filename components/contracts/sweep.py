@@ -57,7 +57,7 @@ DEFAULT_METRIC = "val_loss"
 
 INT_FIELDS = ("batch_size", "epochs", "early_stopping_patience", "seed")
 FLOAT_FIELDS = ("dropout", "learning_rate", "weight_decay", "decision_threshold")
-CHOICE_FIELDS = ("optimizer", "class_weighting")
+CHOICE_FIELDS = ("optimizer", "class_weighting", "model_family")  # model_family: mlp or gbdt, with their defaults
 LIST_FIELDS = ("hidden_sizes",)
 TUNABLE = (*LIST_FIELDS, *FLOAT_FIELDS, *INT_FIELDS, *CHOICE_FIELDS)
 ALIASES = {"threshold": "decision_threshold"}

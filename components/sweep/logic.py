@@ -52,6 +52,8 @@ RUN_FLAGS = {
     "seed": "--seed",
     "decision_threshold": "--threshold",
     "threshold_objective": "--threshold-objective",
+    "model_family": "--model",
+    "model_params": "--model-params",
 }
 
 
@@ -203,6 +205,10 @@ def best_document(
         if (name == "decision_threshold" and not fixed) or (name == "threshold_objective" and fixed):
             continue
         value_ = best[name]
+        if name == "model_params":
+            if not value_:
+                continue
+            value_ = json.dumps(value_, sort_keys=True)
         text = ",".join(str(v) for v in value_) if isinstance(value_, list) else str(value_)
         flags += [flag, shlex.quote(text)]
     return {

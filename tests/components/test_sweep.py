@@ -547,7 +547,18 @@ def test_the_best_configurations_flags_are_what_kfops_run_takes(objective, expec
     assert flags[flags.index(expected[0]) : flags.index(expected[0]) + 2] == expected
     assert ("--threshold" in flags) != ("--threshold-objective" in flags)  # kfops run refuses both
     args = build_parser().parse_args(["run", *flags])
-    assert args.dropout == pytest.approx(0.2) and args.hidden_sizes == [64, 32]
+    assert args.dropout == pytest.approx(0.2) and args.hidden_sizes == [64, 32] and args.model_family == "mlp"
+
+
+def test_a_sweep_searches_the_model_family():
+    from kfops.components.sweep.logic import best_document
+
+    spec = spec_of({"name": "s", "method": "grid", "parameters": {"model_family": {"values": ["mlp", "gbdt"]}}})
+    assert spec.trials == 2 and spec.searched[0].values == ("mlp", "gbdt")
+    flags = best_document(spec, {"model_family": "gbdt"}, 0.1, TrainConfig(model_params={}))["kfops_run_flags"]
+    assert "--model gbdt" in flags
+    with pytest.raises(KfopsError, match="model_family"):
+        spec_of({"name": "s", "method": "grid", "parameters": {"model_family": {"values": ["mlp", "xgboost"]}}})
 
 
 @pytest.mark.e2e
