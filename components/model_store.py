@@ -49,9 +49,7 @@ class LoadedModel:
     def predict_columns(self, columns: dict[str, list], rows: int) -> dict[str, Any]:
         """``predict`` for validated columns (numeric floats with NaN, categorical str or None), with no DataFrame:
         the same transform and network, the columns ``predict`` answers with (``TabularClassifier.outputs``)."""
-        from kfops.components.transform import transform_columns
-
-        return self.classifier.outputs(self.classifier.score_matrix(transform_columns(self.spec, columns, rows)))
+        return self.classifier.outputs(self.classifier.score_columns(columns, rows))
 
 
 def _looks_like_path(ref: str) -> bool:

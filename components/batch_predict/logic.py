@@ -110,11 +110,8 @@ def _request_ids(chunk: _Chunk, id_column: str):
 def _output_table(chunk: _Chunk, loaded, id_column: str, passthrough: list[str]):
     import pyarrow as pa
 
-    from kfops.components.transform import transform_features
-
     frame = _numeric_checked(chunk, loaded.spec)
-    features = transform_features(loaded.spec, frame, source=chunk.piece.name)
-    scores = loaded.classifier.score_matrix(features)
+    scores = loaded.classifier.score_frame(frame, source=chunk.piece.name)
     if loaded.spec.task == TASK_BINARY:
         probability = scores
         positive = probability >= loaded.threshold

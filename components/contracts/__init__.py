@@ -290,11 +290,12 @@ class FeatureSpec:
 
 
 # The model families training fits: the torch MLP, gradient-boosted trees (scikit-learn's HistGradientBoosting), or
-# what the user's module's train() returns.
+# what the user's module's train() returns, or a model trained elsewhere (imported).
 MODEL_FAMILY_MLP = "mlp"
 MODEL_FAMILY_GBDT = "gbdt"
 MODEL_FAMILY_MODULE = "module"  # the user's own training code (model_module)
-MODEL_FAMILIES: tuple[str, ...] = (MODEL_FAMILY_MLP, MODEL_FAMILY_GBDT, MODEL_FAMILY_MODULE)
+MODEL_FAMILY_IMPORTED = "imported"  # a model trained elsewhere, brought in from MLflow (imported_model)
+MODEL_FAMILIES: tuple[str, ...] = (MODEL_FAMILY_MLP, MODEL_FAMILY_GBDT, MODEL_FAMILY_MODULE, MODEL_FAMILY_IMPORTED)
 
 
 @dataclass
@@ -325,6 +326,7 @@ class TrainConfig:
     model_family: str = MODEL_FAMILY_MLP  # one of MODEL_FAMILIES
     model_params: dict = field(default_factory=dict)  # the family's own parameters (gbdt: GbdtConfig fields)
     model_module: str = ""  # the module family's Python file (local path or s3://): see train/user_module.py
+    imported_model: str = ""  # the imported family's MLflow model: models:/..., runs:/..., a folder or s3://
 
     # field -> its name as a pipeline and component parameter, where the two differ
     PARAMETER_NAMES: ClassVar[dict[str, str]] = {"decision_threshold": "threshold"}
@@ -361,6 +363,11 @@ class TrainConfig:
             raise KfopsError(
                 "train: model_module (a Python file) goes with model_family module and only with it; got family "
                 f"'{self.model_family}' and module {self.model_module!r}"
+            )
+        if (self.model_family == MODEL_FAMILY_IMPORTED) != bool(self.imported_model):
+            raise KfopsError(
+                "train: imported_model (an MLflow model URI) goes with model_family imported and only with it; got "
+                f"family '{self.model_family}' and imported_model {self.imported_model!r}"
             )
         if not isinstance(self.model_params, dict):
             raise KfopsError(f"train: model_params must be a mapping of parameter to value, got {self.model_params!r}")
@@ -403,6 +410,8 @@ class TrainConfig:
             cfg.model_params = {}
         if cfg.model_module and "model_family" not in data:
             cfg.model_family = MODEL_FAMILY_MODULE  # a module is its own family
+        if cfg.imported_model and "model_family" not in data:
+            cfg.model_family = MODEL_FAMILY_IMPORTED
         if cfg.model_family == MODEL_FAMILY_GBDT and isinstance(cfg.model_params, dict):
             # typed as the family's config says (kfp.local delivers the ints inside a dict parameter as floats)
             typed = cfg.gbdt()

@@ -30,6 +30,7 @@ def train(
     model_family: str,
     model_params: dict,
     model_module: str,
+    imported_model: str,
     experiment: str,
     mlflow_tracking_uri: str,
     tensorboard_root: str,
@@ -92,7 +93,9 @@ def train(
             "best_epoch": outcome.best_epoch,
             "val_loss": outcome.best_val_loss,
             "device": outcome.device,
-            "framework": {"mlp": "pytorch", "gbdt": "scikit-learn"}.get(config.model_family, "user module"),
+            "framework": {"mlp": "pytorch", "gbdt": "scikit-learn", "imported": "imported MLflow model"}.get(
+                config.model_family, "user module"
+            ),
             "model_family": config.model_family,
             "flavor": "mlflow.pyfunc",
             "sha256": data_sha256,
@@ -131,6 +134,7 @@ def train_distributed(
     model_family: str,
     model_params: dict,
     model_module: str,
+    imported_model: str,
     experiment: str,
     mlflow_tracking_uri: str,
     model: Output[Model],

@@ -28,6 +28,7 @@ from pathlib import Path
 from kfops.components import storage
 from kfops.components.contracts import (
     MODEL_FAMILY_GBDT,
+    MODEL_FAMILY_IMPORTED,
     MODEL_FAMILY_MLP,
     MODEL_FAMILY_MODULE,
     PROBABILITY_PREFIX,
@@ -333,7 +334,16 @@ def train_model(
                 epoch_hook(row)
 
         try:
-            if module_file:
+            if config.model_family == MODEL_FAMILY_IMPORTED:
+                from kfops.components.train.imported import fit_imported
+
+                raw = pd.read_parquet(raw_example_path, columns=[*spec.feature_names, spec.target])
+                imported_dir = tempfile.mkdtemp(prefix="kfops-import-")
+                result = fit_imported(config.imported_model, imported_dir, raw, spec, config.decision_threshold)
+                _log_history(run_id, result.history, writer)
+                mlflow.set_tags({"kfops.imported_model": config.imported_model, "kfops.val_loss_rows": "train split"})
+                extra_requirements = _requirements_of(result.model[0])
+            elif module_file:
                 from kfops.components.train.user_module import fit_module
 
                 result, extra_requirements = fit_module(
@@ -369,7 +379,13 @@ def train_model(
         finally:
             writer.close()
         # a binary classifier's decision threshold; the other tasks have none (argmax, or the value itself)
-        threshold = decision_threshold(result.model, x_val, y_val, config, spec) if spec.task == TASK_BINARY else 0.5
+        # (an imported model keeps the threshold it is given: it scores raw rows, not the validation matrix)
+        threshold = 0.5
+        if spec.task == TASK_BINARY:
+            imported = config.model_family == MODEL_FAMILY_IMPORTED
+            threshold = (
+                config.decision_threshold if imported else decision_threshold(result.model, x_val, y_val, config, spec)
+            )
         mlflow.set_tag("kfops.task", spec.task)
         if spec.task == TASK_BINARY:
             mlflow.log_metric("decision_threshold", threshold)
@@ -456,6 +472,8 @@ def train_model(
 
 
 def _describe(config: TrainConfig) -> str:
+    if config.model_family == MODEL_FAMILY_IMPORTED:
+        return f"the imported model {config.imported_model}"
     if config.model_family == MODEL_FAMILY_MODULE:
         return f"the model of {config.model_module}"
     if config.model_family == MODEL_FAMILY_GBDT:
@@ -472,17 +490,31 @@ def _module_file(uri: str) -> str:
     return str(storage.download_to(uri, local))
 
 
+def _requirements_of(model_dir: str | Path) -> list[str]:
+    """An imported model's own pip requirements (its requirements.txt), so the wrapped model carries them."""
+    path = Path(model_dir, "requirements.txt")
+    if not path.is_file():
+        return []
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line and not line.startswith(("#", "-")) and not line.startswith("mlflow")]
+
+
 def _model_files(directory: str, model, spec: FeatureSpec, config: TrainConfig, threshold: float, module_file=""):
     """The family's pyfunc class and its artifact files (written to ``directory``), but the feature spec."""
     from kfops.components.train.pyfunc import (
+        ImportedModel,
         ModuleModel,
         TabularClassifier,
         TreeModel,
+        save_imported,
         save_module_model,
         save_network,
         save_trees,
     )
 
+    if config.model_family == MODEL_FAMILY_IMPORTED:
+        local, how, columns = model
+        return ImportedModel(), save_imported(directory, local, config.imported_model, how, columns, threshold)
     if module_file:
         return ModuleModel(), save_module_model(directory, model, module_file, threshold=threshold)
 

@@ -89,10 +89,21 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(min(cpu_limit(), torch.get_num_threads()))
 
     def predict_proba(self, frame):
+        """``score_frame`` of raw rows (a regression's values, despite the name kept for stored models)."""
+        return self.score_frame(frame, source="model input")
 
+    # The scoring seam, from raw rows to ``score_matrix``'s answer: a frame (evaluation, batch prediction) or
+    # checked columns (serving's small batches). A family that scores raw rows itself (an imported model)
+    # overrides these two; the others transform with the feature spec and score the matrix.
+    def score_frame(self, frame, source: str = "input"):
         from kfops.components.transform import transform_features
 
-        return self.score_matrix(transform_features(self.spec, frame, source="model input"))
+        return self.score_matrix(transform_features(self.spec, frame, source=source))
+
+    def score_columns(self, columns: dict, rows: int):
+        from kfops.components.transform import transform_columns
+
+        return self.score_matrix(transform_columns(self.spec, columns, rows))
 
     def score_matrix(self, features):
         """The network's answer (float64) for an already transformed float32 feature matrix, by task: the
@@ -266,3 +277,69 @@ class ModuleModel(TabularClassifier):
         from kfops.components.train.user_module import module_scores
 
         return module_scores(self.fitted, features, self.spec)
+
+
+# ------------------------------------------------------------------------------------------------ imported
+IMPORTED_CONFIG_FILE = "imported.json"
+
+
+def save_imported(directory: str | Path, model_dir: str | Path, source: str, how: str, columns, threshold: float):
+    """The imported model's folder (copied whole) and what scoring it needs; the artifacts (name -> path)."""
+    import shutil
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    inner = directory / "imported_model"
+    shutil.copytree(model_dir, inner)
+    config = directory / IMPORTED_CONFIG_FILE
+    config.write_text(
+        json.dumps(
+            {
+                "format_version": MODEL_FORMAT_VERSION,
+                "family": "imported",
+                "source": source,
+                "scores_with": how,
+                "signature_columns": columns,
+                "threshold": threshold,
+            },
+            indent=2,
+        )
+    )
+    return {"imported_model": str(inner), "imported_config": str(config)}
+
+
+class ImportedModel(TabularClassifier):
+    """A model trained elsewhere in the same format: the original MLflow model inside, fed the feature spec's
+    raw columns (typed as its signature wants), answering in the task's terms (``train/imported.py``)."""
+
+    def load_context(self, context) -> None:
+        from kfops.components.contracts import FeatureSpec, KfopsError
+        from kfops.components.train.imported import load
+
+        self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
+        config = json.loads(Path(context.artifacts["imported_config"]).read_text())
+        version = int(config.get("format_version", 1))
+        if version > MODEL_FORMAT_VERSION:
+            raise KfopsError(
+                f"model format {version} ({context.artifacts['imported_config']}) is newer than this kfops reads "
+                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
+            )
+        self.threshold = float(config.get("threshold", 0.5))
+        self.columns = config.get("signature_columns")
+        self.how, self.model = load(context.artifacts["imported_model"])
+
+    def score_frame(self, frame, source: str = "input"):
+        from kfops.components.train.imported import scores
+        from kfops.components.transform import model_input_frame
+
+        return scores(self.how, self.model, model_input_frame(self.spec, frame, source=source), self.spec, self.columns)
+
+    def score_columns(self, columns: dict, rows: int):
+        import pandas as pd
+
+        return self.score_frame(pd.DataFrame({name: columns[name] for name in self.spec.feature_names}))
+
+    def score_matrix(self, features):
+        from kfops.components.contracts import KfopsError
+
+        raise KfopsError("an imported model scores raw rows (score_frame), not the feature spec's matrix")

@@ -358,6 +358,45 @@ def _print_result(args, result) -> None:
     make_console().print(f"{mark} {result.message}")
 
 
+NUMERIC_SIGNATURE_TYPES = ("double", "float", "long", "integer", "boolean")
+
+
+def cmd_models_import(args) -> int:
+    """A model trained elsewhere into the chain: ``kfops run --imported-model`` on the reference data, its
+    features the model's signature inputs (numbers numeric, text categorical; every other column kept out)."""
+    import tempfile
+
+    from kfops.cli import main
+    from kfops.components.train.imported import download, signature_columns
+
+    argv = ["run", "--data", args.reference_data, "--target", args.target, "--imported-model", args.model_uri]
+    with tempfile.TemporaryDirectory(prefix="kfops-import-") as tmp:
+        # the signature (fetched once here; the train step fetches the model again where it runs)
+        columns = signature_columns(download(args.model_uri, tmp))
+    if columns:
+        numeric = [name for name, kind in columns.items() if kind in NUMERIC_SIGNATURE_TYPES]
+        categorical = [name for name, kind in columns.items() if kind not in NUMERIC_SIGNATURE_TYPES]
+        argv += ["--numeric", ",".join(numeric)] if numeric else []
+        argv += ["--categorical", ",".join(categorical)] if categorical else []
+    name = args.model_name
+    if not name and args.model_uri.startswith("models:/"):
+        name = args.model_uri[len("models:/") :].split("/")[0].split("@")[0]  # the model keeps its name
+    passed = {
+        "--model-name": name,
+        "--task": args.task,
+        "--positive-class": args.positive_class,
+        "--threshold": args.threshold,
+        "--workspace": args.workspace,
+        "--thresholds": args.thresholds,
+    }
+    for flag, value in passed.items():
+        if value is not None and value != "":
+            argv += [flag, str(value)]
+    argv += ["--no-promote"] if args.no_promote else []
+    argv += ["--json"] if args.json else []
+    return main(argv)
+
+
 def cmd_models_promote(args) -> int:
     from kfops.components.registry import promote, resolve_ref
 
@@ -425,6 +464,28 @@ def add_commands(subparsers) -> None:
     mcompare.add_argument("v2", help="a version number or @alias")
     _common(mcompare)
     mcompare.set_defaults(func=cmd_models_compare)
+    importing = models_sub.add_parser(
+        "import",
+        help="bring a model trained elsewhere (an MLflow model) into the chain: evaluated, gated, registered",
+        description="Bring an existing MLflow model (scikit-learn, XGBoost, any pyfunc) into the chain: the "
+        "reference data goes through the data steps (validation, split, feature spec) with the model's signature "
+        "inputs as the features, the model is wrapped in the suite's format, evaluated on the test split, gated "
+        "and registered under the suite's aliases; then `kfops serve` and the deployment take it like a trained "
+        "one. Loading the model runs its pickled code: import only from a registry or path you trust.",
+    )
+    importing.add_argument("--model-uri", required=True, help="models:/NAME/V, models:/NAME@ALIAS, runs:/ID/PATH, "
+                           "a model folder or s3://")  # fmt: skip
+    importing.add_argument("--reference-data", required=True, help="CSV or Parquet with the features and the target")
+    importing.add_argument("--target", required=True, help="the target column of the reference data")
+    importing.add_argument("--model-name", help="registered name (default: the source model's, for models:/)")
+    importing.add_argument("--task", choices=("auto", "binary", "multiclass", "regression"))
+    importing.add_argument("--positive-class")
+    importing.add_argument("--threshold", type=float, help="binary: the decision threshold (default 0.5)")
+    importing.add_argument("--thresholds", help="gate thresholds YAML/JSON (default: the task's)")
+    importing.add_argument("--no-promote", action="store_true", help="register as challenger only")
+    importing.add_argument("--workspace")
+    importing.add_argument("--json", action="store_true")
+    importing.set_defaults(func=cmd_models_import)
     promote = models_sub.add_parser(
         "promote",
         help="make a blessed version the champion (its predecessor becomes previous)",

@@ -72,6 +72,7 @@ def training_arguments(args, ws) -> dict:
         "model_family",
         "model_params",
         "model_module",
+        "imported_model",
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -93,11 +94,14 @@ def training_arguments(args, ws) -> dict:
         arguments["model_module"] = str(module)  # the train step runs elsewhere: an absolute path
     if args.model_module and args.model_family is None:
         arguments["model_family"] = "module"
-    if args.model_family is not None or args.model_params is not None or args.model_module:
+    if args.imported_model and args.model_family is None:
+        arguments["model_family"] = "imported"
+    if args.model_family is not None or args.model_params is not None or args.model_module or args.imported_model:
         from kfops.components.contracts import TrainConfig
 
         # the family and its parameters checked here, not minutes later in the train step
-        family = {k: arguments[k] for k in ("model_family", "model_params", "model_module", "device") if k in arguments}
+        keys = ("model_family", "model_params", "model_module", "imported_model", "device")
+        family = {k: arguments[k] for k in keys if k in arguments}
         TrainConfig.from_dict(family).check()
     if args.split_by_time:
         arguments["split_by_time"] = True
@@ -291,14 +295,19 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--model",
         "--model-family",
         dest="model_family",
-        choices=("mlp", "gbdt", "module"),
+        choices=("mlp", "gbdt", "module", "imported"),
         help="the model family: mlp (the torch MLP, default), gbdt (gradient-boosted trees, scikit-learn's "
-        "HistGradientBoosting), or module (--model-module's; implied by it)",
+        "HistGradientBoosting), module (--model-module's; implied by it) or imported (--imported-model's)",
     )
     model.add_argument(
         "--model-module",
         help="your own training code: a Python file (local or s3://) defining train(train, validation, spec, "
         "params) that returns a fitted model (see components/train/README.md); its family is 'module'",
+    )
+    model.add_argument(
+        "--imported-model",
+        help="a model trained elsewhere, instead of training one: an MLflow model URI (models:/NAME/V, runs:/ID/PATH, "
+        "a folder or s3://); `kfops models import` runs this with the data's features taken from its signature",
     )
     model.add_argument(
         "--model-params",

@@ -40,7 +40,7 @@ def test_the_family_and_its_parameters_are_checked_together():
         TrainConfig(model_params={"max_iter": 5}).check()
     with pytest.raises(KfopsError, match="gbdt trains on the CPU"):
         TrainConfig(model_family="gbdt", device="cuda").check()
-    with pytest.raises(KfopsError, match="model_family must be mlp, gbdt, module, got 'xgboost'"):
+    with pytest.raises(KfopsError, match="model_family must be mlp, gbdt, module, imported, got 'xgboost'"):
         TrainConfig(model_family="xgboost").check()
     with pytest.raises(KfopsError, match="model_params is not JSON"):
         TrainConfig.from_dict({"model_family": "gbdt", "model_params": "{max_iter: 5"})

@@ -102,6 +102,8 @@ def test_wrappers_chain_from_raw_file_to_registered_model(tmp_path, data_file, m
         threshold_objective="fixed",
         model_family="mlp",
         model_params={},
+        model_module="",
+        imported_model="",
         experiment="wrappers",
         mlflow_tracking_uri="",
         tensorboard_root="",

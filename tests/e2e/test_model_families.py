@@ -166,3 +166,69 @@ def test_a_regression_module_answers_in_the_targets_units(tmp_path, capsys, clea
     assert result["task"] == "regression" and result["blessed"], result["blessing"]
     assert result["metrics"]["r2"] > 0.3  # a linear model's is about 0.45 on this data
     assert 30 < result["metrics"]["rmse"] < 70
+
+
+def test_a_model_trained_elsewhere_is_imported_gated_served_and_monitored(tmp_path, capsys, clean_env):
+    """A scikit-learn Pipeline the user trained and saved with MLflow, brought in with `kfops models import`."""
+    import json
+
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from kfops.cli import main
+    from kfops.components.model_store import load_model
+
+    frame, target = dataset("breast_cancer")
+    features = [c for c in frame.columns if c != target][:12]  # the user's model used 12 of the 30 columns
+    frame.insert(0, "patient_id", [f"P{i:04d}" for i in range(len(frame))])
+    frame.to_csv(tmp_path / "reference.csv", index=False)
+    mine = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    mine.fit(frame[features], frame[target])  # labels as text: benign / malignant
+    mlflow.sklearn.save_model(mine, tmp_path / "theirs", signature=infer_signature(frame[features]))
+
+    args = [
+        "models",
+        "import",
+        "--model-uri",
+        str(tmp_path / "theirs"),
+        "--reference-data",
+        str(tmp_path / "reference.csv"),
+    ]
+    code = main([*args, "--target", target, "--model-name", "cancer-lr", "--workspace", str(tmp_path), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out[out.index("{") :])
+    assert result["blessed"], result["blessing"]
+    assert result["model_name"] == "cancer-lr" and result["metrics"]["roc_auc"] > 0.97
+    run = mlflow.MlflowClient(result["mlflow_tracking_uri"]).get_run(result["run_id"])
+    assert run.data.tags["kfops.model_family"] == "imported"
+    assert run.data.tags["kfops.imported_model"] == str(tmp_path / "theirs")
+
+    loaded = load_model("cancer-lr@champion", result["mlflow_tracking_uri"])
+    assert type(loaded.classifier).__name__ == "ImportedModel" and loaded.spec.feature_names == features
+    assert "patient_id" in loaded.spec.passthrough_columns  # kept out of the model, as for a trained one
+    rows = frame.sample(30, random_state=4)
+    served = loaded.predict_columns({c: rows[c].astype(float).tolist() for c in features}, len(rows))
+    theirs = mine.predict_proba(rows[features])[:, list(mine.classes_).index(loaded.spec.positive_class)]
+    assert np.allclose(served["probability"], theirs)
+    assert list(served["prediction"]) == list(
+        np.where(theirs >= 0.5, loaded.spec.positive_class, loaded.spec.negative_class)
+    )
+
+    # Monitored like a trained model: a window of the largest tumours drifts, in features and predictions.
+    from kfops.components.transform import model_input_frame
+
+    window = frame[frame["mean_radius"] > frame["mean_radius"].quantile(0.7)].drop(columns=target)
+    scored = loaded.predict(model_input_frame(loaded.spec, window)).set_index(window.index)  # as the payload log
+    window.join(scored[["prediction", "probability"]]).to_parquet(tmp_path / "window.parquet", index=False)
+    monitor = ["monitor", "--model", "cancer-lr@champion", "--current", str(tmp_path / "window.parquet")]
+    main([*monitor, "--no-html", "--json", "--output", str(tmp_path / "drift"), "--workspace", str(tmp_path)])
+    out = capsys.readouterr().out
+    drift = json.loads(out[out.index("{") :])
+    assert drift["drifted_features"] > 0 and drift["model"] == "cancer-lr"
+    predictions = {f["name"]: f for f in drift["prediction_drift"]}
+    assert predictions["probability"]["drift_detected"]  # the model, scoring the window, sees more malignant
