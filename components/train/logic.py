@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -450,8 +451,14 @@ def train_model(
             )
             if Path(model_dir).exists():
                 shutil.rmtree(model_dir)
-            mlflow.pyfunc.save_model(path=model_dir, **model_kwargs)
-            info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
+            # Saving validates the input example by loading the model, which puts its code on sys.path: taken off
+            # again, so nothing this process starts later imports the model's copy of kfops (model_code.py).
+            path_before = list(sys.path)
+            try:
+                mlflow.pyfunc.save_model(path=model_dir, **model_kwargs)
+                info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
+            finally:
+                sys.path[:] = path_before
         mlflow.set_tag("kfops.model_uri", info.model_uri)
 
     return TrainOutcome(

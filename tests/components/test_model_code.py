@@ -65,7 +65,9 @@ def test_the_model_loads_and_answers_with_no_kfops_installed(tmp_path, prepared,
     config = dataclasses.replace(
         fast_config, model_family=family, model_params={"max_iter": 30} if family == "gbdt" else {}
     )
+    path_before = list(sys.path)
     train_prepared(prepared, config, tmp_path / "model", tmp_path / "tb")
+    assert sys.path == path_before  # saving loaded the model to check its example; its code path is gone again
     model_dir = tmp_path / "model"
     shipped = sorted(str(p.relative_to(model_dir / "code")) for p in (model_dir / "code").rglob("*.py"))
     assert "kfops/components/train/pyfunc.py" in shipped and "kfops/components/transform.py" in shipped
