@@ -36,6 +36,7 @@ def download(uri: str, directory: str | Path) -> Path:
     ``s3://`` prefix) as a local folder under ``directory``; a KfopsError naming the URI when it is not a model."""
     import mlflow.artifacts
 
+    Path(directory).mkdir(parents=True, exist_ok=True)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(directory)))
     except Exception as err:  # MlflowException, OSError, botocore errors: all mean "cannot fetch it"

@@ -238,7 +238,9 @@ def train_model(
     shape = {"task": spec.task, "outputs": spec.output_width}
     dist_ctx = distributed.current()
     trees = config.model_family == MODEL_FAMILY_GBDT
-    module_file = _module_file(config.model_module) if config.model_family == MODEL_FAMILY_MODULE else ""
+    # downloads (an s3:// module, an imported model) live here; removed when this call's frame lets go of it
+    scratch = tempfile.TemporaryDirectory(prefix="kfops-train-")
+    module_file = _module_file(config.model_module, scratch.name) if config.model_family == MODEL_FAMILY_MODULE else ""
     if config.model_family != MODEL_FAMILY_MLP and (dist_ctx is not None or checkpoint is not None):
         raise KfopsError(
             f"train: {config.model_family} trains in one process and needs no checkpoints; use it without torchrun"
@@ -339,7 +341,7 @@ def train_model(
                 from kfops.components.train.imported import fit_imported
 
                 raw = pd.read_parquet(raw_example_path, columns=[*spec.feature_names, spec.target])
-                imported_dir = tempfile.mkdtemp(prefix="kfops-import-")
+                imported_dir = Path(scratch.name, "imported")
                 result = fit_imported(config.imported_model, imported_dir, raw, spec, config.decision_threshold)
                 _log_history(run_id, result.history, writer)
                 mlflow.set_tags({"kfops.imported_model": config.imported_model, "kfops.val_loss_rows": "train split"})
@@ -489,11 +491,11 @@ def _describe(config: TrainConfig) -> str:
     return f"MLP {config.hidden_sizes}"
 
 
-def _module_file(uri: str) -> str:
+def _module_file(uri: str, directory: str) -> str:
     """The user's module as a local file (an s3:// one downloaded next to the task's temporary files)."""
     if not storage.is_s3(uri):
         return uri
-    local = Path(tempfile.mkdtemp(prefix="kfops-module-")) / uri.rstrip("/").rsplit("/", 1)[-1]
+    local = Path(directory, "module") / uri.rstrip("/").rsplit("/", 1)[-1]
     return str(storage.download_to(uri, local))
 
 

@@ -167,3 +167,106 @@ def test_mlflow_models_serve_answers_like_kfops_in_a_venv_without_kfops(tmp_path
     assert served["prediction"].tolist() == expected["prediction"].tolist()
     assert served["probability"].tolist() == pytest.approx(expected["probability"].tolist(), abs=1e-9)
     assert "kfops/components/train/pyfunc.py" not in log.read_text()  # no kfops traceback in the server's log
+
+
+MLSERVER_VENV = Path(__file__).resolve().parents[2] / ".venv-mlserver"
+MLSERVER_PACKAGES = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1", "pandas<3")
+
+
+def mlserver_venv() -> Path:
+    """MLServer with its MLflow runtime in its own virtualenv (it pins an older FastAPI than the suite's), built once
+    per checkout; torch, which the MLP needs and MLServer does not bring, comes from this environment through a .pth
+    line after the venv's own packages. No kfops in it. Its python."""
+    import site
+    import venv
+
+    python = MLSERVER_VENV / "bin" / "python"
+    stamp = MLSERVER_VENV / (".installed-" + "-".join(MLSERVER_PACKAGES).replace("<", "lt").replace("=", ""))
+    if not stamp.exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(MLSERVER_VENV)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *MLSERVER_PACKAGES], check=True, timeout=900)
+        stamp.touch()
+    packages = next(p for p in site.getsitepackages() if p.endswith("site-packages"))
+    target = next((MLSERVER_VENV / "lib").glob("python3*/site-packages"))
+    (target / "zz-suite-packages.pth").write_text(packages + "\n")  # "zz": after the venv's own
+    return python
+
+
+@pytest.mark.slow
+def test_mlservers_mlflow_runtime_answers_like_kfops_without_kfops(tmp_path, prepared, fast_config, mlflow_store):
+    """KServe's stock runtime for `modelFormat: mlflow` is MLServer with mlserver-mlflow: it loads the model folder
+    in a venv with no kfops, and its V2 answers (pandas content type) equal the kfops loader's."""
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from kfops.components.model_store import load_model_dir
+    from kfops.components.transform import model_input_frame
+    from tests.conftest import free_port
+
+    train_prepared(prepared, fast_config, tmp_path / "model", tmp_path / "tb")
+    loaded = load_model_dir(tmp_path / "model")
+    rows = model_input_frame(loaded.spec, pd.read_parquet(prepared["test_raw"]).head(40))
+    expected = loaded.predict(rows)
+
+    python = mlserver_venv()
+    probe = subprocess.run([str(python), "-c", "import kfops"], capture_output=True, text=True, cwd=tmp_path)
+    assert "No module named 'kfops'" in probe.stderr
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    (tmp_path / "srv" / "m").mkdir(parents=True)
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": http,
+        "grpc_port": grpc,
+        "metrics_port": metrics,
+        "parallel_workers": 0,
+    }
+    (tmp_path / "srv" / "settings.json").write_text(json.dumps(settings))
+    model = {
+        "name": "fraud",
+        "implementation": "mlserver_mlflow.MLflowRuntime",
+        "parameters": {"uri": str(tmp_path / "model")},
+    }
+    (tmp_path / "srv" / "m" / "model-settings.json").write_text(json.dumps(model))
+    log = tmp_path / "mlserver.log"
+    env = {**os.environ, "PYTHONPATH": "", "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(python.parent / "mlserver"), "start", str(tmp_path / "srv")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/fraud/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        inputs = []
+        for name, column in rows.items():
+            if column.dtype.kind == "f":
+                data = [None if pd.isna(v) else float(v) for v in column]
+                inputs.append({"name": name, "datatype": "FP64", "shape": [len(column)], "data": data})
+            else:
+                data = ["" if v is None else v for v in column]
+                inputs.append({"name": name, "datatype": "BYTES", "shape": [len(column)], "data": data})
+        body = json.dumps({"inputs": inputs, "parameters": {"content_type": "pd"}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http}/v2/models/fraud/infer", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            outputs = {o["name"]: o["data"] for o in json.loads(answer.read())["outputs"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    # A blank category arrives as "" (the V2 BYTES tensor has no null); both mean "not a known category" to the model.
+    assert outputs["prediction"] == expected["prediction"].tolist()
+    assert outputs["probability"] == pytest.approx(expected["probability"].tolist(), abs=1e-9)
