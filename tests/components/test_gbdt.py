@@ -137,3 +137,112 @@ def test_the_module_sees_named_matrix_columns_and_its_classes_are_placed_by_clas
 
     scores = module_scores(TwoOfThree(), np.zeros((3, 4), dtype=np.float32), spec)
     assert scores.tolist() == [[0.3, 0.0, 0.7]] * 3
+
+
+# ------------------------------------------------------------------------------------------------ every task
+def prepared_dataset(frame, target: str, root):
+    """The data steps' logic on a frame (schema, split, feature spec, matrices), written as the train step reads
+    them: {name: path}."""
+    from kfops.components.contracts import SplitConfig
+    from kfops.components.ingest.logic import resolve_schema, split_frame, write_split
+    from kfops.components.preprocess.logic import fit_feature_spec
+    from kfops.components.transform import encode_labels, save_matrix, transform_features
+
+    schema = resolve_schema(frame, "data", target)
+    splits = split_frame(frame, target, SplitConfig(seed=2))
+    spec = fit_feature_spec(
+        splits["train"], target, schema.numeric, schema.categorical, schema.positive_class, schema.negative_class,
+        task=schema.task, classes=schema.classes,
+    )  # fmt: skip
+    spec.save(root / "spec.json")
+    paths = {"spec": root / "spec.json"}
+    for name, part in splits.items():
+        write_split(part, root / f"{name}.parquet")
+        save_matrix(str(root / f"{name}.npz"), transform_features(spec, part), encode_labels(spec, part[target]))
+        paths[name], paths[f"{name}_raw"] = root / f"{name}.npz", root / f"{name}.parquet"
+    return paths
+
+
+@pytest.mark.parametrize(
+    "name, task, metric, floor",
+    [("wine", "multiclass", "balanced_accuracy", 0.85), ("diabetes", "regression", "r2", 0.2)],
+)
+def test_gbdt_trains_and_evaluates_every_task_on_bundled_data(tmp_path, mlflow_store, name, task, metric, floor):
+    import mlflow
+    from sklearn import datasets
+
+    from kfops.components.model_store import load_model_dir
+    from kfops.components.scoring import evaluate_model
+    from kfops.components.train.logic import train_model
+
+    if name == "wine":
+        data = datasets.load_wine(as_frame=True)
+        frame = data.frame.assign(target=np.asarray(data.target_names)[data.frame["target"]])
+    else:
+        frame = datasets.load_diabetes(as_frame=True, scaled=False).frame
+    paths = prepared_dataset(frame, "target", tmp_path)
+    config = TrainConfig(model_family="gbdt", model_params={"max_leaf_nodes": 15}, device="cpu")
+    outcome = train_model(
+        str(paths["train"]), str(paths["validation"]), str(paths["spec"]), str(paths["train_raw"]), config,
+        str(tmp_path / "model"), str(tmp_path / "tb"),
+    )  # fmt: skip
+    run = mlflow.MlflowClient().get_run(outcome.run_id)
+    assert run.data.tags["kfops.model_family"] == "gbdt" and run.data.tags["kfops.task"] == task
+    result, _ = evaluate_model(str(tmp_path / "model"), str(paths["test_raw"]), outcome.best_val_loss)
+    assert result.metrics[metric] > floor, result.metrics
+    loaded = load_model_dir(tmp_path / "model")
+    assert type(loaded.classifier).__name__ == "TreeModel" and loaded.spec.task == task
+    rows = frame.drop(columns="target").head(10)
+    served = loaded.predict_columns({c: rows[c].astype(float).tolist() for c in loaded.spec.feature_names}, 10)
+    assert list(served["prediction"]) == loaded.predict(rows.astype(float))["prediction"].tolist()
+
+
+CLASSIFIER_MODULE = """
+from sklearn.linear_model import LogisticRegression
+
+
+def train(train, validation, spec, params):
+    assert sorted(set(train[spec.target])) == list(range(len(spec.labels)))  # class indices, spec.labels' order
+    features = train.drop(columns=spec.target)
+    return LogisticRegression(max_iter=params.get("max_iter", 500)).fit(features, train[spec.target])
+"""
+
+REGRESSION_MODULE = """
+from sklearn.linear_model import Ridge
+
+
+def train(train, validation, spec, params):
+    assert train[spec.target].max() > 50  # the target in its own units, not standardised
+    return Ridge(alpha=params.get("alpha", 1.0)).fit(train.drop(columns=spec.target), train[spec.target])
+"""
+
+
+@pytest.mark.parametrize(
+    "name, source, metric, floor",
+    [("wine", CLASSIFIER_MODULE, "balanced_accuracy", 0.9), ("diabetes", REGRESSION_MODULE, "r2", 0.3)],
+)
+def test_a_users_module_trains_every_task_on_bundled_data(tmp_path, mlflow_store, name, source, metric, floor):
+    from sklearn import datasets
+
+    from kfops.components.model_store import load_model_dir
+    from kfops.components.scoring import evaluate_model
+    from kfops.components.train.logic import train_model
+
+    if name == "wine":
+        data = datasets.load_wine(as_frame=True)
+        frame = data.frame.assign(target=np.asarray(data.target_names)[data.frame["target"]])
+    else:
+        frame = datasets.load_diabetes(as_frame=True, scaled=False).frame
+    paths = prepared_dataset(frame, "target", tmp_path)
+    (tmp_path / "user.py").write_text(source)
+    config = TrainConfig.from_dict({"model_module": str(tmp_path / "user.py"), "device": "cpu"})
+    outcome = train_model(
+        str(paths["train"]), str(paths["validation"]), str(paths["spec"]), str(paths["train_raw"]), config,
+        str(tmp_path / "model"), str(tmp_path / "tb"),
+    )  # fmt: skip
+    result, _ = evaluate_model(str(tmp_path / "model"), str(paths["test_raw"]), outcome.best_val_loss)
+    assert result.metrics[metric] > floor, result.metrics
+    loaded = load_model_dir(tmp_path / "model")
+    assert type(loaded.classifier).__name__ == "ModuleModel"
+    if name == "diabetes":  # answers in the target's units
+        assert 25 < float(loaded.predict(frame.drop(columns="target").head(5))["prediction"].mean()) < 350
