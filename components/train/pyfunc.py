@@ -26,6 +26,21 @@ NETWORK_CONFIG_FILE = "network.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
 
 
+def read_model_config(context, key: str) -> dict:
+    """The model folder's config file ``context.artifacts[key]`` (JSON); a KfopsError when its format is newer
+    than this kfops reads (a folder without the field is format 1, as 0.1.0 wrote)."""
+    from kfops.components.contracts import KfopsError
+
+    config = json.loads(Path(context.artifacts[key]).read_text())
+    version = int(config.get("format_version", 1))
+    if version > MODEL_FORMAT_VERSION:
+        raise KfopsError(
+            f"model format {version} ({context.artifacts[key]}) is newer than this kfops reads "
+            f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
+        )
+    return config
+
+
 def save_network(
     directory: str | Path,
     model,
@@ -66,18 +81,12 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from kfops.components.contracts import FeatureSpec, KfopsError
+        from kfops.components.contracts import FeatureSpec
         from kfops.components.resources import cpu_limit
         from kfops.components.train.loop import build_mlp
 
         self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
-        config = json.loads(Path(context.artifacts["network_config"]).read_text())
-        version = int(config.get("format_version", 1))
-        if version > MODEL_FORMAT_VERSION:
-            raise KfopsError(
-                f"model format {version} ({context.artifacts['network_config']}) is newer than this kfops reads "
-                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
-            )
+        config = read_model_config(context, "network_config")
         self.threshold = float(config.get("threshold", 0.5))
         network = build_mlp(
             config["input_width"], config["hidden_sizes"], config["dropout"], int(config.get("outputs", 1))
@@ -189,16 +198,10 @@ class TreeModel(TabularClassifier):
     def load_context(self, context) -> None:
         import pickle
 
-        from kfops.components.contracts import FeatureSpec, KfopsError
+        from kfops.components.contracts import FeatureSpec
 
         self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
-        config = json.loads(Path(context.artifacts["trees_config"]).read_text())
-        version = int(config.get("format_version", 1))
-        if version > MODEL_FORMAT_VERSION:
-            raise KfopsError(
-                f"model format {version} ({context.artifacts['trees_config']}) is newer than this kfops reads "
-                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
-            )
+        config = read_model_config(context, "trees_config")
         self.threshold = float(config.get("threshold", 0.5))
         self.width = int(config.get("outputs", 1))
         # Unpickling runs code, as loading any MLflow model does: load models only from a registry or folder you trust.
@@ -256,17 +259,11 @@ class ModuleModel(TabularClassifier):
     def load_context(self, context) -> None:
         import pickle
 
-        from kfops.components.contracts import FeatureSpec, KfopsError
+        from kfops.components.contracts import FeatureSpec
         from kfops.components.train.user_module import load_module
 
         self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
-        config = json.loads(Path(context.artifacts["module_config"]).read_text())
-        version = int(config.get("format_version", 1))
-        if version > MODEL_FORMAT_VERSION:
-            raise KfopsError(
-                f"model format {version} ({context.artifacts['module_config']}) is newer than this kfops reads "
-                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
-            )
+        config = read_model_config(context, "module_config")
         self.threshold = float(config.get("threshold", 0.5))
         load_module(context.artifacts["module_file"])
         # Unpickling runs code, as loading any MLflow model does: load models only from a registry or folder you trust.
@@ -313,17 +310,11 @@ class ImportedModel(TabularClassifier):
     raw columns (typed as its signature wants), answering in the task's terms (``train/imported.py``)."""
 
     def load_context(self, context) -> None:
-        from kfops.components.contracts import FeatureSpec, KfopsError
+        from kfops.components.contracts import FeatureSpec
         from kfops.components.train.imported import load
 
         self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
-        config = json.loads(Path(context.artifacts["imported_config"]).read_text())
-        version = int(config.get("format_version", 1))
-        if version > MODEL_FORMAT_VERSION:
-            raise KfopsError(
-                f"model format {version} ({context.artifacts['imported_config']}) is newer than this kfops reads "
-                f"(up to {MODEL_FORMAT_VERSION}): upgrade kfops to load it"
-            )
+        config = read_model_config(context, "imported_config")
         self.threshold = float(config.get("threshold", 0.5))
         self.columns = config.get("signature_columns")
         self.how, self.model = load(context.artifacts["imported_model"])

@@ -140,6 +140,16 @@ def test_the_module_sees_named_matrix_columns_and_its_classes_are_placed_by_clas
 
 
 # ------------------------------------------------------------------------------------------------ every task
+def bundled(name: str):
+    """scikit-learn's wine (classes by name) or diabetes (original units), the target column ``target``."""
+    from sklearn import datasets
+
+    if name == "wine":
+        data = datasets.load_wine(as_frame=True)
+        return data.frame.assign(target=np.asarray(data.target_names)[data.frame["target"]])
+    return datasets.load_diabetes(as_frame=True, scaled=False).frame
+
+
 def prepared_dataset(frame, target: str, root):
     """The data steps' logic on a frame (schema, split, feature spec, matrices), written as the train step reads
     them: {name: path}."""
@@ -169,17 +179,12 @@ def prepared_dataset(frame, target: str, root):
 )
 def test_gbdt_trains_and_evaluates_every_task_on_bundled_data(tmp_path, mlflow_store, name, task, metric, floor):
     import mlflow
-    from sklearn import datasets
 
     from kfops.components.model_store import load_model_dir
     from kfops.components.scoring import evaluate_model
     from kfops.components.train.logic import train_model
 
-    if name == "wine":
-        data = datasets.load_wine(as_frame=True)
-        frame = data.frame.assign(target=np.asarray(data.target_names)[data.frame["target"]])
-    else:
-        frame = datasets.load_diabetes(as_frame=True, scaled=False).frame
+    frame = bundled(name)
     paths = prepared_dataset(frame, "target", tmp_path)
     config = TrainConfig(model_family="gbdt", model_params={"max_leaf_nodes": 15}, device="cpu")
     outcome = train_model(
@@ -222,17 +227,11 @@ def train(train, validation, spec, params):
     [("wine", CLASSIFIER_MODULE, "balanced_accuracy", 0.9), ("diabetes", REGRESSION_MODULE, "r2", 0.3)],
 )
 def test_a_users_module_trains_every_task_on_bundled_data(tmp_path, mlflow_store, name, source, metric, floor):
-    from sklearn import datasets
-
     from kfops.components.model_store import load_model_dir
     from kfops.components.scoring import evaluate_model
     from kfops.components.train.logic import train_model
 
-    if name == "wine":
-        data = datasets.load_wine(as_frame=True)
-        frame = data.frame.assign(target=np.asarray(data.target_names)[data.frame["target"]])
-    else:
-        frame = datasets.load_diabetes(as_frame=True, scaled=False).frame
+    frame = bundled(name)
     paths = prepared_dataset(frame, "target", tmp_path)
     (tmp_path / "user.py").write_text(source)
     config = TrainConfig.from_dict({"model_module": str(tmp_path / "user.py"), "device": "cpu"})

@@ -94,6 +94,23 @@ def test_the_model_loads_and_answers_with_no_kfops_installed(tmp_path, prepared,
     assert answer["predictions"]["probability"] == pytest.approx(expected["probability"].tolist(), abs=1e-9)
 
 
+def wait_until_up(url: str, proc, log: Path, seconds: float) -> None:
+    """Until ``url`` answers 200; fails with the server's log when it exits or ``seconds`` pass."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 def venv_without_kfops(root: Path) -> Path:
     """A virtualenv that sees this environment's third-party packages (MLflow, torch, scikit-learn...) through a
     .pth path line, but not kfops: the editable install's finder lives in a .pth file of this environment's
@@ -119,7 +136,6 @@ def test_mlflow_models_serve_answers_like_kfops_in_a_venv_without_kfops(tmp_path
     answers over HTTP equal the kfops loader's (what `kfops serve` scores with)."""
     import os
     import signal
-    import time
     import urllib.request
 
     import mlflow
@@ -145,16 +161,7 @@ def test_mlflow_models_serve_answers_like_kfops_in_a_venv_without_kfops(tmp_path
             [*command, "-h", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
         )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, 120)
         body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
@@ -198,7 +205,6 @@ def test_mlservers_mlflow_runtime_answers_like_kfops_without_kfops(tmp_path, pre
     in a venv with no kfops, and its V2 answers (pandas content type) equal the kfops loader's."""
     import os
     import signal
-    import time
     import urllib.request
 
     from kfops.components.model_store import load_model_dir
@@ -240,16 +246,7 @@ def test_mlservers_mlflow_runtime_answers_like_kfops_without_kfops(tmp_path, pre
             cwd=tmp_path,
         )
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/fraud/ready", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{http}/v2/models/fraud/ready", proc, log, 180)
         inputs = []
         for name, column in rows.items():
             if column.dtype.kind == "f":
