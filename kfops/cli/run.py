@@ -219,6 +219,7 @@ def _print_summary(
     metrics = {k: run.data.metrics[k] for k in TASK_METRIC_NAMES.get(task, METRIC_NAMES) if k in run.data.metrics}
     summary = {
         "task": task,
+        "model_family": run.data.tags.get("kfops.model_family", "mlp"),
         "data_sha256": outputs["data_sha256"],
         "run_id": outputs["run_id"],
         "model_name": model_name,
@@ -252,6 +253,7 @@ def _print_summary(
         "as asked (--task)" if arguments.get("task", "auto") != "auto" else "inferred from the target; --task to choose"
     )
     console.print(f"  task           {task} ({how})")
+    console.print(f"  model family   {summary['model_family']}")
     console.print(f"  data version   {summary['data_sha256']}")
     console.print(
         f"  MLflow run     {summary['run_id']} (experiment {summary['experiment_id']}, trained on {summary['device']})"

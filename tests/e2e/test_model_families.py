@@ -40,7 +40,7 @@ def test_gbdt_through_the_chain(tmp_path, capsys, clean_env, name, task, metric,
     frame.to_csv(tmp_path / f"{name}.csv", index=False)
     args = ["--data", str(tmp_path / f"{name}.csv"), "--target", target, "--workspace", str(tmp_path)]
     result = run_json(capsys, *args, "--model", "gbdt", "--model-params", '{"max_leaf_nodes": 15}')
-    assert result["task"] == task and result["blessed"], result["blessing"]
+    assert result["task"] == task and result["model_family"] == "gbdt" and result["blessed"], result["blessing"]
     assert result["metrics"][metric] > floor, result["metrics"]
 
     client = mlflow.MlflowClient(result["mlflow_tracking_uri"])
