@@ -41,6 +41,21 @@ def read_model_config(context, key: str) -> dict:
     return config
 
 
+def write_model_config(path: Path, family: str, **fields) -> Path:
+    """A family's config file beside its fitted model, with the model format's version (``read_model_config``
+    reads it back)."""
+    path.write_text(json.dumps({"format_version": MODEL_FORMAT_VERSION, "family": family, **fields}, indent=2))
+    return path
+
+
+def _pickle_to(path: Path, obj) -> Path:
+    import pickle
+
+    with path.open("wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
 def save_network(
     directory: str | Path,
     model,
@@ -167,25 +182,11 @@ TREES_CONFIG_FILE = "trees.json"
 def save_trees(directory: str | Path, estimator, threshold: float = 0.5, outputs: int = 1) -> tuple[Path, Path]:
     """Write the fitted scikit-learn estimator (pickled, as MLflow's sklearn flavour does) and what loading it
     needs; return both paths."""
-    import pickle
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / ESTIMATOR_FILE
-    with weights.open("wb") as fh:
-        pickle.dump(estimator, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    config = directory / TREES_CONFIG_FILE
-    config.write_text(
-        json.dumps(
-            {
-                "format_version": MODEL_FORMAT_VERSION,
-                "family": "gbdt",
-                "estimator": type(estimator).__name__,
-                "threshold": threshold,
-                "outputs": outputs,
-            },
-            indent=2,
-        )
+    weights = _pickle_to(directory / ESTIMATOR_FILE, estimator)
+    config = write_model_config(
+        directory / TREES_CONFIG_FILE, "gbdt", estimator=type(estimator).__name__, threshold=threshold, outputs=outputs
     )
     return weights, config
 
@@ -225,28 +226,19 @@ FITTED_FILE = "fitted.pkl"
 def save_module_model(directory: str | Path, fitted, module_path: str | Path, threshold: float = 0.5) -> dict[str, str]:
     """Write what the user's ``train()`` returned (pickled), a copy of the module's file, and what loading them
     needs; return the artifacts (name -> path)."""
-    import pickle
     import shutil
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     module_copy = directory / Path(module_path).name
     shutil.copyfile(module_path, module_copy)
-    fitted_path = directory / FITTED_FILE
-    with fitted_path.open("wb") as fh:
-        pickle.dump(fitted, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    config = directory / MODULE_CONFIG_FILE
-    config.write_text(
-        json.dumps(
-            {
-                "format_version": MODEL_FORMAT_VERSION,
-                "family": "module",
-                "module_file": module_copy.name,
-                "fitted": type(fitted).__module__ + "." + type(fitted).__qualname__,
-                "threshold": threshold,
-            },
-            indent=2,
-        )
+    fitted_path = _pickle_to(directory / FITTED_FILE, fitted)
+    config = write_model_config(
+        directory / MODULE_CONFIG_FILE,
+        "module",
+        module_file=module_copy.name,
+        fitted=type(fitted).__module__ + "." + type(fitted).__qualname__,
+        threshold=threshold,
     )
     return {"fitted": str(fitted_path), "module_file": str(module_copy), "module_config": str(config)}
 
@@ -288,19 +280,13 @@ def save_imported(directory: str | Path, model_dir: str | Path, source: str, how
     directory.mkdir(parents=True, exist_ok=True)
     inner = directory / "imported_model"
     shutil.copytree(model_dir, inner)
-    config = directory / IMPORTED_CONFIG_FILE
-    config.write_text(
-        json.dumps(
-            {
-                "format_version": MODEL_FORMAT_VERSION,
-                "family": "imported",
-                "source": source,
-                "scores_with": how,
-                "signature_columns": columns,
-                "threshold": threshold,
-            },
-            indent=2,
-        )
+    config = write_model_config(
+        directory / IMPORTED_CONFIG_FILE,
+        "imported",
+        source=source,
+        scores_with=how,
+        signature_columns=columns,
+        threshold=threshold,
     )
     return {"imported_model": str(inner), "imported_config": str(config)}
 
