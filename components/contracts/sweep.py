@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfops.components.contracts import METRIC_NAMES, TASK_METRIC_NAMES, KfopsError, TrainConfig
+from kfops.components.contracts import METRIC_NAMES, MODEL_FAMILY_GBDT, TASK_METRIC_NAMES, KfopsError, TrainConfig
+from kfops.components.contracts.models import GbdtConfig
 
 METHODS = ("bayes", "random", "grid")
 GOALS = ("minimize", "maximize")
@@ -60,9 +62,23 @@ FLOAT_FIELDS = ("dropout", "learning_rate", "weight_decay", "decision_threshold"
 CHOICE_FIELDS = ("optimizer", "class_weighting", "model_family")  # model_family: mlp or gbdt, with their defaults
 LIST_FIELDS = ("hidden_sizes",)
 TUNABLE = (*LIST_FIELDS, *FLOAT_FIELDS, *INT_FIELDS, *CHOICE_FIELDS)
+# A family's own parameters are searched as ``model_params.<name>`` (gbdt: GbdtConfig's fields). They apply to the
+# trials of that family: with model_family searched too, an mlp trial leaves them out.
+FAMILY_PARAMETER_PREFIX = "model_params."
 ALIASES = {"threshold": "decision_threshold"}
 # Quantiles of normal distributions are kept off 0 and 1, where the inverse CDF is infinite.
 QUANTILE_EPSILON = 1e-6
+
+
+def family_parameter_type(name: str) -> type | None:
+    """``int`` or ``float`` for a searchable family parameter (``model_params.max_leaf_nodes``), else None."""
+    if not name.startswith(FAMILY_PARAMETER_PREFIX):
+        return None
+    return typing.get_type_hints(GbdtConfig).get(name.removeprefix(FAMILY_PARAMETER_PREFIX))
+
+
+def family_parameter_names() -> tuple[str, ...]:
+    return tuple(FAMILY_PARAMETER_PREFIX + f.name for f in dataclasses.fields(GbdtConfig))
 
 
 def objective_metrics(task: str = "") -> tuple[str, ...]:
@@ -189,8 +205,23 @@ class SweepSpec:
         ]
 
     def config(self, values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
-        """The TrainConfig of one trial: ``base`` (default: TrainConfig()) with the fixed and sampled values."""
-        merged = dataclasses.asdict(base or TrainConfig()) | self.fixed | values
+        """The TrainConfig of one trial: ``base`` (default: TrainConfig()) with the fixed and sampled values;
+        ``model_params.<name>`` values go into ``model_params`` when the trial's family is gbdt."""
+        chosen = self.fixed | values
+        prefix = FAMILY_PARAMETER_PREFIX
+        family_values = {k.removeprefix(prefix): v for k, v in chosen.items() if k.startswith(prefix)}
+        merged = dataclasses.asdict(base or TrainConfig()) | {
+            k: v for k, v in chosen.items() if not k.startswith(prefix)
+        }
+        if family_values:
+            if merged["model_family"] == MODEL_FAMILY_GBDT:
+                merged["model_params"] = dict(merged.get("model_params") or {}) | family_values
+            elif not any(p.name == "model_family" for p in self.searched):
+                names = ", ".join(FAMILY_PARAMETER_PREFIX + k for k in sorted(family_values))
+                raise KfopsError(
+                    f"{self.source}: parameters {names} are gbdt's, but the trials train model_family "
+                    f"{merged['model_family']}; set model_family to gbdt (parameters.model_family or --model gbdt)"
+                )
         config = TrainConfig.from_dict(merged)
         config.check()
         return config

@@ -28,13 +28,21 @@ The mapping (``spec.py`` has the spec's format):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
-from kfops.components.contracts.sweep import INT_FIELDS, LIST_FIELDS, ParameterSpace, SweepSpec
+from kfops.components.contracts.sweep import (
+    FAMILY_PARAMETER_PREFIX,
+    INT_FIELDS,
+    LIST_FIELDS,
+    ParameterSpace,
+    SweepSpec,
+    family_parameter_type,
+)
 from kfops.components.kube import CustomResource, KubeClient, KubeError, wait_for_condition
 from kfops.components.sweep.spec import katib_bounds
 
@@ -97,7 +105,15 @@ def _number(value: float, integer: bool) -> str:
     return repr(float(value)) if value != int(value) or abs(value) >= 1e16 else str(float(value))
 
 
+def katib_name(name: str) -> str:
+    """The Katib parameter of a training parameter: ``model_params.max_iter`` is ``model_params__max_iter`` (a
+    name with no dot, as trialParameters references and environment-style names want)."""
+    return name.replace(".", "__")
+
+
 def _choice(value: Any) -> str:
+    if isinstance(value, dict):  # model_params: the JSON --model-params reads
+        return json.dumps(value, sort_keys=True)
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -109,7 +125,7 @@ def parameter_spec(space: ParameterSpace) -> dict[str, Any]:
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in space.values)
         kind = "discrete" if numeric and space.name not in LIST_FIELDS else "categorical"
         return {
-            "name": space.name,
+            "name": katib_name(space.name),
             "parameterType": kind,
             "feasibleSpace": {"list": [_choice(v) for v in space.values]},
         }
@@ -126,13 +142,21 @@ def parameter_spec(space: ParameterSpace) -> dict[str, Any]:
         feasible["distribution"] = KATIB_DISTRIBUTIONS["log"]
     elif space.distribution != "int_uniform":
         feasible["distribution"] = KATIB_DISTRIBUTIONS["uniform"]
-    return {"name": space.name, "parameterType": "int" if integer else "double", "feasibleSpace": feasible}
+    return {
+        "name": katib_name(space.name),
+        "parameterType": "int" if integer else "double",
+        "feasibleSpace": feasible,
+    }
 
 
 def _fixed_args(spec: SweepSpec, base: TrainConfig) -> list[str]:
     """Flags for every hyperparameter the sweep does not search: the spec's constants over ``base``."""
     searched = {p.name for p in spec.searched}
-    values = base.to_dict() | spec.fixed
+    prefix = FAMILY_PARAMETER_PREFIX
+    values = base.to_dict() | {k: v for k, v in spec.fixed.items() if not k.startswith(prefix)}
+    fixed_family = {k.removeprefix(prefix): v for k, v in spec.fixed.items() if k.startswith(prefix)}
+    if fixed_family:
+        values["model_params"] = dict(values.get("model_params") or {}) | fixed_family
     args: list[str] = []
     for name, value in values.items():
         if name in searched or name in NOT_FLAGS:
@@ -184,7 +208,12 @@ def build_experiment(spec: SweepSpec, data: TrialData, pod: TrialPod, name: str,
     if pod.parent_run_id:
         args += ["--parent-run-id", pod.parent_run_id]
     for space in searched:
-        args += [FLAGS[space.name], f"${{trialParameters.{space.name}}}"]
+        if space.name.startswith(FAMILY_PARAMETER_PREFIX):
+            # One --model-param NAME=VALUE each; training merges them into model_params (gbdt trials only).
+            param = space.name.removeprefix(FAMILY_PARAMETER_PREFIX)
+            args += ["--model-param", f"{param}=${{trialParameters.{katib_name(space.name)}}}"]
+        else:
+            args += [FLAGS[space.name], f"${{trialParameters.{space.name}}}"]
     requests = {"cpu": pod.cpu, "memory": pod.memory}
     limits: dict[str, Any] = {"memory": pod.memory}
     if pod.gpus:
@@ -228,7 +257,10 @@ def build_experiment(spec: SweepSpec, data: TrialData, pod: TrialPod, name: str,
                 "successCondition": SUCCESS_CONDITION,
                 "failureCondition": FAILURE_CONDITION,
                 "trialParameters": [
-                    *({"name": p.name, "reference": p.name, "description": p.distribution} for p in searched),
+                    *(
+                        {"name": katib_name(p.name), "reference": katib_name(p.name), "description": p.distribution}
+                        for p in searched
+                    ),
                     {"name": TRIAL_NAME_PARAMETER, "reference": "${trialSpec.Name}", "description": "trial name"},
                 ],
                 "trialSpec": {
@@ -275,6 +307,8 @@ class KatibBest:
 def typed_value(spec: SweepSpec, name: str, text: str) -> Any:
     """A Katib parameter assignment (a string) as the training parameter it stands for."""
     try:
+        if family_parameter_type(name) is int:
+            return round(float(text))
         if name in LIST_FIELDS:
             return [int(v) for v in text.split(",") if v.strip()]
         if name in INT_FIELDS:
@@ -293,7 +327,10 @@ def best_from_status(spec: SweepSpec, name: str, status: dict[str, Any]) -> Kati
     if not optimal.get("bestTrialName") or not assignments:
         raise KfopsError(f"Katib Experiment {name} finished without a best trial (no trial reported {spec.metric})")
     values = dict(spec.fixed)
-    values.update({a["name"]: typed_value(spec, a["name"], str(a["value"])) for a in assignments})
+    by_katib_name = {katib_name(p.name): p.name for p in spec.parameters}
+    for assignment in assignments:
+        parameter = by_katib_name.get(assignment["name"], assignment["name"])
+        values[parameter] = typed_value(spec, parameter, str(assignment["value"]))
     metrics = {}
     for metric in (optimal.get("observation") or {}).get("metrics") or []:
         try:

@@ -58,11 +58,13 @@ from pathlib import Path
 from typing import Any
 
 from kfops.components.contracts import HIGHER_IS_BETTER, KfopsError, TrainConfig
+from kfops.components.contracts.models import GbdtConfig
 from kfops.components.contracts.sweep import (
     ALIASES,
     CHOICE_FIELDS,
     DEFAULT_METRIC,
     DISTRIBUTIONS,
+    FAMILY_PARAMETER_PREFIX,
     FLOAT_FIELDS,
     GOALS,
     INT_FIELDS,
@@ -80,6 +82,8 @@ from kfops.components.contracts.sweep import (
     _check_budget,
     _int,
     _positive_int,
+    family_parameter_names,
+    family_parameter_type,
     objective_metrics,
 )
 
@@ -126,6 +130,13 @@ def parse_spec(data: Any, source: str = "sweep spec") -> SweepSpec:
         raise KfopsError(f"{source}: parameters name {duplicates} twice (threshold is decision_threshold)")
     if all(p.fixed for p in parameters):
         raise KfopsError(f"{source}: parameters: every parameter is a constant; there is nothing to search")
+    family = next((p for p in parameters if p.name == "model_family"), None)
+    family_names = [n for n in names if n.startswith(FAMILY_PARAMETER_PREFIX)]
+    if family_names and family is not None and "gbdt" not in family.values:
+        raise KfopsError(
+            f"{source}: parameters {', '.join(family_names)} are gbdt's, but model_family takes only "
+            f"{', '.join(map(str, family.values))}; add gbdt to model_family's values"
+        )
 
     options = data.get("kfops") or {}
     if not isinstance(options, dict):
@@ -228,8 +239,12 @@ def _parse_early_terminate(raw: Any, source: str) -> EarlyTerminate | None:
 def _parse_parameter(name: Any, raw: Any, source: str, warnings: list[str]) -> ParameterSpace:
     field_name = ALIASES.get(str(name), str(name))
     where = f"{source}: parameters.{name}"
-    if field_name not in TUNABLE:
-        raise KfopsError(f"{where}: not a hyperparameter of training; tunable: {', '.join(TUNABLE)} (or threshold)")
+    family_type = family_parameter_type(field_name)
+    if field_name not in TUNABLE and family_type is None:
+        raise KfopsError(
+            f"{where}: not a hyperparameter of training; tunable: {', '.join(TUNABLE)} (or threshold), and gbdt's "
+            f"{', '.join(family_parameter_names())}"
+        )
     if not isinstance(raw, dict):
         raise KfopsError(f"{where} must be a mapping such as {{values: [...]}} or {{distribution: uniform, min, max}}")
     distribution = raw.get("distribution")
@@ -256,7 +271,7 @@ def _parse_parameter(name: Any, raw: Any, source: str, warnings: list[str]) -> P
             f"{where}: key(s) {unknown} do not belong to distribution {distribution} "
             f"(it takes {', '.join(DISTRIBUTIONS[distribution])})"
         )
-    integer = field_name in INT_FIELDS
+    integer = field_name in INT_FIELDS or family_type is int
 
     if distribution in ("constant", "categorical"):
         values = [raw.get("value")] if distribution == "constant" else raw.get("values")
@@ -343,7 +358,14 @@ def katib_bounds(space: ParameterSpace) -> tuple[float, float]:
 
 def _choice(field_name: str, value: Any, where: str) -> Any:
     """A categorical value in the type training takes, checked by TrainConfig."""
-    if field_name in LIST_FIELDS:
+    family_type = family_parameter_type(field_name)
+    if family_type is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise KfopsError(f"{where}: {field_name} is a number, got {value!r}")
+        if family_type is int and value != int(value):
+            raise KfopsError(f"{where}: {field_name} is an integer, got {value!r}")
+        value = family_type(value)
+    elif field_name in LIST_FIELDS:
         if isinstance(value, str):
             try:
                 value = [int(part) for part in value.split(",") if part.strip()]
@@ -367,6 +389,12 @@ def _choice(field_name: str, value: Any, where: str) -> Any:
 
 
 def _check_value(field_name: str, value: Any, where: str) -> None:
+    if family_parameter_type(field_name) is not None:
+        try:
+            GbdtConfig.from_dict({field_name.removeprefix(FAMILY_PARAMETER_PREFIX): value})
+        except KfopsError as err:
+            raise KfopsError(f"{where}: {str(err).removeprefix('train: ')}") from err
+        return
     try:
         config = TrainConfig(**{field_name: value})
         config.check()

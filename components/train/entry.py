@@ -44,6 +44,16 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _number(text: str) -> int | float | str:
+    """A --model-param value as the number it spells (``63``, ``0.05``); other text is left for the family's
+    config to refuse by name."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kfops.components.train",
@@ -77,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--imported-model", help="the imported family's MLflow model URI")
     model.add_argument("--model-module", help="the module family's Python file (local or s3://)")
     model.add_argument("--model-params", help="the family's own parameters as JSON (gbdt: '{\"max_leaf_nodes\": 63}')")
+    model.add_argument(
+        "--model-param",
+        action="append",
+        default=[],
+        type=_tag,
+        metavar="NAME=VALUE",
+        help="one of the family's own parameters, over --model-params (repeatable; what a Katib trial passes)",
+    )
     track = parser.add_argument_group("tracking")
     track.add_argument("--experiment", default="kfops-training")
     track.add_argument("--mlflow-tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")
@@ -102,6 +120,11 @@ def config_from(args) -> TrainConfig:
             values[name] = flag
     if args.no_cuda_graphs:
         values["cuda_graphs"] = False
+    if args.model_param:
+        params = values.get("model_params") or {}
+        if isinstance(params, str):
+            params = TrainConfig.from_dict({"model_params": params}).model_params
+        values["model_params"] = dict(params) | {name: _number(value) for name, value in args.model_param}
     config = TrainConfig.from_dict(values)
     config.check()
     return config

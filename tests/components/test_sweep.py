@@ -654,3 +654,134 @@ def test_a_small_local_sweep_through_kfp_local(tmp_path, prepared, mlflow_store)
         outcome.best.values["learning_rate"]
     )
     assert f"--learning-rate {document['best']['learning_rate']}" in document["kfops_run_flags"]
+
+
+# ---------------------------------------------------------------------------------- a family's own parameters
+GBDT_SWEEP = {
+    "name": "trees",
+    "method": "random",
+    "metric": {"name": "val_loss"},
+    "run_cap": 3,
+    "parameters": {
+        "model_family": {"value": "gbdt"},
+        "model_params.max_leaf_nodes": {"values": [7, 31]},
+        "model_params.learning_rate": {"distribution": "log_uniform_values", "min": 0.05, "max": 0.3},
+        "model_params.max_iter": {"value": 40},
+    },
+    "kfops": {"seed": 2},
+}
+
+
+def test_gbdt_parameters_are_searched_by_name_and_checked_as_gbdt_checks_them():
+    from kfops.components.sweep.logic import best_document
+
+    spec = spec_of(GBDT_SWEEP)
+    leaves = spec.parameter("model_params.max_leaf_nodes")
+    assert leaves.values == (7, 31) and leaves.integer
+    assert not spec.parameter("model_params.learning_rate").integer
+    config = spec.config({"model_params.max_leaf_nodes": 7, "model_params.learning_rate": 0.1})
+    assert config.model_family == "gbdt"
+    assert config.model_params == {"max_leaf_nodes": 7, "learning_rate": 0.1, "max_iter": 40}
+    assert config.gbdt().max_leaf_nodes == 7
+    # The best configuration gives them back as the --model-params JSON `kfops run` takes.
+    document = best_document(spec, {"model_params.max_leaf_nodes": 7, "model_params.learning_rate": 0.1}, 0.2)
+    assert document["best"]["model_params"] == {"learning_rate": 0.1, "max_iter": 40, "max_leaf_nodes": 7}
+    assert document["searched"] == {"model_params.max_leaf_nodes": 7, "model_params.learning_rate": 0.1}
+    assert (
+        '--model-params \'{"learning_rate": 0.1, "max_iter": 40, "max_leaf_nodes": 7}\''
+        in (document["kfops_run_flags"])
+    )
+
+    def refused(change: dict) -> str:
+        with pytest.raises(KfopsError) as err:
+            spec_of({**GBDT_SWEEP, "parameters": {**GBDT_SWEEP["parameters"], **change}})
+        return str(err.value)
+
+    assert "model_params.max_depth" in refused({"model_params.max_depth": {"values": [3]}})  # the listed names
+    assert "model_params.max_leaf_nodes must be at least 2" in refused({"model_params.max_leaf_nodes": {"values": [1]}})
+    assert "is an integer" in refused({"model_params.max_iter": {"min": 10.0, "max": 20.5}})
+    assert "add gbdt to model_family" in refused({"model_family": {"values": ["mlp"]}})
+
+
+def test_gbdt_parameters_apply_to_gbdt_trials_only():
+    spec = spec_of(
+        {
+            "method": "grid",
+            "parameters": {"model_family": {"values": ["mlp", "gbdt"]}, "model_params.max_leaf_nodes": {"values": [7]}},
+        }
+    )
+    assert spec.config({"model_family": "mlp", "model_params.max_leaf_nodes": 7}).model_params == {}
+    assert spec.config({"model_family": "gbdt", "model_params.max_leaf_nodes": 7}).model_params == {"max_leaf_nodes": 7}
+    # With the family left to the base configuration, an mlp base is a mistake the user should hear about.
+    only_params = spec_of({"method": "grid", "parameters": {"model_params.max_leaf_nodes": {"values": [7, 15]}}})
+    with pytest.raises(KfopsError, match="set model_family to gbdt"):
+        only_params.config({"model_params.max_leaf_nodes": 7})
+    assert only_params.config({"model_params.max_leaf_nodes": 7}, TrainConfig(model_family="gbdt")).model_params == {
+        "max_leaf_nodes": 7
+    }
+
+
+def test_katib_trials_pass_gbdt_parameters_as_flags_training_reads():
+    from kfops.components.train.entry import build_parser, config_from
+
+    spec = spec_of(GBDT_SWEEP)
+    experiment = katib.build_experiment(spec, DATA, POD, "trees", "team-a")
+    assert experiment_errors(experiment) == []
+    names = {p["name"] for p in experiment["spec"]["parameters"]}
+    assert names == {"model_params__max_leaf_nodes", "model_params__learning_rate"}
+    args = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "max_leaf_nodes=${trialParameters.model_params__max_leaf_nodes}" in args
+    assert args[args.index("--model-family") + 1] == "gbdt"
+    # What a trial's pod runs once Katib substitutes the values: the training entry's own parser.
+    substituted = [
+        a.replace("${trialParameters.model_params__max_leaf_nodes}", "31").replace(
+            "${trialParameters.model_params__learning_rate}", "0.125"
+        )
+        for a in args
+    ]
+    config = config_from(build_parser().parse_args(substituted))
+    assert config.model_family == "gbdt"
+    assert config.model_params == {"max_iter": 40, "max_leaf_nodes": 31, "learning_rate": 0.125}
+    status = {
+        "currentOptimalTrial": {
+            "bestTrialName": "trees-abc",
+            "parameterAssignments": [
+                {"name": "model_params__max_leaf_nodes", "value": "31"},
+                {"name": "model_params__learning_rate", "value": "0.125"},
+            ],
+            "observation": {"metrics": [{"name": "val_loss", "latest": "0.3"}]},
+        }
+    }
+    best = katib.best_from_status(spec, "trees", status)
+    assert best.values["model_params.max_leaf_nodes"] == 31 and best.values["model_params.learning_rate"] == 0.125
+
+
+@pytest.mark.e2e
+def test_a_local_sweep_over_gbdt_parameters_trains_trees(tmp_path, prepared, mlflow_store):
+    import mlflow
+
+    from kfops.components.sweep.logic import PreparedData, run_local_sweep
+    from kfops.pipelines.sweep import run_trial_locally
+
+    data = PreparedData(
+        str(prepared["train_matrix"]),
+        str(prepared["validation_matrix"]),
+        str(prepared["spec"]),
+        str(prepared["train_raw"]),
+        data_sha256=prepared["sha256"],
+    )
+    outcome = run_local_sweep(
+        spec_of(GBDT_SWEEP),
+        data,
+        run_trial_locally,
+        workspace=tmp_path / "ws",
+        base=TrainConfig(device="cpu"),
+        best_path=tmp_path / "best.yaml",
+    )
+    assert [t.state for t in outcome.trials] == ["complete"] * 3
+    client = mlflow.MlflowClient()
+    for trial in outcome.trials:
+        params = client.get_run(trial.run_id).data.params
+        assert params["model_family"] == "gbdt"
+        assert json.loads(params["model_params"])["max_leaf_nodes"] == trial.values["model_params.max_leaf_nodes"]
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["best"]["model_family"] == "gbdt"
