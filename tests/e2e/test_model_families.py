@@ -210,3 +210,39 @@ def test_a_model_trained_elsewhere_is_imported_gated_served_and_monitored(tmp_pa
     assert drift["drifted_features"] > 0 and drift["model"] == "cancer-lr"
     predictions = {f["name"]: f for f in drift["prediction_drift"]}
     assert predictions["probability"]["drift_detected"]  # the model, scoring the window, sees more malignant
+
+
+def test_an_xgboost_model_from_mlflow_is_imported_and_answers_as_xgboost_does(tmp_path, capsys, clean_env):
+    """An XGBoost classifier logged with mlflow.xgboost (classes 0..2, as XGBoost wants them), imported with the
+    reference data whose target holds those same class numbers."""
+    import json
+
+    import mlflow.xgboost
+    import xgboost
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_wine
+
+    from kfops.cli import main
+    from kfops.components.model_store import load_model
+
+    frame = load_wine(as_frame=True).frame.rename(columns=lambda c: c.replace("/", "_"))
+    features = [c for c in frame.columns if c != "target"]
+    frame.to_csv(tmp_path / "wine.csv", index=False)
+    theirs = xgboost.XGBClassifier(n_estimators=40, max_depth=3, learning_rate=0.2, random_state=0)
+    theirs.fit(frame[features], frame["target"])
+    mlflow.xgboost.save_model(theirs, tmp_path / "xgb", signature=infer_signature(frame[features]))
+
+    args = ["models", "import", "--model-uri", str(tmp_path / "xgb"), "--reference-data", str(tmp_path / "wine.csv")]
+    code = main([*args, "--target", "target", "--model-name", "wine-xgb", "--workspace", str(tmp_path), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result = json.loads(out[out.index("{") :])
+    assert result["task"] == "multiclass" and result["blessed"], result["blessing"]
+    loaded = load_model("wine-xgb@champion", result["mlflow_tracking_uri"])
+    rows = frame.sample(40, random_state=1)
+    served = loaded.predict_columns({c: rows[c].tolist() for c in features}, len(rows))
+    expected = theirs.predict(rows[features])
+    assert [str(v) for v in served["prediction"]] == [str(v) for v in expected]
+    proba = theirs.predict_proba(rows[features])  # columns in XGBoost's class order 0, 1, 2
+    for k in range(3):
+        assert np.allclose(served[f"probability_{k}"], proba[:, k], atol=1e-6)
