@@ -3,7 +3,9 @@ merge-patch) and one wait-for-condition. deploy, rollout, sweep (Katib) and trai
 the API server with a fake that records every request.
 
 It talks to InferenceServices by default; ``client.for_resource(CustomResource(...))`` gives the same connection
-for another kind (Katib Experiments, Kubeflow Trainer TrainJobs).
+for another kind (Katib Experiments, Kubeflow Trainer TrainJobs). ``get_path`` reads the API server's OpenAPI v3
+discovery documents (what ``isvc.capabilities`` learns KServe's version from), and ``patch(..., dry_run=True)``
+asks for a server-side dry run.
 
 ``CustomObjectsApi`` of kubernetes 30.1 sends PATCH as ``application/merge-patch+json`` and keeps ``None`` as
 JSON ``null``, so a patch can remove a field (KServeClient.patch drops ``None`` and cannot). Creates and patches
@@ -11,7 +13,8 @@ ask for strict field validation, so a field the CRD does not know is an error in
 
 Connection: an explicit ``host`` (tests, a proxy from ``kubectl proxy``), else the in-cluster service account
 (a KFP step), else the kubeconfig (``KUBECONFIG`` or ``~/.kube/config``, optionally one ``context``). API errors
-become ``KubeError`` (a ``KfopsError``) saying what to fix for 401, 403, 404, 409 and 422.
+become ``KubeError`` (a ``KfopsError``) saying what to fix for 401, 403, 404, 409 and 422; a 403 from an admission
+webhook (KServe's validation) gives the webhook's message, not an RBAC hint.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from kfops.components.contracts import KfopsError
 
@@ -127,10 +131,12 @@ class KubeClient:
             field_validation="Strict",
         )
 
-    def patch(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        """Send ``patch`` as a JSON merge patch (RFC 7386): ``None`` removes a field."""
+    def patch(self, namespace: str, name: str, patch: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Send ``patch`` as a JSON merge patch (RFC 7386): ``None`` removes a field. ``dry_run`` asks for a
+        server-side dry run (``dryRun=All``): admission and validation run, nothing is stored."""
+        extra = {"dry_run": "All"} if dry_run else {}
         return self._call(
-            "patch",
+            "dry-run patch" if dry_run else "patch",
             namespace,
             name,
             self.api.patch_namespaced_custom_object,
@@ -140,9 +146,34 @@ class KubeClient:
             self.resource.plural,
             name,
             patch,
+            **extra,
             field_manager=FIELD_MANAGER,
             field_validation="Strict",
         )
+
+    def get_path(self, path: str) -> dict[str, Any]:
+        """GET a non-resource path of the API server as JSON, e.g. the OpenAPI v3 discovery documents
+        (``/openapi/v3``, then a ``serverRelativeURL`` from its index, query included). Every authenticated
+        identity may read these through the ``system:discovery`` ClusterRole: no namespace role is involved."""
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
+        parts = urlsplit(path)
+        try:
+            return self.api_client.call_api(
+                parts.path,
+                "GET",
+                query_params=parse_qsl(parts.query),
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                response_type="object",
+                _return_http_data_only=True,
+                _request_timeout=self.request_timeout_s,
+            )
+        except ApiException as err:
+            raise _discovery_error(path, err.status, _status_body(err.body)) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise KubeError(f"read {path}: cannot reach the Kubernetes API at {self.host}: {err}") from err
 
     def _call(self, verb: str, namespace: str, name: str, method, *args, missing_ok: bool = False, **kwargs):
         import urllib3
@@ -172,7 +203,10 @@ def _api_error(
     reason = str(status.get("reason") or "")
     causes = (status.get("details") or {}).get("causes") or []
     fields = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}" for c in causes if isinstance(c, dict))
-    if code == 401:
+    if code == 403 and message.startswith("admission webhook"):
+        # A validating webhook (KServe's) refused the object: its message says why; no role is missing.
+        text = f"refused: {message}"
+    elif code == 401:
         text = (
             "unauthorized: the API server rejected the credentials (the kubeconfig user or the service-account "
             "token); log in again or check the token"
@@ -198,6 +232,26 @@ def _api_error(
     else:
         text = f"API error {code} {reason}: {message}".rstrip(": ")
     return KubeError(f"{where}: {text}", status=code, reason=reason)
+
+
+def _discovery_error(path: str, code: int, status: dict[str, Any]) -> KubeError:
+    message = str(status.get("message") or "").strip()
+    if code == 401:
+        text = "unauthorized: the API server rejected the credentials; log in again or check the token"
+    elif code == 403:
+        text = (
+            f"forbidden: {message}. Reading the API's OpenAPI documents needs the system:discovery ClusterRole "
+            "(GET /openapi/v3 and /openapi/v3/*), which Kubernetes binds to every authenticated identity; has "
+            "that binding been removed?"
+        )
+    elif code == 404:
+        text = (
+            f"not found: {message or 'the server could not find the requested resource'}. The API server serves "
+            "no such OpenAPI v3 document (Kubernetes >= 1.27 serves /openapi/v3)"
+        )
+    else:
+        text = f"API error {code} {status.get('reason') or ''}: {message}".rstrip(": ")
+    return KubeError(f"read {path}: {text}", status=code, reason=str(status.get("reason") or ""))
 
 
 # ------------------------------------------------------------------------------------------------ connecting

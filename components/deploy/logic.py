@@ -11,6 +11,12 @@ MinIO, not ``mlflow-artifacts:/`` or a local path), reads the live InferenceServ
 - the same storage location serves: one merge patch of the managed fields (resources, replicas, ...);
 - a canary is already running: refuses (promote or roll it back first).
 
+What the cluster's KServe accepts is learned first from its OpenAPI v3 document (``isvc.capabilities``, read-only,
+allowed to every authenticated identity): the mode names a new object gets (``Knative``/``Standard``, or
+``Serverless``/``RawDeployment`` where the schema cannot rule out KServe 0.15), the name an update must carry for
+KServe's update validation (the one the object's record implies), and whether ``spec.canary`` exists (a
+Standard-mode canary needs KServe >= 0.20; without it deploy refuses, naming that version).
+
 Everything is checked (the spec, the registry, the URI, the live object's mode and state) before the one write;
 then it waits until KServe reports the split it asked for. A timeout raises ``ReadyTimeout`` and sends nothing
 more; in Knative mode a canary revision that never becomes ready gets no traffic (Knative routes the latest
@@ -29,6 +35,7 @@ from urllib.parse import urlparse
 
 from kfops.components.contracts import ALIAS_CHAMPION, TAG_BLESSED, KfopsError
 from kfops.components.contracts.delivery import KNATIVE, DeploySpec
+from kfops.components.isvc.capabilities import discover, update_mode_name, with_mode_annotation
 from kfops.components.isvc.patches import plan_deploy
 from kfops.components.isvc.spec import build_inferenceservice, clean_manifest
 from kfops.components.isvc.traffic import DEFAULT_POLL_S, DEFAULT_TIMEOUT_S, ReadyTimeout, wait_ready
@@ -167,8 +174,19 @@ def deploy(
     spec = dataclasses.replace(spec, namespace=spec.namespace or api.default_namespace)
     namespace, name = spec.namespace, spec.isvc_name
     live = api.get(namespace, name)
-    plan = plan_deploy(spec, model.version, model.storage_uri, live)
+    capabilities = discover(api)
+    plan = plan_deploy(
+        spec,
+        model.version,
+        model.storage_uri,
+        live,
+        # Without spec.canary the schema cannot tell 0.15 from 0.16-0.19: the old names, which both accept.
+        legacy_mode_names=not capabilities.new_mode_names,
+        canary_list=capabilities.canary_list,
+    )
     write = plan.write
+    if live is not None:
+        (write,) = with_mode_annotation([write], live, update_mode_name(api, live, capabilities))
     written = api.create(namespace, write.body) if write.verb == "create" else api.patch(namespace, name, write.body)
     log.info("%s InferenceService %s/%s: %s version %s", plan.operation, namespace, name, model.name, model.version)
     generation = (written.get("metadata") or {}).get("generation")

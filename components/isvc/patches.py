@@ -19,6 +19,7 @@ from kfops.components.isvc.spec import (
     ANNOTATION_STABLE_URI,
     LABEL_CANARY_VERSION,
     LABEL_VERSION,
+    MIN_CANARY_LIST,
     MODEL_FIELDS,
     PREDICTOR_FIELDS,
     ServingState,
@@ -141,9 +142,21 @@ class DeployPlan:
     stable_storage_uri: str = ""
 
 
-def plan_deploy(spec: DeploySpec, version: str, storage_uri: str, live: dict[str, Any] | None) -> DeployPlan:
-    """How to serve ``version`` given the live object (None when there is none): one create or one merge patch."""
-    desired = build_inferenceservice(spec, version, storage_uri)
+def plan_deploy(
+    spec: DeploySpec,
+    version: str,
+    storage_uri: str,
+    live: dict[str, Any] | None,
+    *,
+    legacy_mode_names: bool = False,
+    canary_list: bool = True,
+) -> DeployPlan:
+    """How to serve ``version`` given the live object (None when there is none): one create or one merge patch.
+
+    What the cluster's KServe accepts (``capabilities``): ``legacy_mode_names`` creates the object with the mode
+    named ``Serverless``/``RawDeployment``; without ``canary_list`` (no ``spec.canary``, KServe < 0.20) a
+    Standard-mode canary is refused, naming the version it needs."""
+    desired = build_inferenceservice(spec, version, storage_uri, legacy_mode_names=legacy_mode_names)
     if live is None:
         return DeployPlan("create", Write("create", desired, Expectation(spec.mode)))
     where = f"{spec.namespace or _where(live).split('/')[0]}/{spec.isvc_name}"
@@ -189,6 +202,13 @@ def plan_deploy(spec: DeploySpec, version: str, storage_uri: str, live: dict[str
         body = {"metadata": _metadata_patch(live, labels, annotations), "spec": {"predictor": patch}}
         expect = Expectation(KNATIVE, int(spec.canary_percent))
     else:
+        if not canary_list:
+            raise KfopsError(
+                f"KServe on this cluster has no spec.canary (needs KServe >= {MIN_CANARY_LIST}): InferenceService "
+                f"{where} runs in Standard mode, where older KServe ignores canaryTrafficPercent, so version "
+                f"{version} cannot start as a canary. Upgrade KServe, or deploy with canary_percent 100 to replace "
+                "the model at once"
+            )
         name = canary_name_for(spec.isvc_name, version, str(live_predictor.get("name", "")))
         canary = {
             "trafficPercent": int(spec.canary_percent),

@@ -11,10 +11,13 @@ KServe has one canary mechanism per deployment mode, and kfops drives both:
   (the next change to anything would roll it out), so rollback writes the stable predictor back as the latest
   spec: first with ``canaryTrafficPercent: 0`` (all traffic on the stable revision at once, while the new
   revision of the stable model starts), then without the field once that revision is ready.
-- **Standard** (``Standard``, KServe >= 0.20): ``spec.predictor`` is the stable model and ``spec.canary`` a
-  list of ``{trafficPercent, predictor}``; a canary predictor needs a ``name`` (its Deployment is
+- **Standard** (``Standard``): ``spec.predictor`` is the stable model and ``spec.canary`` (KServe >= 0.20,
+  kserve#5672) a list of ``{trafficPercent, predictor}``; a canary predictor needs a ``name`` (its Deployment is
   ``{isvc}-{name}-predictor``). Promote: the canary's predictor becomes ``spec.predictor`` (name included, so
   KServe keeps its pods) and ``spec.canary`` goes. Rollback: ``spec.canary`` goes.
+
+Which mode names (``Knative``/``Standard`` or the older ``Serverless``/``RawDeployment``) and which canary fields
+the cluster's KServe accepts is ``capabilities``' business.
 
 What kfops records on the object, so a later step (rollout, rollback, a person with kubectl) knows what serves:
 
@@ -56,7 +59,11 @@ MODEL_CONTAINER = "kserve-container"  # the ServingRuntime's container
 
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 _MODE_VALUE = {KNATIVE: "Knative", STANDARD: "Standard"}
-# KServe 0.17 renamed Serverless to Knative and RawDeployment to Standard; it still reads the old names.
+# KServe 0.16 renamed Serverless to Knative and RawDeployment to Standard (kserve#4608; the 0.15 -> 0.16
+# upgrade in kserve#4798) and still reads the old names; KServe 0.15 and older know only the old ones.
+_LEGACY_MODE_VALUE = {KNATIVE: "Serverless", STANDARD: "RawDeployment"}
+MIN_NEW_MODE_NAMES = "0.16"
+MIN_CANARY_LIST = "0.20"  # spec.canary, the Standard-mode canary (kserve#5672)
 _MODE_OF_VALUE = {"knative": KNATIVE, "serverless": KNATIVE, "standard": STANDARD, "rawdeployment": STANDARD}
 PROMETHEUS_ANNOTATION = "serving.kserve.io/enable-prometheus-scraping"
 
@@ -117,8 +124,19 @@ def build_predictor(spec: DeploySpec, version: str, storage_uri: str, name: str 
     return predictor
 
 
-def build_inferenceservice(spec: DeploySpec, version: str, storage_uri: str) -> dict[str, Any]:
-    """The InferenceService serving one model version with all the traffic: what a first deploy creates."""
+def mode_value(mode: str, legacy: bool = False) -> str:
+    """The ``serving.kserve.io/deploymentMode`` value for ``mode`` (knative or standard): KServe >= 0.16's name,
+    or with ``legacy`` the name every KServe before 0.20 accepts (``Serverless``, ``RawDeployment``)."""
+    return (_LEGACY_MODE_VALUE if legacy else _MODE_VALUE)[mode]
+
+
+def build_inferenceservice(
+    spec: DeploySpec, version: str, storage_uri: str, *, legacy_mode_names: bool = False
+) -> dict[str, Any]:
+    """The InferenceService serving one model version with all the traffic: what a first deploy creates.
+
+    ``legacy_mode_names`` writes the deployment mode as ``Serverless``/``RawDeployment``, for a KServe that may
+    predate the new names (``isvc.capabilities``)."""
     metadata: dict[str, Any] = {"name": spec.isvc_name}
     if spec.namespace:
         metadata["namespace"] = spec.namespace
@@ -129,7 +147,7 @@ def build_inferenceservice(spec: DeploySpec, version: str, storage_uri: str) -> 
         LABEL_VERSION: str(version),
     }
     metadata["annotations"] = {
-        DEPLOYMENT_MODE_ANNOTATION: _MODE_VALUE[spec.mode],
+        DEPLOYMENT_MODE_ANNOTATION: mode_value(spec.mode, legacy_mode_names),
         PROMETHEUS_ANNOTATION: "true",
         ANNOTATION_MODEL: spec.model_name,
         ANNOTATION_STABLE_URI: storage_uri,
@@ -153,14 +171,28 @@ def clean_manifest(obj: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ live state
 def mode_of(obj: dict[str, Any]) -> str | None:
-    """The deployment mode an InferenceService asks for in its annotation (None when it names none)."""
-    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
+    """The deployment mode an InferenceService runs in: the one KServe records in ``status.deploymentMode``
+    (KServe >= 0.15, kserve#4194), else the one its annotation asks for (None when neither names one).
+
+    The record wins: an older KServe that did not know the annotation's name ran the object in its default mode
+    and recorded that one."""
+    recorded = recorded_mode_name(obj)
+    value = recorded or ((obj.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
     if value is None:
         return None
     mode = _MODE_OF_VALUE.get(str(value).lower())
     if mode is None:
-        raise KfopsError(f"InferenceService {_where(obj)}: unknown {DEPLOYMENT_MODE_ANNOTATION} '{value}'")
+        where = "status.deploymentMode" if recorded else DEPLOYMENT_MODE_ANNOTATION
+        raise KfopsError(
+            f"InferenceService {_where(obj)}: unknown deployment mode '{value}' in {where}; kfops drives Knative "
+            "(Serverless) and Standard (RawDeployment) mode"
+        )
     return mode
+
+
+def recorded_mode_name(obj: dict[str, Any]) -> str:
+    """The deployment-mode name KServe recorded in the object's status, as written ("" when none)."""
+    return str((obj.get("status") or {}).get("deploymentMode") or "")
 
 
 @dataclass

@@ -11,8 +11,10 @@ decision. ``timeout_s`` applies to each write (rollback in Knative mode makes tw
     rollback(api, namespace, name)                 # all traffic back on the stable model, the canary removed
     serving(api, namespace, name)                  # what serves now (ServingState), no write
 
-``api`` is a ``kube.KubeClient``; ``mode`` (knative or standard) is read from the object's
-``serving.kserve.io/deploymentMode`` annotation, and only needed for objects that lack it.
+``api`` is a ``kube.KubeClient``; ``mode`` (knative or standard) is read from the object (the mode KServe
+recorded, else its ``serving.kserve.io/deploymentMode`` annotation), and only needed for objects that name none.
+The first write of each operation also carries the deployment-mode name KServe's update validation compares with
+the recorded mode, when the object's annotation holds another (``capabilities.update_mode_name``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kfops.components.contracts import KfopsError
+from kfops.components.isvc.capabilities import update_mode_name, with_mode_annotation
 from kfops.components.isvc.patches import Expectation, Write, percent_write, promote_write, rollback_writes
 from kfops.components.isvc.spec import ServingState, clean_manifest, serving_state
 from kfops.components.isvc.status import describe_status, unmet
@@ -111,7 +114,18 @@ def _live(api, namespace: str, name: str) -> dict[str, Any]:
     return live
 
 
-def _run(api, namespace: str, name: str, operation: str, writes: list[Write], timeout_s: float, poll_s: float):
+def _run(
+    api,
+    namespace: str,
+    name: str,
+    operation: str,
+    live: dict[str, Any],
+    writes: list[Write],
+    timeout_s: float,
+    poll_s: float,
+):
+    # The deployment-mode name KServe's update validation wants (usually the one there: then no extra request).
+    writes = with_mode_annotation(writes, live, update_mode_name(api, live))
     written: dict[str, Any] = {}
     observed: dict[str, Any] = {}
     for write in writes:
@@ -143,8 +157,9 @@ def set_canary_percent(
 ) -> TrafficResult:
     """Give the running canary ``percent`` (0-100) of the traffic. Knative: ``canaryTrafficPercent``;
     Standard: ``spec.canary[0].trafficPercent``."""
-    write = percent_write(_live(api, namespace, name), percent, mode)
-    return _run(api, namespace, name, "set-percent", [write], timeout_s, poll_s)
+    live = _live(api, namespace, name)
+    write = percent_write(live, percent, mode)
+    return _run(api, namespace, name, "set-percent", live, [write], timeout_s, poll_s)
 
 
 def promote_canary(
@@ -158,8 +173,9 @@ def promote_canary(
 ) -> TrafficResult:
     """Make the running canary the stable model with all the traffic. Knative: ``canaryTrafficPercent`` removed;
     Standard: the canary's predictor becomes ``spec.predictor`` and ``spec.canary`` goes."""
-    write = promote_write(_live(api, namespace, name), mode)
-    return _run(api, namespace, name, "promote", [write], timeout_s, poll_s)
+    live = _live(api, namespace, name)
+    write = promote_write(live, mode)
+    return _run(api, namespace, name, "promote", live, [write], timeout_s, poll_s)
 
 
 def rollback(
@@ -181,5 +197,6 @@ def rollback(
     then the field is removed once that new revision is ready; a canary at 0% alone would leave the bad revision
     latest. Standard: ``spec.canary`` is removed.
     """
-    writes = rollback_writes(_live(api, namespace, name), stable_storage_uri, stable_version, mode)
-    return _run(api, namespace, name, "rollback", writes, timeout_s, poll_s)
+    live = _live(api, namespace, name)
+    writes = rollback_writes(live, stable_storage_uri, stable_version, mode)
+    return _run(api, namespace, name, "rollback", live, writes, timeout_s, poll_s)

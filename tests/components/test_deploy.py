@@ -47,6 +47,8 @@ NS = "models"
 PATH = isvc_path(NS, MODEL)
 COLLECTION = isvc_path(NS)
 WRITE_QUERY = {"fieldManager": "kfops", "fieldValidation": "Strict"}
+# deploy reads the API's OpenAPI v3 index, then the serving.kserve.io/v1beta1 document (isvc.capabilities)
+DISCOVERY = [("GET", "/openapi/v3"), ("GET", "/openapi/v3/apis/serving.kserve.io/v1beta1")]
 S3 = {v: f"s3://mlflow/1/models/m-{v:04d}/artifacts" for v in (2, 3, 4, 6)}
 PROXIED = "mlflow-artifacts:/1/models/m-0005/artifacts"
 RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
@@ -302,7 +304,14 @@ def test_first_deploy_creates_the_inferenceservice_and_waits_for_it(registry, fa
         },
         "spec": {"predictor": predictor("2", S3[2])},
     }
-    assert fake.calls() == [("GET", PATH), ("POST", COLLECTION), ("GET", PATH), ("GET", PATH), ("GET", PATH)]
+    assert fake.calls() == [
+        ("GET", PATH),
+        *DISCOVERY,
+        ("POST", COLLECTION),
+        ("GET", PATH),
+        ("GET", PATH),
+        ("GET", PATH),
+    ]
     assert_writes(fake, [("POST", COLLECTION, expected)])
     assert (result.operation, result.version, result.storage_uri) == ("create", "2", S3[2])
     assert (result.stable_version, result.stable_storage_uri) == ("", "")
@@ -331,7 +340,7 @@ def test_knative_canary_patches_the_new_version_beside_the_stable_one(registry, 
         },
         "spec": {"predictor": predictor("4", S3[4]) | {"canaryTrafficPercent": 10}},
     }
-    assert fake.calls() == [("GET", PATH), ("PATCH", PATH)] + [("GET", PATH)] * 3
+    assert fake.calls() == [("GET", PATH), *DISCOVERY, ("PATCH", PATH)] + [("GET", PATH)] * 3
     assert_writes(fake, [("PATCH", PATH, patch)])
     assert (result.operation, result.version, result.stable_version, result.stable_storage_uri) == (
         "canary",
@@ -369,7 +378,7 @@ def test_standard_canary_adds_spec_canary_and_keeps_the_stable_predictor(registr
         },
         "spec": {"canary": [{"trafficPercent": 10, "predictor": {"name": "v4"} | predictor("4", S3[4])}]},
     }
-    assert fake.calls() == [("GET", PATH), ("PATCH", PATH)] + [("GET", PATH)] * 3
+    assert fake.calls() == [("GET", PATH), *DISCOVERY, ("PATCH", PATH)] + [("GET", PATH)] * 3
     assert_writes(fake, [("PATCH", PATH, patch)])
     assert (result.operation, result.stable_version, result.stable_storage_uri) == ("canary", "2", S3[2])
     stored = assert_valid_stored(fake)
@@ -426,7 +435,7 @@ def test_a_running_canary_or_another_mode_is_refused_after_one_read(registry, fa
         deploy(spec(version="4"), api=api, tracking_uri=registry.uri, **FAST)
     with pytest.raises(KfopsError, match="runs in Knative mode; KServe cannot change the deployment mode"):
         deploy(spec(mode="standard", version="4"), api=api, tracking_uri=registry.uri, **FAST)
-    assert fake.calls() == [("GET", PATH), ("GET", PATH)]
+    assert fake.calls() == [("GET", PATH), *DISCOVERY] * 2
 
 
 @pytest.mark.parametrize(
@@ -472,8 +481,8 @@ def test_a_canary_that_never_gets_ready_times_out_and_moves_nothing_more(registr
     assert f"traffic {rev(1)} 10% (latest), {rev(1)} 90% (prev)" in message
     assert f"version 2 ({S3[2]}) keeps the traffic" in message
     assert (caught.value.stable_version, caught.value.stable_storage_uri) == ("2", S3[2])
-    assert [r.method for r in fake.requests[:2]] == ["GET", "PATCH"]
-    assert len(fake.requests) > 3 and {r.method for r in fake.requests[2:]} == {"GET"}
+    assert fake.calls()[:4] == [("GET", PATH), *DISCOVERY, ("PATCH", PATH)]
+    assert len(fake.requests) > 5 and {r.method for r in fake.requests[4:]} == {"GET"}
 
 
 def test_a_first_deploy_that_never_gets_ready_times_out(registry, fake, api):
@@ -696,7 +705,7 @@ def test_api_errors_say_what_to_fix(registry, fake, api):
     fake.fail("GET", 404, "NotFound", "the server could not find the requested resource")
     with pytest.raises(KubeError, match=r"not found: .*Is KServe installed"):
         deploy(spec(), api=api, tracking_uri=registry.uri, **FAST)
-    assert fake.calls() == [("GET", PATH), ("POST", COLLECTION), ("GET", PATH), ("GET", PATH)]
+    assert fake.calls() == [("GET", PATH), *DISCOVERY, ("POST", COLLECTION), ("GET", PATH), ("GET", PATH)]
     assert fake.objects == {}
 
 
@@ -791,7 +800,7 @@ def test_cli_applies_through_the_kubeconfig(registry, fake, tmp_path, monkeypatc
     out = tmp_path / "applied.yaml"
     argv = ["deploy", "--tracking-uri", registry.uri, "--poll-seconds", "0.01", "--timeout", "5", "--output", str(out)]
     assert main(argv) == 0
-    assert fake.calls() == [("GET", PATH), ("POST", COLLECTION), ("GET", PATH), ("GET", PATH)]
+    assert fake.calls() == [("GET", PATH), *DISCOVERY, ("POST", COLLECTION), ("GET", PATH), ("GET", PATH)]
     assert {r.authorization for r in fake.requests} == {"Bearer test-token"}
     applied = yaml.safe_load(out.read_text())
     assert schema_errors(applied) == [] and applied["metadata"]["namespace"] == NS
