@@ -17,6 +17,7 @@ from kfp import dsl
 from kfops.components.batch_predict.component import plan_batch, score_batch_shard, summarize_batch
 from kfops.components.batch_predict.records import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
+from kfops.pipelines.parameters import described
 from kfops.pipelines.steps import inputs_from, step
 
 PIPELINE_NAME = "kfops-batch-prediction"
@@ -44,6 +45,7 @@ def build_batch_prediction_pipeline(image: str = DEFAULT_IMAGE, parallelism: int
         description="Score Parquet, JSONL or CSV files with the champion model in parallel shards; write "
         "predictions with request ids and the model version, and a manifest.",
     )
+    @described
     def batch_prediction_pipeline(
         input_uri: str,
         output_uri: str,
@@ -56,6 +58,11 @@ def build_batch_prediction_pipeline(image: str = DEFAULT_IMAGE, parallelism: int
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         mlflow_tracking_uri: str = "",
     ) -> BatchPredictionOutputs:
+        """Plan, score the shards in parallel, summarize.
+
+        Args:
+            model: The model to score with: NAME@ALIAS, NAME/VERSION or a models:/ URI, resolved once to one version.
+        """
         planned = step(plan_op, "plan", cache=False, **inputs_from(plan_op, locals()))
         # Each shard spec carries the pinned model version and the output options: nothing else to pass.
         with dsl.ParallelFor(items=planned.output, parallelism=parallelism, name="shards") as shard:

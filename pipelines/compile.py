@@ -1,7 +1,8 @@
 """Compile the suite's pipelines and components to YAML, deterministically.
 
-``pipelines/compiled/training.yaml`` (CPU) and ``training-gpu.yaml`` (training in the CUDA image on one
-``nvidia.com/gpu``) are what users upload in the Kubeflow UI; each component's YAML sits beside its code so it
+``pipelines/compiled/training.yaml`` (CPU) and ``training-gpu.yaml`` (training in the CUDA image on one GPU,
+placed by ``pipelines/placement.py``: its tolerations, nodeSelector and accelerator type are pipeline parameters whose
+defaults ``placement`` sets) are what users upload in the Kubeflow UI; each component's YAML sits beside its code so it
 can be loaded on its own with ``kfp.components.load_component_from_file``. The files are committed; a test
 fails when they differ from a fresh compile.
 
@@ -12,10 +13,15 @@ backend of 2.5 or newer (KFP 2.x, as in Kubeflow 1.9+).
 from __future__ import annotations
 
 import filecmp
+import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE
+
+if TYPE_CHECKING:
+    from kfops.pipelines.placement import GpuPlacement
 
 COMPILED_DIR = Path(__file__).resolve().parent / "compiled"
 
@@ -70,7 +76,7 @@ def component_dir() -> Path:
     return Path(kfops.components.__file__).resolve().parent
 
 
-def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path):
+def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path, placement: GpuPlacement | None):
     from kfops.components.kfp_support import component_op
     from kfops.pipelines.batch_prediction import build_batch_prediction_pipeline
     from kfops.pipelines.continuous_training import build_continuous_training_pipeline
@@ -79,7 +85,10 @@ def _targets(image: str, cuda_image: str, output_dir: Path, components_dir: Path
     from kfops.pipelines.training import build_training_pipeline
 
     yield output_dir / "training.yaml", build_training_pipeline(image, cuda_image, accelerator="cpu")
-    yield output_dir / "training-gpu.yaml", build_training_pipeline(image, cuda_image, accelerator="gpu")
+    yield (
+        output_dir / "training-gpu.yaml",
+        build_training_pipeline(image, cuda_image, accelerator="gpu", placement=placement),
+    )
     yield output_dir / "deployment.yaml", build_deployment_pipeline(image)
     yield output_dir / "continuous-training.yaml", build_continuous_training_pipeline(image, cuda_image)
     yield output_dir / "batch-prediction.yaml", build_batch_prediction_pipeline(image)
@@ -96,8 +105,10 @@ def compile_all(
     cuda_image: str | None = None,
     output_dir: str | Path | None = None,
     components_dir: str | Path | None = None,
+    placement: GpuPlacement | None = None,
 ) -> list[Path]:
-    """Write every pipeline and component YAML; return the paths written."""
+    """Write every pipeline and component YAML; return the paths written. ``placement``: the GPU training
+    pipeline's placement defaults (None: ``GpuPlacement()``, tolerating ``nvidia.com/gpu:NoSchedule``)."""
     from kfp import compiler
     from kfp.dsl.graph_component import GraphComponent
 
@@ -107,21 +118,55 @@ def compile_all(
     out = Path(output_dir) if output_dir else COMPILED_DIR
     comps = Path(components_dir) if components_dir else component_dir()
     written = []
-    for path, func in _targets(image, cuda_image, out, comps):
+    for path, func in _targets(image, cuda_image, out, comps, placement):
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(func, GraphComponent):  # a pipeline: credentials from Kubernetes objects (cluster_env.py)
             with_cluster_env(func)
         compiler.Compiler().compile(func, str(path))
+        _stable_header(path)
         written.append(path)
     return written
 
 
-def stale_files(image: str | None = None, cuda_image: str | None = None) -> list[str]:
+_HEADER_DEFAULT = re.compile(r"^(#    (\w+): \w+ \[Default: )(.*)(\])$")
+
+
+def _stable_header(path: Path) -> None:
+    """Rewrite the defaults of list and dict parameters in the YAML's header comment from the YAML itself.
+
+    KFP writes the spec with sorted keys but renders the header's defaults from protobuf Structs, whose key order
+    changes from one process to the next (a default toleration's key, operator and effect came out in any
+    order), which would make the committed YAML differ on every compile."""
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    header_end = next((i for i, line in enumerate(text.splitlines()) if not line.startswith("#")), 0)
+    lines = text.splitlines(keepends=True)
+    spec = next(yaml.safe_load_all(text))
+    defaults = {
+        name: parameter["defaultValue"]
+        for name, parameter in spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}).items()
+        if isinstance(parameter.get("defaultValue"), dict | list)
+    }
+    for i in range(header_end):
+        match = _HEADER_DEFAULT.match(lines[i].rstrip("\n"))
+        if match and match.group(2) in defaults:
+            lines[i] = f"{match.group(1)}{defaults[match.group(2)]}{match.group(4)}\n"
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def stale_files(
+    image: str | None = None, cuda_image: str | None = None, placement: GpuPlacement | None = None
+) -> list[str]:
     """Committed YAML files that differ from a fresh compile (or are missing)."""
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
         fresh = compile_all(
-            image, cuda_image, output_dir=Path(tmp, "pipelines"), components_dir=Path(tmp, "components")
+            image,
+            cuda_image,
+            output_dir=Path(tmp, "pipelines"),
+            components_dir=Path(tmp, "components"),
+            placement=placement,
         )
         for path in fresh:
             relative = path.relative_to(tmp)

@@ -14,7 +14,7 @@ from kfp import dsl
 
 from kfops.components.kfp_support import DEFAULT_CUDA_IMAGE, DEFAULT_IMAGE, component_op
 from kfops.components.monitor.component import monitor_drift
-from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE, DEFAULT_TARGET
+from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE, DEFAULT_TARGET, described
 from kfops.pipelines.steps import inputs_from, step
 from kfops.pipelines.training import DEFAULT_MODEL_NAME, build_training_pipeline
 
@@ -33,6 +33,7 @@ def build_continuous_training_pipeline(
         description="Monitor the serving model's live data for drift against its training data; on drift, "
         "retrain on fresh data, gate the new model against the champion, and roll it out as a canary.",
     )
+    @described
     def continuous_training_pipeline(
         current_uri: str,
         data_uri: str,
@@ -54,6 +55,13 @@ def build_continuous_training_pipeline(
         artifact_store: str = DEFAULT_ARTIFACT_STORE,
         mlflow_tracking_uri: str = "",
     ):
+        """Monitor for drift; on drift, retrain, gate and roll out.
+
+        Args:
+            monitored_model: The serving model whose training data the live data is compared with: NAME@ALIAS.
+            data_uri: The fresh data to retrain on when the live data drifted (CSV or Parquet, path or s3://).
+            deploy: Serve a blessed retrained model on KServe as a canary (else promote it directly).
+        """
         params = dict(locals())  # each step takes its inputs from these by name (steps.inputs_from)
         # Live data changes between runs: never a cached verdict.
         monitored = step(

@@ -10,7 +10,7 @@ from kfp import dsl
 
 from kfops.components.features.component import materialize
 from kfops.components.kfp_support import DEFAULT_IMAGE, component_op
-from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE
+from kfops.pipelines.parameters import DEFAULT_ARTIFACT_STORE, described
 from kfops.pipelines.steps import inputs_from, step
 
 PIPELINE_NAME = "kfops-feature-materialization"
@@ -27,6 +27,7 @@ def build_feature_materialization_pipeline(image: str = DEFAULT_IMAGE):
         description="Load the feature store's online store from its offline Parquet data (incrementally, or over "
         "a window) and push its freshness to the Pushgateway.",
     )
+    @described
     def feature_materialization_pipeline(
         feature_repo: str = DEFAULT_FEATURE_REPO,
         artifact_store: str = DEFAULT_ARTIFACT_STORE,

@@ -12,6 +12,13 @@
 A pipeline declares its own parameters as usual and ``@takes(...)`` appends the groups to its signature, which
 is what KFP reads: the Kubeflow UI still shows each as its own typed parameter with its default. The body gets
 the groups' values in ``**kwargs``.
+
+Descriptions: ``takes`` (and ``described`` for a pipeline that takes no group) writes the pipeline function's
+``Args:``/``Returns:`` docstring sections, which KFP's compiler turns into each parameter's ``description`` in the
+compiled YAML, from ``kfp_support.DESCRIPTIONS`` (the same text its steps' inputs of the same names get), the
+renamed canary parameters' from their originals, and entries the pipeline's own docstring writes for the names
+only it has. KFP writes the YAML's parameters sorted by name (``sort_keys=True``), which is also the order the
+Kubeflow UI lists them in; ``first`` still puts the common ones first in the Python signature and the docstring.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kfops.components.contracts import TrainConfig
+from kfops.components.kfp_support import DESCRIPTIONS
+from kfops.components.kfp_support import described as _described
 
 DEFAULT_TARGET = "is_fraud"
 DEFAULT_ARTIFACT_STORE = "s3://kfops"
@@ -81,6 +90,10 @@ CANARY_NAMES = {
     "max_p99_ratio": "canary_max_p99_ratio",
     "min_requests": "canary_min_requests",
 }
+# The renamed parameters mean what their originals mean, in the training pipeline's canary rollout.
+RENAMED_DESCRIPTIONS = {ours: f"{DESCRIPTIONS[name]} (deploy=True only)" for name, ours in CANARY_NAMES.items()}
+# What a user sets first, in this order, wherever a pipeline has them.
+COMMON_FIRST = ("data_uri", "data_version", "target", "model_name")
 
 
 def renamed(group: Sequence[inspect.Parameter], names: dict[str, str]) -> tuple[inspect.Parameter, ...]:
@@ -110,9 +123,19 @@ def _train_parameters() -> tuple[inspect.Parameter, ...]:
 TRAIN_PARAMETERS = _train_parameters()
 
 
-def takes(*groups: Sequence[inspect.Parameter]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def described(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator (under ``@dsl.pipeline``): describe each parameter and output of the pipeline in its docstring,
+    which KFP reads (``kfp_support.described``, with the renamed canary parameters' descriptions)."""
+    return _described(func, RENAMED_DESCRIPTIONS)
+
+
+def takes(
+    *groups: Sequence[inspect.Parameter], first: Sequence[str] = COMMON_FIRST
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator (under ``@dsl.pipeline``): the pipeline function also takes every parameter of ``groups``, after
-    its own; its body receives them in its ``**kwargs``. A name both declared and in a group is an error."""
+    its own; its body receives them in its ``**kwargs``. A name both declared and in a group is an error. The
+    parameters named in ``first`` that it has come first, in that order; each parameter is described (``described``).
+    """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(func)
@@ -121,7 +144,14 @@ def takes(*groups: Sequence[inspect.Parameter]) -> Callable[[Callable[..., Any]]
         clash = sorted({p.name for p in kept} & {p.name for p in added})
         if clash:
             raise TypeError(f"{func.__name__} declares {clash}, which a parameter group it takes also has")
-        signature = own.replace(parameters=[*kept, *added])
+        every = [*kept, *added]
+        rank = {name: i for i, name in enumerate(first)}
+        # a stable sort: the common ones first, the rest as declared (KFP passes parameters by name only)
+        ordered = sorted(every, key=lambda p: rank.get(p.name, len(rank)))
+        try:
+            signature = own.replace(parameters=ordered)
+        except ValueError:  # a required parameter may not follow one with a default: keep the declared order
+            signature = own.replace(parameters=every)
 
         @functools.wraps(func)
         def pipeline(*args: Any, **kwargs: Any) -> Any:
@@ -130,6 +160,6 @@ def takes(*groups: Sequence[inspect.Parameter]) -> Callable[[Callable[..., Any]]
             return func(**bound.arguments)
 
         pipeline.__signature__ = signature  # what KFP reads the pipeline's parameters from
-        return pipeline
+        return described(pipeline)
 
     return decorate

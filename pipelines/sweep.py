@@ -113,6 +113,16 @@ def build_katib_sweep_pipeline(image: str = DEFAULT_IMAGE):
         timeout_seconds: int = 86400,
         **data_parameters,
     ) -> str:
+        """Prepare the data, then run the sweep on Katib.
+
+        Args:
+            trial_cpu: CPU request of each trial.
+            trial_memory: Memory request of each trial.
+            trial_gpus: GPUs (nvidia.com/gpu) per trial.
+
+        Returns:
+            Output: The best trial's training parameters as JSON.
+        """
         params = {**locals(), **data_parameters}  # each step takes its inputs from these by name
         data = add_data_steps(image, params)
         # The Experiment is state outside KFP: never replay a cached result.

@@ -29,7 +29,17 @@ def ab_analysis(
     result: Output[Artifact],
 ) -> NamedTuple("ABOutputs", [("verdict", str), ("message", str)]):
     """Compare two variants' outcomes in a Dataset (CSV, Parquet or JSONL; a file or a folder of them):
-    Welch's t-test or a two-proportion z-test, effect size, confidence interval, power and a verdict."""
+    Welch's t-test or a two-proportion z-test, effect size, confidence interval, power and a verdict.
+
+    Args:
+        logged: The logged predictions with their variants (a Dataset: CSV, Parquet or JSONL, a file or a folder).
+
+    Returns:
+        report: The analysis as Markdown, for the Kubeflow UI.
+        result: The analysis as JSON.
+        verdict: challenger better, challenger worse, no significant difference, or insufficient sample.
+        message: The verdict in words.
+    """
     from kfops.components.ab_analysis.component import ab_analysis_uri
 
     return ab_analysis_uri(
@@ -67,7 +77,17 @@ def ab_analysis_uri(
     result: Output[Artifact],
 ) -> NamedTuple("ABOutputs", [("verdict", str), ("message", str)]):
     """Compare two variants' outcomes read from a path or s3:// URI (a file, or a folder such as the serving
-    payload log), optionally joined with an outcomes table: the same analysis as ``ab_analysis``."""
+    payload log), optionally joined with an outcomes table: the same analysis as ``ab_analysis``.
+
+    Args:
+        data_uri: The logged predictions with their variants: a file or folder (e.g. the payload log), local or s3://.
+
+    Returns:
+        report: The analysis as Markdown, for the Kubeflow UI.
+        result: The analysis as JSON.
+        verdict: challenger better, challenger worse, no significant difference, or insufficient sample.
+        message: The verdict in words.
+    """
     from collections import namedtuple
 
     from kfops.components.ab_analysis.logic import run_ab_analysis

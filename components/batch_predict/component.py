@@ -21,7 +21,14 @@ def plan_batch(
 ) -> list:
     """Resolve ``model`` to one version, check the input's columns, cut it into shards (``shards`` > 0: that
     many, else one per ``shard_rows`` rows) and write ``<output_uri>/_plan.json``. The output, the shard specs, is
-    what ParallelFor iterates over; each carries the pinned model and the output options."""
+    what ParallelFor iterates over; each carries the pinned model and the output options.
+
+    Args:
+        model: The model to score with: NAME@ALIAS, NAME/VERSION or a models:/ URI, resolved once to one version.
+
+    Returns:
+        Output: The shard specs, one per shard, each with the pinned model version and the output options.
+    """
     from kfops.components.batch_predict.plan import plan_batch as make_plan
 
     plan = make_plan(
@@ -45,7 +52,14 @@ def plan_batch(
 
 def score_batch_shard(shard: dict, mlflow_tracking_uri: str) -> int:
     """Score one shard from ``plan_batch`` with the model version it pins; write its part file and receipt
-    (a retry overwrites the same names). Returns the rows written."""
+    (a retry overwrites the same names). Returns the rows written.
+
+    Args:
+        shard: One shard spec from plan_batch.
+
+    Returns:
+        Output: Rows written for this shard.
+    """
     from kfops.components.batch_predict.logic import score_planned_shard
 
     result = score_planned_shard(shard, tracking_uri=mlflow_tracking_uri)
@@ -60,7 +74,15 @@ def summarize_batch(
     metrics: Output[Metrics],
 ) -> NamedTuple("SummaryOutputs", [("total_rows", int), ("model_version", str), ("manifest_uri", str)]):
     """Check that every planned shard wrote its output (``shard_rows``: the collected row counts) and write
-    ``<output_uri>/_manifest.json``; fail naming the shards that did not."""
+    ``<output_uri>/_manifest.json``; fail naming the shards that did not.
+
+    Args:
+        shard_rows: Rows each shard wrote (collected from the shard steps).
+
+    Returns:
+        manifest: The batch's manifest (JSON).
+        metrics: Rows and shards, for the Kubeflow UI.
+    """
     import json
     from collections import namedtuple
 

@@ -14,7 +14,17 @@ def evaluate(
     evaluation: Output[Artifact],
     confusion_matrix_png: Output[Artifact],
 ):
-    """Score the raw test split with the model artifact; log metrics to KFP and to the model's MLflow run."""
+    """Score the raw test split with the model artifact; log metrics to KFP and to the model's MLflow run.
+
+    Args:
+        model: The trained model (the train step's output).
+
+    Returns:
+        metrics: Test metrics for the Kubeflow UI.
+        classification_metrics: Confusion matrix and ROC curve for the Kubeflow UI (classifiers).
+        evaluation: The evaluation result as JSON (what the gate and the registry read).
+        confusion_matrix_png: The confusion matrix as a PNG image.
+    """
     import json
     import math
 

@@ -23,7 +23,13 @@ def materialize(
     With ``data_sha256``, the definitions are applied first with that stored snapshot of ``artifact_store`` as
     the source. ``start_time`` empty: incremental up to ``end_time`` ("" or "now": now); else that window.
     ``feature_views`` empty: all. ``pushgateway`` set: the freshness gauges are pushed there (best effort: a
-    failure is reported in the report and the log, not raised)."""
+    failure is reported in the report and the log, not raised).
+
+    Returns:
+        report: What was materialised, per feature view, as JSON.
+        max_lag_seconds: Largest freshness lag over the feature views, in seconds.
+        views: Number of feature views materialised.
+    """
     import json
     from collections import namedtuple
 

@@ -18,7 +18,17 @@ def gate(
     blessing: Output[Artifact],
     report: Output[Markdown],
 ) -> NamedTuple("GateOutputs", [("blessed", bool), ("message", str)]):
-    """Judge the candidate against value thresholds and, for change thresholds, the current champion."""
+    """Judge the candidate against value thresholds and, for change thresholds, the current champion.
+
+    Args:
+        model: The candidate model (the train step's output).
+
+    Returns:
+        blessing: The verdict (Blessing JSON).
+        report: The verdict as Markdown, for the Kubeflow UI.
+        blessed: Whether the model passed every check.
+        message: The verdict in words.
+    """
     import json
     from collections import namedtuple
     from pathlib import Path

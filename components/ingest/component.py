@@ -30,6 +30,13 @@ def version_data(
 
     The expectation suite's sha256 is returned too, so the cached validation step reruns when the suite
     file changes even though its path does not.
+
+    Returns:
+        sha256: sha256 of the data snapshot.
+        schema_json: The data's schema (columns, kinds, task) as JSON.
+        rows: Rows in the data.
+        source: Where the data was read from.
+        suite_sha256: sha256 of the expectation suite's file; empty without one.
     """
     import hashlib
     from collections import namedtuple
@@ -75,7 +82,16 @@ def split_data(
     validation: Output[Dataset],
     test: Output[Dataset],
 ):
-    """Split the stored snapshot into train/validation/test Parquet files (stratified, or by time)."""
+    """Split the stored snapshot into train/validation/test Parquet files (stratified, or by time).
+
+    Args:
+        seed: Seed of the random split.
+
+    Returns:
+        train: The training split (Parquet).
+        validation: The validation split (Parquet).
+        test: The test split (Parquet).
+    """
     from kfops.components.contracts import SplitConfig
     from kfops.components.datasets import read_snapshot
     from kfops.components.ingest.logic import split_frame, write_split

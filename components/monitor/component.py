@@ -31,7 +31,25 @@ def monitor_drift(
     summary: Output[Markdown],
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
     """Drift of a window (payload-log folder or data file, local or s3://) against ``reference_uri`` or the
-    training data of ``model`` (NAME@ALIAS). ``threshold`` < 0 and empty ``features`` mean the defaults."""
+    training data of ``model`` (NAME@ALIAS). ``threshold`` < 0 and empty ``features`` mean the defaults.
+
+    Args:
+        reference_uri: The reference data (file, local or s3://); empty: the training data of model.
+        model: The model whose training data is the reference: NAME@ALIAS (e.g. fraud-detector@champion).
+        model_version: Only the payload records of this model version; empty: all.
+        threshold: Per-column drift threshold of the test; below 0: the test's default.
+        features: Columns to compare; empty: the model's features.
+        ignore: Columns never compared.
+        sample_rows: Most rows of each side compared (a stratified sample above that).
+
+    Returns:
+        drift: The drift result as JSON.
+        report: Evidently's HTML report.
+        summary: The result as Markdown, for the Kubeflow UI.
+        drift_detected: Whether the dataset drifted.
+        drift_share: Share of the compared columns that drifted.
+        verdict: drift, no_drift, or insufficient_data (too few rows).
+    """
     from collections import namedtuple
 
     from kfops.components.monitor.logic import monitor_to_paths
@@ -90,7 +108,24 @@ def monitor_drift_dataset(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
-    """Drift of a window against a Dataset artifact of the pipeline (e.g. split_data's ``train``)."""
+    """Drift of a window against a Dataset artifact of the pipeline (e.g. split_data's ``train``).
+
+    Args:
+        reference: The reference data (e.g. the training split).
+        model_version: Only the payload records of this model version; empty: all.
+        threshold: Per-column drift threshold of the test; below 0: the test's default.
+        features: Columns to compare; empty: the model's features.
+        ignore: Columns never compared.
+        sample_rows: Most rows of each side compared (a stratified sample above that).
+
+    Returns:
+        drift: The drift result as JSON.
+        report: Evidently's HTML report.
+        summary: The result as Markdown, for the Kubeflow UI.
+        drift_detected: Whether the dataset drifted.
+        drift_share: Share of the compared columns that drifted.
+        verdict: drift, no_drift, or insufficient_data (too few rows).
+    """
     from kfops.components.monitor.component import monitor_drift
 
     return monitor_drift(

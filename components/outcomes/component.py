@@ -25,7 +25,25 @@ def outcome_performance(
     (``24h``, ``7d`` or ISO 8601; ``""`` for open ends). ``outcomes_uri`` ``""`` reads the payload-log sink.
     ``join_on``: ``request_id``, or a business id the payload log keeps (``transaction_id``) the outcomes carry.
     ``task``: ``auto`` reads it from the payload log. For ``dsl.If``: ``worst_accuracy`` is the lowest group's
-    accuracy (a classifier's), ``worst_rmse`` the highest group's RMSE (a regression's); -1 when there is none."""
+    accuracy (a classifier's), ``worst_rmse`` the highest group's RMSE (a regression's); -1 when there is none.
+
+    Args:
+        payload_log_uri: The serving payload log (folder, local or s3://).
+        since: Only predictions made at or after this time (24h, 7d or ISO 8601); empty: from the start.
+        until: Only predictions made before this time (24h, 7d or ISO 8601); empty: to the end.
+        model: Only predictions of this model (the payload log's model= partition); empty: every model.
+        outcomes_uri: The outcomes (file or folder, local or s3://); empty: read from payload_log_uri (one sink).
+        join_on: request_id, or a business id the payload log keeps (e.g. transaction_id) that the outcomes carry.
+        task: auto (read from the payload log), binary, multiclass or regression.
+
+    Returns:
+        report: The metrics per model version and variant, as JSON.
+        metrics: The metrics for the Kubeflow UI.
+        joined: Predictions joined to an outcome.
+        task: The task the metrics are in.
+        worst_accuracy: Lowest accuracy over the groups (a classifier's); -1 when there is none.
+        worst_rmse: Highest RMSE over the groups (a regression's); -1 when there is none.
+    """
     import json
     from collections import namedtuple
 

@@ -18,7 +18,14 @@ def preprocess(
     validation_features: Output[Dataset],
     test_features: Output[Dataset],
 ):
-    """Fit the transform on the training split only; write the FeatureSpec JSON and float32 matrices."""
+    """Fit the transform on the training split only; write the FeatureSpec JSON and float32 matrices.
+
+    Returns:
+        feature_spec: The fitted feature transform (FeatureSpec JSON).
+        train_features: The training split, transformed.
+        validation_features: The validation split, transformed.
+        test_features: The test split, transformed.
+    """
     import pandas as pd
 
     from kfops.components.contracts import schema_from_json

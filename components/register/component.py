@@ -18,7 +18,15 @@ def register(
     mlflow_tracking_uri: str,
 ) -> NamedTuple("RegisterOutputs", [("version", str), ("download_uri", str)]):
     """Register the trained model under ``model_name``: tags, the gate's verdict, and alias challenger when
-    blessed. An unblessed model gets a version (to inspect) and no alias. Promotion is the promote step's."""
+    blessed. An unblessed model gets a version (to inspect) and no alias. Promotion is the promote step's.
+
+    Args:
+        model: The trained model (the train step's output).
+
+    Returns:
+        version: The registered model version.
+        download_uri: Where the version's model files are.
+    """
     from collections import namedtuple
     from pathlib import Path
 
@@ -58,7 +66,16 @@ def promote(
     metric: str,
     mlflow_tracking_uri: str,
 ) -> NamedTuple("PromoteOutputs", [("champion", str), ("won", bool), ("message", str)]):
-    """Make a blessed version the champion (the one it replaces becomes previous), safe against a race."""
+    """Make a blessed version the champion (the one it replaces becomes previous), safe against a race.
+
+    Args:
+        metric: Metric that must not get worse than the champion's for the version to replace it.
+
+    Returns:
+        champion: The champion version after the step.
+        won: Whether the version became the champion.
+        message: What happened, in words.
+    """
     from collections import namedtuple
 
     import mlflow

@@ -35,7 +35,27 @@ def rollout(
     """Move traffic to the canary ``deploy`` started on ``namespace/isvc_name`` step by step, judging each step
     against stable (5xx rate, p99 latency) from Prometheus or the predictors' /metrics; promote it at the last
     step or roll it back at the first breach. ``max_p99_seconds`` 0 means no absolute p99 limit. A rollback fails
-    the step when ``fail_on_rollback`` (the report is in MLflow's kfops-rollout run either way)."""
+    the step when ``fail_on_rollback`` (the report is in MLflow's kfops-rollout run either way).
+
+    Args:
+        max_extensions: Times a step's window may be extended for too few requests before the canary is rolled back.
+        settle_seconds: Seconds after each traffic change before the window starts.
+        stable_metrics_urls: Metrics URLs scraped for the stable model instead of Prometheus (with canary_metrics_urls).
+        canary_metrics_urls: Metrics URLs scraped for the canary instead of Prometheus (with stable_metrics_urls).
+        stable_selector: Extra PromQL matchers that pick the stable model's pods.
+        canary_selector: Extra PromQL matchers that pick the canary's pods.
+        max_error_rate_increase: Highest rise of the canary's error rate over the stable model's.
+        max_p99_seconds: Highest p99 latency of the canary in seconds; 0: no absolute limit.
+        p99_slack_seconds: Latency slack added to the stable model's p99 before max_p99_ratio applies.
+        fail_on_rollback: Fail the step when the canary is rolled back (the report is in MLflow either way).
+
+    Returns:
+        report: The rollout step by step, as Markdown.
+        result: The rollout as JSON.
+        outcome: promoted or rolled_back.
+        champion: The champion version after the rollout.
+        message: What happened, in words.
+    """
     import json
     import logging
     from collections import namedtuple

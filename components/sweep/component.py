@@ -32,7 +32,22 @@ def katib_sweep(
 ) -> NamedTuple("SweepOutputs", [("best_params", str), ("best_value", float), ("best_run_id", str)]):
     """Run ``sweep_spec`` (the YAML text of a W&B-format sweep spec) as a Katib Experiment whose trials train in
     ``image`` on these artifacts (``trials``/``parallel`` > 0 override the spec's); wait for it; write the best
-    configuration (YAML) and the Experiment (YAML); output the best training parameters as JSON."""
+    configuration (YAML) and the Experiment (YAML); output the best training parameters as JSON.
+
+    Args:
+        image: Image the trials train in (the suite's image).
+        service_account: Service account of the trial pods; empty: the namespace's default.
+        cpu: CPU request of each trial.
+        memory: Memory request of each trial.
+        gpus: GPUs (nvidia.com/gpu) per trial.
+
+    Returns:
+        best: The best trial's configuration (YAML).
+        experiment_manifest: The Katib Experiment submitted (YAML).
+        best_params: The best trial's training parameters as JSON.
+        best_value: The best trial's objective value.
+        best_run_id: The best trial's MLflow run.
+    """
     import hashlib
     import json
     from collections import namedtuple

@@ -44,7 +44,22 @@ def train(
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str), ("val_loss", float)]):
     """Train the MLP, log the MLflow run and TensorBoard events, save the pyfunc model. ``checkpoint_every`` > 0
     checkpoints beside the model output and resumes a retried task from there; ``sweep_*`` make the run a
-    sweep trial that reports each epoch to its Optuna study and stops when the study prunes it."""
+    sweep trial that reports each epoch to its Optuna study and stops when the study prunes it.
+
+    Args:
+        parent_run_id: MLflow run to nest this run under (a sweep's); empty: none.
+        checkpoint_every: Epochs between checkpoints beside the model output (a retried task resumes); 0: none.
+        sweep_study: Optuna study this run reports each epoch to, as a sweep trial; empty: not a trial.
+        sweep_trial_id: The trial's number in sweep_study.
+        sweep_storage: The Optuna study's storage URL; empty: KFOPS_SWEEP_STORAGE.
+
+    Returns:
+        model: The trained model (MLflow pyfunc with its feature spec).
+        run_id: The MLflow run.
+        model_uri: The model's MLflow URI.
+        val_loss: The best validation loss.
+        tensorboard: The TensorBoard event files.
+    """
     import logging
     import os
     from collections import namedtuple
@@ -151,10 +166,33 @@ def train_distributed(
     checkpoint_every: int = 1,
     timeout_seconds: int = 86400,
     poll_seconds: float = 15.0,
+    # literals: a lightweight component ships this function's source alone (kfp_support's GPU defaults, checked in
+    # tests/pipelines/test_gpu_placement.py)
+    gpu_tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
+    gpu_node_selector: dict = {},  # noqa: B006 - KFP defaults are declarations, never mutated
+    accelerator_type: str = "nvidia.com/gpu",
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("model_uri", str), ("val_loss", float)]):
     """Train on ``num_nodes`` nodes x ``gpus_per_node`` GPUs: submit a Kubeflow Trainer TrainJob running the
     suite's training under torchrun (NCCL), wait for it, and hand on rank 0's MLflow run and model as ``train``
-    does. The data must be in the artifact store (s3://); checkpoints go beside the model output."""
+    does. The data must be in the artifact store (s3://); checkpoints go beside the model output.
+
+    Args:
+        image: Image every training node runs (the suite's CUDA image for GPUs).
+        num_nodes: Training nodes (pods).
+        gpus_per_node: GPUs per node; 0: CPU training (gloo).
+        procs_per_node: Processes per node; 0: one per GPU (one on CPU).
+        cpu: CPU request of each node.
+        memory: Memory request (and limit) of each node.
+        runtime: Kubeflow Trainer ClusterTrainingRuntime the TrainJob uses.
+        checkpoint_every: Epochs between checkpoints beside the model output (a restarted pod resumes).
+
+    Returns:
+        model: The trained model (MLflow pyfunc with its feature spec).
+        run_id: The MLflow run.
+        model_uri: The model's MLflow URI.
+        val_loss: The best validation loss.
+        trainjob: The TrainJob submitted (JSON).
+    """
     import hashlib
     import json
     from collections import namedtuple
@@ -201,6 +239,9 @@ def train_distributed(
         data_uri=raw_train.metadata.get("source", ""),
         checkpoint_uri=storage.join(output_dir, "checkpoints") if checkpoint_every > 0 else "",
         checkpoint_every=max(1, checkpoint_every),
+        tolerations=[dict(t) for t in gpu_tolerations],
+        node_selector={str(k): str(v) for k, v in gpu_node_selector.items()},
+        accelerator_type=accelerator_type,
     )
     manifest = build_trainjob(spec)
     Path(trainjob.path).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")

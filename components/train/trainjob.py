@@ -11,6 +11,11 @@ store: NCCL data parallelism across all GPUs, rank 0 logging the one MLflow run 
 
 MLflow and S3 settings reach the pods from a Secret, one variable at a time (a TrainJob's trainer takes ``env``,
 not ``envFrom``): ``SECRET_KEYS`` below, each optional in the Secret.
+
+GPU placement: a GPU job's nodes ask for ``accelerator_type`` (default ``nvidia.com/gpu``) and get
+``tolerations`` and ``node_selector`` through the TrainJob's ``runtimePatches`` (Kubeflow Trainer's patch of the
+runtime's pod template, keyed by a manager name), on the runtime's trainer job ``node``; the same defaults and
+meaning as the GPU training pipeline's parameters (``pipelines/placement.py``). A CPU job gets neither.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kfops.components.contracts import KfopsError, TrainConfig
+from kfops.components.kfp_support import DEFAULT_ACCELERATOR_TYPE, DEFAULT_GPU_TOLERATIONS
 from kfops.components.kube import CustomResource, KubeClient, KubeError, true_condition, wait_for_condition
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -33,6 +39,10 @@ TRAINJOBS = CustomResource(
     rbac_doc="components/train/README.md",
 )
 DEFAULT_RUNTIME = "torch-distributed"
+# The replicated job of the torch runtimes that runs the trainer (its container is "node" too), and who owns the
+# runtime patch (RuntimePatch.manager, Kubeflow Trainer's TrainJob API).
+TRAINER_JOB = "node"
+PATCH_MANAGER = "kfops.io/gpu-placement"
 TRAINJOB_TAG = "kfops.trainjob"
 SECRET_KEYS = (
     "MLFLOW_TRACKING_URI",
@@ -44,6 +54,7 @@ SECRET_KEYS = (
     "AWS_DEFAULT_REGION",
 )
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
 @dataclass
@@ -70,6 +81,10 @@ class TrainJobSpec:
     data_uri: str = ""
     checkpoint_uri: str = ""
     checkpoint_every: int = 1
+    # GPU placement (a GPU job only): Kubernetes tolerations, nodeSelector labels, the GPU's resource name
+    tolerations: list[dict[str, Any]] = field(default_factory=lambda: [dict(t) for t in DEFAULT_GPU_TOLERATIONS])
+    node_selector: dict[str, str] = field(default_factory=dict)
+    accelerator_type: str = DEFAULT_ACCELERATOR_TYPE
 
     def check(self) -> None:
         if not _DNS1035.match(self.name) or len(self.name) > 63:
@@ -92,6 +107,21 @@ class TrainJobSpec:
                     f"trainjob: {label} must be an s3:// URI that every node can read, got {uri!r} (a local path is "
                     "on one machine only)"
                 )
+        if self.gpus_per_node and "/" not in self.accelerator_type:
+            raise KfopsError(
+                f"trainjob: accelerator_type {self.accelerator_type!r} must be an extended resource name such as "
+                "nvidia.com/gpu"
+            )
+        for toleration in self.tolerations:
+            if not isinstance(toleration, dict) or not set(toleration) <= _TOLERATION_FIELDS:
+                raise KfopsError(
+                    f"trainjob: toleration {toleration!r} must be a Kubernetes toleration with fields among "
+                    f"{', '.join(sorted(_TOLERATION_FIELDS))}"
+                )
+        if not isinstance(self.node_selector, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()
+        ):
+            raise KfopsError(f"trainjob: node_selector {self.node_selector!r} must map label names to label values")
         self.config.check()
 
     @property
@@ -167,8 +197,8 @@ def build_trainjob(spec: TrainJobSpec) -> dict[str, Any]:
         ]
     limits: dict[str, Any] = {"memory": spec.memory}
     if spec.gpus_per_node:
-        limits["nvidia.com/gpu"] = spec.gpus_per_node
-    return {
+        limits[spec.accelerator_type] = spec.gpus_per_node
+    manifest: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": "TrainJob",
         "metadata": {
@@ -197,6 +227,14 @@ def build_trainjob(spec: TrainJobSpec) -> dict[str, Any]:
             },
         },
     }
+    placement = {"tolerations": spec.tolerations, "nodeSelector": spec.node_selector}
+    placement = {name: value for name, value in placement.items() if value}
+    if spec.gpus_per_node and placement:
+        job = {"name": TRAINER_JOB, "template": {"spec": {"template": {"spec": placement}}}}
+        manifest["spec"]["runtimePatches"] = [
+            {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
+        ]
+    return manifest
 
 
 @dataclass

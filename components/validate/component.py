@@ -21,7 +21,19 @@ def validate_data(
     mlflow_tracking_uri: str = "",
 ) -> NamedTuple("ValidateOutputs", [("success", bool), ("failed_expectations", int)]):
     """Validate the snapshot against the given suite, the fixed-cap suite (max_missing >= 0), the champion's
-    stored suite or the one inferred from this data; stop the run on an error unless warn."""
+    stored suite or the one inferred from this data; stop the run on an error unless warn.
+
+    Args:
+        suite_sha256: sha256 of the expectation suite's file (from the version step), so its changes rerun the step.
+        mode: fail stops the run when validation fails; warn reports and goes on.
+        model_name: Registered model whose champion's stored suite the data is held to; empty: none.
+
+    Returns:
+        validation_result: The Great Expectations result (JSON).
+        report: The result as Markdown, for the Kubeflow UI.
+        success: Whether every expectation held.
+        failed_expectations: Number of expectations that failed.
+    """
     from collections import namedtuple
 
     from kfops.components.contracts import KfopsError

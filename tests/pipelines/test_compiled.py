@@ -102,7 +102,10 @@ def test_gpu_variant_requests_the_accelerator_on_train_only():
     gpu = _executors("training-gpu.yaml")
     train = gpu["exec-train"]["container"]
     assert train["image"].startswith("ghcr.io/kfops/kfops-cuda:")
-    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    # the accelerator type is the pipeline parameter accelerator_type (test_gpu_placement.py), nvidia.com/gpu by default
+    assert train["resources"]["accelerator"]["resourceType"] == (
+        "{{$.inputs.parameters['pipelinechannel--accelerator_type']}}"
+    )
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
     for name, executor in gpu.items():
         if name != "exec-train":

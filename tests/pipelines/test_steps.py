@@ -58,9 +58,11 @@ def test_takes_appends_the_groups_and_hands_them_to_the_body():
         received.update(model_name=model_name, **data)
 
     names = list(inspect.signature(pipeline).parameters)
-    assert names == ["model_name", *(p.name for p in DATA_PARAMETERS)]
-    pipeline("x", "s3://data.csv")  # KFP calls a pipeline function positionally
-    assert received["model_name"] == "x" and received["data_uri"] == "s3://data.csv"
+    # the common ones first (parameters.COMMON_FIRST), then the rest as declared
+    first = ["data_uri", "data_version", "target", "model_name"]
+    assert names == [*first, *(p.name for p in DATA_PARAMETERS if p.name not in first)]
+    pipeline("s3://data.csv", "", "y", "x")  # KFP calls a pipeline function positionally, in signature order
+    assert received["model_name"] == "x" and received["data_uri"] == "s3://data.csv" and received["target"] == "y"
     assert received["split_seed"] == 42  # a group's default
 
 
