@@ -87,7 +87,7 @@ def _tmp_overlay(tmp_path: Path, kustomization: dict, base: Path = OVERLAYS[0]) 
 
 
 def test_overlays_exist():
-    assert {p.name for p in OVERLAYS} == {"local", "production"}
+    assert {p.name for p in OVERLAYS} == {"kubeflow-profile", "local", "production"}
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -314,12 +314,28 @@ def test_secret_references_resolve(objects):
     )
 
 
+def _env_secret_defaults() -> set[str]:
+    """The Secrets the compiled pipelines hand to the pods they create at run time (Katib trials, TrainJob
+    nodes): the default of every `env_secret` parameter."""
+    from kfops.pipelines.submit_inputs import suite_pipelines
+
+    names = set()
+    for path in suite_pipelines().values():
+        spec = next(d for d in yaml.safe_load_all(path.read_text()) if d)
+        parameters = (spec.get("root", {}).get("inputDefinitions") or {}).get("parameters") or {}
+        if "env_secret" in parameters:
+            names.add(parameters["env_secret"]["defaultValue"])
+    return names
+
+
 def test_every_listed_secret_is_used():
     specs = load_secret_specs(SECRETS_FILE)
     used = {r.secret for overlay in OVERLAYS for r in secret_references(list(_render(overlay)))}
     role = _one(list(_render(OVERLAYS[0])), "Role", "kfops-pipeline-runner")
     used |= {n for rule in role["rules"] if rule["resources"] == ["secrets"] for n in rule["resourceNames"]}
-    assert set(specs) == used
+    pods_env = _env_secret_defaults()
+    assert pods_env == {"kfops-training-env"}
+    assert set(specs) == used | pods_env
 
 
 def test_overlay_with_a_missing_secret_fails_the_check(tmp_path, capsys):
