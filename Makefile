@@ -131,7 +131,7 @@ $(CHECKOV_VENV)/bin/checkov:
 
 ## Render every overlay and check Secret references, container security and endpoints.
 platform-check: setup
-	$(BIN)/kfops platform check manifests/overlays/local manifests/overlays/production
+	$(BIN)/kfops platform check manifests/overlays/local manifests/overlays/production manifests/overlays/kubeflow-profile
 
 ## Sweep overhead per trial (local) and data-parallel scaling, 1 vs 2 gloo ranks.
 bench-sweep: setup

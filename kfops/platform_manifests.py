@@ -9,7 +9,10 @@ problem, when
 - a container may run as root, writes to its root filesystem, may escalate privileges, keeps capabilities, or
   lacks CPU/memory requests or limits;
 - the endpoints in the ``kfops-platform`` ConfigMap or MLflow's ``--allowed-hosts`` name another namespace
-  than the one the overlay deploys to.
+  than the one the overlay deploys to;
+- a Secret, ConfigMap, ServiceAccount, PVC, Service (or its port) or runtime that the suite's pipelines, the
+  objects they create at run time (InferenceService, Katib Experiment, TrainJob), Feast's config, the router
+  example or the overlay's own pods name is not in the overlay (``kfops.platform_wiring``).
 
 ``kfops platform secrets`` prints the listed Secrets as manifests (values from the environment, or random with
 ``--generate``) for ``kubectl apply -f -``; nothing is written to disk.
@@ -312,9 +315,11 @@ def endpoint_problems(objects: list[dict[str, Any]]) -> list[str]:
 
 
 def check_overlay(
-    overlay: str | Path, secrets_file: str | Path | None = None
+    overlay: str | Path, secrets_file: str | Path | None = None, wiring: bool = True
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Render ``overlay`` and return (objects, problems)."""
+    """Render ``overlay`` and return (objects, problems). ``wiring``: also check every reference the suite's
+    pipelines, the objects they create, Feast's config and the router example make (kfops.platform_wiring),
+    taking those under the manifests folder that holds the secrets list."""
     secrets_path = Path(secrets_file) if secrets_file else find_secrets_file(overlay)
     specs = load_secret_specs(secrets_path)
     objects = render_overlay(overlay)
@@ -323,6 +328,10 @@ def check_overlay(
         *security_problems(objects),
         *endpoint_problems(objects),
     ]
+    if wiring:
+        from kfops.platform_wiring import check_wiring  # it builds on this module
+
+        problems += check_wiring(overlay, objects, specs, secrets_path)
     return objects, problems
 
 

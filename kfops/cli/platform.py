@@ -170,7 +170,10 @@ def cmd_platform_check(args) -> int:
             for problem in problems:
                 print(f"  - {problem}", file=sys.stderr)
         else:
-            print(f"{overlay}: {len(objects)} objects, Secret references, security settings and endpoints OK")
+            print(
+                f"{overlay}: {len(objects)} objects, Secret references, security settings and endpoints OK; every "
+                "reference of the suite's pipelines, generated objects and pods resolves"
+            )
     return EXIT_PROBLEMS if failed else 0
 
 
@@ -248,12 +251,18 @@ def add_commands(subparsers) -> None:
     platform_sub = platform.add_subparsers(dest="platform_command", required=True)
     check = platform_sub.add_parser(
         "check",
-        help="render overlays and check Secret references, container security and endpoints",
+        help="render overlays and check references, container security and endpoints",
         description="Render each overlay with `kubectl kustomize` (no cluster) and fail, listing every problem, "
-        "before anything is applied.",
+        "before anything is applied: container security, endpoints, and every Secret, ConfigMap, ServiceAccount, "
+        "PVC, Service and port that the overlay's pods, the compiled pipelines, the objects they create "
+        "(InferenceService, Katib Experiment, TrainJob), Feast's config and the router example refer to.",
     )
     check.add_argument("overlays", nargs="+", metavar="OVERLAY", help="e.g. manifests/overlays/local")
-    check.add_argument("--secrets-file", help="the list of out-of-band Secrets (default: the nearest secrets.yaml)")
+    check.add_argument(
+        "--secrets-file",
+        help="the list of out-of-band Secrets (default: the nearest secrets.yaml); Feast's config and the router "
+        "example are read from the folder that holds it",
+    )
     check.set_defaults(func=cmd_platform_check)
     secrets = platform_sub.add_parser(
         "secrets",
