@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "data.parquet"
 VERSION_FILE = "version.json"
+# Beside a snapshot once validation has judged it: what later commands take as "the latest data" is the newest
+# snapshot that passed, never one whose run stopped in validation (or before it). Versioned for readers.
+VALIDATION_FILE = "validation.json"
+VALIDATION_FORMAT_VERSION = 1
 
 
 def canonical_sha256(df: pd.DataFrame) -> str:
@@ -115,3 +119,51 @@ def _list_versions_s3(store: str) -> list[DataVersion]:
         if obj.object_name.endswith("/" + VERSION_FILE):
             found.append(DataVersion.from_json(storage.read_bytes(f"s3://{bucket}/{obj.object_name}").decode()))
     return sorted(found, key=lambda v: v.created_at, reverse=True)
+
+
+def record_validation(store: str, sha256: str, success: bool, failed_expectations: int, suite: str) -> None:
+    """Write the validation verdict beside snapshot ``sha256`` (the latest verdict wins: a rerun may pass)."""
+    import json
+
+    record = {
+        "format_version": VALIDATION_FORMAT_VERSION,
+        "success": bool(success),
+        "failed_expectations": int(failed_expectations),
+        "suite": suite,
+        "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    storage.write_bytes(storage.join(snapshot_uri(store, sha256), VALIDATION_FILE), json.dumps(record).encode())
+
+
+def validation_of(store: str, sha256: str) -> dict | None:
+    """The validation verdict of snapshot ``sha256``, or None when validation never judged it."""
+    import json
+
+    uri = storage.join(snapshot_uri(store, sha256), VALIDATION_FILE)
+    if not storage.exists(uri):
+        return None
+    record = json.loads(storage.read_bytes(uri).decode())
+    if record.get("format_version", 0) > VALIDATION_FORMAT_VERSION:
+        raise KfopsError(f"{uri}: validation record format {record['format_version']} is newer than this kfops reads")
+    return record
+
+
+def latest_validated_version(store: str) -> DataVersion:
+    """The newest snapshot whose validation passed; a KfopsError naming the newer ones it passed over and why."""
+    versions = list_versions(store)
+    if not versions:
+        raise KfopsError(f"no data snapshot in the artifact store {store}: run `kfops run` (or give the data)")
+    passed_over = []
+    for version in versions:
+        record = validation_of(store, version.sha256)
+        if record and record.get("success"):
+            if passed_over:
+                log.warning("skipping newer snapshots that did not pass validation: %s", "; ".join(passed_over))
+            return version
+        why = "failed validation" if record else "never validated (its run stopped before validation finished)"
+        passed_over.append(f"{version.sha256[:12]} ({version.source}) {why}")
+    raise KfopsError(
+        f"no snapshot in the artifact store {store} passed validation: "
+        + "; ".join(passed_over)
+        + ". Name one with its data version to use it anyway"
+    )

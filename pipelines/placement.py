@@ -13,8 +13,8 @@ and writes them as the defaults of the GPU training pipeline's parameters ``gpu_
 Kubernetes tolerations), ``gpu_node_selector`` (label -> value) and ``accelerator_type``, which a run may change
 in the Kubeflow UI. kfp-kubernetes takes both placements from pipeline parameters (``add_toleration_json``,
 ``add_node_selector_json``); a list of tolerations in one parameter needs a KFP backend of 2.5 or newer
-(kubeflow/pipelines#11860), as the compiled YAML does anyway. ``set_accelerator_type`` writes a parameter as a
-placeholder in ``resources.accelerator.resourceType``, which KFP's driver resolves at run time.
+(kubeflow/pipelines#11860), as the compiled YAML does anyway. ``set_accelerator_type`` writes a reference to the
+parameter in ``resources.accelerator.resourceType``, which KFP's driver resolves at run time.
 """
 
 from __future__ import annotations

@@ -222,8 +222,11 @@ def validate_snapshot(
 
     if mode not in ("fail", "warn"):
         raise KfopsError(f"validate: mode must be 'fail' or 'warn', got {mode!r}")
+    from kfops.components.datasets import record_validation
+
     problems = hard_errors(frame, target, source)
     if problems:
+        record_validation(store, data_sha256, False, len(problems), "hard checks")
         raise KfopsError("data validation failed\n  - " + "\n  - ".join(problems))
     store_suite(store, data_sha256, infer_suite(frame, target, name=f"inferred-{data_sha256[:12]}"))
     if suite_uri_given:
@@ -239,6 +242,7 @@ def validate_snapshot(
             suite, origin = infer_suite(frame, target, name=f"inferred-{data_sha256[:12]}"), f"inferred ({why})"
     summary, result = run_suite(frame, suite, source=source)
     summary.suite_origin = origin
+    record_validation(store, data_sha256, summary.success, len(summary.errors), summary.suite_name)
     if not summary.success and mode == "fail":
         raise KfopsError("data validation failed\n" + summary.message() + "\n" + HOW_TO_GO_ON)
     return summary, result

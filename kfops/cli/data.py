@@ -18,21 +18,27 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_versions(args) -> int:
-    from kfops.components.datasets import list_versions
+    from kfops.components.datasets import list_versions, validation_of
     from kfops.components.workspace import workspace
 
     store = args.artifact_store or os.environ.get("KFOPS_ARTIFACT_STORE") or workspace(args.workspace).store
     versions = list_versions(store)
+    verdicts = {v.sha256: validation_of(store, v.sha256) for v in versions}
     if args.json:
-        print(json.dumps([json.loads(v.to_json()) for v in versions], indent=2))
+        print(json.dumps([json.loads(v.to_json()) | {"validation": verdicts[v.sha256]} for v in versions], indent=2))
         return 0
     from rich.table import Table
 
+    def verdict(record: dict | None) -> str:
+        if record is None:
+            return "not validated"
+        return "passed" if record["success"] else f"failed ({record['failed_expectations']})"
+
     table = Table(title=f"data versions in {store}")
-    for column in ("sha256", "rows", "columns", "source", "created"):
+    for column in ("sha256", "rows", "columns", "source", "created", "validation"):
         table.add_column(column)
     for v in versions:
-        table.add_row(v.sha256, f"{v.rows:,}", str(len(v.columns)), v.source, v.created_at)
+        table.add_row(v.sha256, f"{v.rows:,}", str(len(v.columns)), v.source, v.created_at, verdict(verdicts[v.sha256]))
     make_console().print(table)
     return 0
 

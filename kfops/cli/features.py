@@ -46,10 +46,11 @@ def _lag(seconds: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------ apply
 def _snapshot_source(args) -> str:
-    """The source Parquet: --source, else the snapshot of --data-version, else the newest stored snapshot."""
+    """The source Parquet: --source, else the snapshot of --data-version, else the newest stored snapshot that
+    passed validation."""
     from kfops.components import storage
     from kfops.components.contracts import KfopsError
-    from kfops.components.datasets import SNAPSHOT_FILE, list_versions, snapshot_uri
+    from kfops.components.datasets import SNAPSHOT_FILE, latest_validated_version, snapshot_uri
     from kfops.components.workspace import workspace
 
     if args.source:
@@ -57,12 +58,10 @@ def _snapshot_source(args) -> str:
     store = args.artifact_store or workspace(args.workspace).store
     sha = args.data_version
     if not sha:
-        versions = list_versions(store)
-        if not versions:
-            raise KfopsError(
-                f"no data snapshot in the artifact store {store}: run `kfops run` (or give --source or --data-version)"
-            )
-        sha = versions[0].sha256
+        try:
+            sha = latest_validated_version(store).sha256
+        except KfopsError as err:
+            raise KfopsError(f"{err} (--data-version), or give --source") from err
     uri = storage.join(snapshot_uri(store, sha), SNAPSHOT_FILE)
     if not storage.exists(uri):
         raise KfopsError(f"data version {sha} is not in the artifact store {store} ({uri} does not exist)")
@@ -211,7 +210,8 @@ def add_commands(subparsers) -> None:
         "apply",
         help="register the feature definitions over a stored data snapshot",
         description="Create the repository if needed and register the entity, source, feature views and services. "
-        "The source is --source, else the snapshot of --data-version, else the newest stored snapshot.",
+        "The source is --source, else the snapshot of --data-version, else the newest stored snapshot that passed "
+        "validation.",
     )
     common(apply)
     source = apply.add_mutually_exclusive_group()

@@ -363,11 +363,12 @@ def test_materialize_component_applies_a_snapshot_and_pushes_freshness(tmp_path,
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_apply_materialize_training_set_online(tmp_path, transactions, capsys):
     from kfops.cli import main
-    from kfops.components.datasets import write_snapshot
+    from kfops.components.datasets import record_validation, write_snapshot
 
     workspace = tmp_path / "ws"
     version = write_snapshot(transactions, str(workspace / "store"), source="generated")
-    assert main(["features", "apply", "--workspace", str(workspace), "--json"]) == 0  # the newest snapshot
+    record_validation(str(workspace / "store"), version.sha256, True, 0, "inferred")  # as a run's validate step
+    assert main(["features", "apply", "--workspace", str(workspace), "--json"]) == 0  # the newest validated one
     applied = json.loads(capsys.readouterr().out)
     assert applied["source"] == version.uri and applied["repo"] == str(workspace.resolve() / "features")
     end = transactions["event_time"].max().isoformat()
