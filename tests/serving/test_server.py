@@ -150,3 +150,24 @@ def test_kfops_serve_is_a_cli_command_and_a_bad_reference_exits_1(registered_mod
     assert code == 1
     assert main(["serve", "--model", "x@champion", "--max-batch-rows", "0"]) == 2
     assert "--max-batch-rows must be >= 1" in capsys.readouterr().err
+
+
+def test_every_server_binds_loopback_unless_told_otherwise():
+    """Outside a container the predictor and the router listen on 127.0.0.1 only: reaching them from another
+    machine takes an explicit --host 0.0.0.0 (what the serving image's entry point passes)."""
+    import inspect
+
+    from kfops.serving.app import serve
+    from kfops.serving.router import serve_router
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--model", "m@champion"]).host == "127.0.0.1"
+    assert parser.parse_args(["serve", "--model", "m@champion", "--challenger", "c@challenger"]).host == "127.0.0.1"
+    assert (
+        parser.parse_args(["route", "--stable", "http://a", "--challenger", "http://b", "--mode", "shadow"]).host
+        == "127.0.0.1"
+    )
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    assert inspect.signature(serve_router).parameters["host"].default == "127.0.0.1"
+    dockerfile = (Path(__file__).resolve().parents[2] / "images" / "serving" / "Dockerfile").read_text()
+    assert "0.0.0.0" in dockerfile  # the one place that opens it: the container, where KServe's probes reach it
