@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -177,11 +178,19 @@ def test_the_default_run_on_the_default_data_is_blessed_and_promoted(tmp_path, c
     assert "1 change check(s) skipped (no champion yet)" in result["blessing"]
 
 
-def test_data_and_snapshots_on_s3(tmp_path, capsys, clean_env, s3_env, transactions):
+SENTINEL_KEY_ID = "AKIAKFOPSSENTINEL0001"
+SENTINEL_SECRET = "kfops-sentinel-secret-9f2c61d0b7"
+
+
+def test_data_and_snapshots_on_s3(tmp_path, capsys, clean_env, s3_env, transactions, monkeypatch):
     # MinIO's API through moto on 127.0.0.1: the data is read from s3:// and the snapshot stored there; the
-    # tasks get the endpoint and credentials from the environment, as pods get them from a Secret.
+    # tasks get the endpoint and credentials from the environment, as pods get them from a Secret. The
+    # credentials are sentinels, looked for afterwards everywhere the run wrote.
     from kfops.components import storage
     from kfops.components.datasets import list_versions
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SENTINEL_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SENTINEL_SECRET)
 
     storage.write_bytes("s3://raw/tx.parquet", transactions.to_parquet(index=False))
     result = run_json(
@@ -203,6 +212,28 @@ def test_data_and_snapshots_on_s3(tmp_path, capsys, clean_env, s3_env, transacti
     assert [v.sha256 for v in list_versions("s3://kfops-e2e")] == [result["data_sha256"]]
     assert storage.exists(f"s3://kfops-e2e/datasets/{result['data_sha256']}/data.parquet")
     assert result["model_version"] == "1"
+    _assert_no_secret_written(tmp_path, capsys.readouterr(), result)
+
+
+def _assert_no_secret_written(tmp_path: Path, captured, result: dict) -> None:
+    """Secrets never reach logs, MLflow params and tags, stored artifacts or the compiled YAML."""
+    import mlflow
+
+    from kfops.components import storage
+
+    sentinels = (SENTINEL_KEY_ID.encode(), SENTINEL_SECRET.encode())
+    leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and any(s in p.read_bytes() for s in sentinels)]
+    client = storage.s3_client()
+    for bucket in ("raw", "kfops-e2e"):
+        for obj in client.list_objects(bucket, recursive=True):
+            if any(s in storage.read_bytes(f"s3://{bucket}/{obj.object_name}") for s in sentinels):
+                leaks.append(f"s3://{bucket}/{obj.object_name}")
+    run = mlflow.MlflowClient(result["mlflow_tracking_uri"]).get_run(result["run_id"])
+    text = json.dumps([run.data.params, run.data.tags, captured.out, captured.err])
+    leaks += [f"MLflow run or console: {s.decode()}" for s in sentinels if s.decode() in text]
+    compiled = Path(__file__).resolve().parents[2] / "pipelines" / "compiled"
+    leaks += [str(p) for p in compiled.glob("*.yaml") if any(s in p.read_bytes() for s in sentinels)]
+    assert leaks == []
 
 
 def _lenient(tmp_path: Path) -> Path:
