@@ -137,8 +137,13 @@ def test_ci_runs_the_readme_stages():
     assert "check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yaml" in commands
     doc = _load(WORKFLOWS / "ci.yaml")
     assert set(doc["on"]) >= {"push", "pull_request"}
-    # CI=1 makes the tests that need Prometheus or checkov fail instead of skipping, as .ci/run does
-    assert doc["env"]["CI"] == "1" and "make checkov-venv" in commands
+    # CI=1 makes the tests that need Prometheus or checkov fail instead of skipping, as .ci/run does; both install
+    # the system tools with one script, which installs checkov's venv and fails when a tool is still missing.
+    assert doc["env"]["CI"] == "1" and "bash .ci/install-tools.sh" in commands
+    assert "bash .ci/install-tools.sh" in (REPO_ROOT / ".ci" / "run").read_text()
+    script = (REPO_ROOT / ".ci" / "install-tools.sh").read_text()
+    for tool in ("prometheus", "promtool", "prometheus-pushgateway", "redis-server", "kubectl", "make checkov-venv"):
+        assert tool in script, tool
 
 
 def test_deploy_submits_training_on_main_with_secrets_only_in_env():
