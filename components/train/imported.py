@@ -31,6 +31,23 @@ NATIVE_FLAVORS = ("sklearn", "xgboost", "lightgbm")
 CHECK_ROWS = 1000
 
 
+def check_trusted_source(uri: str, artifact_store: str, trust: bool = False) -> None:
+    """Loading a model runs its pickled code, so an import comes from a source the operator configured: the
+    tracking server's registry or runs (``models:/``, ``runs:/``), a local folder, or the configured artifact
+    store. Anything else (another bucket, an http(s) or cloud URI) needs ``trust`` (``--trust``): a KfopsError
+    naming the URI and the store otherwise."""
+    if trust or uri.startswith(("models:/", "runs:/")) or "://" not in uri:
+        return
+    store = artifact_store.rstrip("/") + "/"
+    if artifact_store.startswith("s3://") and uri.startswith(store):
+        return
+    raise KfopsError(
+        f"{uri} is outside the sources kfops trusts (the tracking server's models:/ and runs:/, a local folder, the "
+        f"artifact store {artifact_store}); loading a model runs its pickled code, so pass --trust to import it "
+        "anyway"
+    )
+
+
 def download(uri: str, directory: str | Path) -> Path:
     """The MLflow model at ``uri`` (``models:/NAME/V``, ``models:/NAME@ALIAS``, ``runs:/ID/PATH``, a folder, an
     ``s3://`` prefix) as a local folder under ``directory``; a KfopsError naming the URI when it is not a model."""

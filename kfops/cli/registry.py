@@ -367,9 +367,13 @@ def cmd_models_import(args) -> int:
     import tempfile
 
     from kfops.cli import main
-    from kfops.components.train.imported import download, signature_columns
+    from kfops.components.train.imported import check_trusted_source, download, signature_columns
+    from kfops.components.workspace import workspace
 
+    store = os.environ.get("KFOPS_ARTIFACT_STORE") or workspace(args.workspace).store
+    check_trusted_source(args.model_uri, store, args.trust)  # before anything loads it
     argv = ["run", "--data", args.reference_data, "--target", args.target, "--imported-model", args.model_uri]
+    argv += ["--trust"] if args.trust else []
     with tempfile.TemporaryDirectory(prefix="kfops-import-") as tmp:
         # the signature (fetched once here; the train step fetches the model again where it runs)
         columns = signature_columns(download(args.model_uri, tmp))
@@ -483,6 +487,12 @@ def add_commands(subparsers) -> None:
     importing.add_argument("--threshold", type=float, help="binary: the decision threshold (default 0.5)")
     importing.add_argument("--thresholds", help="gate thresholds YAML/JSON (default: the task's)")
     importing.add_argument("--no-promote", action="store_true", help="register as challenger only")
+    importing.add_argument(
+        "--trust",
+        action="store_true",
+        help="import from a source kfops does not trust by default (another bucket, an http(s) URI): loading the "
+        "model runs its pickled code",
+    )
     importing.add_argument("--workspace")
     importing.add_argument("--json", action="store_true")
     importing.set_defaults(func=cmd_models_import)

@@ -94,6 +94,10 @@ def training_arguments(args, ws) -> dict:
         arguments["model_module"] = str(module)  # the train step runs elsewhere: an absolute path
     if args.model_module and args.model_family is None:
         arguments["model_family"] = "module"
+    if args.imported_model:
+        from kfops.components.train.imported import check_trusted_source
+
+        check_trusted_source(args.imported_model, arguments["artifact_store"], args.trust)
     if args.imported_model and args.model_family is None:
         arguments["model_family"] = "imported"
     if args.model_family is not None or args.model_params is not None or args.model_module or args.imported_model:
@@ -310,6 +314,12 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--imported-model",
         help="a model trained elsewhere, instead of training one: an MLflow model URI (models:/NAME/V, runs:/ID/PATH, "
         "a folder or s3://); `kfops models import` runs this with the data's features taken from its signature",
+    )
+    model.add_argument(
+        "--trust",
+        action="store_true",
+        help="--imported-model from a source kfops does not trust by default (another bucket, an http(s) URI): "
+        "loading it runs its pickled code",
     )
     model.add_argument(
         "--model-params",

@@ -67,3 +67,24 @@ def test_the_signature_types_the_rows_and_refuses_what_it_cannot_take():
         typed_frame(rows.assign(n=1.5), {"x": "double", "n": "long"})
     with pytest.raises(KfopsError, match="the model's input column 'z' is not among the features"):
         typed_frame(rows, {"z": "double"})
+
+
+def test_an_import_from_a_source_nobody_configured_needs_trust(tmp_path, capsys):
+    from kfops.cli import main
+    from kfops.components.train.imported import check_trusted_source
+
+    for trusted in ("models:/churn/3", "models:/churn@champion", "runs:/abc/model", str(tmp_path), "s3://kfops/m/1"):
+        check_trusted_source(trusted, "s3://kfops", trust=False)
+    for foreign in ("s3://someone-else/model", "s3://kfops-other/model", "https://example.com/model.tar"):
+        with pytest.raises(KfopsError, match=r"pass --trust"):
+            check_trusted_source(foreign, "s3://kfops", trust=False)
+        check_trusted_source(foreign, "s3://kfops", trust=True)
+    # Refused before anything is fetched or loaded, by both commands, naming the URI and the store.
+    data = tmp_path / "ref.csv"
+    frame().assign(t=["yes", "no"] * 30).to_csv(data, index=False)
+    common = ["--target", "t", "--workspace", str(tmp_path / "ws")]
+    assert main(["models", "import", "--model-uri", "s3://elsewhere/m", "--reference-data", str(data), *common]) == 2
+    err = capsys.readouterr().err
+    assert "s3://elsewhere/m is outside the sources kfops trusts" in err and "--trust" in err
+    assert main(["run", "--data", str(data), "--imported-model", "s3://elsewhere/m", *common]) == 2
+    assert "s3://elsewhere/m is outside the sources kfops trusts" in capsys.readouterr().err
