@@ -62,11 +62,68 @@ def _resolve_task_output_channels() -> None:
     evaluator._kfops_patched = True
 
 
+# The line kfp's executor logs once a task's outputs are complete, and the one libstdc++ prints when a native
+# thread pool is torn down at interpreter exit while a worker is still joinable (pyarrow's, apache/arrow#34314:
+# intermittent, after all Python code has finished).
+_OUTPUTS_WRITTEN = "Wrote executor output file to "
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def finished_before_teardown_abort(return_code: int, lines: list[str]) -> str | None:
+    """The executor output file of a task whose process aborted only in native teardown, else None.
+
+    Such a task did all its work and wrote every output before the abort, so failing the run for it would throw
+    away a finished step. Any other non-zero exit, an abort before the outputs were written, or an output file
+    that is not there, stays a failure.
+    """
+    if return_code == 0:
+        return None
+    written_at = next((i for i in range(len(lines) - 1, -1, -1) if _OUTPUTS_WRITTEN in lines[i]), None)
+    if written_at is None or not any(_TEARDOWN_ABORT in line for line in lines[written_at + 1 :]):
+        return None
+    output_file = lines[written_at].split(_OUTPUTS_WRITTEN, 1)[1].strip().rstrip(".")
+    return output_file if os.path.isfile(output_file) else None
+
+
+def _accept_tasks_that_abort_after_their_outputs() -> None:
+    """Wrap kfp.local's subprocess call so a task that aborts only in native teardown counts as finished."""
+    import subprocess
+
+    from kfp.local import subprocess_task_handler as handler
+
+    if getattr(handler, "_kfops_patched", False):
+        return
+
+    def run_local_subprocess(full_command, env_vars=None) -> int:
+        env = {**os.environ, **env_vars} if env_vars else None
+        lines: list[str] = []
+        with subprocess.Popen(
+            full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+        ) as process:
+            for line in iter(process.stdout.readline, ""):
+                lines.append(line)
+                print(line, end="")
+            print("\n")
+            return_code = process.wait()
+        output_file = finished_before_teardown_abort(return_code, lines)
+        if output_file is None:
+            return return_code
+        print(
+            f"kfops: the task's process exited with {return_code} in a native library's teardown after writing"
+            f" all its outputs ({output_file}); the step counts as finished (apache/arrow#34314)"
+        )
+        return 0
+
+    handler.run_local_subprocess = run_local_subprocess
+    handler._kfops_patched = True
+
+
 def init_local(ws: LocalWorkspace, enable_caching: bool = True) -> None:
     """Start kfp.local with the subprocess runner in the current environment."""
     from kfp import local
 
     _resolve_task_output_channels()
+    _accept_tasks_that_abort_after_their_outputs()
     configure_environment(ws)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
