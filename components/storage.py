@@ -122,8 +122,13 @@ def write_bytes(uri: str, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a reader never sees half a file and a crash leaves nothing behind.
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except BaseException:
+            # A failed write (a full disk) must not leave its partial file behind, holding space nobody frees.
+            tmp.unlink(missing_ok=True)
+            raise
         return
     bucket, key = split_s3(uri)
     client = s3_client()

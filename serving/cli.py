@@ -146,7 +146,14 @@ def run_serve(args) -> int:
     if (fields or retention) and not args.payload_log:
         raise KfopsError("serve: the --payload-log-* privacy flags need --payload-log")
     payload_logger = (
-        make_payload_logger(args.payload_log, name, args.payload_log_format, fields=fields, retention=retention)
+        make_payload_logger(
+            args.payload_log,
+            name,
+            args.payload_log_format,
+            fields=fields,
+            retention=retention,
+            flush_seconds=args.payload_log_flush_seconds,
+        )
         if args.payload_log
         else None
     )

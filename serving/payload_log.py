@@ -3,14 +3,21 @@
 KServe's own payload logger holds a queue of 100 that blocks the request path when full. This one does not:
 ``PayloadLogger.log()`` only appends the caller's list to a bounded in-memory queue (bounded in rows) and
 returns; when the queue is full the records are dropped and counted, never waited for. A daemon thread drains
-the queue and writes batches (``batch_rows`` rows, or whatever is waiting after ``flush_seconds``) through the
-one storage seam, ``kfops.components.storage``, to a local folder or an ``s3://`` prefix::
+the queue and writes batches (``batch_rows`` rows, or whatever is waiting once its oldest row is half of
+``flush_seconds`` old) through the one storage seam, ``kfops.components.storage``, to a local folder or an
+``s3://`` prefix::
 
     <sink>/model=<model_name>/date=YYYY-MM-DD/<UTC write time>-<uuid4 hex>.jsonl   (or .parquet)
 
 The date comes from each record's ``timestamp`` field (ISO 8601, UTC if it carries no offset), so a batch that
 spans midnight becomes two files. A record without a usable timestamp goes under the UTC date it was logged.
 A failing sink (unreachable S3, full disk) costs that batch's rows, counted as dropped, and the thread goes on.
+
+``flush_seconds`` is the durability bound: a logged row is in the sink within ``flush_seconds`` (the writer starts
+a partial batch at half of it and leaves the other half for the write itself), so a process killed outright
+(SIGKILL, OOM) loses at most the rows logged in its last ``flush_seconds``, as long as a write takes less than half
+of it (milliseconds on a local disk; an S3 put can take longer). A file is written whole or not at all (write then
+rename, ``storage.write_bytes``): readers never see half a file. ``close()`` (SIGTERM) writes everything queued.
 
 Threading: ``on_drop(n)`` runs on the caller's thread for queue-full drops (keep it cheap, e.g. a Prometheus
 ``Counter.inc``) and on the writer thread for sink failures; whatever it raises is logged and swallowed.
@@ -42,7 +49,7 @@ from typing import Any
 from kfops.components import storage
 from kfops.components.contracts import KfopsError, payload_log_partition
 from kfops.components.records import FORMATS, encode_records, record_file_name
-from kfops.serving.payload_policy import FieldPolicy, Retention
+from kfops.serving.payload_policy import DEFAULT_FLUSH_SECONDS, FieldPolicy, Retention
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,8 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _IDLE_WAKE_SECONDS = 1.0  # the writer wakes at least this often, to report queue-full drops
 _DROP_REPORT_SECONDS = 10.0  # queue-full drops are logged at most this often (they are always counted)
 _ATEXIT_CLOSE_SECONDS = 5.0
+# A partial batch is written once its oldest row has waited this share of flush_seconds: the rest is the write's.
+_FLUSH_START_SHARE = 0.5
 
 _open_loggers: weakref.WeakSet[PayloadLogger] = weakref.WeakSet()
 
@@ -70,7 +79,7 @@ class PayloadLogger:
         fmt: str = "jsonl",
         max_queue: int = 20_000,
         batch_rows: int = 5_000,  # one file per 5,000 rows at most: fewer, larger objects in the sink
-        flush_seconds: float = 2.0,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         on_drop: Callable[[int], None] | None = None,
         fields: FieldPolicy | None = None,
         retention: Retention | None = None,
@@ -266,7 +275,7 @@ class PayloadLogger:
                 if self._pending:
                     if self._closing or self._pending >= self.batch_rows or self._flush_target > self._taken:
                         break
-                    remaining = self._queue[0][0] + self.flush_seconds - time.monotonic()
+                    remaining = self._queue[0][0] + self.flush_seconds * _FLUSH_START_SHARE - time.monotonic()
                     if remaining <= 0:
                         break
                 elif self._closing:

@@ -10,6 +10,9 @@ Both run in the payload logger's writer thread (``payload_log.py``), never on th
 - ``Retention``: whole ``date=`` partitions of the model's folder more than ``days`` before today (UTC) are
   deleted, then the oldest files while the folder holds more than ``max_bytes`` (the newest file always stays).
   Only ``<sink>/model=<name>/`` is touched: outcomes and other models' logs keep their own lifetimes.
+
+The serving flags for all of them live here too (``add_policy_arguments``), with the log's flush interval
+(``--payload-log-flush-seconds``, its durability bound on a SIGKILL).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SALT_ENV = "KFOPS_PAYLOAD_LOG_SALT"
 DEFAULT_RETENTION_CHECK_SECONDS = 300.0
+# The payload log's durability bound: a logged row is in the sink within this many seconds (payload_log.py).
+DEFAULT_FLUSH_SECONDS = 2.0
 _PROTECTED = frozenset(PAYLOAD_META_COLUMNS) | frozenset(PAYLOAD_PREDICTION_COLUMNS)
 _DAY = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -145,9 +150,31 @@ def field_list(text: str | None) -> frozenset[str]:
     return frozenset(name.strip() for name in (text or "").split(",") if name.strip())
 
 
+def flush_seconds(text: str) -> float:
+    """``--payload-log-flush-seconds``: a positive, finite number of seconds."""
+    import argparse
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
 def add_policy_arguments(parser) -> None:
-    """``--payload-log-retention-days``, ``--payload-log-max-bytes``, ``--payload-log-drop``, ``--payload-log-hash``
-    and ``--payload-log-salt-env`` on a serving parser."""
+    """``--payload-log-flush-seconds``, ``--payload-log-retention-days``, ``--payload-log-max-bytes``,
+    ``--payload-log-drop``, ``--payload-log-hash`` and ``--payload-log-salt-env`` on a serving parser."""
+    parser.add_argument(
+        "--payload-log-flush-seconds",
+        type=flush_seconds,
+        default=DEFAULT_FLUSH_SECONDS,
+        help="the payload log's flush interval: a logged request is in the sink within this many seconds, so a "
+        f"predictor killed outright (SIGKILL, OOM) loses at most its last interval of records (default "
+        f"{DEFAULT_FLUSH_SECONDS:g}; SIGTERM loses none)",
+    )
     parser.add_argument(
         "--payload-log-retention-days",
         type=int,
@@ -182,6 +209,9 @@ def policy_argv(args) -> list[str]:
     ):
         if value is not None and value != "":
             argv += [flag, str(value)]
+    flush = getattr(args, "payload_log_flush_seconds", DEFAULT_FLUSH_SECONDS)
+    if flush != DEFAULT_FLUSH_SECONDS:
+        argv += ["--payload-log-flush-seconds", repr(flush)]
     salt_env = getattr(args, "payload_log_salt_env", DEFAULT_SALT_ENV)
     if salt_env != DEFAULT_SALT_ENV:
         argv += ["--payload-log-salt-env", salt_env]
