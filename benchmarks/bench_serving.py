@@ -1,40 +1,63 @@
-"""Serving throughput and latency: the suite's predictor against two baselines, in one run, on this machine.
+"""Serving throughput and latency: the suite's predictor against three others, in one run, through the harness.
 
-Targets, each serving the same trained model from the same directory, each in its own process on 127.0.0.1:
+Targets, each serving the same trained model folder, each its own process on 127.0.0.1, all pinned to the same
+CPU(s) with the same torch/OpenMP thread count (``harness.Pinning``):
 
 - ``baseline``: a FastAPI app written like the reference document's example: one row per request as a list of
-  already-encoded floats, synchronous torch inside an ``async def`` handler, a pydantic response.
+  already-encoded floats (no validation, no transform), synchronous torch inside an ``async def`` handler, a
+  pydantic response; no metrics, no logging.
 - ``kserve-plain``: a plain ``kserve.Model`` with a synchronous ``predict`` over V1 instances (KServe's stock
-  path): raw rows in, the model's own transform, one request at a time.
-- ``kfops``: ``python -m kfops.serving`` (raw rows validated against the feature spec, the dynamic batcher,
-  Prometheus metrics, payload logging to a local folder).
+  path): raw rows in, a pandas frame, the model's own transform; no validation beyond the model's, no logging.
+- ``mlserver``: MLServer with its MLflow runtime (``mlserver-mlflow``, what KServe runs for ``modelFormat:
+  mlflow``) on the same model folder, V2 with the pandas content type, in its own venv (``.venv-mlserver``, built
+  by tests/components/test_model_code.py's ``mlserver_venv``), ``parallel_workers: 0`` (one process, as the
+  others); its Prometheus metrics on, no payload log.
+- ``kfops``: ``python -m kfops.serving`` (raw rows validated against the feature spec, the transform, the dynamic
+  batcher, Prometheus metrics, payload logging as JSONL to a local folder).
+- ``kfops-w2``: the same with ``--workers 2``, when the server has that option (the harness gives it the same
+  CPUs as every target, so on a 2-CPU machine it measures the cost of a second process, not scaling).
 
-Loads: batch-1 requests from 1, 8 and 32 concurrent clients, and 256-row requests from 4 clients (the suite
-only; the baseline's API takes one row). The client is one asyncio process with aiohttp, sharing the 2 CPUs with
-the server, the same for every target.
+Loads, from ``wrk`` and from our Python client, each pinned apart from the targets: batch-1 requests from 32
+connections; 256-row requests from 4 (every target but the baseline, whose API takes one row: its rows/s is its
+batch-1 rate in the same round). Rounds interleave every target and load, the order rotated; each ratio is the
+median of the per-round ratios with min-max.
 
-    python benchmarks/bench_serving.py [--seconds 6]
+    python benchmarks/bench_serving.py [--rounds 5] [--seconds 4] [--clients wrk,python] [--no-write]
 
-Goals (issue "Serving"): at 32 clients at least 2x kserve-plain's requests/s and at least the baseline's, with a
-p99 no worse than the baseline's; 256-row requests at least 50x the baseline's rows/s.
+Goals (issue 20): at 32 clients, at least the baseline's req/s with p99 no worse, and at least 2x MLServer's
+with p99 no worse; 256-row requests at least 3x kserve-plain's rows/s, at least MLServer's, and at least 50x
+the baseline's (one-row) rows/s.
 """
 
 import argparse
 import asyncio
 import json
 import os
-import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_serving
+    from benchmarks import harness
+
+RESULTS = harness.RESULTS
 MODEL_NAME = "fraud"
+REPO = Path(__file__).resolve().parents[1]
+free_port = harness.free_port
+post_loop = harness.post_loop
+BATCH_ROWS = 256
+LOADS = {"batch-1 x 32": (1, 32), "256-row x 4": (BATCH_ROWS, 4)}
+WHAT = {
+    "baseline": "pre-encoded floats, one row a request; no validation, transform, metrics or logging",
+    "kserve-plain": "raw rows through a plain kserve.Model: pandas frame, the model's transform; no logging",
+    "mlserver": "MLServer 1.7 + mlserver-mlflow, V2 pandas content type, pyfunc predict; metrics, no payload log",
+    "kfops": "raw rows validated against the feature spec, transform, dynamic batcher, metrics, JSONL payload log",
+    "kfops-w2": "kfops with --workers 2 (same CPUs as the others)",
+}
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -88,6 +111,7 @@ def serve_baseline(model_dir: str, port: int) -> None:
     from fastapi import FastAPI, HTTPException
     from pydantic import BaseModel
 
+    harness.bench_torch_threads()
     classifier = mlflow.pyfunc.load_model(model_dir).unwrap_python_model()
     network = classifier.network
     app = FastAPI(title="ML Model API")
@@ -125,6 +149,7 @@ def serve_plain_kserve(model_dir: str, port: int) -> None:
 
     from kfops.serving.app import serve
 
+    harness.bench_torch_threads()
     classifier = mlflow.pyfunc.load_model(model_dir).unwrap_python_model()
 
     class PlainModel(kserve.Model):
@@ -142,34 +167,239 @@ def serve_plain_kserve(model_dir: str, port: int) -> None:
     serve(model, host="127.0.0.1", port=port)
 
 
-# ------------------------------------------------------------------------------------------------ load
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def mlserver_folder(model_dir: Path, folder: Path, port: int) -> Path:
+    """MLServer's settings for one model (the MLflow runtime on ``model_dir``) under ``folder``."""
+    (folder / MODEL_NAME).mkdir(parents=True, exist_ok=True)
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": 0,
+        "debug": False,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_mlflow.MLflowRuntime",
+        "parameters": {"uri": str(model_dir)},
+    }
+    (folder / MODEL_NAME / "model-settings.json").write_text(json.dumps(model))
+    return folder
 
 
-def start(target: str, model_dir: Path, port: int, log_dir: Path) -> subprocess.Popen:
-    if target == "kfops":
-        cmd = [
-            sys.executable,
-            "-m",
-            "kfops.serving",
-            "--model",
-            str(model_dir),
-            "--name",
-            MODEL_NAME,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--payload-log",
-            str(log_dir / "payloads"),
-        ]
-    else:
-        cmd = [sys.executable, __file__, f"serve-{target}", "--model-dir", str(model_dir), "--port", str(port)]
-    log = open(log_dir / f"{target}.log", "w")  # noqa: SIM115 - the server process owns it
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def text_columns(rows: list[dict]) -> set[str]:
+    """The columns holding text anywhere in ``rows`` (a column typed from one row would call an empty category a
+    number)."""
+    return {name for row in rows for name, value in row.items() if isinstance(value, str)}
+
+
+def v2_pandas_body(rows: list[dict], text: set[str]) -> dict:
+    """A V2 request of ``rows`` as columns, pandas content type (MLServer's MLflow runtime builds a DataFrame);
+    ``text``: the BYTES columns."""
+    inputs = []
+    for name in rows[0]:
+        values = [row[name] for row in rows]
+        if name not in text:
+            data = [None if v is None else float(v) for v in values]
+            inputs.append({"name": name, "datatype": "FP64", "shape": [len(values)], "data": data})
+        else:  # a V2 BYTES tensor has no null: a blank category is "", which the model reads as unknown
+            data = ["" if v is None else str(v) for v in values]
+            inputs.append({"name": name, "datatype": "BYTES", "shape": [len(values)], "data": data})
+    return {"inputs": inputs, "parameters": {"content_type": "pd"}}
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def has_workers_option() -> bool:
+    out = subprocess.run(
+        [sys.executable, "-m", "kfops.serving", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    return "--workers" in out
+
+
+def servers(targets: list[str], model_dir: Path, work: Path) -> dict[str, tuple[harness.Server, str, str]]:
+    """target -> (server, ready URL, predict URL); not started."""
+    made = {}
+    for target in targets:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        ready, predict = f"{base}/v2/models/{MODEL_NAME}/ready", f"{base}/v1/models/{MODEL_NAME}:predict"
+        env: dict[str, str] = {}
+        if target in ("kfops", "kfops-w2"):
+            command = [sys.executable, "-m", "kfops.serving", "--model", str(model_dir), "--name", MODEL_NAME]
+            command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
+            command += ["--torch-threads", "{threads}", "--payload-log", str(work / f"payloads-{target}")]
+            command += ["--workers", "2"] if target == "kfops-w2" else []
+        elif target == "mlserver":
+            sys.path.insert(0, str(REPO))
+            from tests.components.test_model_code import mlserver_venv
+
+            python = mlserver_venv()
+            command = [str(python.parent / "mlserver"), "start", str(mlserver_folder(model_dir, work / "mls", port))]
+            env = {"PYTHONPATH": "", "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+            predict = f"{base}/v2/models/{MODEL_NAME}/infer"
+        else:
+            command = [sys.executable, __file__, f"serve-{target}", "--model-dir", str(model_dir), "--port", str(port)]
+            if target == "baseline":
+                ready, predict = f"{base}/health", f"{base}/predict"
+        made[target] = (harness.Server(target, command, work / f"{target}.log", env=env, cwd=work), ready, predict)
+    return made
+
+
+def bodies_for(target: str, rows: int, raw: list[dict], encoded: list[list[float]]) -> list[bytes]:
+    if target == "baseline":
+        return [json.dumps({"features": row}).encode() for row in encoded]
+    chunks = [raw[i : i + rows] for i in range(0, len(raw) - rows + 1, rows)]
+    if target == "mlserver":
+        text = text_columns(raw)
+        return [json.dumps(v2_pandas_body(chunk, text)).encode() for chunk in chunks]
+    return [json.dumps({"instances": chunk}).encode() for chunk in chunks]
+
+
+def run(args: argparse.Namespace, work: Path, pinning: harness.Pinning) -> dict:
+    model_dir, raw, encoded = train_model_dir(work)
+    targets = args.targets.split(",")
+    if "kfops-w2" in targets and not has_workers_option():
+        print("kfops.serving has no --workers option: kfops-w2 left out", flush=True)
+        targets.remove("kfops-w2")
+    made = servers(targets, model_dir, work)
+    bodies = {
+        (target, load): harness.BodyFile(bodies_for(target, LOADS[load][0], raw, encoded), work / "bodies")
+        for target in targets
+        for load in LOADS
+        if not (target == "baseline" and LOADS[load][0] > 1)
+    }
+    results: dict = {"targets": targets, "measured": {}}
+    try:
+        for server, _, _ in made.values():
+            server.command = [part.replace("{threads}", str(pinning.threads)) for part in server.command]
+            server.start(pinning)
+        for server, ready, _ in made.values():
+            server.wait_ready(ready)
+        for target, (server, _, url) in made.items():  # warm every target on every load once; all must answer
+            for load in LOADS:
+                if (target, load) in bodies:
+                    warm = harness.python_load(url, bodies[(target, load)], LOADS[load][1], 1.0, pinning)
+                    if warm.errors:
+                        raise RuntimeError(f"{target} answered {warm.errors} errors on {load}:\n{server.tail()}")
+        for number, order in harness.rounds(targets, args.rounds):
+            for client in args.clients.split(","):
+                for load in LOADS:
+                    for target in order:
+                        if (target, load) not in bodies:
+                            continue
+                        url = made[target][2]
+                        measure = harness.CLIENTS[client]
+                        m = measure(url, bodies[(target, load)], LOADS[load][1], args.seconds, pinning)
+                        results["measured"].setdefault((client, load, target), []).append(m)
+                        print(
+                            f"round {number + 1} {client:>6} {load:>12} {target:>12}: {m.rps:8,.0f} req/s "
+                            f"p50 {m.p50_ms:6.1f} ms p99 {m.p99_ms:6.1f} ms errors {m.errors}",
+                            flush=True,
+                        )
+        for target, (server, _, _) in made.items():
+            if server.process is not None and server.process.poll() is not None:
+                raise RuntimeError(f"{target} exited during the run:\n{server.tail()}")
+    finally:
+        for server, _, _ in made.values():
+            server.stop()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def rows_per_s(results: dict, client: str, load: str, target: str) -> list[float]:
+    """Per round: rows/s (the baseline's from its batch-1 load, its API taking one row)."""
+    if target == "baseline":
+        load = "batch-1 x 32"
+    per_request = LOADS[load][0]
+    return [m.rps * per_request for m in results["measured"][(client, load, target)]]
+
+
+def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, before, after) -> str:
+    targets, measured = results["targets"], results["measured"]
+    lines = [
+        f"\n## Serving · {time.strftime('%Y-%m-%d', time.gmtime())}\n",
+        harness.provenance(
+            pinning,
+            before,
+            after,
+            f"{args.rounds} rounds, every target and load in each, order rotated; {args.seconds:.0f} s per "
+            "measurement (the Python client first warms for 1 s). Same model (MLP [64, 32] on the default data's "
+            "features) in every target. Figures: median over rounds (min-max).",
+        ),
+        "",
+        "What each target does per request:",
+        "",
+        *(f"- `{t}`: {WHAT[t]}" for t in targets),
+        "",
+        "| client | load | target | req/s | rows/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---:|",
+    ]
+    for (client, load, target), runs in measured.items():
+        rps = harness.Spread.of([m.rps for m in runs])
+        rows = harness.Spread.of(rows_per_s(results, client, load, target))
+        p50 = harness.Spread.of([m.p50_ms for m in runs])
+        p99 = harness.Spread.of([m.p99_ms for m in runs])
+        lines.append(
+            f"| {client} | {load} | {target} | {rps.text(0)} | {rows.text(0)} | {p50.text(1)} | {p99.text(1)} | "
+            f"{sum(m.errors for m in runs)} |"
+        )
+    lines += ["", "Ratios, kfops over the other, per round (median, min-max); goal in brackets:", ""]
+    lines += [f"- {line}" for line in verdicts(results, args.clients.split(","))]
+    return "\n".join(lines) + "\n"
+
+
+def verdicts(results: dict, clients: list[str]) -> list[str]:
+    measured, targets = results["measured"], results["targets"]
+    out = []
+
+    def runs(client: str, load: str, target: str) -> list:
+        return measured[(client, load, target)]
+
+    for client in clients:
+        single = "batch-1 x 32"
+        ours = runs(client, single, "kfops")
+        for other, goal in (("baseline", 1.0), ("mlserver", 2.0), ("kserve-plain", None)):
+            if other not in targets:
+                continue
+            theirs = runs(client, single, other)
+            rps = harness.Spread.of(harness.per_round_ratios([m.rps for m in ours], [m.rps for m in theirs]))
+            p99 = harness.Spread.of(harness.per_round_ratios([m.p99_ms for m in ours], [m.p99_ms for m in theirs]))
+            goal_text = f" [>= {goal:g}x req/s, p99 ratio <= 1]" if goal else ""
+            out.append(f"{client}, {single}, vs {other}: req/s {rps.text()}x, p99 {p99.text()}x{goal_text}")
+        big = "256-row x 4"
+        for other, goal in (("kserve-plain", 3.0), ("mlserver", 1.0), ("baseline", 50.0)):
+            if other not in targets:
+                continue
+            ratio = harness.Spread.of(
+                harness.per_round_ratios(
+                    rows_per_s(results, client, big, "kfops"), rows_per_s(results, client, big, other)
+                )
+            )
+            against = "its batch-1 rows/s" if other == "baseline" else "256-row requests"
+            out.append(f"{client}, {big} rows/s vs {other} ({against}): {ratio.text()}x [>= {goal:g}x]")
+        if "kfops-w2" in targets:
+            for load in LOADS:
+                scale = harness.Spread.of(
+                    harness.per_round_ratios(
+                        rows_per_s(results, client, load, "kfops-w2"), rows_per_s(results, client, load, "kfops")
+                    )
+                )
+                out.append(f"{client}, {load}: --workers 2 / --workers 1 rows/s {scale.text()}x")
+    return out
+
+
+def load(url: str, bodies: list[dict], clients: int, seconds: float) -> dict:
+    """In-process ``post_loop`` over ``bodies`` (bench_features and bench_house use it): requests, requests/s, p50
+    and p99 (ms), errors."""
+    latencies, errors, elapsed = asyncio.run(post_loop(url, [json.dumps(b).encode() for b in bodies], clients, seconds))
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * harness.quantile(latencies, 0.5),
+        "p99_ms": 1000 * harness.quantile(latencies, 0.99),
+        "errors": errors,
+    }
 
 
 async def wait_ready(url: str, timeout: float = 90.0) -> None:
@@ -188,129 +418,26 @@ async def wait_ready(url: str, timeout: float = 90.0) -> None:
     raise RuntimeError(f"{url} was not ready in {timeout:.0f} s")
 
 
-async def post_loop(url: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[list[float], int, float]:
-    """``clients`` concurrent loops, each POSTing the next body as soon as the last answer came: the latencies
-    (s), the non-200 count, and the seconds it ran.
-
-    aiohttp rather than httpx: on 2 shared CPUs httpx's own overhead, not the server, capped the rate.
-    """
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=clients)
-    headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-
-        async def worker(offset: int) -> None:
-            nonlocal errors
-            i = offset
-            while time.perf_counter() < stop:
-                body = payloads[i % len(payloads)]
-                i += clients
-                started = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(clients)))
-        elapsed = time.perf_counter() - started
-    return latencies, errors, elapsed
-
-
-async def load(url: str, bodies: list[dict], clients: int, seconds: float) -> dict:
-    """``post_loop`` over ``bodies``: requests, requests/s, p50 and p99 (ms), errors."""
-    latencies, errors, elapsed = await post_loop(url, [json.dumps(b).encode() for b in bodies], clients, seconds)
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "requests": n,
-        "rps": n / elapsed,
-        "p50_ms": 1000 * latencies[n // 2],
-        "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))],
-        "errors": errors,
-    }
-
-
-def run_target(
-    target: str, model_dir: Path, raw: list[dict], encoded: list[list[float]], seconds: float, work: Path
-) -> dict[str, dict]:
-    port = free_port()
-    proc = start(target, model_dir, port, work)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        ready = f"{base}/health" if target == "baseline" else f"{base}/v2/models/{MODEL_NAME}/ready"
-        asyncio.run(wait_ready(ready))
-        if target == "baseline":
-            url, single = f"{base}/predict", [{"features": row} for row in encoded]
-        else:
-            url, single = f"{base}/v1/models/{MODEL_NAME}:predict", [{"instances": [row]} for row in raw]
-        results = {}
-        for clients in (1, 8, 32):
-            asyncio.run(load(url, single, clients, 1.0))  # warm-up
-            results[f"batch-1 x {clients}"] = asyncio.run(load(url, single, clients, seconds))
-        if target == "kfops":
-            big = [{"instances": raw[i : i + 256]} for i in range(0, len(raw) - 256, 256)]
-            result = asyncio.run(load(url, big, 4, seconds))
-            result["rows_per_s"] = result["rps"] * 256
-            results["256-row x 4"] = result
-        return results
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--targets", default="baseline,kserve-plain,kfops")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--targets", default="baseline,kserve-plain,mlserver,kfops,kfops-w2")
+    parser.add_argument("--clients", default="wrk,python", help="load generators, comma-separated: wrk, python")
+    parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads in every target")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        model_dir, raw, encoded = train_model_dir(work)
-        table = {t: run_target(t, model_dir, raw, encoded, args.seconds, work) for t in args.targets.split(",")}
-    for target, rows in table.items():
-        for load_name, r in rows.items():
-            extra = f", {r['rows_per_s']:,.0f} rows/s" if "rows_per_s" in r else ""
-            print(
-                f"{target:>13} {load_name:>13}: {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-                f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}{extra}",
-                flush=True,
-            )
-    header = (
-        f"\n## Serving · {datetime.now(UTC).date()}\n\n"
-        f"Machine: the 2-vCPU development machine ({platform.machine()}), client and server sharing it; "
-        f"{args.seconds:.0f} s per load after a 1 s warm-up. Same model (MLP [64, 32] on the default data's "
-        "features) in every target.\n\n"
-        "| target | load | requests/s | p50 (ms) | p99 (ms) | rows/s | errors |\n|---|---|---:|---:|---:|---:|---:|\n"
-    )
-    lines = []
-    for target, rows in table.items():
-        for load_name, r in rows.items():
-            rows_s = r.get("rows_per_s", r["rps"])
-            lines.append(
-                f"| {target} | {load_name} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{rows_s:,.0f} | {r['errors']} |\n"
-            )
-    verdict = ""
-    if {"baseline", "kserve-plain", "kfops"} <= set(table):
-        ours, plain, base = (table[t]["batch-1 x 32"] for t in ("kfops", "kserve-plain", "baseline"))
-        big = table["kfops"]["256-row x 4"]["rows_per_s"] / table["baseline"]["batch-1 x 32"]["rps"]
-        verdict = (
-            f"\nAt 32 clients: {ours['rps'] / plain['rps']:.1f}x kserve-plain (goal 2x), "
-            f"{ours['rps'] / base['rps']:.2f}x the baseline (goal 1x), p99 {ours['p99_ms']:.1f} ms vs "
-            f"{base['p99_ms']:.1f} ms; 256-row requests: {big:.0f}x the baseline's rows/s (goal 50x).\n"
-        )
-    text = header + "".join(lines) + verdict
+    if "wrk" in args.clients:
+        harness.require_wrk()
+    pinning = harness.Pinning.default()
+    pinning = harness.Pinning(pinning.client_cpus, pinning.server_cpus, args.threads)
+    before = harness.MachineLoad.sample()
+    with tempfile.TemporaryDirectory(prefix="kfops-bench-serving-") as tmp:
+        results = run(args, Path(tmp), pinning)
+    text = report(results, args, pinning, before, harness.MachineLoad.sample())
     print(text)
     if not args.no_write:
-        with RESULTS.open("a", encoding="utf-8") as fh:
-            fh.write(text)
+        harness.append_results(text)
 
 
 if __name__ == "__main__":
