@@ -1,4 +1,4 @@
-"""Drift at scale: the monitor stage's streaming statistics against Evidently's DataDriftPreset on the same data.
+"""Drift at scale: the monitor stage against Evidently's DataDriftPreset on the same data, in rounds (harness.py).
 
 Data: a reference and a current window of ``--rows`` rows x 20 numeric features (normal, lognormal, gamma and
 rounded columns), with known shifts on 6 features (mean shifts of 0.12-0.3 sd, scale x1.3, a mixture change),
@@ -6,17 +6,21 @@ written to Parquet; and a ``--stream-rows`` current window (10 million by defaul
 by chunk. Each measurement runs in its own process, which reports the wall time of the drift computation and
 the process's peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, data included):
 
-- ``kfops``: ``kfops.components.monitor.logic.monitor`` (no HTML), both sides streamed from the Parquet files;
-- ``kfops + HTML``: the same with Evidently's HTML report on a 20,000-row sample of each side (import included);
+- ``kfops + HTML``: ``kfops.components.monitor.logic.monitor`` as ``kfops monitor`` runs it by default: both
+  sides streamed from the Parquet files, the statistics, and Evidently's HTML report on a 20,000-row sample of
+  each side (Evidently's import included, as a fresh ``kfops monitor`` pays it);
+- ``kfops``: the same with ``html=False`` (``kfops monitor --no-html``): the statistics only;
 - ``Evidently``: ``Report([DataDriftPreset()]).run(current, reference)`` on the two tables read into pandas
-  (reading and import not timed). If it does not finish within ``--evidently-timeout`` seconds it is measured on
-  ``--fallback-rows`` rows instead and the 1M time extrapolated linearly, labelled so;
-- ``kfops, 10M streamed``: the ``--stream-rows`` window against the same reference.
+  (reading and import not in its drift time; in its process time);
+- once, after the rounds: ``kfops, 10M streamed``: the ``--stream-rows`` window against the same reference.
 
-Goals: kfops at least 20x faster than Evidently with the same per-feature decisions, under 1 GB; the 10M window
-under 2 GB. A dated section is appended to RESULTS.md (``--no-append`` to skip).
+The three targets run in ``--rounds`` interleaved rounds (order rotated), each process pinned to the same CPUs
+with the same thread settings; ratios are Evidently's time over kfops', per round, median with min-max, for the
+drift time and for the whole process (imports and reading included). Goals: the default path (with HTML) at
+least 20x faster than Evidently with the same per-feature decisions, under 1 GB; the 10M window under 2 GB. A
+dated section is appended to RESULTS.md (``--no-append`` to skip).
 
-    python benchmarks/bench_drift.py [--rows 1000000] [--stream-rows 10000000]
+    python benchmarks/bench_drift.py [--rows 1000000] [--stream-rows 10000000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_drift
+    from benchmarks import harness
+
+TARGETS = ("kfops-html", "kfops", "evidently")
 FEATURES = 20
 # Feature -> (kind of column, shift in the current window). Unlisted features keep their distribution.
 SHIFTS = {
@@ -130,15 +137,19 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def _run(args: list[str], timeout: float | None = None) -> dict | None:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+def _run(args: list[str], pinning: harness.Pinning, timeout: float | None = None) -> dict:
+    env = {**os.environ, **harness.thread_env(pinning.threads)}
     started = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=timeout, env=env
+            pinning.server([sys.executable, "-c", CHILD, *args]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
-    except subprocess.TimeoutExpired:
-        return None
+    except subprocess.TimeoutExpired as err:
+        raise SystemExit(f"{args[0]} did not finish in {timeout:.0f} s (--evidently-timeout, or fewer --rows)") from err
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise SystemExit(f"{args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -156,149 +167,131 @@ def _generate(path: Path, rows: int, seed: int, shift: bool) -> float:
     return time.perf_counter() - started
 
 
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _same(ours: dict, theirs: dict) -> tuple[bool, list[str]]:
-    differ = [name for name in theirs if ours[name]["drift"] != theirs[name]["drift"]]
-    return not differ, differ
+def _decisions(result: dict) -> dict[str, bool]:
+    return {name: f["drift"] for name, f in result["features"].items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--stream-rows", type=int, default=10_000_000)
-    parser.add_argument("--evidently-timeout", type=float, default=300.0)
-    parser.add_argument("--fallback-rows", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
+    parser.add_argument("--evidently-timeout", type=float, default=900.0)
     parser.add_argument("--workdir", help="where the Parquet files go (default: a temporary folder)")
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--note", default="", help="a sentence for the RESULTS.md section (what changed)")
     args = parser.parse_args()
 
-    load_before = _uptime()
+    cpus = sorted(os.sched_getaffinity(0))
+    # No client here: every target gets all the CPUs and as many math threads.
+    pinning = harness.Pinning("", ",".join(map(str, cpus)), len(cpus))
+    before = harness.MachineLoad.sample()
+    runs: dict[str, list[dict]] = {target: [] for target in TARGETS}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         reference, current, stream = root / "reference.parquet", root / "current.parquet", root / "stream.parquet"
         generated = _generate(reference, args.rows, 1, False)
         generated += _generate(current, args.rows, 2, True)
         print(f"generated 2 x {args.rows:,} rows in {generated:.1f} s", flush=True)
-
-        ours = _run(["kfops", str(reference), str(current), str(root / "out")])
-        print(f"kfops: {ours['seconds']:.2f} s, {ours['peak_rss_mb']:.0f} MB", flush=True)
-        html = _run(["kfops-html", str(reference), str(current), str(root / "out-html")])
-        print(f"kfops + HTML: {html['seconds']:.2f} s, {html['peak_rss_mb']:.0f} MB", flush=True)
-
-        evidently = _run(["evidently", str(reference), str(current), "-", str(args.rows)], args.evidently_timeout)
-        extrapolated = False
-        small = None
-        if evidently is None:
-            print(f"Evidently did not finish {args.rows:,} rows in {args.evidently_timeout:.0f} s", flush=True)
-            evidently = _run(["evidently", str(reference), str(current), "-", str(args.fallback_rows)])
-            extrapolated = True
-            # Like for like: kfops on the same first rows Evidently read.
-            heads = [_head(path, args.fallback_rows, root / f"head-{path.name}") for path in (reference, current)]
-            small = _run(["kfops", str(heads[0]), str(heads[1]), str(root / "out-small")])
-        print(f"Evidently: {evidently['seconds']:.1f} s on {evidently['rows'][0]:,} rows", flush=True)
-
+        for number, order in harness.rounds(TARGETS, args.rounds):
+            for target in order:
+                if target == "evidently":
+                    command = ["evidently", str(reference), str(current), "-", str(args.rows)]
+                    result = _run(command, pinning, args.evidently_timeout)
+                else:
+                    result = _run([target, str(reference), str(current), str(root / f"out-{target}")], pinning)
+                runs[target].append(result)
+                print(
+                    f"round {number + 1} {target:>10}: drift {result['seconds']:7.2f} s, process "
+                    f"{result['process_seconds']:7.2f} s, {result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
         t = time.perf_counter()
         _generate(stream, args.stream_rows, 3, True)
         print(f"generated {args.stream_rows:,} rows in {time.perf_counter() - t:.1f} s", flush=True)
-        streamed = _run(["kfops", str(reference), str(stream), str(root / "out-stream")])
-        print(f"kfops 10M: {streamed['seconds']:.1f} s, {streamed['peak_rss_mb']:.0f} MB", flush=True)
-        load_after = _uptime()
-
-    if extrapolated:  # the same decisions are checked at the size Evidently could do
-        same, differ = _same(small["features"], evidently["features"])
-        evidently_seconds = evidently["seconds"] * args.rows / args.fallback_rows
-    else:
-        same, differ = _same(ours["features"], evidently["features"])
-        evidently_seconds = evidently["seconds"]
-    speedup = evidently_seconds / ours["seconds"]
-    drifted = sorted(name for name, f in ours["features"].items() if f["drift"])
-    widest = max((f["bounds"][1] - f["bounds"][0]) for f in ours["features"].values() if f.get("bounds") is not None)
-    report = {
-        "rows": args.rows,
-        "stream_rows": args.stream_rows,
-        "kfops": ours,
-        "kfops_html": html,
-        "evidently": evidently,
-        "evidently_extrapolated": extrapolated,
-        "kfops_stream": streamed,
-        "speedup": speedup,
-        "same_decisions": same,
-        "differ": differ,
-        "drifted": drifted,
-        "expected_drifted": sorted(SHIFTS),
-        "widest_wasserstein_bound": widest,
-        "load": [load_before, load_after],
-        "note": args.note,
-    }
-    print(
-        json.dumps({k: v for k, v in report.items() if k not in ("kfops", "kfops_html", "evidently", "kfops_stream")})
-    )
+        streamed = _run(["kfops", str(reference), str(stream), str(root / "out-stream")], pinning)
+        print(f"kfops {args.stream_rows:,}: {streamed['seconds']:.1f} s, {streamed['peak_rss_mb']:.0f} MB", flush=True)
+    after = harness.MachineLoad.sample()
+    text = report(args, runs, streamed, pinning, before, after)
+    print(text)
     if not args.no_append:
-        _append(report)
+        harness.append_results(text)
 
 
-def _head(path: Path, rows: int, target: Path) -> Path:
-    """The first ``rows`` rows of a Parquet file, as another Parquet file."""
-    import pyarrow.parquet as pq
-
-    pq.write_table(pq.read_table(path).slice(0, rows), target)
-    return target
-
-
-def _append(report: dict) -> None:
-    ours, html, ev, streamed = report["kfops"], report["kfops_html"], report["evidently"], report["kfops_stream"]
-    ev_label = "Evidently 0.7.23 DataDriftPreset"
-    ev_time = f"{ev['seconds']:.1f}"
-    if report["evidently_extrapolated"]:
-        ev_label += f" (measured on {ev['rows'][0]:,} rows; time extrapolated linearly to {report['rows']:,})"
-        ev_time = f"{report['rows'] / ev['rows'][0] * ev['seconds']:.0f} (extrapolated)"
-    rows = report["rows"]
+def report(args, runs: dict[str, list[dict]], streamed: dict, pinning, before, after) -> str:
+    rows = args.rows
+    theirs = _decisions(runs["evidently"][0])
+    # Decisions must agree in every round, between every path.
+    disagreements = sorted(
+        {
+            f"{target} round {i + 1}: {name}"
+            for target in TARGETS
+            for i, result in enumerate(runs[target])
+            for name, drift in _decisions(result).items()
+            if drift != theirs[name]
+        }
+    )
+    drifted = sorted(name for name, drift in _decisions(runs["kfops"][0]).items() if drift)
+    widest = max(
+        (f["bounds"][1] - f["bounds"][0]) for f in runs["kfops"][0]["features"].values() if f.get("bounds") is not None
+    )
+    label = {
+        "kfops-html": "kfops monitor, default (statistics + Evidently HTML on a 20,000-row sample; import included)",
+        "kfops": "kfops monitor --no-html (statistics only, streamed from Parquet)",
+        "evidently": "Evidently 0.7.23 DataDriftPreset (tables in memory; drift time excludes import and reading)",
+    }
+    spread = {
+        target: {
+            key: harness.Spread.of([r[key] for r in runs[target]])
+            for key in ("seconds", "process_seconds", "peak_rss_mb")
+        }
+        for target in TARGETS
+    }
     lines = [
-        f"## Drift at scale · {datetime.now(UTC).date().isoformat()}",
         "",
-        f"Machine: the 2-vCPU development machine ({platform.machine()}), shared with other work: `uptime` before "
-        f"`{report['load'][0].split('load average:')[-1].strip()}`, after "
-        f"`{report['load'][1].split('load average:')[-1].strip()}` (load averages). Python "
-        f"{platform.python_version()}. Data: {rows:,} reference and {rows:,} current rows x {FEATURES} numeric "
-        f"features in Parquet, known shifts on {len(SHIFTS)}: "
-        + "; ".join(f"{k} {v}" for k, v in SHIFTS.items())
-        + ". Each line is its own process; memory is its peak RSS (ru_maxrss), data included. "
-        "Goal: >= 20x faster than Evidently with the same decisions, < 1 GB; 10M rows streamed < 2 GB.",
+        f"## Drift at scale · {time.strftime('%Y-%m-%d', time.gmtime())}",
         "",
-        "| implementation | rows (ref / current) | drift time (s) | peak memory (MB) |",
+        harness.provenance(
+            None,
+            before,
+            after,
+            f"Every process pinned to CPUs {pinning.server_cpus} (`taskset`) with {pinning.threads} math threads. "
+            f"Data: {rows:,} reference and {rows:,} current rows x {FEATURES} numeric features in Parquet, known "
+            f"shifts on {len(SHIFTS)}: " + "; ".join(f"{k} {v}" for k, v in SHIFTS.items()) + f". {args.rounds} "
+            "rounds, the three targets in each, order rotated; each its own process. Memory: the process's peak "
+            "RSS (ru_maxrss), data included. Figures: median over rounds (min-max).",
+        ),
+        "",
+        "| implementation | drift time (s) | process wall time (s) | peak memory (MB) |",
         "|---|---:|---:|---:|",
-        f"| kfops monitor (streamed from Parquet, no HTML) | {rows:,} / {rows:,} | {ours['seconds']:.2f} | "
-        f"{ours['peak_rss_mb']:.0f} |",
-        f"| kfops monitor + Evidently HTML on a 20,000-row sample (Evidently import included) | {rows:,} / {rows:,} "
-        f"| {html['seconds']:.1f} | {html['peak_rss_mb']:.0f} |",
-        f"| {ev_label} (tables in memory; reading and import not timed) | {ev['rows'][0]:,} / {ev['rows'][1]:,} | "
-        f"{ev_time} | {ev['peak_rss_mb']:.0f} |",
-        f"| kfops monitor, current streamed from Parquet | {rows:,} / {report['stream_rows']:,} | "
-        f"{streamed['seconds']:.1f} | {streamed['peak_rss_mb']:.0f} |",
+        *(
+            f"| {label[t]} | {spread[t]['seconds'].text(2)} | {spread[t]['process_seconds'].text(1)} | "
+            f"{spread[t]['peak_rss_mb'].text(0)} |"
+            for t in TARGETS
+        ),
+        f"| kfops monitor --no-html, {args.stream_rows:,} current rows streamed (once, after the rounds) | "
+        f"{streamed['seconds']:.1f} | {streamed['process_seconds']:.1f} | {streamed['peak_rss_mb']:.0f} |",
         "",
-        f"Speed-up {report['speedup']:.0f}x. Per-feature decisions "
-        + ("identical to Evidently's" if report["same_decisions"] else f"DIFFER on {', '.join(report['differ'])}")
-        + f" (Wasserstein, threshold 0.1, on all {FEATURES}); drifted: {', '.join(report['drifted'])} "
-        + (
-            "(exactly the shifted features)"
-            if report["drifted"] == report["expected_drifted"]
-            else f"(shifted: {', '.join(report['expected_drifted'])})"
-        )
-        + f". Widest stated Wasserstein bound (high - low, normed): {report['widest_wasserstein_bound']:.2e}.",
+        "Speed-up, Evidently's time over kfops', per round (median, min-max); goal >= 20x on the default path:",
         "",
     ]
-    if report["note"]:
-        lines[1:1] = ["", report["note"]]
-    with open(RESULTS, "a", encoding="utf-8") as fh:
-        fh.write("\n" + "\n".join(lines))
-    print(f"appended to {RESULTS}")
+    for target in ("kfops-html", "kfops"):
+        for key, what in (("seconds", "drift time"), ("process_seconds", "process wall time")):
+            ratio = harness.Spread.of(
+                harness.per_round_ratios([r[key] for r in runs["evidently"]], [r[key] for r in runs[target]])
+            )
+            lines.append(f"- {label[target].split(' (')[0]}, {what}: {ratio.text(1)}x")
+    lines += [
+        "",
+        "Per-feature decisions "
+        + ("identical to Evidently's in every round" if not disagreements else "DIFFER: " + ", ".join(disagreements))
+        + f" (Wasserstein, threshold 0.1, on all {FEATURES}); drifted: {', '.join(drifted)} "
+        + ("(exactly the shifted features)" if drifted == sorted(SHIFTS) else f"(shifted: {', '.join(sorted(SHIFTS))})")
+        + f". Widest stated Wasserstein bound (high - low, normed): {widest:.2e}.",
+    ]
+    if args.note:
+        lines += ["", args.note]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
