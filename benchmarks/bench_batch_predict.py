@@ -8,7 +8,11 @@ sqlite MLflow store) on the same 1M generated rows; each side runs in a fresh pr
 (model, data and output included) and its wall time from the model load on are its own. Rows/s is over that wall
 time; "scoring" is the time after the model is loaded. The two sides' predictions are compared row for row.
 
-    python benchmarks/bench_batch_predict.py [--rows 1000000] [--no-write]
+The sides run in ``--rounds`` rounds (order rotated, harness.py), each pinned to the same CPUs with the same
+thread settings; every figure is the median over the rounds with min-max, and each ratio the median of the
+per-round ratios. Never the best run.
+
+    python benchmarks/bench_batch_predict.py [--rows 1000000] [--rounds 5] [--no-write]
 """
 
 from __future__ import annotations
@@ -16,16 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_batch_predict
+    from benchmarks import harness
+
 MODEL = "bench-batch"
+SIDES = ("kfops", "baseline")
+LABELS = {
+    "kfops": "kfops predict, direct (shards of 250,000 rows, 65,536-row chunks)",
+    "baseline": "naive: pyfunc.load_model().predict(read_parquet()) + to_parquet",
+}
 
 CHILD = r"""
 import json, os, sys, time
@@ -62,10 +74,6 @@ peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
 result = {"seconds": ended - started, "scoring": ended - scoring, "rows": rows, "files": files, "peak_mb": peak_mb}
 print(json.dumps(result))
 """
-
-
-def load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def prepare(root: Path, rows: int) -> tuple[str, str]:
@@ -111,10 +119,15 @@ def prepare(root: Path, rows: int) -> tuple[str, str]:
     return uri, str(data)
 
 
-def run_side(side: str, data: str, out: str, uri: str) -> dict:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+def run_side(side: str, data: str, out: str, uri: str, pinning: harness.Pinning) -> dict:
+    env = {**os.environ, **harness.thread_env(pinning.threads), "MLFLOW_TRACKING_URI": uri}
+    shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, side, data, out, MODEL], capture_output=True, text=True, env=env, check=False
+        pinning.server([sys.executable, "-c", CHILD, side, data, out, MODEL]),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if done.returncode != 0:
         raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
@@ -137,48 +150,71 @@ def same_predictions(kfops_out: str, baseline_out: str) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    load_before = load_average()
+    cpus = sorted(os.sched_getaffinity(0))
+    # No client here: both sides get all the CPUs and as many math threads.
+    pinning = harness.Pinning("", ",".join(map(str, cpus)), len(cpus))
+    before = harness.MachineLoad.sample()
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="kfops-bench-batch-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
         uri, data = prepare(root, args.rows)
         print(f"prepared model and {args.rows:,} rows in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        ours = run_side("kfops", data, str(root / "kfops-out"), uri)
-        naive = run_side("baseline", data, str(root / "baseline-out"), uri)
+        for number, order in harness.rounds(SIDES, args.rounds):
+            for side in order:
+                result = run_side(side, data, str(root / f"{side}-out"), uri, pinning)
+                assert result["rows"] == args.rows, result
+                runs[side].append(result)
+                print(
+                    f"round {number + 1} {side:>8}: {result['seconds']:.1f} s, {result['peak_mb']:.0f} MB", flush=True
+                )
         differ, max_diff = same_predictions(str(root / "kfops-out"), str(root / "baseline-out"))
-    load_after = load_average()
-    assert ours["rows"] == naive["rows"] == args.rows, (ours, naive)
-    header = (
-        f"\n## Batch prediction · {datetime.now(UTC).date()}\n\n"
-        f"Machine: the 2-vCPU development machine ({platform.machine()}), shared with other work: load average "
-        f"(1, 5, 15 min) {load_before} before, {load_after} after. Python {platform.python_version()}. "
-        f"{args.rows:,} generated transactions in one Parquet file (one row group); MLP [64, 32] on the default "
-        "data's 12 features, registered as champion in a sqlite MLflow store. Each side in a fresh process: wall "
-        "time from the model load (import included) to the output written; rows/s over that time; peak RSS of "
-        "the process.\n\n"
-        "| path | wall (s) | rows/s | scoring after load (s) | scoring rows/s | peak memory (MB) | files |\n"
-        "|---|---:|---:|---:|---:|---:|---:|\n"
-    )
-    table = "".join(
-        f"| {name} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | {r['scoring']:.1f} | "
-        f"{r['rows'] / r['scoring']:,.0f} | {r['peak_mb']:,.0f} | {r['files']} |\n"
-        for name, r in (
-            ("kfops predict, direct (shards of 250,000 rows, 65,536-row chunks)", ours),
-            ("naive: pyfunc.load_model().predict(read_parquet()) + to_parquet", naive),
-        )
-    )
-    verdict = (
-        f"\nkfops: {naive['seconds'] / ours['seconds']:.2f}x the naive path's overall speed, "
-        f"{naive['scoring'] / ours['scoring']:.2f}x after the model load, at "
-        f"{ours['peak_mb'] / naive['peak_mb']:.2f}x its peak memory. Predictions: {differ} label(s) differ, "
-        f"largest probability difference {max_diff:.1e}.\n"
-    )
-    print(header + table + verdict)
+    after = harness.MachineLoad.sample()
+    text = report(args, runs, differ, max_diff, pinning, before, after)
+    print(text)
     if not args.no_write:
-        with RESULTS.open("a", encoding="utf-8") as fh:
-            fh.write(header + table + verdict)
+        harness.append_results(text)
+
+
+def report(args, runs: dict[str, list[dict]], differ: int, max_diff: float, pinning, before, after) -> str:
+    def spread(side: str, figure) -> harness.Spread:
+        return harness.Spread.of([figure(r) for r in runs[side]])
+
+    def ratio(numerator: str, denominator: str, figure) -> str:
+        values = harness.per_round_ratios([figure(r) for r in runs[numerator]], [figure(r) for r in runs[denominator]])
+        return harness.Spread.of(values).text(2) + "x"
+
+    wall, scoring, peak = (lambda r: r["seconds"]), (lambda r: r["scoring"]), (lambda r: r["peak_mb"])
+    rate, scoring_rate = (lambda r: r["rows"] / r["seconds"]), (lambda r: r["rows"] / r["scoring"])
+    table = "".join(
+        f"| {LABELS[side]} | {spread(side, wall).text(1)} | {spread(side, rate).text(0)} | "
+        f"{spread(side, scoring).text(1)} | {spread(side, scoring_rate).text(0)} | {spread(side, peak).text(0)} | "
+        f"{runs[side][0]['files']} |\n"
+        for side in SIDES
+    )
+    return (
+        f"\n## Batch prediction · {time.strftime('%Y-%m-%d', time.gmtime())}\n\n"
+        + harness.provenance(
+            None,
+            before,
+            after,
+            f"Both sides pinned to CPUs {pinning.server_cpus} (`taskset`) with {pinning.threads} math threads. "
+            f"{args.rows:,} generated transactions in one Parquet file (one row group); MLP [64, 32] on the default "
+            "data's 12 features, registered as champion in a sqlite MLflow store. Each side in a fresh process: "
+            "wall time from the model load (import included) to the output written; rows/s over that time; peak "
+            f"RSS of the process. {args.rounds} rounds, order rotated; median over rounds (min-max).",
+        )
+        + "\n\n| path | wall (s) | rows/s | scoring after load (s) | scoring rows/s | peak memory (MB) | files |\n"
+        "|---|---:|---:|---:|---:|---:|---:|\n"
+        + table
+        + f"\nkfops over the naive path, per round (median, min-max): overall speed "
+        f"{ratio('baseline', 'kfops', wall)}, after the model load {ratio('baseline', 'kfops', scoring)}, "
+        f"peak memory {ratio('kfops', 'baseline', peak)}. "
+        f"Predictions (last round): {differ} label(s) differ, largest probability difference {max_diff:.1e}.\n"
+    )
 
 
 if __name__ == "__main__":
