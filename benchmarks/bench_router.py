@@ -10,38 +10,36 @@ model), and two routers in front of them (``python -m kfops.serving route``):
   shadow-off router with the libraries in place of its own HTTP server and client (``--http-server``,
   ``--http-client``), one piece at a time and both: whether the hand-written pieces still earn their place.
 
-Batch-1 V1 requests from 1 and 8 concurrent clients (one aiohttp client process, bench_serving's way). Targets
-are measured in interleaved rounds (every target once per round, the order rotating) and each target's
-latencies pooled over the rounds, so that a change in the machine's load hits all of them alike; a router's added
-p50 is also taken round by round (its p50 minus direct's in the same round): the median and range of those.
+Batch-1 V1 requests from 1 and 8 connections, from ``wrk`` and from our Python client (harness.py: each client
+pinned apart from the servers, every server pinned to the same CPUs with the same thread count). Targets are
+measured in interleaved rounds (every target once per round, the order rotated); each figure is the median over
+the rounds with min-max, and each comparison (shadow on / off, a router's added p50 over direct) is taken round
+by round: the median and range of those. Beside each shadow target's latency: the share of its requests
+mirrored (``router_shadow_requests_total``: ``sent`` over sent plus every outcome that means not sent, such as
+``dropped``), read from the router's /metrics around each measurement.
 
-    python benchmarks/bench_router.py [--seconds 3] [--rounds 5]
+    python benchmarks/bench_router.py [--seconds 3] [--rounds 5] [--clients wrk,python] [--targets default|all]
 
-Goals (issue "Serving", part 3): the router adds under 1.5 ms at p50; with shadow on, the caller's p99 within
-10% of shadow off.
+Goals (issue 20, part 3): with shadow on, callers' p99 within 10% of shadow off at 1 and at 8 clients, and at 1
+client at least 95% of requests mirrored; the router adds under 1.5 ms at p50.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import platform
 import re
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 try:
-    from bench_serving import RESULTS, free_port, post_loop, train_model_dir, wait_ready
+    import harness
+    from bench_serving import train_model_dir
 except ImportError:  # python -m benchmarks.bench_router
-    from benchmarks.bench_serving import RESULTS, free_port, post_loop, train_model_dir, wait_ready
+    from benchmarks import harness
+    from benchmarks.bench_serving import train_model_dir
 from kfops.serving.router_cli import lower_priority
 
 MODEL_NAME = "fraud"
@@ -56,7 +54,10 @@ LIBRARIES, LIB_SERVER, LIB_CLIENT = (
     "router (shadow off, uvicorn + own client)",
     "router (shadow off, own server + aiohttp)",
 )
-TARGETS = (DIRECT, OFF, ON, ON_IDLE, LIBRARIES, LIB_SERVER, LIB_CLIENT)
+TARGETS = (DIRECT, OFF, ON, ON_IDLE)
+ALL_TARGETS = (*TARGETS, LIBRARIES, LIB_SERVER, LIB_CLIENT)
+SHADOWS = (ON, ON_IDLE)
+MIRROR_RESULTS = {"sent", "completed", "failed"}  # every other outcome is a shadow copy not sent
 # router target: (mode, split, the challenger it shadows to, --http-server, --http-client)
 ROUTERS = {
     OFF: ("canary", 0, "challenger", "own", "own"),
@@ -68,43 +69,23 @@ ROUTERS = {
 }
 
 
-def _spawn(command: list[str], log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "w")  # noqa: SIM115 - the process owns it
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def start_predictor(model_dir: Path, port: int, variant: str, work: Path, idle: bool = False) -> subprocess.Popen:
+def predictor(model_dir: Path, port: int, variant: str, work: Path, threads: int) -> harness.Server:
     command = [sys.executable, "-m", "kfops.serving", "--model", str(model_dir), "--name", MODEL_NAME]
+    command += ["--torch-threads", str(threads)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--variant", variant, "--log-level", "WARNING"]
-    proc = _spawn(command, work / f"{variant}-{port}.log")
-    if idle:  # what `kfops serve --challenger --mode shadow` does to its challenger child
-        print(f"idle-priority challenger: {lower_priority(proc.pid)}", flush=True)
-    return proc
+    return harness.Server(f"{variant}-{port}", command, work / f"{variant}-{port}.log", cwd=work)
 
 
-def start_router(
+def router(
     stable: str, challenger: str, port: int, work: Path, mode: str, split: int, server: str, client: str
-) -> subprocess.Popen:
+) -> harness.Server:
     command = [sys.executable, "-m", "kfops.serving", "route", "--stable", stable, "--challenger", challenger]
     command += ["--name", MODEL_NAME, "--mode", mode, "--split", str(split), "--port", str(port)]
     command += ["--http-server", server, "--http-client", client, "--log-level", "WARNING"]
-    return _spawn(command, work / f"router-{port}.log")
+    return harness.Server(f"router-{port}", command, work / f"router-{port}.log", cwd=work)
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc; the shadow calls a router makes after
-    a measurement are in the next one's, which ``_shadow_idle`` keeps near zero)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _shadow_idle(router_base: str, timeout: float = 10.0) -> None:
+def shadow_idle(router_base: str, timeout: float = 10.0) -> None:
     """Wait until the shadow router has no shadow call in flight (so it does not load the next measurement)."""
     import urllib.request
 
@@ -116,182 +97,169 @@ def _shadow_idle(router_base: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _metric(base: str, name: str, labels: str) -> float:
+def shadow_outcomes(base: str) -> dict[str, float]:
+    """``router_shadow_requests_total`` by outcome, from the router's /metrics."""
     import urllib.request
 
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
         text = response.read().decode()
-    match = re.search(rf"^{re.escape(name)}{{{re.escape(labels)}}} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    found = re.findall(r'^router_shadow_requests_total\{outcome="([^"]+)"\} (\S+)$', text, re.MULTILINE)
+    return {outcome: float(value) for outcome, value in found}
 
 
-def run(seconds: float, rounds: int, work: Path) -> dict:
+def mirrored_share(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Of the shadow copies decided between two readings, the share sent (None when there were none)."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+    sent = delta.get("sent", 0.0)
+    not_sent = sum(v for k, v in delta.items() if k not in MIRROR_RESULTS)
+    return sent / (sent + not_sent) if sent + not_sent else None
+
+
+def run(args: argparse.Namespace, work: Path, pinning: harness.Pinning) -> dict:
+    targets = list(ALL_TARGETS if args.targets == "all" else TARGETS)
+    routers = {name: ROUTERS[name] for name in targets if name in ROUTERS}
     model_dir, raw, _ = train_model_dir(work)
-    payloads = [json.dumps({"instances": [row]}).encode() for row in raw]
-    ports = {name: free_port() for name in ("stable", "challenger", "idle challenger", *ROUTERS)}
+    bodies = harness.BodyFile([json.dumps({"instances": [row]}).encode() for row in raw], work / "bodies")
+    ports = {name: harness.free_port() for name in ("stable", "challenger", "idle challenger", *routers)}
     base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    procs = [
-        start_predictor(model_dir, ports["stable"], "stable", work),
-        start_predictor(model_dir, ports["challenger"], "challenger", work),
-        start_predictor(model_dir, ports["idle challenger"], "challenger", work, idle=True),
-    ]
-    pids = {DIRECT: procs[0].pid}  # whose CPU time a target's requests cost: the predictor's, or the router's
-    for name, (mode, split, challenger, server, client) in ROUTERS.items():
-        procs.append(start_router(base["stable"], base[challenger], ports[name], work, mode, split, server, client))
-        pids[name] = procs[-1].pid
+    predictors = {
+        "stable": predictor(model_dir, ports["stable"], "stable", work, pinning.threads),
+        "challenger": predictor(model_dir, ports["challenger"], "challenger", work, pinning.threads),
+    }
+    if ON_IDLE in routers:
+        predictors["idle challenger"] = predictor(
+            model_dir, ports["idle challenger"], "challenger", work, pinning.threads
+        )
+    servers = dict(predictors)
+    for name, (mode, split, challenger, server, client) in routers.items():
+        servers[name] = router(base["stable"], base[challenger], ports[name], work, mode, split, server, client)
+    results: dict = {"targets": targets, "measured": {}, "mirrored": {}}
     try:
-        for name in ("stable", "challenger", "idle challenger"):
-            asyncio.run(wait_ready(f"{base[name]}/v2/models/{MODEL_NAME}/ready"))
-        for name in ROUTERS:
-            asyncio.run(wait_ready(f"{base[name]}/v2/health/ready"))
+        for server in servers.values():
+            server.start(pinning)
+        if "idle challenger" in predictors:  # what `kfops serve --challenger --mode shadow` does to its challenger
+            print(f"idle-priority challenger: {lower_priority(predictors['idle challenger'].process.pid)}", flush=True)
+        for name in predictors:
+            servers[name].wait_ready(f"{base[name]}/v2/models/{MODEL_NAME}/ready")
+        for name in routers:
+            servers[name].wait_ready(f"{base[name]}/v2/health/ready")
         urls = {DIRECT: f"{base['stable']}/v1/models/{MODEL_NAME}:predict"}
-        urls |= {name: f"{base[name]}/v1/models/{MODEL_NAME}:predict" for name in ROUTERS}
-        results: dict = {}
-        order = list(TARGETS)
+        urls |= {name: f"{base[name]}/v1/models/{MODEL_NAME}:predict" for name in routers}
+        for target in targets:  # warm, and every target must answer
+            warm = harness.python_load(urls[target], bodies, 8, 1.0, pinning)
+            if warm.errors:
+                raise RuntimeError(f"{target} answered {warm.errors} errors")
 
         def idle() -> None:
-            for name in (ON, ON_IDLE):
-                _shadow_idle(base[name])
+            for name in SHADOWS:
+                if name in routers:
+                    shadow_idle(base[name])
 
-        for clients in (1, 8):
-            pooled = {target: [] for target in order}
-            round_p50 = {target: [] for target in order}
-            round_p99 = {target: [] for target in order}
-            round_cpu = {target: [] for target in order}
-            errors = dict.fromkeys(order, 0)
-            for round_number in range(rounds):
-                shift = round_number % len(order)
-                for target in order[shift:] + order[:shift]:
-                    asyncio.run(post_loop(urls[target], payloads, clients, 0.5))  # warm-up
-                    idle()
-                    cpu_before = _cpu_seconds(pids[target])
-                    latencies, failed, _ = asyncio.run(post_loop(urls[target], payloads, clients, seconds))
-                    round_cpu[target].append((_cpu_seconds(pids[target]) - cpu_before) / max(1, len(latencies)))
-                    pooled[target] += latencies
-                    round_p50[target].append(_quantile(latencies, 0.5))
-                    round_p99[target].append(_quantile(latencies, 0.99))
-                    errors[target] += failed
-                    idle()
-            for target in order:
-                values = pooled[target]
-                results[(target, clients)] = {
-                    "requests": len(values),
-                    "rps": len(values) / (seconds * rounds),
-                    "p50_ms": 1000 * _quantile(values, 0.5),
-                    "p99_ms": 1000 * _quantile(values, 0.99),
-                    # The median of the rounds' p99s: one burst from another user of the machine inflates one
-                    # round of one target, which moves the pooled p99 but not this.
-                    "p99_rounds_ms": 1000 * statistics.median(round_p99[target]),
-                    "cpu_us": 1e6 * statistics.median(round_cpu[target]),
-                    # Round by round, this target's p50 minus direct's (measured in the same round).
-                    "added_p50_rounds_ms": [
-                        1000 * (mine - theirs)
-                        for mine, theirs in zip(round_p50[target], round_p50[DIRECT], strict=True)
-                    ],
-                    "errors": errors[target],
-                }
-        results["shadow"] = {
-            name: {
-                outcome: _metric(base[name], "router_shadow_requests_total", f'outcome="{outcome}"')
-                for outcome in ("sent", "completed", "failed", "dropped")
-            }
-            for name in (ON, ON_IDLE)
-        }
-        return results
+        for number, order in harness.rounds(targets, args.rounds):
+            for client in args.clients.split(","):
+                for connections in (1, 8):
+                    for target in order:
+                        idle()
+                        counts = shadow_outcomes(base[target]) if target in SHADOWS else None
+                        m = harness.CLIENTS[client](urls[target], bodies, connections, args.seconds, pinning)
+                        key = (client, connections, target)
+                        results["measured"].setdefault(key, []).append(m)
+                        share = None
+                        if counts is not None:
+                            idle()
+                            share = mirrored_share(counts, shadow_outcomes(base[target]))
+                            results["mirrored"].setdefault(key, []).append(share)
+                        print(
+                            f"round {number + 1} {client:>6} x{connections} {target:>45}: {m.rps:7,.0f} req/s p50 "
+                            f"{m.p50_ms:5.2f} ms p99 {m.p99_ms:6.2f} ms errors {m.errors}"
+                            + ("" if share is None else f" mirrored {100 * share:.1f}%"),
+                            flush=True,
+                        )
+        for name, server in servers.items():
+            if server.process is not None and server.process.poll() is not None:
+                raise RuntimeError(f"{name} exited during the run:\n{server.tail()}")
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=30)
+        for server in servers.values():
+            server.stop()
+    return results
 
 
-def report(results: dict, seconds: float, rounds: int, load_before: tuple, load_after: tuple, command: str) -> str:
+def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, before, after) -> str:
+    measured, targets = results["measured"], results["targets"]
     lines = [
-        f"\n## Router · {datetime.now(UTC).date()}\n\n"
-        f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}.\n\n"
-        f"Machine: the {os.cpu_count()}-vCPU development machine ({platform.machine()}, shared with other users): "
-        f"the client, three predictors and {len(ROUTERS)} routers all on it; 1-minute load average "
-        f"{load_before[0]:.2f} before the run, {load_after[0]:.2f} after it (the benchmark's own processes "
-        "included). Batch-1 V1 requests; "
-        f"{rounds} interleaved rounds of {seconds:.0f} s per target, 0.5 s warm-up each; p50 and p99 over the "
-        "pooled latencies, `p99 rounds`: the median of the rounds' p99s (robust to a burst from another user). "
-        "`router (shadow off)` is `route --mode canary --split 0` (every request to stable: the pure routing "
-        "cost); `router (shadow on)` is `route --mode shadow --split 100` (every request also to a challenger "
-        "predictor, on the same 2 CPUs); `idle-priority challenger`: the same with the challenger under Linux's "
-        "SCHED_IDLE policy, as `kfops serve --challenger --mode shadow` runs it; `uvicorn`, `aiohttp`: the shadow-off "
-        "router with `--http-server uvicorn` and/or `--http-client aiohttp` in place of its own pieces. `added p50 "
-        "rounds`: the target's p50 minus direct's in the same round, median (min to max) over the rounds. `CPU/req`: "
-        "CPU time of the serving process (direct: the predictor; otherwise the router alone) per request, from "
-        "/proc, median over the rounds.\n\n"
-        "| clients | target | requests/s | p50 (ms) | p99 (ms) | p99 rounds (ms) | added p50 (ms) | "
-        "added p50 rounds (ms) | added p99 (ms) | CPU/req (µs) | errors |\n"
-        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|\n"
+        f"\n## Router · {time.strftime('%Y-%m-%d', time.gmtime())}\n",
+        harness.provenance(
+            pinning,
+            before,
+            after,
+            f"The client, {3 if ON_IDLE in targets else 2} predictors and {len(targets) - 1} routers share the "
+            f"machine. Batch-1 V1 requests; {args.rounds} rounds, every target, client and connection count in "
+            f"each, the order rotated; {args.seconds:.0f} s per measurement (the Python client first warms for "
+            "1 s). Figures: median over rounds (min-max).",
+        ),
+        "",
+        "What each target is: `direct`: the stable predictor, no router. `router (shadow off)`: `route --mode "
+        "canary --split 0` (every request to stable: the pure routing cost). `router (shadow on)`: `route --mode "
+        "shadow --split 100` (every request also sent to a challenger predictor after the caller has its answer, "
+        "shed past 64 in flight). `idle-priority challenger`: the same with the challenger under Linux's "
+        "SCHED_IDLE policy, as `kfops serve --challenger --mode shadow` runs it.",
+        "",
+        "| client | connections | target | req/s | p50 ms | p99 ms | mirrored | errors |",
+        "|---|---:|---|---|---|---|---|---:|",
     ]
-    verdicts = []
-    for clients in (1, 8):
-        direct = results[(DIRECT, clients)]
-        for target in TARGETS:
-            r = results[(target, clients)]
-            added = (
-                ("", "", "")
-                if target == DIRECT
-                else (
-                    f"{r['p50_ms'] - direct['p50_ms']:+.2f}",
-                    _spread(r["added_p50_rounds_ms"]),
-                    f"{r['p99_ms'] - direct['p99_ms']:+.2f}",
+    for (client, connections, target), runs in measured.items():
+        shares = results["mirrored"].get((client, connections, target))
+        mirrored = ""
+        if shares and all(v is not None for v in shares):
+            mirrored = harness.Spread.of([100 * v for v in shares]).text(1, "%")
+        lines.append(
+            f"| {client} | {connections} | {target} | {harness.Spread.of([m.rps for m in runs]).text(0)} | "
+            f"{harness.Spread.of([m.p50_ms for m in runs]).text(2)} | "
+            f"{harness.Spread.of([m.p99_ms for m in runs]).text(2)} | {mirrored} | {sum(m.errors for m in runs)} |"
+        )
+    lines += ["", "Per round, then median (min-max); goals in brackets:", ""]
+    for client in args.clients.split(","):
+        for connections in (1, 8):
+
+            def runs(target: str, key: str) -> list[float]:
+                return [getattr(m, key) for m in measured[(client, connections, target)]]  # noqa: B023
+
+            added = harness.Spread.of([a - b for a, b in zip(runs(OFF, "p50_ms"), runs(DIRECT, "p50_ms"), strict=True)])
+            lines.append(f"- {client}, {connections} connection(s): the router adds {added.text(2)} ms at p50 [< 1.5]")
+            for shadow in (name for name in SHADOWS if name in targets):
+                ratio = harness.Spread.of(harness.per_round_ratios(runs(shadow, "p99_ms"), runs(OFF, "p99_ms")))
+                share = results["mirrored"][(client, connections, shadow)]
+                share_text = harness.Spread.of([100 * v for v in share if v is not None]).text(1, "%")
+                goal = " [>= 95%]" if connections == 1 else ""
+                lines.append(
+                    f"- {client}, {connections} connection(s), {shadow}: callers' p99 shadow on / off "
+                    f"{ratio.text(2)}x [<= 1.10]; mirrored {share_text}{goal}"
                 )
-            )
-            lines.append(
-                f"| {clients} | {target} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{r['p99_rounds_ms']:.2f} | {added[0]} | {added[1]} | {added[2]} | {r['cpu_us']:.0f} | "
-                f"{r['errors']} |\n"
-            )
-        off, on, idle = (results[(t, clients)] for t in (OFF, ON, ON_IDLE))
-        ratios = "; ".join(
-            f"{label} {x['p99_ms'] / off['p99_ms']:.2f}x pooled, {x['p99_rounds_ms'] / off['p99_rounds_ms']:.2f}x "
-            "by rounds"
-            for label, x in (("challenger at normal priority", on), ("idle-priority challenger", idle))
-        )
-        verdicts.append(
-            f"{clients} client(s): the router adds {off['p50_ms'] - direct['p50_ms']:.2f} ms at p50 (goal < 1.5) "
-            f"and {off['p99_ms'] - direct['p99_ms']:.2f} ms at p99. Caller's p99, shadow on / off (goal <= 1.10): "
-            f"{ratios}."
-        )
-        verdicts.append(
-            f"{clients} client(s), added p50 by rounds (goal < 1.5 ms): "
-            + "; ".join(
-                f"{name.removeprefix('router ')} {_spread(results[(name, clients)]['added_p50_rounds_ms'])}"
-                for name in (OFF, LIBRARIES, LIB_SERVER, LIB_CLIENT)
-            )
-            + "."
-        )
-    for name, shadow in results["shadow"].items():
-        verdicts.append(
-            f"Shadow calls of `{name}`: {shadow['sent']:,.0f} sent, {shadow['completed']:,.0f} compared, "
-            f"{shadow['failed']:,.0f} failed, {shadow['dropped']:,.0f} dropped (more than 64 in flight)."
-        )
-    return "".join(lines) + "\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"
-
-
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):+.2f} ({min(values):+.2f} to {max(values):+.2f})"
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
+    parser.add_argument("--clients", default="wrk,python", help="load generators, comma-separated: wrk, python")
+    parser.add_argument(
+        "--targets", choices=("default", "all"), default="default", help="all: also the library variants"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads in every predictor")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = run(args.seconds, args.rounds, Path(tmp))
-    command = "python benchmarks/bench_router.py " + " ".join(sys.argv[1:])
-    text = report(results, args.seconds, args.rounds, load_before, os.getloadavg(), command.strip())
+    if "wrk" in args.clients:
+        harness.require_wrk()
+    default = harness.Pinning.default()
+    pinning = harness.Pinning(default.client_cpus, default.server_cpus, args.threads)
+    before = harness.MachineLoad.sample()
+    with tempfile.TemporaryDirectory(prefix="kfops-bench-router-") as tmp:
+        results = run(args, Path(tmp), pinning)
+    text = report(results, args, pinning, before, harness.MachineLoad.sample())
     print(text)
     if not args.no_write:
-        with RESULTS.open("a", encoding="utf-8") as fh:
-            fh.write(text)
+        harness.append_results(text)
 
 
 if __name__ == "__main__":
