@@ -2,6 +2,7 @@
 # The system tools the tests use, installed the same way by .ci/run and .github/workflows/ci.yaml:
 # - Debian's prometheus (with promtool) and prometheus-pushgateway: alert rules, canary analysis, drift pushes;
 # - redis-server: the feature store's cluster layout;
+# - wrk: the benchmark harness's C load generator (tests/test_bench_harness.py drives it);
 # - checkov in its own virtualenv (it pins boto3/packaging versions that clash with the suite): manifest scan;
 # - kubectl with kustomize v5 to render the overlays. This machine image and GitHub's Ubuntu runners ship one;
 #   Debian's kubernetes-client (1.20, kustomize v2) cannot render them, so it is checked, not installed.
@@ -14,6 +15,7 @@ command -v prometheus >/dev/null || packages+=(prometheus)
 command -v promtool >/dev/null || packages+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || packages+=(prometheus-pushgateway)
 command -v redis-server >/dev/null || packages+=(redis-server)
+command -v wrk >/dev/null || packages+=(wrk)
 if [ "${#packages[@]}" -gt 0 ]; then
   as_root=""; [ "$(id -u)" -eq 0 ] || as_root="sudo"
   $as_root apt-get update -qq
@@ -25,7 +27,7 @@ fi
 make checkov-venv
 
 missing=()
-for tool in prometheus promtool prometheus-pushgateway redis-server kubectl; do
+for tool in prometheus promtool prometheus-pushgateway redis-server wrk kubectl; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -x .venv-checkov/bin/checkov ] || missing+=(".venv-checkov/bin/checkov")
@@ -37,4 +39,4 @@ if ! kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; the
   echo "install-tools: kubectl has no kustomize v5 (the overlays need it): $(kubectl version --client 2>&1 | tr '\n' ' ')" >&2
   exit 1
 fi
-echo "install-tools: prometheus, promtool, prometheus-pushgateway, redis-server, checkov and kubectl (kustomize v5) ready"
+echo "install-tools: prometheus, promtool, prometheus-pushgateway, redis-server, wrk, checkov and kubectl (kustomize v5) ready"

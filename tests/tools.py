@@ -26,6 +26,7 @@ INSTALL = {
     "redis-server": f"{APT} redis-server",
     "kubectl": "kubectl 1.27 or newer (kustomize v5 inside): https://kubernetes.io/docs/tasks/tools/",
     "checkov": "make checkov-venv",
+    "wrk": f"{APT} wrk",
 }
 KUSTOMIZE_MAJOR = 5
 
