@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 # bench-house compares serving and the router with this revision (the code before the house refactor)
 BEFORE ?= dd17115
 
-.PHONY: setup lock schemas-refresh run test lint format compile check-compiled bench bench-house bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features clean
+.PHONY: setup lock schemas-refresh run test lint format compile check-compiled bench bench-house bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features require-wrk clean
 
 setup: $(STAMP)
 
@@ -74,13 +74,17 @@ clean:
 bench-validate: setup
 	$(BIN)/python benchmarks/bench_validate.py
 
-bench-serving: setup
+# The serving and router benchmarks drive load with wrk (benchmarks/harness.py) as well as their Python client.
+require-wrk:
+	@command -v wrk >/dev/null || { echo "wrk is not installed (benchmarks/harness.py drives load with it): apt-get install -y --no-install-recommends wrk" >&2; exit 1; }
+
+bench-serving: setup require-wrk
 	$(BIN)/python benchmarks/bench_serving.py
 
 bench-batch: setup
 	$(BIN)/python benchmarks/bench_batch_predict.py
 
-bench-router: setup
+bench-router: setup require-wrk
 	$(BIN)/python benchmarks/bench_router.py
 
 bench-drift: setup
