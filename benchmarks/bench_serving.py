@@ -14,6 +14,7 @@ CPU(s) with the same torch/OpenMP thread count (``harness.Pinning``):
   others); its Prometheus metrics on, no payload log.
 - ``kfops``: ``python -m kfops.serving`` (raw rows validated against the feature spec, the transform, the dynamic
   batcher, Prometheus metrics, payload logging as JSONL to a local folder).
+- ``kfops-nolog``: the same without ``--payload-log``: not a headline, the measured cost of the payload log;
 - ``kfops-w2``: the same with ``--workers 2``, when the server has that option (the harness gives it the same
   CPUs as every target, so on a 2-CPU machine it measures the cost of a second process, not scaling).
 
@@ -56,6 +57,7 @@ WHAT = {
     "kserve-plain": "raw rows through a plain kserve.Model: pandas frame, the model's transform; no logging",
     "mlserver": "MLServer 1.7 + mlserver-mlflow, V2 pandas content type, pyfunc predict; metrics, no payload log",
     "kfops": "raw rows validated against the feature spec, transform, dynamic batcher, metrics, JSONL payload log",
+    "kfops-nolog": "kfops without --payload-log (everything else the same): what the payload log costs",
     "kfops-w2": "kfops with --workers 2 (same CPUs as the others)",
 }
 
@@ -225,10 +227,11 @@ def servers(targets: list[str], model_dir: Path, work: Path) -> dict[str, tuple[
         base = f"http://127.0.0.1:{port}"
         ready, predict = f"{base}/v2/models/{MODEL_NAME}/ready", f"{base}/v1/models/{MODEL_NAME}:predict"
         env: dict[str, str] = {}
-        if target in ("kfops", "kfops-w2"):
+        if target.startswith("kfops"):
             command = [sys.executable, "-m", "kfops.serving", "--model", str(model_dir), "--name", MODEL_NAME]
             command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
-            command += ["--torch-threads", "{threads}", "--payload-log", str(work / f"payloads-{target}")]
+            command += ["--torch-threads", "{threads}"]
+            command += [] if target == "kfops-nolog" else ["--payload-log", str(work / f"payloads-{target}")]
             command += ["--workers", "2"] if target == "kfops-w2" else []
         elif target == "mlserver":
             sys.path.insert(0, str(REPO))
@@ -378,6 +381,14 @@ def verdicts(results: dict, clients: list[str]) -> list[str]:
             )
             against = "its batch-1 rows/s" if other == "baseline" else "256-row requests"
             out.append(f"{client}, {big} rows/s vs {other} ({against}): {ratio.text()}x [>= {goal:g}x]")
+        if "kfops-nolog" in targets:
+            for load in LOADS:
+                cost = harness.Spread.of(
+                    harness.per_round_ratios(
+                        rows_per_s(results, client, load, "kfops"), rows_per_s(results, client, load, "kfops-nolog")
+                    )
+                )
+                out.append(f"{client}, {load}: with the payload log / without, rows/s {cost.text()}x")
         if "kfops-w2" in targets:
             for load in LOADS:
                 scale = harness.Spread.of(
@@ -422,7 +433,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--targets", default="baseline,kserve-plain,mlserver,kfops,kfops-w2")
+    parser.add_argument("--targets", default="baseline,kserve-plain,mlserver,kfops,kfops-nolog,kfops-w2")
     parser.add_argument("--clients", default="wrk,python", help="load generators, comma-separated: wrk, python")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads in every target")
     parser.add_argument("--no-write", action="store_true")
