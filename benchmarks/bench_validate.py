@@ -2,24 +2,30 @@
 (``kfops.components.validate.logic.run_suite``: Great Expectations 1.x on pandas), against the same ten checks
 written in plain pandas. Goal: under 3 s and 1.5 GB peak memory.
 
-Each side runs in a fresh process that builds the data, then validates it; the figures are the validation's
-wall time (best of --repeats) and the process's peak resident memory (data included). GX's import time is
-reported apart: a pipeline step pays it once per run.
+Each side runs in a fresh process that builds the data, then validates it --repeats times; its figures are the
+median validation wall time and the process's peak resident memory (data included). The two sides run in
+--rounds rounds (order rotated, pinned alike: harness.py); each figure is the median over the rounds with min-max,
+the ratio the median of the per-round ratios. GX's import time is reported apart: a pipeline step pays it once
+per run.
 
-    python benchmarks/bench_validate.py [--rows 1000000]
+    python benchmarks/bench_validate.py [--rows 1000000] [--rounds 5] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import subprocess
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
+import time
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_validate
+    from benchmarks import harness
+
+SIDES = ("gx", "pandas")
 
 SUITE = {
     "name": "bench",
@@ -92,16 +98,18 @@ for _ in range(repeats):
         ok, _ = plain(frame)
     times.append(time.perf_counter() - started)
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"best": min(times), "times": times, "peak_mb": peak_mb, "import": import_seconds, "ok": ok}))
+median = sorted(times)[len(times) // 2]
+print(json.dumps({"median": median, "times": times, "peak_mb": peak_mb, "import": import_seconds, "ok": ok}))
 '''
 
 
-def run_side(side: str, rows: int, repeats: int) -> dict:
+def run_side(side: str, rows: int, repeats: int, pinning: harness.Pinning) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(rows), side, str(repeats), json.dumps(SUITE)],
+        pinning.server([sys.executable, "-c", CHILD, str(rows), side, str(repeats), json.dumps(SUITE)]),
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **harness.thread_env(pinning.threads)},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -109,33 +117,52 @@ def run_side(side: str, rows: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    gx = run_side("gx", args.rows, args.repeats)
-    plain = run_side("pandas", args.rows, args.repeats)
-    assert gx["ok"] and plain["ok"], "the generated data should pass every check"
-    header = (
-        f"\n## Validation · {datetime.now(UTC).date()}\n\n"
-        f"Machine: the 2-vCPU development machine ({platform.machine()}), Python "
-        f"{platform.python_version()}. {args.rows:,} rows x 20 columns (15 numeric, 5 text), 10 "
-        "expectations (values between x3, not null x3, in set x2, mean between x2); best of "
-        f"{args.repeats}, peak RSS of the process including the data. Goal: under 3 s and 1.5 GB.\n\n"
-        "| implementation | validation (s) | peak memory (MB) | import (s) |\n|---|---:|---:|---:|\n"
+    cpus = sorted(os.sched_getaffinity(0))
+    pinning = harness.Pinning("", ",".join(map(str, cpus)), len(cpus))  # no client: all CPUs to each side
+    before = harness.MachineLoad.sample()
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for number, order in harness.rounds(SIDES, args.rounds):
+        for side in order:
+            result = run_side(side, args.rows, args.repeats, pinning)
+            assert result["ok"], f"{side}: the generated data should pass every check"
+            runs[side].append(result)
+            print(f"round {number + 1} {side:>6}: {result['median']:.2f} s, {result['peak_mb']:.0f} MB", flush=True)
+    after = harness.MachineLoad.sample()
+
+    def spread(side: str, key: str) -> harness.Spread:
+        return harness.Spread.of([r[key] for r in runs[side]])
+
+    ratio = harness.Spread.of(
+        harness.per_round_ratios([r["median"] for r in runs["gx"]], [r["median"] for r in runs["pandas"]])
     )
-    table = (
-        f"| kfops validate (Great Expectations {gx_version()}) | {gx['best']:.2f} | {gx['peak_mb']:.0f} | "
-        f"{gx['import']:.1f} |\n"
-        f"| plain pandas, same checks | {plain['best']:.2f} | {plain['peak_mb']:.0f} | - |\n"
+    gx_seconds, gx_peak = spread("gx", "median").median, spread("gx", "peak_mb").median
+    text = (
+        f"\n## Validation · {time.strftime('%Y-%m-%d', time.gmtime())}\n\n"
+        + harness.provenance(
+            None,
+            before,
+            after,
+            f"Both sides pinned to CPUs {pinning.server_cpus} with {pinning.threads} math threads. {args.rows:,} rows "
+            "x 20 columns (15 numeric, 5 text), 10 expectations (values between x3, not null x3, in set x2, mean "
+            f"between x2); per process the median of {args.repeats} validations; {args.rounds} rounds, order "
+            "rotated; median over rounds (min-max). Peak RSS of the process, data included. Goal: under 3 s and "
+            "1.5 GB.",
+        )
+        + "\n\n| implementation | validation (s) | peak memory (MB) | import (s) |\n|---|---:|---:|---:|\n"
+        f"| kfops validate (Great Expectations {gx_version()}) | {spread('gx', 'median').text(2)} | "
+        f"{spread('gx', 'peak_mb').text(0)} | {spread('gx', 'import').text(1)} |\n"
+        f"| plain pandas, same checks | {spread('pandas', 'median').text(2)} | "
+        f"{spread('pandas', 'peak_mb').text(0)} | - |\n"
+        f"\nGX takes {ratio.text(1)}x the plain-pandas time (per round); "
+        f"{'meets' if gx_seconds < 3 and gx_peak < 1536 else 'misses'} the goal at the medians.\n"
     )
-    verdict = (
-        f"\nGX takes {gx['best'] / plain['best']:.1f}x the plain-pandas time; "
-        f"{'meets' if gx['best'] < 3 and gx['peak_mb'] < 1536 else 'misses'} the goal.\n"
-    )
-    print(header + table + verdict)
+    print(text)
     if not args.no_write:
-        with RESULTS.open("a", encoding="utf-8") as fh:
-            fh.write(header + table + verdict)
+        harness.append_results(text)
 
 
 def gx_version() -> str:
