@@ -2,14 +2,15 @@
 
 Every stage that talks to MLflow (train, evaluate, gate, register, sweep, the TrainJob and Katib steps) and serving
 call ``set_tracking`` first. It refuses to fall back to MLflow's default (``./mlflow.db`` in the working directory),
-which would scatter runs over whatever folder a step happened to start in.
+which would scatter runs over whatever folder a step happened to start in. It also applies the suite's one retry
+policy (``retry.configure``: bounded, logged and counted retries for MLflow's REST client and boto3).
 """
 
 from __future__ import annotations
 
 import os
 
-from kfops.components import storage
+from kfops.components import retry, storage
 from kfops.components.contracts import KfopsError
 
 
@@ -20,6 +21,7 @@ def set_tracking(tracking_uri: str = "") -> str:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise KfopsError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass mlflow_tracking_uri")
+    retry.configure()
     mlflow.set_tracking_uri(uri)
     return uri
 

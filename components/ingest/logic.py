@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfops.components import roles, tables
+from kfops.components import retry, roles, tables
 from kfops.components.contracts import (
     MAX_CLASSES,
     TASK_BINARY,
@@ -245,6 +245,7 @@ def resolve_schema(
     )
 
 
+@retry.pipeline_step  # S3 reads and writes ride out a short outage (components/retry.py)
 def version_data(
     data_uri: str,
     store: str,
