@@ -93,6 +93,10 @@ class ErrorCounter:
             if scope["path"].endswith(":predict") and getattr(predictor, "ready", False):
                 await _fast_v1(predictor, scope, body, counting_send)
             else:
+                problem = _binary_v2_problem(scope, body) if scope["path"].endswith("/infer") else None
+                if problem is not None:
+                    await _answer(counting_send, 400, {"error": problem})
+                    return
                 v2_scope = _json_unless_binary(scope) if scope["path"].endswith("/infer") else scope
                 await self.app(v2_scope, _replay(body, receive), counting_send)
         finally:
@@ -116,6 +120,21 @@ def _json_unless_binary(scope):
             return scope
     kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
     return {**scope, "headers": [*kept, *_JSON_HEADERS]}
+
+
+def _binary_v2_problem(scope, body: bytes) -> str | None:
+    """What is wrong with a V2 body in the binary tensor extension (None when nothing is, or it is JSON): KServe's
+    decoder answers a malformed one with a 500 (protocol.check_v2_binary)."""
+    from kfops.serving.protocol import BadBody, check_v2_binary
+
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"inference-header-content-length":
+            try:
+                check_v2_binary(body, value.decode("latin-1"))
+            except BadBody as err:
+                return str(err)
+            return None
+    return None
 
 
 def _replay(body: bytes, receive):
@@ -282,9 +301,27 @@ def grpc_server(app, host: str, port: int):
 
     server = aio.server(interceptors=(ExceptionToStatusInterceptor(),))
     servicer = InferenceServicer(app.state.dataplane, app.state.model_repository_extension)
+    servicer.ModelInfer = _checked_model_infer(servicer.ModelInfer)
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"{host}:{port}")
     return server
+
+
+def _checked_model_infer(model_infer):
+    """KServe's ModelInfer with each request checked first (protocol.check_v2_grpc): a bad datatype is an
+    INVALID_ARGUMENT naming the input, where KServe's decoder says only "invalid content type"."""
+    from kserve.errors import InvalidInput
+
+    from kfops.serving.protocol import BadBody, check_v2_grpc
+
+    async def checked(request, context):
+        try:
+            check_v2_grpc(request)
+        except BadBody as err:
+            raise InvalidInput(str(err)) from None
+        return await model_infer(request, context)
+
+    return checked
 
 
 async def _load_then_ready(predictor, server) -> None:
