@@ -34,6 +34,9 @@ from kfops.serving.asgi import TOO_LARGE, read_body
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# The serving process's GIL switch interval. The payload writer and the scoring thread run Python beside the event
+# loop; at CPython's default 5 ms a request ready on the loop could wait that long behind them for the GIL.
+SWITCH_INTERVAL_SECONDS = 0.001
 _MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
 
 
@@ -44,7 +47,8 @@ def _is_scoring(scope) -> bool:
 
 class ErrorCounter:
     """Pure ASGI middleware: counts error answers of model endpoints by model and status code, and the scoring
-    requests in flight per model (the dynamic batcher waits for rows only while some are on their way); serves
+    requests on their way to each model's batcher (``predictor.arrivals``: it waits for rows only while some are
+    coming); serves
     V1 predict of a ready TabularPredictor on the fast path (see the module doc)."""
 
     def __init__(self, app, models, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
@@ -66,7 +70,7 @@ class ErrorCounter:
         predictor = self.models.get_model(name)
         model = name if predictor is not None else "unknown"
 
-        scoring = predictor is not None and hasattr(predictor, "requests_in_flight") and _is_scoring(scope)
+        scoring = predictor is not None and hasattr(predictor, "arrivals") and _is_scoring(scope)
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
@@ -80,8 +84,7 @@ class ErrorCounter:
         if not scoring:
             await self.app(scope, receive, counting_send)
             return
-        predictor.requests_in_flight += 1
-        try:
+        with predictor.arrivals.arriving():
             # A scoring body is read here, bounded, so an oversized one is a 400 before anything parses it.
             body = await read_body(scope, receive, self.max_body_bytes)
             if body is None:
@@ -99,8 +102,6 @@ class ErrorCounter:
                     return
                 v2_scope = _json_unless_binary(scope) if scope["path"].endswith("/infer") else scope
                 await self.app(v2_scope, _replay(body, receive), counting_send)
-        finally:
-            predictor.requests_in_flight -= 1
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -350,7 +351,11 @@ def serve(
 ) -> int:
     """Serve ``predictor`` on host:port (REST) and, with ``grpc_port``, V2 gRPC on host:grpc_port, until
     SIGTERM/SIGINT; load it in the background. Returns an exit code."""
+    import sys
+
     import uvicorn
+
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
     app = build_app(predictor, max_body_bytes=max_body_bytes, outcomes_sink=outcomes_sink)
     config = uvicorn.Config(

@@ -4,12 +4,17 @@ Each request puts its rows (validated columns, or a DataFrame) on a queue and aw
 consumer task merges queued requests into a batch of at most ``max_batch_rows`` rows: it takes what is waiting;
 while the model is busy with the previous batch it keeps collecting until the model is free (that wait costs
 nothing, the rows could not run earlier); when the model is idle it waits at most ``max_wait_ms`` after the batch's
-first request for more, and only while more requests are in the server than in the batch (``in_flight``, counted by
-the app's middleware from the moment a request arrives): a lone client's request runs at once. Without that count
+first request for more, and only while requests are on their way to it (``in_flight``: requests that have arrived
+in the server and not yet reached the batcher, counted by the app's middleware through ``Arrivals``): a lone
+client's request, or a batch whose only company is requests already answered, runs at once. Without that count
 (``in_flight`` None) it always waits up to ``max_wait_ms``. The batch runs in a single worker thread
 (``run_in_executor`` on a one-thread pool), so the event loop keeps accepting and parsing requests while the
 model computes; torch (and OpenMP, for trees) uses ``torch_threads`` threads (default ``serving_threads()``: half
 the CPU limit, at least 1). Each caller's future gets exactly its own rows back, in order.
+
+Why requests already answered must not count: at 32 clients the requests of a finished batch are still in the
+server while their answers are written, and counting them made an idle batcher wait its full ``max_wait_ms`` for
+rows that were not coming (benchmarks/bench_serving_change.py measures such a change against the code before it).
 
 A failing batch fails only its own callers, with ``kserve.errors.InferenceError`` (a 500 with a message); the
 consumer goes on with the next batch. A request larger than ``max_batch_rows`` runs as a batch of its own.
@@ -19,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +58,46 @@ class _Item:
         if isinstance(self.frame, dict):
             return len(next(iter(self.frame.values()), ()))
         return len(self.frame)
+
+
+class Arrivals:
+    """Requests on their way to a batcher: counted from their arrival in the server (``arriving()``, around the
+    whole request) until they reach the batcher (``DynamicBatcher.submit``) or end without reaching it (a 400, a
+    client gone). Calling it gives the count, what ``DynamicBatcher(in_flight=...)`` takes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        ticket = _Ticket(self)
+        token = _ARRIVING.set(ticket)
+        try:
+            yield
+        finally:
+            _ARRIVING.reset(token)
+            ticket.reached()
+
+
+class _Ticket:
+    __slots__ = ("arrivals",)
+
+    def __init__(self, arrivals: Arrivals) -> None:
+        self.arrivals: Arrivals | None = arrivals
+        arrivals.count += 1
+
+    def reached(self) -> None:
+        """Idempotent: the request no longer counts as on its way."""
+        if self.arrivals is not None:
+            self.arrivals.count -= 1
+            self.arrivals = None
+
+
+# The request being served in this task (and the tasks it starts): set by Arrivals.arriving, read by submit().
+_ARRIVING: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar("kfops_batcher_arriving", default=None)
 
 
 def _merge(parts: list) -> pd.DataFrame | dict[str, list]:
@@ -140,6 +186,9 @@ class DynamicBatcher:
         """Score ``frame``'s rows in some merged batch; return exactly its rows and timings. A DataFrame gets a
         DataFrame back (index 0..n-1); a dict of equal-length columns gets a dict of result columns (lists), and
         the batch is merged and split without a frame per request."""
+        ticket = _ARRIVING.get()
+        if ticket is not None:
+            ticket.reached()  # from here on the consumer sees the request itself
         if self._closed:
             from kserve.errors import InferenceError
 
@@ -213,7 +262,7 @@ class DynamicBatcher:
                                 continue
                         else:
                             remaining = deadline - loop.time()
-                            if remaining <= 0 or self.in_flight() <= len(batch):
+                            if remaining <= 0 or self.in_flight() <= 0:
                                 break  # out of time, or no request on its way: waiting could only add latency
                             try:
                                 item = await asyncio.wait_for(queue.get(), remaining)

@@ -28,10 +28,10 @@ REST) NaN in a float input (FP16/FP32/FP64) is the missing value, as MLServer's 
 stays a 400 (send null). Infinities are a 400 everywhere.
 
 Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop. Served
-through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests in flight
-(``requests_in_flight``) so that an idle batcher waits ``max_wait_ms`` for rows only while some are on their way;
-registered in a plain KServe ModelServer instead, it never waits and merges only what queues while the model
-is busy.
+through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests on their way
+to the batcher (``arrivals``: arrived, not yet queued) so that an idle batcher waits ``max_wait_ms`` for rows only
+while some are coming; registered in a plain KServe ModelServer instead, it never waits and merges only what
+queues while the model is busy.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from kfops.components.contracts import (
 )
 from kfops.components.model_store import LoadedModel, load_model
 from kfops.serving import metrics
-from kfops.serving.batching import BatchTimings, DynamicBatcher
+from kfops.serving.batching import Arrivals, BatchTimings, DynamicBatcher
 from kfops.serving.validation import FeatureValidator
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,9 @@ class TabularPredictor(kserve.Model):
         # Fields the training data never had: a 400 naming them (typo guard), or, with this, ignored.
         self.allow_extra_fields = allow_extra_fields
         self.validator: FeatureValidator | None = None
-        # Requests to this model's predict/infer endpoints now in the server, counted by the app's middleware
-        # (kfops.serving.app.ErrorCounter): the batcher waits for more rows only while some are on their way.
-        self.requests_in_flight = 0
+        # Requests to this model's predict/infer endpoints on their way to the batcher, counted by the app's
+        # middleware (kfops.serving.app.ErrorCounter): the batcher waits for more rows only while some are coming.
+        self.arrivals = Arrivals()
         self.batcher: DynamicBatcher | None = None
         self.ready = False
 
@@ -157,7 +157,7 @@ class TabularPredictor(kserve.Model):
             max_wait_ms=self.max_wait_ms,
             on_batch=lambda rows, requests: metrics.observe_batch(rows),
             name=self.name,
-            in_flight=lambda: self.requests_in_flight,
+            in_flight=self.arrivals,
             torch_threads=self.torch_threads,
         )
         # Series that exist from the start: PromQL's increase() cannot count a series' first sample, so a 5xx

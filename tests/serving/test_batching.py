@@ -15,7 +15,7 @@ from kserve.errors import InferenceError
 
 from kfops.serving import metrics
 from kfops.serving.app import build_app
-from kfops.serving.batching import DynamicBatcher
+from kfops.serving.batching import Arrivals, DynamicBatcher
 from kfops.serving.predictor import TabularPredictor
 
 from .helpers import v1_objects
@@ -178,15 +178,40 @@ def test_concurrent_http_callers_through_kserve_get_their_own_predictions(regist
 
 
 def test_an_idle_model_waits_for_more_rows_only_while_requests_are_on_their_way():
-    on_the_way = {"n": 1}
-    batcher = DynamicBatcher(EchoModel(pause=0.0), max_batch_rows=8, max_wait_ms=300, in_flight=lambda: on_the_way["n"])
+    arrivals = Arrivals()
+    batcher = DynamicBatcher(EchoModel(pause=0.0), max_batch_rows=8, max_wait_ms=300, in_flight=arrivals)
 
-    async def timed():
-        started = time.perf_counter()
-        await batcher.submit(rows_for("alone", 1))
-        return time.perf_counter() - started
+    async def timed(caller: str) -> float:
+        with arrivals.arriving():  # what the app's middleware does around a scoring request
+            started = time.perf_counter()
+            await batcher.submit(rows_for(caller, 1))
+            return time.perf_counter() - started
 
-    assert asyncio.run(timed()) < 0.15  # a lone request runs at once
-    on_the_way["n"] = 2  # another request is being parsed: wait for it (up to max_wait_ms)
-    assert asyncio.run(timed()) >= 0.25
+    async def answered_then_next() -> float:
+        # A request whose rows are scored but whose answer is still being written, then the next request: the
+        # first is no longer on its way, so the second runs at once (it used to wait the whole max_wait_ms).
+        with arrivals.arriving():
+            await batcher.submit(rows_for("answered", 1))
+            return await timed("next")
+
+    async def while_another_is_parsed() -> float:
+        parsing = arrivals.arriving()
+        parsing.__enter__()  # another request arrived and is being parsed: worth waiting for
+        try:
+            return await timed("waits")
+        finally:
+            parsing.__exit__(None, None, None)
+
+    assert asyncio.run(timed("alone")) < 0.15  # a lone request runs at once
+    assert asyncio.run(answered_then_next()) < 0.15
+    assert asyncio.run(while_another_is_parsed()) >= 0.25  # up to max_wait_ms
+    assert arrivals() == 0
     batcher.close()
+
+
+def test_a_request_that_never_reaches_the_batcher_stops_counting_as_on_its_way():
+    arrivals = Arrivals()
+    with pytest.raises(ValueError), arrivals.arriving():
+        assert arrivals() == 1
+        raise ValueError("a 400 before the batcher")
+    assert arrivals() == 0
