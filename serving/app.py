@@ -219,6 +219,8 @@ def build_app(
         default_response_class=ORJSONResponse,
     )
     rest = RESTServer(app, dataplane, extension, http_port=0)
+    # /metrics before KServe's own route (the first match wins): under --workers it sums every worker's metrics.
+    app.add_route("/metrics", _metrics_route, methods=["GET"])
     # What RESTServer.create_application does, on this app (its timing middleware only writes trace logs).
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)
@@ -255,6 +257,15 @@ def build_app(
     app.state.dataplane = dataplane
     app.state.model_repository_extension = extension
     return app
+
+
+async def _metrics_route(request):
+    from fastapi.responses import Response
+
+    from kfops.serving.metrics import exposition
+
+    body, content_type = exposition(request.headers.get("accept"))
+    return Response(content=body, headers={"content-type": content_type})
 
 
 def _add_outcomes_route(app, sink: str, max_body_bytes: int) -> None:
@@ -348,9 +359,11 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     timeout_keep_alive: int = 65,
     outcomes_sink: str = "",
+    sock=None,
 ) -> int:
     """Serve ``predictor`` on host:port (REST) and, with ``grpc_port``, V2 gRPC on host:grpc_port, until
-    SIGTERM/SIGINT; load it in the background. Returns an exit code."""
+    SIGTERM/SIGINT; load it in the background. Returns an exit code. ``sock``: an already listening socket to
+    serve on instead of binding host:port (a ``--workers`` worker's, shared with the others)."""
     import sys
 
     import uvicorn
@@ -382,12 +395,20 @@ def serve(
 
     async def main() -> None:
         loader = None
+        if sock is not None:
+            # A worker accepts from the shared socket only once its model is loaded: until then the workers that
+            # are ready take every connection, and none is answered 503 by one still loading.
+            await _load_then_ready(predictor, server)
+            if server.should_exit:
+                predictor.stop()
+                return
 
         async def start_loading():
             nonlocal loader
             while not server.started and not server.should_exit:
                 await asyncio.sleep(0.01)
-            loader = asyncio.ensure_future(_load_then_ready(predictor, server))
+            if not predictor.ready:
+                loader = asyncio.ensure_future(_load_then_ready(predictor, server))
 
         waiter = asyncio.ensure_future(start_loading())
         grpc = grpc_server(app, host, grpc_port) if grpc_port is not None else None
@@ -395,7 +416,7 @@ def serve(
             await grpc.start()
             log.info("V2 gRPC on %s:%d", host, grpc_port)
         try:
-            await server.serve()
+            await server.serve(sockets=[sock] if sock is not None else None)
         finally:
             if grpc is not None:
                 await grpc.stop(grace=5)

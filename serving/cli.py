@@ -31,6 +31,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, workspace: bool = Tr
         parser.add_argument(
             "--workspace", help="local workspace whose MLflow store to use when no tracking URI is set (./.kfops)"
         )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="predictor processes behind the one port, metrics summed over them on /metrics (default: "
+        "$KFOPS_SERVING_WORKERS, else 1); each process uses about one CPU, so up to the pod's CPU limit",
+    )
     parser.add_argument("--max-batch-rows", type=int, default=256, help="rows merged into one model call")
     parser.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="how long an idle model waits to fill a batch (0: never)"
@@ -132,9 +138,17 @@ def run_serve(args) -> int:
             raise KfopsError(f"serve: {flag} must be between 0 and 65535, got {number}")
 
     from kfops.serving.router_cli import run_local_router, uses_router
+    from kfops.serving.workers import default_workers, run_workers, worker_index
 
+    workers = args.workers if getattr(args, "workers", None) is not None else default_workers()
+    if workers < 1:
+        raise KfopsError(f"serve: --workers must be >= 1, got {workers}")
     if uses_router(args):  # --challenger: two child predictors behind the router
+        if workers > 1:
+            raise KfopsError("serve: --workers runs one model's predictor in several processes; not with --challenger")
         return run_local_router(args)
+    if workers > 1:  # this process supervises; the workers load the model
+        return run_workers(args, workers)
 
     from kfops.serving.app import serve
     from kfops.serving.feature_lookup import feature_lookup_from_args
@@ -145,6 +159,8 @@ def run_serve(args) -> int:
     fields, retention = policy_from_args(args)
     if (fields or retention) and not args.payload_log:
         raise KfopsError("serve: the --payload-log-* privacy flags need --payload-log")
+    if worker_index() not in (None, 0):
+        retention = None  # one worker deletes old payload logs; N doing it at once would race over the same files
     payload_logger = (
         make_payload_logger(
             args.payload_log,
@@ -178,6 +194,7 @@ def run_serve(args) -> int:
         grpc_port=args.grpc_port,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         outcomes_sink=args.payload_log or "",  # POST /v1/outcomes writes beside the payload log
+        sock=getattr(args, "listen_socket", None),  # a worker's: the supervisor's listening socket
     )
 
 

@@ -12,11 +12,17 @@ registered once per process on the default registry, merges them into KServe's o
 - ``model_request_errors_total{model,status_code}``: every 4xx/5xx answer of a model endpoint.
 - ``model_batch_size``: rows in each merged batch the model ran.
 - ``model_payload_log_dropped_total{model}``: payload-log records dropped (queue full or sink failure).
+
+Under ``--workers N`` (``workers.py``) every worker process writes its values to files in
+``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, chosen when it imports), and ``exposition``
+renders all of them through a ``MultiProcessCollector``: counters and histograms summed over the workers, whichever
+worker Prometheus' scrape reaches. Process and Python collectors are per process and left out there.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -156,6 +162,21 @@ def init_request_series(model: str, version: str) -> None:
 
 def count_error(model: str, status_code: int) -> None:
     REQUEST_ERRORS.labels(model=model, status_code=str(status_code)).inc()
+
+
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """``/metrics``' body and content type for an ``Accept`` header: the default registry (KServe's and, through the
+    bridge, ours), or under ``$PROMETHEUS_MULTIPROC_DIR`` every worker's metrics summed."""
+    from prometheus_client import exposition as prometheus_exposition
+
+    encoder, content_type = prometheus_exposition.choose_encoder(accept)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return encoder(registry), content_type
+    return encoder(REGISTRY), content_type
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
