@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 
 from kfops.components.workspace import DEFAULT_WORKSPACE, LocalWorkspace, workspace
+from kfops.pipelines import task_server
+
+# The warm interpreter tasks fork from while run_pipeline runs with one (task_server.py); None: fresh processes.
+_task_server: task_server.TaskServer | None = None
 
 # The SDK's entry points (README: "From the Python SDK"): the workspace, and running a pipeline in it.
 __all__ = ["DEFAULT_WORKSPACE", "LocalWorkspace", "configure_environment", "init_local", "run_pipeline", "workspace"]
@@ -95,16 +99,27 @@ def _accept_tasks_that_abort_after_their_outputs() -> None:
         return
 
     def run_local_subprocess(full_command, env_vars=None) -> int:
-        env = {**os.environ, **env_vars} if env_vars else None
         lines: list[str] = []
-        with subprocess.Popen(
-            full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
-        ) as process:
-            for line in iter(process.stdout.readline, ""):
-                lines.append(line)
-                print(line, end="")
+
+        def echo(line: str) -> None:
+            lines.append(line)
+            print(line, end="")
+
+        server, launch = _task_server, None
+        if server is not None and server.accepts(env_vars):
+            launch = task_server.executor_arguments(full_command)
+        if launch is not None:
+            return_code = server.run(*launch, env_vars, echo)
             print("\n")
-            return_code = process.wait()
+        else:
+            env = {**os.environ, **env_vars} if env_vars else None
+            with subprocess.Popen(
+                full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+            ) as process:
+                for line in iter(process.stdout.readline, ""):
+                    echo(line)
+                print("\n")
+                return_code = process.wait()
         output_file = finished_before_teardown_abort(return_code, lines)
         if output_file is None:
             return return_code
@@ -133,15 +148,27 @@ def init_local(ws: LocalWorkspace, enable_caching: bool = True) -> None:
     )
 
 
-def run_pipeline(pipeline_func, arguments: dict, ws: LocalWorkspace, enable_caching: bool = True):
-    """Run a pipeline through kfp.local and return its task (outputs under ``.outputs``)."""
+def run_pipeline(
+    pipeline_func,
+    arguments: dict,
+    ws: LocalWorkspace,
+    enable_caching: bool = True,
+    server: task_server.TaskServer | None = None,
+):
+    """Run a pipeline through kfp.local and return its task (outputs under ``.outputs``). With ``server``
+    (``task_server.TaskServer.start()``, which this stops at the end) tasks fork from its warm interpreter."""
     import builtins
 
+    global _task_server
     init_local(ws, enable_caching=enable_caching)
     # kfp.local indents print() while a task runs by swapping builtins.print; tasks that overlap (ParallelFor) or
     # a task that raises can leave the indenting copy installed for the rest of the process.
     print_function = builtins.print
+    _task_server = server
     try:
         return pipeline_func(**arguments)
     finally:
+        _task_server = None
         builtins.print = print_function
+        if server is not None:
+            server.stop()

@@ -146,11 +146,26 @@ def _model_name(args, arguments: dict) -> str:
 
 def cmd_run(args) -> int:
     from kfops.components.workspace import workspace
+    from kfops.pipelines import task_server
+    from kfops.pipelines.local import configure_environment
 
     console = make_console()
     ws = workspace(args.workspace)
     if args.artifact_store is None and os.environ.get("KFOPS_ARTIFACT_STORE"):
         args.artifact_store = os.environ["KFOPS_ARTIFACT_STORE"]
+    server = None
+    if task_server.enabled():
+        # Started first, so its imports overlap this process's own (kfp, the pipeline, the default data).
+        configure_environment(ws)
+        server = task_server.TaskServer.start()
+    try:
+        return _run(args, ws, console, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(args, ws, console, server) -> int:
     arguments = training_arguments(args, ws)
     console.print(f"[bold]kfops run[/] · workspace [cyan]{ws.root}[/]")
     console.print(
@@ -183,7 +198,7 @@ def cmd_run(args) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             # ...and that resource requests and display names have no effect locally.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"kfp\.")
-            task = run_pipeline(training_pipeline, arguments, ws, enable_caching=not args.no_cache)
+            task = run_pipeline(training_pipeline, arguments, ws, enable_caching=not args.no_cache, server=server)
     except RuntimeError as err:
         sys.stdout = stdout
         progress.close()

@@ -1,0 +1,341 @@
+"""Task processes forked from a warm interpreter, for kfp.local runs on this machine.
+
+kfp.local starts every task as a fresh Python process (``sh -ec ... python3 -m kfp.dsl.executor_main``). Starting
+Python and kfp's executor is cheap (about 0.1 s with ``_KFP_RUNTIME=true``); what is not is each task importing the
+same heavy libraries again: MLflow (~2 s) in six steps of the training pipeline, torch (~2-3 s) in two, Great
+Expectations (~4 s), pandas in all nine. The server imports them once, in its own process, and forks one child per
+task, the way Gunicorn's ``--preload`` or multiprocessing's forkserver do. Each task still runs in a process of its
+own, with the task's environment, arguments, output and exit status, and kfp.local still orchestrates the run: only
+the way the process is started changes. On a cluster every step is its own pod and none of this applies.
+
+Protocol (a Unix socket in a private folder): the driver sends the task's command line and environment as one JSON
+line, with its stdout/stderr pipe as an SCM_RIGHTS file descriptor; the server forks, the child runs
+``kfp.dsl.executor_main`` as ``python -m`` would, and the server answers with the child's exit status (negative:
+killed by that signal, as ``subprocess`` reports it).
+
+Safe forking: the server has no threads, forks only from its main loop between imports (never while an import holds
+the import lock), and reaps children from a SIGCHLD handler. A command that is not kfp's lightweight-component
+launcher, or a task whose environment differs from the server's in anything but the suite's own ``KFOPS_*``
+variables (an import-time setting such as ``OMP_NUM_THREADS`` is already fixed in the server), runs as a fresh
+process as before.
+``KFOPS_TASK_SERVER=0`` turns the server off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+# What the training pipeline's steps import, in the order its steps first need them (measured with
+# benchmarks/bench_local_run.py --imports). MLflow's SQLAlchemy stores (with alembic) load when a step first opens
+# the tracking store; torch._dynamo when train's optimizer first steps (torch.optim wraps its step in it).
+TRAINING_PRELOAD = (
+    "kfp.dsl.executor_main",
+    "pandas",
+    "pyarrow.parquet",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "great_expectations",
+    "torch",
+    "torch._dynamo",
+    "torch.utils.tensorboard",
+    "matplotlib",
+)
+EXECUTOR_MODULE = "kfp.dsl.executor_main"
+_MAX_MESSAGE = 1 << 24  # a task's executor input is JSON of a few kB; the component's source is embedded too
+_STARTUP_TIMEOUT_S = 30.0
+PRELOADED = "task server: preloaded every module"
+
+
+def enabled() -> bool:
+    """Whether `kfops run` forks its tasks from a warm interpreter (``KFOPS_TASK_SERVER=0`` turns it off)."""
+    return os.environ.get("KFOPS_TASK_SERVER", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def executor_arguments(full_command: Sequence[str]) -> tuple[str, list[str]] | None:
+    """(component source, executor arguments) of kfp's lightweight-component command, or None for any other
+    command (a container component, one that installs packages, a different launcher)."""
+    if len(full_command) < 4 or list(full_command[:2]) != ["sh", "-ec"]:
+        return None
+    script = full_command[2]
+    if EXECUTOR_MODULE not in script or '"$program_path/ephemeral_component.py"' not in script:
+        return None
+    if "pip install" in script or "pip" in script.split():
+        return None
+    return full_command[3], list(full_command[4:])
+
+
+def task_environment(env_vars: dict[str, str] | None) -> dict[str, str]:
+    """The environment kfp.local gives a task: this process's, with the task's own variables over it."""
+    return {**os.environ, **(env_vars or {}), "_KFP_RUNTIME": "true"}
+
+
+def forkable_environment(server_env: dict[str, str], task_env: dict[str, str]) -> bool:
+    """A task may fork from a server started under ``server_env`` when its environment differs only in the suite's
+    ``KFOPS_*`` variables (``KFOPS_IMAGE``), which are read while the task runs: anything else (``OMP_NUM_THREADS``,
+    ``PYTHONPATH``, an MLflow setting) may have been read already, at import time, in the server."""
+    differ = {name for name in server_env.keys() | task_env.keys() if server_env.get(name) != task_env.get(name)}
+    return all(name.startswith("KFOPS_") for name in differ)
+
+
+class TaskServer:
+    """The driver's handle on a running server process (``start``), which it stops with ``stop``."""
+
+    def __init__(self, process: subprocess.Popen, folder: Path, log_path: Path, environment: dict[str, str]):
+        self.process = process
+        self.environment = environment
+        self.folder = folder
+        self.socket_path = folder / "tasks.sock"
+        self.log_path = log_path
+
+    @classmethod
+    def start(cls, preload: Sequence[str] = TRAINING_PRELOAD, env: dict[str, str] | None = None) -> TaskServer:
+        """Start the server; it imports ``preload`` in the background and answers tasks between imports. ``env``
+        (default: this process's) is the environment the preloaded modules are imported under."""
+        folder = Path(tempfile.mkdtemp(prefix="kfops-tasks-"))  # 0700: only this user may connect
+        log_path = folder / "server.log"
+        # _KFP_RUNTIME as kfp's launcher sets it: kfp imports only what executors need
+        environment = {**(os.environ if env is None else env), "_KFP_RUNTIME": "true"}
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kfops.pipelines.task_server", str(folder / "tasks.sock"), *preload],
+                stdin=subprocess.PIPE,  # its lifeline: the server exits when this process closes it or dies
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                close_fds=True,
+            )
+        return cls(process, folder, log_path, environment)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def accepts(self, env_vars: dict[str, str] | None) -> bool:
+        """Whether a task with these variables of its own may fork from this server (``forkable_environment``)."""
+        return self.alive() and forkable_environment(self.environment, task_environment(env_vars))
+
+    def _connect(self) -> socket.socket:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while True:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(str(self.socket_path))
+                return conn
+            except (FileNotFoundError, ConnectionRefusedError):
+                conn.close()
+                if not self.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the task server did not start; its log: {self.log_tail()}") from None
+                time.sleep(0.02)
+
+    def run(self, source: str, arguments: list[str], env_vars: dict[str, str] | None, on_line) -> int:
+        """Run one task: ``on_line`` gets each line of its output as it comes; returns its exit status."""
+        read_end, write_end = os.pipe()
+        conn = self._connect()
+        try:
+            env = task_environment(env_vars)
+            request = {"source": source, "arguments": arguments, "env": env, "cwd": os.getcwd()}
+            payload = json.dumps(request).encode() + b"\n"
+            socket.send_fds(conn, [payload[:1]], [write_end])
+            conn.sendall(payload[1:])
+            os.close(write_end)
+            write_end = -1
+            with os.fdopen(read_end, "r", encoding="utf-8", errors="replace", newline=None) as output:
+                read_end = -1
+                for line in output:
+                    on_line(line)
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = conn.recv(64)
+                if not chunk:
+                    raise RuntimeError(f"the task server stopped while a task ran; its log: {self.log_tail()}")
+                answer += chunk
+            return int(answer)
+        finally:
+            conn.close()
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
+
+    def wait_until_preloaded(self, timeout_s: float = 60.0) -> None:
+        """Block until the server has imported its whole preload list (tests use it to know what a task finds)."""
+        deadline = time.monotonic() + timeout_s
+        while PRELOADED not in self.log_path.read_text(errors="replace"):
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the task server did not finish its preloads; its log: {self.log_tail()}")
+            time.sleep(0.02)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "".join(self.log_path.read_text(errors="replace").splitlines(True)[-lines:]).strip() or "(empty)"
+        except OSError:
+            return "(none)"
+
+    def stop(self, timeout_s: float = 0.5) -> None:
+        """Close the lifeline and wait for the server; kill it by its pid if it does not go (it holds nothing worth
+        a wait: it may be in the middle of a preload import). Stopping twice is harmless."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ---- the server process --------------------------------------------------------------------------------------
+
+
+def _run_task_in_child(request: dict, output_fd: int) -> None:
+    """In the forked child: become the task's process, run kfp's executor, and never return."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server reaps its children; a task waits for its own
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        os.close(devnull)
+        os.close(output_fd)
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        if "numpy" in sys.modules:  # a fresh process draws its own seed; the fork would share the server's
+            sys.modules["numpy"].random.seed()
+        folder = tempfile.mkdtemp()
+        module_path = os.path.join(folder, "ephemeral_component.py")
+        with open(module_path, "w", encoding="utf-8") as fh:
+            fh.write(request["source"])
+        sys.argv = [EXECUTOR_MODULE, "--component_module_path", module_path, *request["arguments"]]
+        try:
+            from kfp.dsl import executor_main
+
+            executor_main.executor_main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            if not isinstance(stop.code, (int, type(None))):
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        import atexit
+
+        atexit._run_exitfuncs()  # as at interpreter exit (MLflow flushes here); module teardown is skipped
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed stream: nothing left to lose
+                stream.flush()
+        os._exit(code)
+
+
+def _read_request(conn: socket.socket) -> tuple[dict, int]:
+    first, fds, _flags, _addr = socket.recv_fds(conn, 1, 1)
+    if len(fds) != 1 or not first:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a task request comes with exactly one output file descriptor")
+    data = bytearray(first)
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk or len(data) > _MAX_MESSAGE:
+            os.close(fds[0])
+            raise ValueError("incomplete task request")
+        data += chunk
+    return json.loads(data), fds[0]
+
+
+def serve(socket_path: str, preload: Sequence[str]) -> None:
+    """The server's main loop: import ``preload`` one module at a time, answering tasks in between, then serve
+    until the driver closes stdin."""
+    import importlib
+    import select
+    import threading
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(8)
+    waiting: dict[int, socket.socket] = {}  # child pid -> the driver's connection that waits for its status
+
+    def reap(_signum=None, _frame=None) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = waiting.pop(pid, None)
+            if conn is not None:
+                with contextlib.suppress(OSError):  # the driver went away; nobody waits for this status
+                    conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+                conn.close()
+
+    signal.signal(signal.SIGCHLD, reap)
+    lifeline = sys.stdin.fileno()
+    pending = list(preload)
+
+    while True:
+        # No blocking while modules remain to import; then wait for tasks or the end of the lifeline.
+        timeout = 0 if pending else None
+        try:
+            ready, _, _ = select.select([listener, lifeline], [], [], timeout)
+        except InterruptedError:
+            continue
+        if lifeline in ready and not os.read(lifeline, 4096):
+            listener.close()
+            os._exit(0)  # nothing to flush; tearing down torch, MLflow and GX would only cost the driver's wait
+        if listener in ready:
+            conn, _ = listener.accept()
+            try:
+                request, output_fd = _read_request(conn)
+            except (OSError, ValueError) as err:
+                print(f"task server: bad request: {err}", file=sys.stderr, flush=True)
+                conn.close()
+                continue
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # record the pid before reaping it
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+                listener.close()
+                conn.close()
+                for other in waiting.values():
+                    other.close()
+                _run_task_in_child(request, output_fd)
+            waiting[pid] = conn
+            os.close(output_fd)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+            continue
+        if pending:
+            name = pending.pop(0)
+            started = time.perf_counter()
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # a missing optional library: the tasks that need it import it themselves
+                print(f"task server: preloading {name} failed: {err!r}", file=sys.stderr, flush=True)
+            print(f"task server: {name} in {time.perf_counter() - started:.2f} s", flush=True)
+            if threading.active_count() > 1:  # forking copies no thread: whatever one holds stays held in a child
+                print(f"task server: importing {name} started threads; forks may not be safe", flush=True)
+            if not pending:
+                print(PRELOADED, flush=True)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2:])

@@ -1,0 +1,206 @@
+"""Tasks forked from the task server's warm interpreter: real kfp.local runs of small components through a real
+server process, which must behave as fresh processes do (outputs, environment, failures, signals, teardown)."""
+
+import os
+import signal
+
+import pytest
+from kfp import dsl
+
+from kfops.components.workspace import workspace
+from kfops.pipelines import task_server
+from kfops.pipelines.local import configure_environment, run_pipeline
+
+# kfp's executor and numpy: enough to show preloading without the seconds MLflow and torch take.
+PRELOAD = ("kfp.dsl.executor_main", "numpy")
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def where_am_i(tag: str) -> str:
+    import json
+    import os
+    import sys
+
+    preloaded = "numpy" in sys.modules
+    import numpy
+
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "tag": tag,
+            "image": os.environ.get("KFOPS_IMAGE", ""),
+            "numpy_preloaded": preloaded,
+            "draw": float(numpy.random.rand()),
+        }
+    )
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def fails(message: str) -> str:
+    raise ValueError(message)
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def killed() -> str:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return "never"
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def aborts_at_exit() -> str:
+    import atexit
+    import os
+    import sys
+
+    def abort() -> None:
+        sys.stderr.write("terminate called without an active exception\n")
+        sys.stderr.flush()
+        os.abort()
+
+    atexit.register(abort)
+    return "done"
+
+
+@dsl.pipeline
+def two_steps() -> str:
+    first = where_am_i(tag="first")
+    first.set_env_variable("KFOPS_IMAGE", "suite:test")
+    second = where_am_i(tag=first.output)
+    second.set_env_variable("KFOPS_IMAGE", "suite:test")
+    return second.output
+
+
+@dsl.pipeline
+def step_with_foreign_env() -> str:
+    task = where_am_i(tag="x")
+    task.set_env_variable("OMP_NUM_THREADS", "1")
+    return task.output
+
+
+@dsl.pipeline
+def one_step() -> str:
+    return where_am_i(tag="x").output
+
+
+@dsl.pipeline
+def failing(message: str) -> str:
+    return fails(message=message).output
+
+
+@dsl.pipeline
+def killed_step() -> str:
+    return killed().output
+
+
+@dsl.pipeline
+def teardown_abort() -> str:
+    return aborts_at_exit().output
+
+
+def start_server(ws) -> task_server.TaskServer:
+    configure_environment(ws)  # as `kfops run` does: the server starts under the environment its tasks get
+    server = task_server.TaskServer.start(PRELOAD)
+    server.wait_until_preloaded()  # a task that comes earlier forks between two preloads: numpy may be missing
+    return server
+
+
+def run(pipeline, tmp_path, arguments=None):
+    ws = workspace(tmp_path / "ws")
+    server = start_server(ws)
+    try:
+        return run_pipeline(pipeline, arguments or {}, ws, False, server=server), server
+    finally:
+        assert server.process.poll() is not None, "run_pipeline stops the server"
+        assert not server.folder.exists()
+
+
+def test_tasks_fork_from_the_server_with_their_outputs_and_environment(tmp_path):
+    import json
+
+    task, server = run(two_steps, tmp_path)
+    second = json.loads(task.output)
+    first = json.loads(second["tag"])
+    for info in (first, second):
+        assert info["ppid"] == server.process.pid  # forked by the server, not started by this process
+        assert info["pid"] not in (os.getpid(), server.process.pid)
+        assert info["image"] == "suite:test"  # the task's own KFOPS_* variable, set after the fork
+        assert info["numpy_preloaded"]
+    assert first["pid"] != second["pid"]
+    assert first["draw"] != second["draw"]  # each child reseeds numpy, as a fresh process would be seeded
+
+
+def test_a_task_with_other_variables_runs_as_a_fresh_process(tmp_path):
+    import json
+
+    task, server = run(step_with_foreign_env, tmp_path)
+    info = json.loads(task.output)
+    assert info["ppid"] != server.process.pid  # OMP_NUM_THREADS is read at import time: a fresh process
+    assert not info["numpy_preloaded"]
+
+
+def test_a_variable_changed_since_the_server_started_gives_a_fresh_process(tmp_path, monkeypatch):
+    import json
+
+    ws = workspace(tmp_path / "ws")
+    server = start_server(ws)
+    monkeypatch.setenv("KMP_SETTING_READ_AT_IMPORT", "changed")
+    task = run_pipeline(one_step, {}, ws, False, server=server)
+    assert json.loads(task.output)["ppid"] != server.process.pid
+
+
+def test_a_failing_task_fails_the_run_with_its_error(tmp_path, capsys):
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        run(failing, tmp_path, {"message": "column 'amount' is empty"})
+    assert "ValueError: column 'amount' is empty" in capsys.readouterr().out
+
+
+def test_a_killed_task_fails_the_run(tmp_path):
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        run(killed_step, tmp_path)
+
+
+def test_atexit_handlers_run_and_a_teardown_abort_after_the_outputs_keeps_the_step(tmp_path, capsys):
+    task, _ = run(teardown_abort, tmp_path)
+    assert task.output == "done"
+    assert "the step counts as finished" in capsys.readouterr().out
+
+
+def test_only_kfps_lightweight_launcher_is_forked():
+    launcher = [
+        "sh",
+        "-ec",
+        'program_path=$(mktemp -d)\nprintf "%s" "$0" > "$program_path/ephemeral_component.py"\n'
+        "_KFP_RUNTIME=true /venv/bin/python -m kfp.dsl.executor_main --component_module_path "
+        '"$program_path/ephemeral_component.py" "$@"\n',
+        "def f(): ...",
+        "--executor_input",
+        "{}",
+        "--function_to_execute",
+        "f",
+    ]
+    assert task_server.executor_arguments(launcher) == ("def f(): ...", launcher[4:])
+    installs = [launcher[0], launcher[1], "python3 -m pip install kfp && " + launcher[2], *launcher[3:]]
+    assert task_server.executor_arguments(installs) is None
+    assert task_server.executor_arguments(["python", "-c", "print(1)"]) is None
+    server_env = {"PATH": "/bin", "MLFLOW_TRACKING_URI": "sqlite:///a.db"}
+    assert task_server.forkable_environment(server_env, dict(server_env))
+    assert task_server.forkable_environment(server_env, {**server_env, "KFOPS_IMAGE": "x"})
+    assert not task_server.forkable_environment(server_env, {**server_env, "PYTHONPATH": "/elsewhere"})
+    assert not task_server.forkable_environment(server_env, {**server_env, "MLFLOW_TRACKING_URI": "sqlite:///b.db"})
+    assert not task_server.forkable_environment(server_env, {"PATH": "/bin"})  # a variable unset since
+
+
+def test_the_server_exits_when_its_driver_closes_the_lifeline():
+    server = task_server.TaskServer.start(("json",))
+    try:
+        assert server.alive()
+        server.process.stdin.close()
+        assert server.process.wait(timeout=10) == 0
+    finally:
+        if server.alive():
+            os.kill(server.process.pid, signal.SIGKILL)
+        server.stop()
