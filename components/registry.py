@@ -34,6 +34,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from kfops.components import retry
 from kfops.components.contracts import (
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS,
@@ -341,6 +342,7 @@ def promote(
     """
     from mlflow.exceptions import MlflowException
 
+    retry.configure()  # the CLI's promote gets the pipeline's retries too (a database restart gives 500s)
     if metric not in METRIC_NAMES:
         raise KfopsError(f"promote: unknown metric '{metric}'; known: {', '.join(METRIC_NAMES)}")
     ours_version = resolve_version(client, name, str(version))
@@ -447,6 +449,7 @@ def promote(
 # ------------------------------------------------------------------------------------------------ rollback
 def rollback(client, name: str) -> PromotionResult:
     """`champion` goes back to `previous`; the version rolled back from becomes `previous`."""
+    retry.configure()
     aliases = _aliases(_registered_model(client, name))
     champion, previous = aliases.get(ALIAS_CHAMPION, ""), aliases.get(ALIAS_PREVIOUS, "")
     if not champion:

@@ -27,6 +27,8 @@ INSTALL = {
     "kubectl": "kubectl 1.27 or newer (kustomize v5 inside): https://kubernetes.io/docs/tasks/tools/",
     "checkov": "make checkov-venv",
     "wrk": f"{APT} wrk",
+    # tests/topology: the MLflow server's database (Debian keeps the binaries in /usr/lib/postgresql/<major>/bin)
+    "initdb": f"{APT} postgresql",
 }
 KUSTOMIZE_MAJOR = 5
 
@@ -43,12 +45,16 @@ def missing(message: str):
 
 
 def find(name: str) -> str | None:
-    """Where a tool is, or None; checkov lives in its own virtualenv (``make checkov-venv``)."""
+    """Where a tool is, or None; checkov lives in its own virtualenv (``make checkov-venv``), and PostgreSQL's
+    ``initdb`` in Debian's versioned folder when it is not on PATH."""
     if name == "checkov":
         for candidate in (os.environ.get("KFOPS_CHECKOV"), str(REPO_ROOT / ".venv-checkov" / "bin" / "checkov")):
             if candidate and Path(candidate).is_file():
                 return candidate
         return None
+    if name == "initdb" and shutil.which(name) is None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        return str(found[-1]) if found else None
     return shutil.which(name)
 
 

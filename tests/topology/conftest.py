@@ -104,10 +104,8 @@ class Postgres:
 
 
 def _postgres_bin() -> Path:
-    initdb = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
-    if initdb is None:
-        require("initdb")  # skips (fails under CI) naming the install command
-    return Path(initdb).resolve().parent  # Debian links initdb into /usr/local/bin; createdb sits beside the real one
+    """PostgreSQL's bin folder (createdb and pg_ctl beside initdb); skipped (failed under CI) without it."""
+    return Path(require("initdb")).resolve().parent  # Debian links initdb into PATH; the real folder has the rest
 
 
 def manifest_server() -> tuple[list[str], dict[str, str]]:
