@@ -247,12 +247,13 @@ def main() -> None:
         "--targets", choices=("default", "all"), default="default", help="all: also the library variants"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads in every predictor")
+    parser.add_argument("--client-cpus", default="", help="CPUs for the load generator (default: the last)")
+    parser.add_argument("--server-cpus", default="", help="CPUs for every target (default: all but the client's)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if "wrk" in args.clients:
         harness.require_wrk()
-    default = harness.Pinning.default()
-    pinning = harness.Pinning(default.client_cpus, default.server_cpus, args.threads)
+    pinning = harness.Pinning.from_args(args.client_cpus, args.server_cpus, args.threads)
     before = harness.MachineLoad.sample()
     with tempfile.TemporaryDirectory(prefix="kfops-bench-router-") as tmp:
         results = run(args, Path(tmp), pinning)

@@ -436,12 +436,13 @@ def main() -> None:
     parser.add_argument("--targets", default="baseline,kserve-plain,mlserver,kfops,kfops-nolog,kfops-w2")
     parser.add_argument("--clients", default="wrk,python", help="load generators, comma-separated: wrk, python")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads in every target")
+    parser.add_argument("--client-cpus", default="", help="CPUs for the load generator (default: the last)")
+    parser.add_argument("--server-cpus", default="", help="CPUs for every target (default: all but the client's)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if "wrk" in args.clients:
         harness.require_wrk()
-    pinning = harness.Pinning.default()
-    pinning = harness.Pinning(pinning.client_cpus, pinning.server_cpus, args.threads)
+    pinning = harness.Pinning.from_args(args.client_cpus, args.server_cpus, args.threads)
     before = harness.MachineLoad.sample()
     with tempfile.TemporaryDirectory(prefix="kfops-bench-serving-") as tmp:
         results = run(args, Path(tmp), pinning)

@@ -162,6 +162,15 @@ class Pinning:
     def client(self, command: list[str]) -> list[str]:
         return [_taskset(), "-c", self.client_cpus, *command]
 
+    @classmethod
+    def from_args(cls, client_cpus: str, server_cpus: str, threads: int) -> Pinning:
+        """``--client-cpus``/``--server-cpus`` as given (empty: ``default()``'s), with ``threads`` per target."""
+        default = cls.default()
+        client, server = client_cpus or default.client_cpus, server_cpus or default.server_cpus
+        if set(client.split(",")) & set(server.split(",")):
+            raise SystemExit(f"harness: client CPUs {client} overlap the targets' {server}: pin them apart")
+        return cls(client, server, threads)
+
     def text(self) -> str:
         return (
             f"client on CPU {self.client_cpus}, every target on CPU {self.server_cpus} (`taskset`), "
