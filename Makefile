@@ -144,3 +144,17 @@ bench-sweep: setup
 ## Rewrite the committed schema copies (tests/schemas/) from the upstream files in ../shared/schemas.
 schemas-refresh: setup
 	$(BIN)/python tests/schemas/refresh.py
+
+## The serving protocol fuzz for longer (tests/serving/test_fuzz_protocols.py): FUZZ_SECONDS on each of V1, V2 REST
+## and V2 gRPC against a real predictor, from the fixed seed FUZZ_SEED (make test gives each 60 s).
+FUZZ_SECONDS ?= 600
+FUZZ_SEED ?= 19
+.PHONY: fuzz bench-soak
+fuzz: setup
+	KFOPS_FUZZ_SECONDS=$(FUZZ_SECONDS) KFOPS_FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -rfEs --durations=0 \
+	    tests/serving/test_fuzz_protocols.py
+
+## Soak: the predictor at a fixed moderate load for SOAK_MINUTES, RSS, open fds, payload-log lag and p99 a minute.
+SOAK_MINUTES ?= 10
+bench-soak: setup
+	$(BIN)/python benchmarks/bench_soak.py --minutes $(SOAK_MINUTES)
