@@ -1,17 +1,15 @@
-"""Real parts for the serving fault and fuzz tests: a predictor process, load that remembers every answer, a TCP
-proxy that can refuse connections, moto's S3 server, and the payload log read back.
+"""Real parts for the serving fault and fuzz tests: a predictor process, load that remembers every answer, moto's S3
+server (put tests/fault_proxy.py's FaultProxy in front of it for an outage), and the payload log read back.
 
 Everything binds 127.0.0.1 on a free port and is stopped by its own pid (or its own socket).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -170,81 +168,6 @@ class Load:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-
-# ------------------------------------------------------------------------------------------------ TCP proxy
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 in front of ``target_port``. ``refuse()`` closes its listening socket and resets
-    every open connection (an endpoint that is down: connection refused); ``resume()`` listens on the same port
-    again. The target keeps its state (moto keeps S3 in memory, so it is never restarted)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self.resume()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def resume(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def refuse(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept() (Linux)
-            listener.close()
-        for conn in conns:
-            _reset(conn)
-
-    close = refuse
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # refused: the listener is closed
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                _reset(client)
-                continue
-            with self._lock:
-                if self._listener is not listener:
-                    _reset(client)
-                    _reset(upstream)
-                    return
-                self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
-
-
-def _reset(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
-    sock.close()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------------ moto S3

@@ -1,9 +1,9 @@
 """Serving faults, each injected into a real predictor process (``python -m kfops.serving``) under load:
 
 - the payload log's disk full (the kernel's ENOSPC, tests/serving/enospc_site) and its S3 endpoint refusing
-  connections (a TCP proxy in front of moto): every request still answered 200 with the model's answer, each lost
-  record counted in ``model_payload_log_dropped_total``, the alert rule on it firing in a real Prometheus, and
-  logging back once the sink is;
+  connections (tests/fault_proxy.py in front of moto): every request still answered 200 with the model's answer,
+  each lost record counted in ``model_payload_log_dropped_total``, the alert rule on it firing in a real
+  Prometheus, and logging back once the sink is;
 - SIGKILL: every request answered more than one flush interval (``--payload-log-flush-seconds``) before the kill is
   in the payload log, and no file in it is half written;
 - SIGTERM: every answered request is in the payload log.
@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.components.canary_env import PrometheusServer
+from tests.fault_proxy import FaultProxy
 from tests.tools import require
 
 from .fault_env import (
@@ -31,7 +32,6 @@ from .fault_env import (
     Load,
     MotoServer,
     PredictorProcess,
-    TcpProxy,
     leftover_temp_files,
     payload_records,
 )
@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 RULES = Path(__file__).resolve().parents[2] / "manifests" / "monitoring" / "prometheusrule.yaml"
 DROPPED = "model_payload_log_dropped_total"
+OUTAGE_SECONDS = 8.0
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
@@ -155,7 +156,7 @@ def test_payload_log_s3_refusing_connections_costs_records_never_answers_and_rec
 ):
     m = registered_model
     moto = MotoServer()
-    proxy = TcpProxy(moto.port)
+    proxy = FaultProxy(moto.port).start()
     credentials = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -164,7 +165,7 @@ def test_payload_log_s3_refusing_connections_costs_records_never_answers_and_rec
     for name, value in {**credentials, "KFOPS_S3_ENDPOINT_URL": moto.url}.items():
         monkeypatch.setenv(name, value)  # this process reads moto directly, past the proxy
     sink = "s3://payloads/fault"
-    env = {**credentials, "KFOPS_S3_ENDPOINT_URL": proxy.url}
+    env = {**credentials, "KFOPS_S3_ENDPOINT_URL": proxy.endpoint}
     args = ["--payload-log", sink, "--payload-log-flush-seconds", "0.5", "--max-wait-ms", "1"]
     predictor = PredictorProcess(f"{m.name}@champion", m.tracking_uri, tmp_path / "server.log", args, env)
     try:
@@ -173,13 +174,12 @@ def test_payload_log_s3_refusing_connections_costs_records_never_answers_and_rec
             load.wait_for(100)
             wait_until(lambda: payload_records(sink), 30, "a first payload-log object")
 
-            proxy.refuse()  # S3 is down: connection refused
+            proxy.refuse_for(OUTAGE_SECONDS, "S3 down")  # connection refused, then back on the same port
             refused_at = time.time()
             wait_until(lambda: predictor.metric(DROPPED, {"model": SERVED_NAME}) >= 50, 30, "drops counted")
             load.wait_for(200)
-            during = [a for a in load.ok() if a.answered_at > refused_at]
-
-            proxy.resume()
+            wait_until(lambda: not proxy.is_refusing(), OUTAGE_SECONDS + 5, "the outage to end")
+            during = [a for a in load.ok() if refused_at < a.answered_at < refused_at + OUTAGE_SECONDS]
             written_before = len(payload_records(sink))
             wait_until(lambda: len(payload_records(sink)) > written_before + 50, 30, "logging to resume")
             time.sleep(1.5)  # a write started while S3 was down has failed and been counted by now
@@ -189,7 +189,7 @@ def test_payload_log_s3_refusing_connections_costs_records_never_answers_and_rec
         records = payload_records(sink)
     finally:
         predictor.stop()
-        proxy.close()
+        proxy.stop()
         moto.stop()
 
     assert load.statuses().keys() == {200}, load.statuses()
@@ -198,7 +198,7 @@ def test_payload_log_s3_refusing_connections_costs_records_never_answers_and_rec
     assert_model_answers(answers, load_rows)
     assert_logged_as_answered(records, answers)
     assert dropped > 0 and len(records) + dropped == len(answers), (len(records), dropped, len(answers))
-    assert proxy.url.removeprefix("http://") in predictor.log.read_text(errors="replace")  # the warning names it
+    assert proxy.endpoint.removeprefix("http://") in predictor.log.read_text(errors="replace")  # the warning names it
 
 
 # ------------------------------------------------------------------------------------------------ SIGKILL
