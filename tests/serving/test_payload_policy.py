@@ -179,3 +179,18 @@ def test_bad_retention_settings_are_refused():
         Retention(days=-1)
     with pytest.raises(KfopsError, match="max_bytes"):
         Retention(max_bytes=0)
+
+
+def test_the_flush_interval_flag_reaches_child_predictors_and_a_bad_one_is_refused_naming_it(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["--model", "m"]).payload_log_flush_seconds == 2.0
+    args = parser.parse_args(["--model", "m", "--payload-log", "/tmp/x", "--payload-log-flush-seconds", "0.5"])
+    assert args.payload_log_flush_seconds == 0.5
+    assert policy_argv(args) == ["--payload-log-flush-seconds", "0.5"]  # kfops serve --challenger's children
+    assert policy_argv(parser.parse_args(["--model", "m"])) == []
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--model", "m", "--payload-log-flush-seconds", bad])
+        assert f"--payload-log-flush-seconds: must be a positive number of seconds, got '{bad}'" in (
+            capsys.readouterr().err
+        )
