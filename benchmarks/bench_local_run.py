@@ -133,7 +133,12 @@ def cold_run(target: str, profile_imports: bool = False) -> dict:
             )
         summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
         log = Path(summary["log"]).read_text(encoding="utf-8", errors="replace")
-        return {"target": target, "seconds": seconds, "metrics": summary["metrics"], **parse_log(log, launched, exited)}
+        preloads = {}
+        for server_log in Path(summary["log"]).parent.glob("task-server-*.log"):
+            for m in re.finditer(r"^(\S+) task server: preloaded (\S+) in", server_log.read_text(), re.MULTILINE):
+                preloads[m.group(2)] = (_driver_time(m.group(1), launched) - launched).total_seconds()
+        parsed = parse_log(log, launched, exited)
+        return {"target": target, "seconds": seconds, "metrics": summary["metrics"], "preloads": preloads, **parsed}
 
 
 def _spread(values: list[float]) -> str:
@@ -175,6 +180,13 @@ def report(runs: list[dict], rounds: int, profiles: list[dict], command: str, lo
             for part in ("start", "body", "end"):
                 cells.append(f"{statistics.median(r['steps'][step][part] for r in items):.2f}")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    last_warm = by_target["warm"][-1]
+    if last_warm["preloads"]:
+        lines.append(
+            "\nThe task server's preloads, seconds after `kfops run` started (last `warm` run): "
+            + ", ".join(f"{name} {at:.1f}" for name, at in last_warm["preloads"].items())
+            + f"; its first step started at {last_warm['before_first_step']:.1f}."
+        )
     metrics = {t: items[0]["metrics"] for t, items in by_target.items()}
     same = all(m == metrics[BASELINE] for m in metrics.values())
     f1 = metrics[BASELINE].get("f1_macro")

@@ -100,11 +100,17 @@ class TaskServer:
         self.log_path = log_path
 
     @classmethod
-    def start(cls, preload: Sequence[str] = TRAINING_PRELOAD, env: dict[str, str] | None = None) -> TaskServer:
+    def start(
+        cls,
+        preload: Sequence[str] = TRAINING_PRELOAD,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> TaskServer:
         """Start the server; it imports ``preload`` in the background and answers tasks between imports. ``env``
-        (default: this process's) is the environment the preloaded modules are imported under."""
+        (default: this process's) is the environment the preloaded modules are imported under; ``log_path`` keeps
+        the server's log (when each preload finished, each task forked; default: beside its socket, removed)."""
         folder = Path(tempfile.mkdtemp(prefix="kfops-tasks-"))  # 0700: only this user may connect
-        log_path = folder / "server.log"
+        log_path = log_path or folder / "server.log"
         # _KFP_RUNTIME as kfp's launcher sets it: kfp imports only what executors need
         environment = {**(os.environ if env is None else env), "_KFP_RUNTIME": "true"}
         with open(log_path, "wb") as log:
@@ -244,6 +250,18 @@ def _run_task_in_child(request: dict, output_fd: int) -> None:
         os._exit(code)
 
 
+def _clock() -> str:
+    """The time of day as kfp.local's log writes it, so the two logs line up."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+
+
+def _function_name(request: dict) -> str:
+    arguments = request.get("arguments", [])
+    at = arguments.index("--function_to_execute") + 1 if "--function_to_execute" in arguments else -1
+    return arguments[at] if 0 < at < len(arguments) else "?"
+
+
 def _read_request(conn: socket.socket) -> tuple[dict, int]:
     first, fds, _flags, _addr = socket.recv_fds(conn, 1, 1)
     if len(fds) != 1 or not first:
@@ -320,6 +338,7 @@ def serve(socket_path: str, preload: Sequence[str]) -> None:
                     other.close()
                 _run_task_in_child(request, output_fd)
             waiting[pid] = conn
+            print(f"{_clock()} task server: forked pid {pid} for {_function_name(request)}", flush=True)
             os.close(output_fd)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
             continue
@@ -330,7 +349,7 @@ def serve(socket_path: str, preload: Sequence[str]) -> None:
                 importlib.import_module(name)
             except Exception as err:  # a missing optional library: the tasks that need it import it themselves
                 print(f"task server: preloading {name} failed: {err!r}", file=sys.stderr, flush=True)
-            print(f"task server: {name} in {time.perf_counter() - started:.2f} s", flush=True)
+            print(f"{_clock()} task server: preloaded {name} in {time.perf_counter() - started:.2f} s", flush=True)
             if threading.active_count() > 1:  # forking copies no thread: whatever one holds stays held in a child
                 print(f"task server: importing {name} started threads; forks may not be safe", flush=True)
             if not pending:

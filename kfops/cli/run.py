@@ -157,7 +157,10 @@ def cmd_run(args) -> int:
     if task_server.enabled():
         # Started first, so its imports overlap this process's own (kfp, the pipeline, the default data).
         configure_environment(ws)
-        server = task_server.TaskServer.start()
+        (ws.root / "logs").mkdir(parents=True, exist_ok=True)
+        server = task_server.TaskServer.start(
+            log_path=ws.root / "logs" / f"task-server-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        )
     try:
         return _run(args, ws, console, server)
     finally:
