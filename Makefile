@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 # bench-house compares serving and the router with this revision (the code before the house refactor)
 BEFORE ?= dd17115
 
-.PHONY: setup lock schemas-refresh run test lint format compile check-compiled bench bench-house bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features require-wrk clean
+.PHONY: setup lock schemas-refresh run test test-topology lint format compile check-compiled bench bench-house bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features require-wrk clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ run: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -rfEs $(PYTEST_ARGS)
+
+## The cluster's shape on this machine (tests/topology): the MLflow server on PostgreSQL with its artifacts on S3
+## (moto), as manifests/ deploy it, end to end and with faults injected (make test runs these too).
+test-topology: setup
+	$(BIN)/python -m pytest -rfEs --durations=0 tests/topology $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -14,13 +14,16 @@ The libraries already retry; this module configures them rather than wrapping ca
   and cannot be lengthened by configuration, so an S3 outage longer than that fails the artifact write with
   botocore's error, which names the endpoint URL. Its retries are counted from botocore's own retry log line.
 
-With the defaults the waits between the 5 attempts are 0, 4, 8 and 16 s (plus up to 0.5 s of jitter each): 28 s,
-so a 20 s outage is ridden out and the 60 s budget holds. Variables a user has set win over these defaults.
+With the defaults the waits between the 5 attempts are 0, 6, 12 and 24 s (plus up to 0.5 s of jitter each): 42 s,
+so an outage of up to about 40 s (a server's pod restarting, a 20 s network cut) is ridden out and the 60 s budget
+holds. Variables a user has set win over these defaults.
 
 MLflow and boto3 get the policy in every process that calls ``configure`` (every stage does, through
-``tracking.set_tracking``). ``storage``'s S3 calls get it inside a pipeline step (``pipeline_step``, a decorator
-on the stages' entry points); elsewhere they keep short retries (3 attempts, 0.6 s): the predictor's payload log
-drops and counts a batch it cannot write rather than wait a minute for S3, and a CLI command fails at once.
+``tracking.set_tracking``). ``storage``'s S3 calls get it inside a pipeline step: any KFP task's process (KFP
+runs every lightweight Python step, on a cluster and in ``kfp.local``, as ``python -m kfp.dsl.executor_main``),
+and any call made under ``pipeline_step`` (a decorator for stage entry points called in-process, as the CLI and
+tests do). Elsewhere they keep short retries (3 attempts within half a second): the predictor's payload log drops
+and counts a batch it cannot write rather than wait a minute for S3, and a CLI command fails within a second.
 ``KFOPS_RETRY_MAX_ATTEMPTS`` (1 to 5) lowers the attempts; 1 means no retry.
 
 ``counts()`` gives the retries of this process by endpoint, and every process that retried logs a one-line total
@@ -35,6 +38,7 @@ import contextvars
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -42,7 +46,7 @@ from collections import Counter
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-BACKOFF_FACTOR_S = 2  # MLflow reads its variable as a whole number
+BACKOFF_FACTOR_S = 3  # MLflow reads its variable as a whole number
 BACKOFF_JITTER_S = 0.5
 BUDGET_S = 60.0
 REQUEST_TIMEOUT_S = 30  # one MLflow request; its responses are small (artifacts go to S3 directly)
@@ -70,8 +74,15 @@ def pipeline_step(func):
     return wrapper
 
 
+@functools.cache
+def _kfp_task_process() -> bool:
+    """Whether this process is a KFP task: KFP starts every lightweight Python component (all of the suite's) as
+    ``python3 -m kfp.dsl.executor_main`` (kfp/dsl/component_factory.py), on a cluster and in ``kfp.local``."""
+    return bool(sys.argv) and sys.argv[0].replace("\\", "/").endswith("kfp/dsl/executor_main.py")
+
+
 def in_pipeline_step() -> bool:
-    return _in_pipeline_step.get()
+    return _in_pipeline_step.get() or _kfp_task_process()
 
 
 def max_attempts() -> int:
@@ -118,7 +129,10 @@ def total() -> int:
 def count_retry(endpoint: str, attempt: int | None, what: str, cause: str, wait_s: float | None) -> None:
     """Count one retry and log it: the endpoint, the attempt that comes next, why, and the wait before it."""
     with _lock:
+        first = not _counts
         _counts[endpoint] += 1
+    if first:
+        atexit.register(_report_at_exit)  # the process's count, as its last log line
     most = max_attempts()
     which = f"attempt {attempt} of {most}" if attempt else f"a retry (at most {most} attempts)"
     after = f"; next in {wait_s:.1f} s" if wait_s is not None else ""
@@ -171,7 +185,7 @@ _CountingRetry = None
 
 def counting_retry(total: int | None = None, **kwargs):
     """The policy as a urllib3 Retry, for clients the suite builds itself (storage's minio client). Outside a
-    configured process (see the module doc): 3 attempts 0.2 and 0.4 s apart, still logged and counted."""
+    pipeline step (see the module doc): 3 attempts, 0 and 0.4 s apart, still logged and counted."""
     global _CountingRetry
     if _CountingRetry is None:
         _CountingRetry = _counting_retry_class()
@@ -196,8 +210,8 @@ class _BotocoreRetries(logging.Handler):
 
 def configure() -> None:
     """Apply the policy to this process: MLflow's and boto3's settings (unless already set), the counting Retry
-    in MLflow's REST session, and the botocore retry counter. Cheap to call again; every stage calls it through
-    ``tracking.set_tracking`` and ``storage.s3_client``."""
+    in MLflow's REST session, and the botocore retry counter. Cheap to call again; stages call it through
+    ``tracking.set_tracking`` and ``pipeline_step``, and promotion and rollback (the CLI's too) call it."""
     global _installed
     for name, value in environment().items():
         os.environ.setdefault(name, value)
@@ -219,4 +233,3 @@ def configure() -> None:
     botocore_log.setLevel(logging.DEBUG)
     botocore_log.propagate = False  # its other debug lines stay out of the step's log
     botocore_log.addHandler(_BotocoreRetries())
-    atexit.register(_report_at_exit)

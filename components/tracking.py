@@ -8,7 +8,9 @@ policy (``retry.configure``: bounded, logged and counted retries for MLflow's RE
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from kfops.components import retry, storage
 from kfops.components.contracts import KfopsError
@@ -40,3 +42,33 @@ def ensure_experiment(name: str) -> str:
     except MlflowException:
         # Another run created it between our read and write.
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+# Where the libraries' own errors for an unreachable endpoint come from (botocore's EndpointConnectionError,
+# boto3's S3UploadFailedError, urllib3's and requests' connection errors).
+_TRANSPORT_MODULES = ("botocore", "boto3", "urllib3", "requests", "s3transfer")
+
+
+@contextlib.contextmanager
+def artifact_store_errors(what: str) -> Iterator[None]:
+    """Turn a failed artifact write that the retries could not carry (the artifact store unreachable) into a
+    KfopsError naming the endpoint, so the step's error says where it could not write; anything else passes
+    through unchanged. An MLflow run open around it still ends FAILED (``mlflow.start_run``'s context)."""
+    try:
+        yield
+    except Exception as err:
+        chain, seen = [], err
+        while seen is not None and len(chain) < 10:
+            chain.append(seen)
+            seen = seen.__cause__ or seen.__context__
+        transport = any(
+            isinstance(e, ConnectionError | TimeoutError) or type(e).__module__.split(".")[0] in _TRANSPORT_MODULES
+            for e in chain
+        )
+        if not transport or isinstance(err, KfopsError):
+            raise
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "the default"
+        raise KfopsError(
+            f"{what}: the artifact store (S3 endpoint {endpoint}) could not be written after "
+            f"{retry.max_attempts()} attempts: {type(err).__name__}: {err}"
+        ) from err

@@ -68,9 +68,10 @@ class FaultProxy:
         with self._lock:
             self._trips.append((re.compile(pattern.encode()), seconds))
 
-    @property
-    def tripped(self) -> bool:
-        return any(why.startswith("trip") for *_, why in self.outages)
+    def disarm(self) -> None:
+        """Forget the trips that have not fired."""
+        with self._lock:
+            self._trips.clear()
 
     def is_refusing(self) -> bool:
         return time.monotonic() < self._reopen_at

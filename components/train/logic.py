@@ -40,7 +40,7 @@ from kfops.components.contracts import (
     KfopsError,
     TrainConfig,
 )
-from kfops.components.tracking import ensure_experiment, set_tracking
+from kfops.components.tracking import artifact_store_errors, ensure_experiment, set_tracking
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +429,9 @@ def train_model(
             },
             "history": result.history,
         }
-        mlflow.log_dict(resolved, "config/resolved_config.json")
-        mlflow.log_artifacts(tensorboard_dir, "tensorboard")
+        with artifact_store_errors("train: logging the run's config and TensorBoard files"):
+            mlflow.log_dict(resolved, "config/resolved_config.json")
+            mlflow.log_artifacts(tensorboard_dir, "tensorboard")
         tensorboard_uri = ""
         if tensorboard_root:
             tensorboard_uri = storage.join(tensorboard_root, run_id)
@@ -458,7 +459,8 @@ def train_model(
             path_before = list(sys.path)
             try:
                 mlflow.pyfunc.save_model(path=model_dir, **model_kwargs)
-                info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
+                with artifact_store_errors("train: uploading the model"):
+                    info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, **model_kwargs)
             finally:
                 sys.path[:] = path_before
         mlflow.set_tag("kfops.model_uri", info.model_uri)

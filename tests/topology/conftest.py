@@ -11,6 +11,11 @@ with its artifact root on S3 (moto) behind a fault-injecting proxy.
   ``--no-serve-artifacts``, ``--allowed-hosts``) and its environment (``PGUSER``/``PGPASSWORD``,
   ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``); only the database's host and port and the listening address differ.
 
+``faulted_run`` is the one `kfops run` the tests share (a run costs a minute or more on two cores): S3 refuses
+connections for 20 s while ingest writes the snapshot and again while register checks the model files, and the
+MLflow server is killed and restarted while training runs. tests/topology/test_pipeline_faults.py checks what the
+faults left; tests/topology/test_cluster_shape.py serves, monitors, promotes and rolls back its model.
+
 Every process is started here and stopped by its own pid (``pg_ctl`` by its data folder's pid file; MLflow's
 server by its process group, which holds its workers). ``make test-topology`` runs these tests.
 """
@@ -35,6 +40,7 @@ import yaml
 from tests.conftest import free_port
 from tests.fault_proxy import FaultProxy
 from tests.tools import require
+from tests.topology.helpers import OUTAGE_S, RestartDuringTraining, run_args
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "manifests" / "base" / "mlflow" / "deployment.yaml"
@@ -279,7 +285,7 @@ def _make_bucket(topology: Topology) -> None:
 
 
 @pytest.fixture
-def topology_env(topology, monkeypatch) -> Topology:
+def topology_env(topology, monkeypatch):
     """This test's process (and the pipeline tasks it starts) pointed at the topology, as a pod would be."""
     for name in ("KFOPS_MLFLOW_ARTIFACT_ROOT", "KFOPS_WORKSPACE", "KFOPS_ARTIFACT_STORE", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(name, raising=False)
@@ -288,4 +294,61 @@ def topology_env(topology, monkeypatch) -> Topology:
     import mlflow
 
     mlflow.set_tracking_uri(topology.mlflow.uri)
-    return topology
+    yield topology
+    # The next test starts with S3 answering: no armed trip left, no outage still running.
+    topology.proxy.disarm()
+    deadline = time.time() + 120
+    while topology.proxy.is_refusing() and time.time() < deadline:
+        time.sleep(0.2)
+
+
+@dataclass
+class FaultedRun:
+    code: int
+    output: str
+    result: dict | None  # kfops run's --json summary, when it succeeded
+    workspace: Path
+    trips: list[str]  # the S3 outages that fired, by what started them
+    restarter: RestartDuringTraining
+    server_starts_before: int
+
+
+@pytest.fixture(scope="session")
+def faulted_run(topology, tmp_path_factory, transactions) -> FaultedRun:
+    """`kfops run` against the topology with three faults injected (see the module doc); every process-wide
+    change it makes (environment, MLflow's globals) is undone afterwards."""
+    import contextlib
+    import io
+    import json
+
+    from kfops.cli import main
+    from kfops.components import storage
+    from tests.isolation import process_state_restored
+
+    folder = tmp_path_factory.mktemp("faulted-run")
+    proxy, server = topology.proxy, topology.mlflow
+    with process_state_restored():
+        for name in ("KFOPS_MLFLOW_ARTIFACT_ROOT", "KFOPS_WORKSPACE", "KFOPS_ARTIFACT_STORE", "MLFLOW_REGISTRY_URI"):
+            os.environ.pop(name, None)
+        os.environ.update(topology.client_env())
+        storage.write_bytes("s3://raw/tx.parquet", transactions.to_parquet(index=False))
+        outages_before = len(proxy.outages)
+        proxy.trip_on(r"PUT /kfops-store/datasets/\S+/data\.parquet ", OUTAGE_S)
+        proxy.trip_on(r"HEAD /mlflow/\S+/MLmodel ", OUTAGE_S)
+        starts = server.starts
+        restarter = RestartDuringTraining(server, "topology-faults")
+        restarter.start()
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                code = main(
+                    ["run", *run_args(folder, "s3://raw/tx.parquet", "--experiment", "topology-faults"), "--json"]
+                )
+        finally:
+            restarter.stop.set()
+            restarter.join(timeout=120)
+            proxy.disarm()
+    text = out.getvalue()
+    result = json.loads(text[text.index("{") :]) if code == 0 and "{" in text else None
+    trips = [why for *_, why in proxy.outages[outages_before:] if why.startswith("trip")]
+    return FaultedRun(code, text, result, folder / "ws", trips, restarter, starts)

@@ -1,7 +1,8 @@
 """The suite end to end against the cluster's shape (tests/topology/conftest.py): the MLflow server on PostgreSQL
-with ``--no-serve-artifacts`` and an ``s3://`` artifact root, data snapshots on S3. `kfops run`, `kfops serve` with
-a prediction, `kfops monitor`, `kfops models promote`/`rollback`, and the race-safe promotion of
-tests/components/test_promotion.py with two processes against the server."""
+with ``--no-serve-artifacts`` and an ``s3://`` artifact root, data snapshots on S3. The shared `kfops run`
+(``faulted_run``, which rode out three faults) is served with `kfops serve`, monitored with `kfops monitor`, and
+its model promoted over and rolled back with `kfops models`; then the race-safe promotion of
+tests/components/test_promotion.py runs with two processes against the server."""
 
 from __future__ import annotations
 
@@ -18,49 +19,11 @@ import pytest
 
 from kfops.cli import main
 from kfops.components import storage
+from kfops.components.contracts import TAG_BLESSED, TAG_METRIC_PREFIX
 from tests.conftest import free_port
-from tests.e2e.helpers import run_json
+from tests.topology.helpers import MODEL, assert_version_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-FAST = ["--epochs", "3", "--hidden-sizes", "16,8", "--batch-size", "256"]
-MODEL = "topology-fraud"
-
-
-def lenient(tmp_path: Path) -> Path:
-    path = tmp_path / "lenient.yaml"
-    path.write_text("accuracy: {lower: 0.5}\n")
-    return path
-
-
-def run_args(tmp_path: Path, data: str, *extra: str) -> list[str]:
-    return [
-        "--data",
-        data,
-        "--target",
-        "is_fraud",
-        "--drop",
-        "transaction_id,customer_id",
-        "--model-name",
-        MODEL,
-        "--artifact-store",
-        "s3://kfops-store",
-        "--workspace",
-        str(tmp_path / "ws"),
-        "--thresholds",
-        str(lenient(tmp_path)),
-        "--no-cache",
-        *FAST,
-        *extra,
-    ]
-
-
-def assert_version_complete(client, name: str, version: str) -> None:
-    """A registered version whose run FINISHED and whose model files are on S3 where the version points."""
-    found = client.get_model_version(name, version)
-    assert client.get_run(found.run_id).info.status == "FINISHED"
-    location = client.get_model_version_download_uri(name, version)
-    assert location.startswith("s3://mlflow/"), location
-    assert storage.exists(storage.join(location, "MLmodel")), location
 
 
 def serve_and_predict(model_ref: str, rows: list[dict], tmp_path: Path) -> dict:
@@ -94,12 +57,14 @@ def serve_and_predict(model_ref: str, rows: list[dict], tmp_path: Path) -> dict:
         proc.wait(timeout=30)
 
 
-def test_run_serve_monitor_promote_and_rollback_on_postgres_and_s3(topology_env, tmp_path, capsys, transactions):
+def test_the_run_serves_monitors_promotes_and_rolls_back_on_postgres_and_s3(
+    topology_env, faulted_run, tmp_path, capsys, transactions
+):
     import mlflow
 
-    storage.write_bytes("s3://raw/tx.parquet", transactions.to_parquet(index=False))
-    first = run_json(capsys, *run_args(tmp_path, "s3://raw/tx.parquet"))
-    assert first["mlflow_tracking_uri"] == topology_env.mlflow.uri
+    assert faulted_run.code == 0, faulted_run.output
+    first = faulted_run.result
+    assert first["mlflow_tracking_uri"] == topology_env.mlflow.uri and first["model_name"] == MODEL
     assert first["aliases"] == ["challenger", "champion"]
     assert first["download_uri"].startswith("s3://mlflow/")
     assert storage.exists(f"s3://kfops-store/datasets/{first['data_sha256']}/data.parquet")
@@ -120,17 +85,17 @@ def test_run_serve_monitor_promote_and_rollback_on_postgres_and_s3(topology_env,
     assert drift["dataset_drift"] is False
     capsys.readouterr()
 
-    # A second version, promoted by hand and rolled back.
-    second = run_json(capsys, *run_args(tmp_path, "s3://raw/tx.parquet", "--no-promote", "--seed", "5"))
-    assert second["model_version"] == str(int(first["model_version"]) + 1)
-    assert_version_complete(client, MODEL, second["model_version"])
-    assert main(["models", "promote", f"{MODEL}/{second['model_version']}", "--json"]) == 0
+    # A second blessed version of the same model files, promoted by hand over the run's, then rolled back.
+    source = client.get_model_version(MODEL, first["model_version"]).source
+    tags = {TAG_BLESSED: "true", TAG_METRIC_PREFIX + "f1_macro": "0.99"}
+    second = str(mlflow.register_model(source, MODEL, tags=tags).version)
+    assert main(["models", "promote", f"{MODEL}/{second}", "--json"]) == 0
     capsys.readouterr()
     aliases = {k: str(v) for k, v in client.get_registered_model(MODEL).aliases.items()}
-    assert aliases["champion"] == second["model_version"] and aliases["previous"] == first["model_version"]
+    assert aliases["champion"] == second and aliases["previous"] == first["model_version"]
     assert main(["models", "rollback", MODEL, "--json"]) == 0
     rolled = json.loads(capsys.readouterr().out)
-    assert rolled["champion"] == first["model_version"] and rolled["previous"] == second["model_version"]
+    assert rolled["champion"] == first["model_version"] and rolled["previous"] == second
 
 
 def test_two_processes_racing_agree_on_the_winner_against_the_server(topology_env, tmp_path, prepared, fast_config):
