@@ -46,6 +46,9 @@ TRAINING_PRELOAD = (
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
+    # MLflow maps installed packages to modules (importlib.metadata over site-packages, ~1 s) once a process, when
+    # train logs its model with pip requirements: done once here, every child has the map
+    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     "great_expectations",
     "torch",
     "torch._dynamo",
@@ -279,8 +282,9 @@ def _read_request(conn: socket.socket) -> tuple[dict, int]:
 
 
 def serve(socket_path: str, preload: Sequence[str]) -> None:
-    """The server's main loop: import ``preload`` one module at a time, answering tasks in between, then serve
-    until the driver closes stdin."""
+    """The server's main loop: import ``preload`` one module at a time (``module:function`` also calls a
+    function of it that fills a per-process cache), answering tasks in between, then serve until the driver closes
+    stdin."""
     import importlib
     import select
     import threading
@@ -346,7 +350,10 @@ def serve(socket_path: str, preload: Sequence[str]) -> None:
             name = pending.pop(0)
             started = time.perf_counter()
             try:
-                importlib.import_module(name)
+                module_name, _, function = name.partition(":")  # "module:function" also calls it, no arguments
+                module = importlib.import_module(module_name)
+                if function:
+                    getattr(module, function)()
             except Exception as err:  # a missing optional library: the tasks that need it import it themselves
                 print(f"task server: preloading {name} failed: {err!r}", file=sys.stderr, flush=True)
             print(f"{_clock()} task server: preloaded {name} in {time.perf_counter() - started:.2f} s", flush=True)

@@ -204,3 +204,17 @@ def test_the_server_exits_when_its_driver_closes_the_lifeline():
         if server.alive():
             os.kill(server.process.pid, signal.SIGKILL)
         server.stop()
+
+
+def test_a_preload_may_call_a_function_and_a_missing_one_is_logged_not_fatal(tmp_path):
+    import json
+
+    ws = workspace(tmp_path / "ws")
+    configure_environment(ws)
+    server = task_server.TaskServer.start(("kfp.dsl.executor_main", "numpy", "random:seed", "no_such_module_kfops"))
+    server.wait_until_preloaded()
+    log = server.log_path.read_text()
+    assert "preloaded random:seed" in log
+    assert "preloading no_such_module_kfops failed" in log
+    task = run_pipeline(one_step, {}, ws, False, server=server)
+    assert json.loads(task.output)["ppid"] == server.process.pid
