@@ -10,8 +10,9 @@ KServe's V1 ``POST /v1/models/NAME:predict`` and V2 ``POST /v2/models/NAME/infer
   a row with neither is a 400 naming the field. One request whose rows fall in both variants becomes two
   upstream calls (concurrently) whose answers are merged back in the original order.
 - ``shadow``: the caller gets the stable answer; afterwards, off the response path, the same body goes to the
-  challenger (``split`` percent of requests, default all), at most ``shadow_max_in_flight`` at a time (beyond
-  that a shadow call is dropped and counted). The challenger's answer is compared with the stable one: rows
+  challenger (``split`` percent of requests, default all), best effort (``router_shadow.ShadowGate``): only while
+  fewer than ``shadow_max_callers`` callers and ``shadow_max_in_flight`` shadow calls are in flight, else after a
+  short wait in a bounded queue, else shed and counted. The challenger's answer is compared with the stable one: rows
   whose predicted classes agree, and the mean absolute probability difference, go to metrics and optionally
   to a shadow log (the payload logger's JSONL/Parquet files). Challenger errors are counted, never seen.
 - ``canary``: ``split`` percent of requests, drawn at random, go to the challenger; when it answers 5xx, times
@@ -41,8 +42,9 @@ Metrics, on the router's own ``/metrics`` (a registry per Router):
 ``router_requests_total{variant,status_code}``, ``router_request_latency_seconds{variant}``,
 ``router_rows_total{variant}`` (ab), ``router_upstream_requests_total{variant,outcome}`` (status code, ``timeout``
 or ``unreachable``; shadow calls included), ``router_upstream_latency_seconds{variant}``,
-``router_fallbacks_total{reason}``, ``router_shadow_requests_total{outcome}`` (sent, completed, failed, dropped),
-``router_shadow_in_flight``, ``router_shadow_agreement_total{agree}`` (rows),
+``router_fallbacks_total{reason}``, ``router_shadow_requests_total{outcome}`` (sent, completed, failed, shed),
+``router_shadow_shed_total{reason}``, ``router_shadow_in_flight``, ``router_shadow_queued``,
+``router_shadow_agreement_total{agree}`` (rows),
 ``router_shadow_probability_abs_diff_total`` (sum over rows: divide by the agreement rows for the mean),
 ``router_shadow_mean_abs_probability_diff`` (histogram, one per compared request), ``router_split_percent{mode}``.
 """
@@ -76,6 +78,7 @@ from kfops.serving.router_bodies import (
     _v2_subset,
 )
 from kfops.serving.router_metrics import RouterMetrics
+from kfops.serving.router_shadow import ShadowGate
 from kfops.serving.router_types import (
     _METRICS_TYPE,
     _MODEL_PATH,
@@ -117,12 +120,18 @@ class Router:
         self.challenger = Upstream(
             CHALLENGER, config.challenger_url, config.challenger_model or config.model_name, limit, client
         )
-        self._shadow_tasks: set[asyncio.Task] = set()
+        self.shadows = ShadowGate(
+            self._shadow,
+            self.metrics,
+            max_in_flight=config.shadow_max_in_flight,
+            max_callers=config.shadow_max_callers,
+            max_queued=config.shadow_max_queued,
+            max_delay_s=config.shadow_max_delay_s,
+        )
         self._too_large = f"request body is larger than the router's maximum of {config.max_body_bytes:,} bytes"
         self._last_fallback_log = 0.0
         self._unlogged_fallbacks = 0
         self.metrics.split.labels(config.mode).set(config.split)
-        self.metrics.shadow_in_flight.set_function(lambda: len(self._shadow_tasks))
         self.shadow_logger = None
         if config.shadow_log:
             from kfops.serving.payload_log import PayloadLogger
@@ -133,8 +142,10 @@ class Router:
 
     # -------------------------------------------------------------------------------------- lifecycle
     async def close(self) -> None:
-        """Let shadow calls in flight finish (a short grace), then close the connections and the shadow log."""
-        tasks = list(self._shadow_tasks)
+        """Shed queued shadow copies, let shadow calls in flight finish (a short grace), then close the connections
+        and the shadow log."""
+        self.shadows.shed_queued()
+        tasks = list(self.shadows.tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=SHADOW_CLOSE_SECONDS)
             for task in pending:
@@ -147,10 +158,14 @@ class Router:
             await asyncio.get_running_loop().run_in_executor(None, self.shadow_logger.close)
 
     async def wait_for_shadows(self, timeout: float = 10.0) -> None:
-        """Wait until no shadow call is in flight (tests, benchmarks)."""
+        """Wait until no shadow copy is queued or in flight (tests, benchmarks)."""
         deadline = time.monotonic() + timeout
-        while self._shadow_tasks and time.monotonic() < deadline:
-            await asyncio.wait(list(self._shadow_tasks), timeout=deadline - time.monotonic())
+        while (self.shadows.tasks or self.shadows.queue) and time.monotonic() < deadline:
+            if self.shadows.tasks:
+                await asyncio.wait(list(self.shadows.tasks), timeout=deadline - time.monotonic())
+            else:
+                await asyncio.sleep(0.01)
+                self.shadows.pump()
 
     # -------------------------------------------------------------------------------------- ASGI
     async def __call__(self, scope, receive, send) -> None:
@@ -197,9 +212,12 @@ class Router:
         return _json(400, {"error": self._too_large})
 
     def after(self, answer: Answer) -> None:
-        """What follows an answer once it is written: the shadow call, off the response path."""
+        """What follows an answer once it is written: its shadow copy offered (sent, queued or shed), else queued
+        copies sent if the gate has opened. Off the response path, after the caller has the answer."""
         if answer.shadow is not None:
-            self._launch_shadow(*answer.shadow)
+            self.shadows.offer(answer.shadow)
+        else:
+            self.shadows.pump()
 
     async def handle(self, method: str, path: str, headers, body: bytes | None) -> Answer:
         """The answer to one request: ``headers`` as ASGI's (lower-case name, value) byte pairs, ``body`` the
@@ -225,7 +243,8 @@ class Router:
         if path == "/v2/health/ready":
             return await self._ready()
         if path == "/router":
-            return _json(200, {**self.config.public(), "shadow_in_flight": len(self._shadow_tasks)})
+            shadows = {"shadow_in_flight": len(self.shadows.tasks), "shadow_queued": len(self.shadows.queue)}
+            return _json(200, {**self.config.public(), **shadows})
         if (match := _MODEL_PATH.match(path)) is not None:
             if match.group(2) != self.config.model_name:
                 return self._not_this_model(match.group(2))
@@ -259,6 +278,14 @@ class Router:
 
     # -------------------------------------------------------------------------------------- scoring
     async def _score(self, protocol: str, request_headers, body: bytes) -> Answer:
+        # The router's concurrency holds shadow copies back (router_shadow.py): callers counted until answered.
+        self.shadows.arrive()
+        try:
+            return await self._score_counted(protocol, request_headers, body)
+        finally:
+            self.shadows.leave()
+
+    async def _score_counted(self, protocol: str, request_headers, body: bytes) -> Answer:
         started = time.perf_counter()
         m = self.metrics
         headers, request_id, entity_header = _forward_headers(request_headers)
@@ -422,17 +449,9 @@ class Router:
         return self.stable if reply.variant == STABLE else self.challenger
 
     # -------------------------------------------------------------------------------------- shadow
-    def _launch_shadow(self, protocol: str, body: bytes, headers: bytes, stable_body: bytes, request_id: str) -> None:
-        m = self.metrics
-        if len(self._shadow_tasks) >= self.config.shadow_max_in_flight:
-            m.child(m.shadow, "dropped").inc()
-            return
-        m.child(m.shadow, "sent").inc()
-        task = asyncio.get_running_loop().create_task(self._shadow(protocol, body, headers, stable_body, request_id))
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
-
-    async def _shadow(self, protocol: str, body: bytes, headers: bytes, stable_body: bytes, request_id: str) -> None:
+    async def _shadow(self, copy: tuple) -> None:
+        """One shadow call (``ShadowGate`` decided it goes): the copy to the challenger, the answers compared."""
+        protocol, body, headers, stable_body, request_id = copy
         m = self.metrics
         path = self.challenger.paths[protocol]
         try:

@@ -63,7 +63,28 @@ def _add_routing_options(group, *, mode_required: bool) -> None:
         "--shadow-max-in-flight",
         type=int,
         default=64,
-        help="shadow calls in flight at most; beyond it they are dropped (counted)",
+        help="shadow calls in flight at most; beyond it copies wait in the queue, or are shed (counted)",
+    )
+    group.add_argument(
+        "--shadow-max-callers",
+        type=int,
+        default=1,
+        help="a shadow copy is sent only while the router's recent concurrency (other callers in flight when a "
+        "request arrives, averaged over about 16 requests) is below this (default 1: a caller at a time; in a "
+        "cluster, where the challenger has CPUs of its own, raise it to about the router's usual concurrency to "
+        "mirror more under load)",
+    )
+    group.add_argument(
+        "--shadow-max-queued",
+        type=int,
+        default=64,
+        help="shadow copies that may wait for the router to have room; past it they are shed (counted)",
+    )
+    group.add_argument(
+        "--shadow-max-delay-ms",
+        type=float,
+        default=1000,
+        help="a queued shadow copy not sent within this is shed (counted)",
     )
     group.add_argument("--shadow-log", help="folder or s3:// prefix for shadow comparison records (per row)")
     group.add_argument("--shadow-log-format", choices=["jsonl", "parquet"], default="jsonl")
@@ -172,6 +193,9 @@ def router_config(args, stable_url: str, challenger_url: str, name: str):
         timeout_s=args.upstream_timeout_s,
         challenger_timeout_s=args.challenger_timeout_ms / 1000,
         shadow_max_in_flight=args.shadow_max_in_flight,
+        shadow_max_callers=args.shadow_max_callers,
+        shadow_max_queued=args.shadow_max_queued,
+        shadow_max_delay_s=args.shadow_max_delay_ms / 1000,
         shadow_log=args.shadow_log or "",
         shadow_log_format=args.shadow_log_format,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -50,11 +50,19 @@ class RouterMetrics:
         )
         self.shadow = Counter(
             "router_shadow_requests_total",
-            "Shadow calls to the challenger: sent, completed, failed, dropped (too many in flight).",
+            "Shadow copies: sent to the challenger (then completed or failed), or shed (not sent: best effort).",
             ["outcome"],
             registry=r,
         )
+        self.shadow_shed = Counter(
+            "router_shadow_shed_total",
+            "Shadow copies not sent, by reason: busy (callers or shadow calls at their limit and the queue full), "
+            "stale (queued too long), closing (the router stopped).",
+            ["reason"],
+            registry=r,
+        )
         self.shadow_in_flight = Gauge("router_shadow_in_flight", "Shadow calls now in flight.", registry=r)
+        self.shadow_queued = Gauge("router_shadow_queued", "Shadow copies waiting to be sent.", registry=r)
         self.agreement = Counter(
             "router_shadow_agreement_total",
             "Shadowed rows whose predicted class agreed (agree=true) or not between stable and challenger.",

@@ -88,6 +88,9 @@ class RouterConfig:
     timeout_s: float = 30.0  # a stable call
     challenger_timeout_s: float = 5.0  # a challenger call (canary, ab, shadow): past it, fall back / count
     shadow_max_in_flight: int = 64
+    shadow_max_callers: int = 1  # a shadow copy goes only while fewer callers are in flight (router_shadow.py)
+    shadow_max_queued: int = 64  # copies waiting for the gate; beyond it they are shed
+    shadow_max_delay_s: float = 1.0  # a queued copy older than this is shed
     shadow_log: str = ""  # folder or s3:// prefix for shadow comparison records
     shadow_log_format: str = "jsonl"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -118,8 +121,18 @@ class RouterConfig:
         for flag, seconds in (("timeout", self.timeout_s), ("challenger timeout", self.challenger_timeout_s)):
             if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
                 raise KfopsError(f"router: the {flag} must be a positive number of seconds, got {seconds!r}")
-        if self.shadow_max_in_flight < 1:
-            raise KfopsError(f"router: --shadow-max-in-flight must be >= 1, got {self.shadow_max_in_flight}")
+        for flag, count in (
+            ("--shadow-max-in-flight", self.shadow_max_in_flight),
+            ("--shadow-max-callers", self.shadow_max_callers),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise KfopsError(f"router: {flag} must be a whole number >= 1, got {count!r}")
+        queued = self.shadow_max_queued
+        if isinstance(queued, bool) or not isinstance(queued, int) or queued < 0:
+            raise KfopsError(f"router: --shadow-max-queued must be a whole number >= 0, got {queued!r}")
+        delay = self.shadow_max_delay_s
+        if not (isinstance(delay, int | float) and math.isfinite(delay) and delay > 0):
+            raise KfopsError(f"router: --shadow-max-delay-ms must be a positive number, got {delay!r}")
         if self.shadow_log_format not in ("jsonl", "parquet"):
             raise KfopsError(f"router: --shadow-log-format must be jsonl or parquet, got {self.shadow_log_format!r}")
         if self.max_body_bytes < 1 or self.max_connections < 1:

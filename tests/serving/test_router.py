@@ -313,6 +313,7 @@ def test_shadow_answers_from_stable_and_mirrors_every_request_to_the_challenger(
     assert _v1_metric(d.challenger, d.challenger_version) - before == 30
     assert metrics.value("router_shadow_requests_total", {"outcome": "sent"}) == 30
     assert metrics.value("router_shadow_requests_total", {"outcome": "completed"}) == 30
+    assert metrics.value("router_shadow_requests_total", {"outcome": "shed"}) == 0  # one caller at a time: all mirrored
     agree = metrics.value("router_shadow_agreement_total", {"agree": "true"})
     assert agree + metrics.value("router_shadow_agreement_total", {"agree": "false"}) == rows
     assert metrics.value("router_shadow_probability_abs_diff_total") > 0  # two differently seeded models
@@ -342,7 +343,13 @@ def test_a_slow_or_down_shadow_challenger_never_delays_or_fails_the_caller(deplo
 
     with FaultyUpstream(d.challenger, delay_s=0.5) as slow:
         config = RouterConfig(
-            d.stable, slow.url, "shadow", model_name=NAME, challenger_timeout_s=0.3, shadow_max_in_flight=3
+            d.stable,
+            slow.url,
+            "shadow",
+            model_name=NAME,
+            challenger_timeout_s=0.3,
+            shadow_max_in_flight=3,
+            shadow_max_queued=0,  # nothing waits: past 3 in flight, copies are shed
         )
 
         async def scenario(router, client):
@@ -354,8 +361,9 @@ def test_a_slow_or_down_shadow_challenger_never_delays_or_fails_the_caller(deplo
     # The challenger sleeps 500 ms; the caller never waits for it.
     assert max(latencies) < 0.25, latencies
     sent = metrics.value("router_shadow_requests_total", {"outcome": "sent"})
-    dropped = metrics.value("router_shadow_requests_total", {"outcome": "dropped"})
-    assert sent + dropped == 12 and dropped >= 1 and sent >= 3
+    shed = metrics.value("router_shadow_requests_total", {"outcome": "shed"})
+    assert sent + shed == 12 and shed >= 1 and sent >= 3
+    assert metrics.value("router_shadow_shed_total", {"reason": "busy"}) == shed
     assert metrics.value("router_shadow_requests_total", {"outcome": "failed"}) == sent  # all timed out at 0.3 s
     assert metrics.value("router_upstream_requests_total", {"variant": "challenger", "outcome": "timeout"}) == sent
 
@@ -370,6 +378,64 @@ def test_a_slow_or_down_shadow_challenger_never_delays_or_fails_the_caller(deplo
     assert max(latencies) < 0.25, latencies
     assert metrics.value("router_shadow_requests_total", {"outcome": "failed"}) == 10
     assert metrics.value("router_upstream_requests_total", {"variant": "challenger", "outcome": "unreachable"}) == 10
+
+
+def test_a_stalled_shadow_challenger_gets_a_bounded_number_of_copies_and_the_rest_are_shed(deployment):
+    d, m = deployment, deployment.model
+    body = {"instances": _rows(m, 300, 1)}
+    with FaultyUpstream(d.challenger, delay_s=3.0) as stalled:  # answers nothing within the 1.5 s timeout
+        config = RouterConfig(
+            d.stable,
+            stalled.url,
+            "shadow",
+            model_name=NAME,
+            challenger_timeout_s=1.5,
+            shadow_max_in_flight=2,
+            shadow_max_queued=4,
+            shadow_max_delay_s=0.2,
+        )
+
+        async def scenario(router, client):
+            latencies = []
+            for _ in range(30):
+                started = time.perf_counter()
+                assert (await client.post(V1, json=body)).status_code == 200
+                latencies.append(time.perf_counter() - started)
+            queued = len(router.shadows.queue)
+            await router.wait_for_shadows()
+            return router.metrics, latencies, queued
+
+        metrics, latencies, queued = _in_process(config, scenario)
+    assert max(latencies) < 0.25, latencies  # the callers never wait on the stalled challenger
+    assert queued <= 4
+    sent = metrics.value("router_shadow_requests_total", {"outcome": "sent"})
+    shed = metrics.value("router_shadow_requests_total", {"outcome": "shed"})
+    busy = metrics.value("router_shadow_shed_total", {"reason": "busy"})
+    stale = metrics.value("router_shadow_shed_total", {"reason": "stale"})
+    # Two calls hold the challenger until they time out; every other copy waits at most 0.2 s, then is shed.
+    assert sent == 2 and shed == 28 and busy + stale == 28 and busy > 0 and stale > 0
+    assert metrics.value("router_shadow_requests_total", {"outcome": "failed"}) == 2
+
+
+def test_shadow_copies_wait_for_callers_and_are_shed_under_concurrent_load(deployment):
+    d, m = deployment, deployment.model
+    bodies = [{"instances": _rows(m, 400 + i, 1)} for i in range(64)]
+    config = RouterConfig(d.stable, d.challenger, "shadow", model_name=NAME, shadow_max_queued=2)
+
+    async def scenario(router, client):
+        async def caller(k: int) -> list[int]:
+            return [(await client.post(V1, json=bodies[i])).status_code for i in range(k, 64, 8)]
+
+        codes = [code for codes in await asyncio.gather(*(caller(k) for k in range(8))) for code in codes]
+        await router.wait_for_shadows()
+        return router.metrics, codes
+
+    metrics, codes = _in_process(config, scenario)
+    assert codes == [200] * 64
+    sent = metrics.value("router_shadow_requests_total", {"outcome": "sent"})
+    shed = metrics.value("router_shadow_requests_total", {"outcome": "shed"})
+    assert sent + shed == 64 and shed > 0  # 8 callers at once: most copies wait for a quiet moment or are shed
+    assert metrics.value("router_shadow_requests_total", {"outcome": "completed"}) == sent
 
 
 # ------------------------------------------------------------------------------------------------ canary
