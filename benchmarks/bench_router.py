@@ -14,9 +14,9 @@ Batch-1 V1 requests from 1 and 8 connections, from ``wrk`` and from our Python c
 pinned apart from the servers, every server pinned to the same CPUs with the same thread count). Targets are
 measured in interleaved rounds (every target once per round, the order rotated); each figure is the median over
 the rounds with min-max, and each comparison (shadow on / off, a router's added p50 over direct) is taken round
-by round: the median and range of those. Beside each shadow target's latency: the share of its requests
-mirrored (``router_shadow_requests_total``: ``sent`` over sent plus every outcome that means not sent, such as
-``dropped``), read from the router's /metrics around each measurement.
+by round: the median and range of those. Beside each shadow target's latency: the share of its copies mirrored
+(``router_shadow_requests_total``: ``sent`` over sent plus every outcome that means not sent, ``shed``), read
+from the router's /metrics around each measurement once no copy is queued or in flight.
 
     python benchmarks/bench_router.py [--seconds 3] [--rounds 5] [--clients wrk,python] [--targets default|all]
 
@@ -86,13 +86,15 @@ def router(
 
 
 def shadow_idle(router_base: str, timeout: float = 10.0) -> None:
-    """Wait until the shadow router has no shadow call in flight (so it does not load the next measurement)."""
+    """Wait until the shadow router has no shadow copy in flight or queued (so that it neither loads the next
+    measurement nor sends this one's copies uncounted)."""
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{router_base}/router", timeout=2) as response:
-            if json.loads(response.read())["shadow_in_flight"] == 0:
+            state = json.loads(response.read())
+            if state["shadow_in_flight"] == 0 and state.get("shadow_queued", 0) == 0:
                 return
         time.sleep(0.05)
 
@@ -200,9 +202,10 @@ def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, be
         "",
         "What each target is: `direct`: the stable predictor, no router. `router (shadow off)`: `route --mode "
         "canary --split 0` (every request to stable: the pure routing cost). `router (shadow on)`: `route --mode "
-        "shadow --split 100` (every request also sent to a challenger predictor after the caller has its answer, "
-        "shed past 64 in flight). `idle-priority challenger`: the same with the challenger under Linux's "
-        "SCHED_IDLE policy, as `kfops serve --challenger --mode shadow` runs it.",
+        "shadow --split 100` (every request's copy offered to a challenger predictor after the caller has its answer; "
+        "best effort: a copy goes while the router's recent concurrency is under `--shadow-max-callers`, else waits "
+        "in a bounded queue or is shed, counted). `idle-priority challenger`: the same with the challenger under "
+        "Linux's SCHED_IDLE policy, as `kfops serve --challenger --mode shadow` runs it.",
         "",
         "| client | connections | target | req/s | p50 ms | p99 ms | mirrored | errors |",
         "|---|---:|---|---|---|---|---|---:|",
