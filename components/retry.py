@@ -28,7 +28,7 @@ and counts a batch it cannot write rather than wait a minute for S3, and a CLI c
 
 ``counts()`` gives the retries of this process by endpoint, and every process that retried logs a one-line total
 when it exits (``kfops retry: 3 retries in this process (http://minio:9000: 3)``), so a pipeline step's log shows
-each retry and the step's count.
+each retry and the step's count; training logs its count as the ``client_retries`` metric of its MLflow run.
 """
 
 from __future__ import annotations

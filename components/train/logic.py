@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from kfops.components import storage
+from kfops.components import retry, storage
 from kfops.components.contracts import (
     MODEL_FAMILY_GBDT,
     MODEL_FAMILY_IMPORTED,
@@ -464,6 +464,7 @@ def train_model(
             finally:
                 sys.path[:] = path_before
         mlflow.set_tag("kfops.model_uri", info.model_uri)
+        mlflow.log_metric("client_retries", retry.total())  # MLflow and S3 retries this step needed (retry.py)
 
     return TrainOutcome(
         run_id=run_id,

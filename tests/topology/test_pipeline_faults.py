@@ -71,6 +71,8 @@ def test_a_run_rides_out_s3_outages_in_ingest_and_register_and_an_mlflow_restart
     assert registered == [result["model_version"]]  # (test_cluster_shape adds a version of its own, untagged)
     assert_version_complete(client, name, result["model_version"])
     assert result["aliases"] == sorted([ALIAS_CHALLENGER, ALIAS_CHAMPION])
+    # The training step's retries (the server restart) are on its MLflow run, as a metric.
+    assert client.get_run(result["run_id"]).data.metrics["client_retries"] >= 1
 
 
 def test_s3_down_past_botos_retries_during_the_model_upload_stops_the_run_and_registers_nothing(
