@@ -130,9 +130,13 @@ def test_two_workers_answer_on_one_port_count_together_and_stop_on_sigterm(regis
         stop.set()
         sender.join(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:  # a failed check: stop it the graceful way first, so it removes its metrics folder
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     assert code == 0, log.read_text()[-3000:]
     assert not any(_alive(w) for w in workers)
     assert not metrics_dir.exists()
