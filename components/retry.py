@@ -78,7 +78,9 @@ def pipeline_step(func):
 def _kfp_task_process() -> bool:
     """Whether this process is a KFP task: KFP starts every lightweight Python component (all of the suite's) as
     ``python3 -m kfp.dsl.executor_main`` (kfp/dsl/component_factory.py), on a cluster and in ``kfp.local``."""
-    return bool(sys.argv) and sys.argv[0].replace("\\", "/").endswith("kfp/dsl/executor_main.py")
+    first = sys.argv[0].replace("\\", "/") if sys.argv else ""
+    # `python -m` puts the module's path first; pipelines/task_server.py's forked tasks put the module's name
+    return first.endswith("kfp/dsl/executor_main.py") or first == "kfp.dsl.executor_main"
 
 
 def in_pipeline_step() -> bool:

@@ -115,5 +115,8 @@ def test_a_kfp_task_process_is_a_pipeline_step(monkeypatch):
         task = ["/venv/lib/python3.11/site-packages/kfp/dsl/executor_main.py", "--executor_input", "{}"]
         monkeypatch.setattr(sys, "argv", task)  # how KFP starts every lightweight Python step
         assert retry.in_pipeline_step() and retry.counting_retry().total == retry.MAX_ATTEMPTS - 1
+        retry._kfp_task_process.cache_clear()
+        monkeypatch.setattr(sys, "argv", ["kfp.dsl.executor_main", "--executor_input", "{}"])  # a forked task
+        assert retry.in_pipeline_step()
     finally:
         retry._kfp_task_process.cache_clear()
