@@ -149,8 +149,8 @@ class TaskServer:
 
     def run(self, source: str, arguments: list[str], env_vars: dict[str, str] | None, on_line) -> int:
         """Run one task: ``on_line`` gets each line of its output as it comes; returns its exit status."""
-        read_end, write_end = os.pipe()
         conn = self._connect()
+        read_end, write_end = os.pipe()
         try:
             env = task_environment(env_vars)
             request = {"source": source, "arguments": arguments, "env": env, "cwd": os.getcwd()}
