@@ -38,13 +38,18 @@ lock:
 run: setup
 	$(BIN)/kfops run $(ARGS)
 
-## Lint, then the whole test suite.
+## Lint, then the test suite (every test but the slow-marked ones: fault injection, fuzzing, the topology, venvs).
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -rfEs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -rfEs -m "not slow" $(PYTEST_ARGS)
+
+## The slow-marked tests (minutes each: injected outages, 60 s of fuzz a protocol, MLServer's venv); CI runs them,
+## listing their durations.
+test-slow: setup
+	$(BIN)/python -m pytest -rfEs -m slow --durations=0 $(PYTEST_ARGS)
 
 ## The cluster's shape on this machine (tests/topology): the MLflow server on PostgreSQL with its artifacts on S3
-## (moto), as manifests/ deploy it, end to end and with faults injected (make test runs these too).
+## (moto), as manifests/ deploy it, end to end and with faults injected (slow-marked: make test-slow runs them).
 test-topology: setup
 	$(BIN)/python -m pytest -rfEs --durations=0 tests/topology $(PYTEST_ARGS)
 
