@@ -115,6 +115,7 @@ def environment() -> dict[str, str]:
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
 _installed = False
+_mlflow_patched = False
 
 
 def counts() -> dict[str, int]:
@@ -213,25 +214,31 @@ class _BotocoreRetries(logging.Handler):
 def configure() -> None:
     """Apply the policy to this process: MLflow's and boto3's settings (unless already set), the counting Retry
     in MLflow's REST session, and the botocore retry counter. Cheap to call again; stages call it through
-    ``tracking.set_tracking`` and ``pipeline_step``, and promotion and rollback (the CLI's too) call it."""
-    global _installed
+    ``tracking.set_tracking`` and ``pipeline_step``, and promotion and rollback (the CLI's too) call it.
+
+    MLflow's session is patched only once MLflow is imported: a step that touches S3 alone does not pay MLflow's
+    import (a second or more) for it, and the callers that use MLflow (set_tracking, promote, rollback) have
+    imported it before they call this."""
+    global _installed, _mlflow_patched
     for name, value in environment().items():
         os.environ.setdefault(name, value)
-    if _installed:
+    if _installed and (_mlflow_patched or "mlflow" not in sys.modules):
         return
     with _lock:
-        if _installed:
-            return
-        _installed = True
-    try:
-        from mlflow.utils import request_utils
-    except ImportError:  # serving images without MLflow's REST client still get the S3 policy
-        request_utils = None
-    if request_utils is not None and getattr(request_utils, "Retry", None) is not None:
-        request_utils.Retry = counting_retry().__class__
-        # sessions built before this (and cached per process) used the plain Retry
-        request_utils._cached_get_request_session.cache_clear()
-    botocore_log = logging.getLogger("botocore.retries.standard")
-    botocore_log.setLevel(logging.DEBUG)
-    botocore_log.propagate = False  # its other debug lines stay out of the step's log
-    botocore_log.addHandler(_BotocoreRetries())
+        install_botocore, _installed = not _installed, True
+        patch_mlflow = not _mlflow_patched and "mlflow" in sys.modules
+        _mlflow_patched = _mlflow_patched or patch_mlflow
+    if patch_mlflow:
+        try:
+            from mlflow.utils import request_utils
+        except ImportError:  # serving images without MLflow's REST client still get the S3 policy
+            request_utils = None
+        if request_utils is not None and getattr(request_utils, "Retry", None) is not None:
+            request_utils.Retry = counting_retry().__class__
+            # sessions built before this (and cached per process) used the plain Retry
+            request_utils._cached_get_request_session.cache_clear()
+    if install_botocore:
+        botocore_log = logging.getLogger("botocore.retries.standard")
+        botocore_log.setLevel(logging.DEBUG)
+        botocore_log.propagate = False  # its other debug lines stay out of the step's log
+        botocore_log.addHandler(_BotocoreRetries())

@@ -21,7 +21,7 @@ def proxied_s3(s3_env, monkeypatch):
     proxy = FaultProxy(port).start()
     monkeypatch.setenv("KFOPS_S3_ENDPOINT_URL", proxy.endpoint)
     storage.write_bytes("s3://retry/seed.txt", b"seed")  # the bucket exists before any outage
-    retry.configure()  # its first call imports MLflow (seconds): done before any outage starts
+    retry.configure()
     yield proxy
     proxy.stop()
 
@@ -82,10 +82,11 @@ def test_fewer_attempts_are_asked_for_by_name(proxied_s3, monkeypatch):
 def test_configure_sets_mlflow_and_boto3_unless_already_set(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    retry.configure()
     import os
 
     from mlflow.utils import request_utils
+
+    retry.configure()
 
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4" and os.environ["AWS_MAX_ATTEMPTS"] == "2"
     assert os.environ["AWS_RETRY_MODE"] == "standard"
@@ -120,3 +121,21 @@ def test_a_kfp_task_process_is_a_pipeline_step(monkeypatch):
         assert retry.in_pipeline_step()
     finally:
         retry._kfp_task_process.cache_clear()
+
+
+def test_configure_imports_no_mlflow_and_patches_it_once_it_is_imported():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from kfops.components import retry\n"
+        "retry.configure()\n"
+        "assert 'mlflow' not in sys.modules, 'configure imported MLflow'\n"
+        "from mlflow.utils import request_utils\n"
+        "assert request_utils.Retry is not type(retry.counting_retry())\n"
+        "retry.configure()\n"
+        "assert request_utils.Retry is type(retry.counting_retry())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
