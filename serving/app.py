@@ -208,10 +208,21 @@ def build_app(
 
     import kfops.serving.metrics  # noqa: F401  (merges the suite's collectors into /metrics)
 
+    class FixedModelRepository(ModelRepositoryExtension):
+        """The served model is the one the process started with. KServe's repository extension would let any
+        caller unload it (one unauthenticated POST takes the model out of service), so load and unload are
+        refused; its REST routes are removed below."""
+
+        async def load(self, model_name: str) -> None:
+            raise InvalidInput(f"loading models by API is turned off: this server serves only '{predictor.name}'")
+
+        async def unload(self, model_name: str) -> None:
+            raise InvalidInput(f"unloading models by API is turned off: this server serves only '{predictor.name}'")
+
     repository = ModelRepository()
     repository.update(predictor)
     dataplane = DataPlane(model_registry=repository)
-    extension = ModelRepositoryExtension(model_registry=repository)
+    extension = FixedModelRepository(model_registry=repository)
     app = FastAPI(
         title="kfops model server",
         docs_url="/docs" if enable_docs else None,
@@ -222,6 +233,8 @@ def build_app(
     # /metrics before KServe's own route (the first match wins): under --workers it sums every worker's metrics.
     app.add_route("/metrics", _metrics_route, methods=["GET"])
     # What RESTServer.create_application does, on this app (its timing middleware only writes trace logs).
+    for change in ("load", "unload"):  # before KServe's own routes, which the first match shadows
+        app.add_route(f"/v2/repository/models/{{model_name}}/{change}", _repository_change_refused, methods=["POST"])
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)
 
@@ -257,6 +270,17 @@ def build_app(
     app.state.dataplane = dataplane
     app.state.model_repository_extension = extension
     return app
+
+
+async def _repository_change_refused(request):
+    """KServe's V2 repository load/unload routes, refused (see FixedModelRepository in ``build_app``)."""
+    from fastapi.responses import JSONResponse
+
+    name = request.path_params.get("model_name", "")
+    return JSONResponse(
+        status_code=403,
+        content={"error": f"loading and unloading models by API is turned off ('{name}'): restart the server instead"},
+    )
 
 
 async def _metrics_route(request):

@@ -525,3 +525,45 @@ def test_request_values_follow_the_transform_rules():
         request_column("numeric", "x", [1.0, float("inf")], lambda i: f"row {i}")
     with pytest.raises(KfopsError, match="must be a string"):
         request_value("categorical", "c", 1.5, "row 0")
+
+
+def test_the_model_cannot_be_unloaded_or_loaded_by_api(client, registered_model):
+    import asyncio
+
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    from kfops.serving.app import grpc_server
+
+    from .upstreams import free_port
+
+    for change in ("unload", "load"):
+        answer = client.post(f"/v2/repository/models/{NAME}/{change}")
+        assert answer.status_code == 403 and "turned off" in answer.json()["error"]
+
+    async def over_grpc() -> list[grpc.StatusCode]:
+        port = free_port()
+        server = grpc_server(client.app, "127.0.0.1", port)
+        await server.start()
+        codes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                for call in (stub.RepositoryModelUnload, stub.RepositoryModelLoad):
+                    request_type = (
+                        pb.RepositoryModelUnloadRequest
+                        if call is stub.RepositoryModelUnload
+                        else (pb.RepositoryModelLoadRequest)
+                    )
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await call(request_type(model_name=NAME), timeout=10)
+                    codes.append(refused.value.code())
+        finally:
+            await server.stop(None)
+        return codes
+
+    assert asyncio.run(over_grpc()) == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    # still served
+    assert client.get(f"/v2/models/{NAME}/ready").status_code == 200
+    assert client.post(V1, json={"instances": v1_objects(registered_model.rows.head(2))}).status_code == 200
