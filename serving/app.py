@@ -13,8 +13,8 @@ The V1 predict route of a ready TabularPredictor takes a fast path in the middle
 orjson and handed straight to the predictor's own ``preprocess`` and ``predict``, and the answer written back
 as bytes. The predictor does the same work as under KServe's dataplane (the same validation, batcher, metrics
 and payload log, the same response body and error bodies); what is skipped is FastAPI's routing and KServe's
-generic request plumbing, which cost more than the model itself: 32 clients sending one row each got 2.6x the
-requests/s and a seventh of the p99 (benchmarks/bench_serving.py). Everything else (V2, metadata, health,
+generic request plumbing, which cost more than the model itself at one row a request (``kserve-plain`` against
+``kfops`` in benchmarks/bench_serving.py; RESULTS.md has the latest figures). Everything else (V2, metadata, health,
 readiness, a model still loading) goes through KServe's app unchanged.
 
 ``serve`` runs uvicorn on ``host``:``port`` (KServe's ModelServer always binds 0.0.0.0), access log off, and
