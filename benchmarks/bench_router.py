@@ -30,7 +30,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -257,13 +256,7 @@ def main() -> None:
     if "wrk" in args.clients:
         harness.require_wrk()
     pinning = harness.Pinning.from_args(args.client_cpus, args.server_cpus, args.threads)
-    before = harness.MachineLoad.sample()
-    with tempfile.TemporaryDirectory(prefix="kfops-bench-router-") as tmp:
-        results = run(args, Path(tmp), pinning)
-    text = report(results, args, pinning, before, harness.MachineLoad.sample())
-    print(text)
-    if not args.no_write:
-        harness.append_results(text)
+    harness.measure_and_record("router", args, pinning, run, report)
 
 
 if __name__ == "__main__":

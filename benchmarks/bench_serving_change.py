@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 try:
@@ -154,13 +153,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     pinning = harness.Pinning.default()
-    before = harness.MachineLoad.sample()
-    with tempfile.TemporaryDirectory(prefix="kfops-bench-change-") as tmp:
-        results = run(args, Path(tmp), pinning)
-    text = report(results, args, pinning, before, harness.MachineLoad.sample())
-    print(text)
-    if not args.no_write:
-        harness.append_results(text)
+    harness.measure_and_record("change", args, pinning, run, report)
 
 
 if __name__ == "__main__":

@@ -435,5 +435,18 @@ def append_results(text: str) -> None:
         fh.write(text if text.startswith("\n") else "\n" + text)
 
 
+def measure_and_record(name: str, args, pinning: Pinning, run, report) -> str:
+    """``run(args, scratch, pinning)`` in a scratch folder, then ``report(results, args, pinning, load before,
+    load after)``: printed, and appended to RESULTS.md unless ``args.no_write``. The tail every comparison shares."""
+    before = MachineLoad.sample()
+    with tempfile.TemporaryDirectory(prefix=f"kfops-bench-{name}-") as tmp:
+        results = run(args, Path(tmp), pinning)
+    text = report(results, args, pinning, before, MachineLoad.sample())
+    print(text)
+    if not args.no_write:
+        append_results(text)
+    return text
+
+
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "client":
     _client_main(*sys.argv[2:])

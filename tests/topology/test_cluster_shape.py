@@ -117,3 +117,6 @@ def test_two_processes_racing_agree_on_the_winner_against_the_server(topology_en
     )
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     test_promotion.test_two_processes_racing_agree_on_the_winner((uri, outcome.model_uri, client), tmp_path)
+    # The race's models and their champions live in the server's PostgreSQL store, not in a local file.
+    assert uri.startswith("http://127.0.0.1:")
+    assert all("champion" in client.get_registered_model(f"race-{i}").aliases for i in range(4))
