@@ -140,10 +140,24 @@ def hold_window(world: World, canary_base: str, job: str, threads: int, pause_s:
         by_scrape = analyze_step(scrape, stable_selector, canary_selector, WINDOW_S, THRESHOLDS, step=1)
         by_prometheus = None
         if world.prometheus is not None:
-            time.sleep(1.1)  # let Prometheus scrape the window's last second
             source = PrometheusSource(world.prometheus.url)
+            # Prometheus's window ends at the query, so every series must have a sample from after the scrape
+            # window closed; a fixed sleep was not enough on a loaded machine, where a scrape can come seconds late.
+            wait_for_scrape_after(source, (stable_selector, canary_selector), time.time())
             by_prometheus = analyze_step(source, stable_selector, canary_selector, WINDOW_S, THRESHOLDS, hold=False)
     return Window(by_scrape, by_prometheus, dict(canary_load.statuses))
+
+
+def wait_for_scrape_after(source: PrometheusSource, selectors: tuple[str, ...], since: float, limit_s: float = 20):
+    deadline = time.monotonic() + limit_s
+    # The oldest of the newest samples of every series the selectors match (timestamp() keeps their labels apart).
+    expr = "min(" + " or ".join(f"timestamp(model_requests_total{{{s}}})" for s in selectors) + ")"
+    while True:
+        newest = [float(row["value"][1]) for row in source.query(expr)]
+        if newest and newest[0] >= since:
+            return
+        assert time.monotonic() < deadline, f"Prometheus took over {limit_s} s to scrape after {since}: {newest}"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
