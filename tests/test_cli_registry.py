@@ -133,8 +133,10 @@ def test_models_show(store, kfops, prepared):
     assert data["download_uri"].endswith("artifacts") and data["source"].startswith("models:/")
     assert data["data_sha256"] == prepared["sha256"] and data["blessed"] == "true"
     assert data["metrics"] == {"accuracy": pytest.approx(0.91), "f1_macro": pytest.approx(0.80)}
+    assert data["task"] == "binary" and data["model_family"] == "mlp"  # from the training run's tags
     code, out, _ = kfops("models", "show", f"{MODEL}/2")
     assert code == 0 and "version 2" in out and "challenger" in out and "f1_macro" in out and "0.8600" in out
+    assert "model family  mlp" in out and "task          binary" in out
     code, out, _ = kfops("models", "show", MODEL, "--json")  # bare name: the latest version
     assert json.loads(out)["version"] == "3"
 

@@ -217,10 +217,14 @@ def _version_summary(client, version) -> dict:
                 metrics[key[len(TAG_METRIC_PREFIX) :]] = value
     aliases = {a: str(v) for a, v in (client.get_registered_model(version.name).aliases or {}).items()}
     number = str(version.version)
+    run_tags = _run_tags(client, version.run_id)
     return {
         "name": version.name,
         "version": number,
         "aliases": sorted(a for a, v in aliases.items() if v == number),
+        # What the model predicts and how: the training run's tags (a version registered from elsewhere has none).
+        "task": run_tags.get("kfops.task", ""),
+        "model_family": run_tags.get("kfops.model_family", ""),
         "status": version.status,
         "created": _time(version.creation_timestamp),
         "description": version.description or "",
@@ -234,6 +238,20 @@ def _version_summary(client, version) -> dict:
         "metrics": {k: metrics[k] for k in _ordered_metric_names(metrics)},
         "tags": tags,
     }
+
+
+def _run_tags(client, run_id: str | None) -> dict[str, str]:
+    """The run's tags, or none when the version has no run or its run was deleted (the version outlives it)."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        return dict(client.get_run(run_id).data.tags)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
 
 
 def cmd_models_list(args) -> int:
@@ -292,6 +310,8 @@ def cmd_models_show(args) -> int:
     console.print(f"[bold]{summary['name']}[/] version {summary['version']}")
     for label, key in (
         ("aliases", "aliases"),
+        ("task", "task"),
+        ("model family", "model_family"),
         ("status", "status"),
         ("created", "created"),
         ("run id", "run_id"),
