@@ -16,7 +16,10 @@ registered once per process on the default registry, merges them into KServe's o
 Under ``--workers N`` (``workers.py``) every worker process writes its values to files in
 ``$PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, chosen when it imports), and ``exposition``
 renders all of them through a ``MultiProcessCollector``: counters and histograms summed over the workers, whichever
-worker Prometheus' scrape reaches. Process and Python collectors are per process and left out there.
+worker Prometheus' scrape reaches. Process metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+``process_open_fds``, ...) cannot be summed, so there each live worker's come with a ``worker_pid`` label (read
+from ``/proc`` by whichever worker answers; the workers found by their files in that folder). Python's GC metrics
+are per process and left out.
 """
 
 from __future__ import annotations
@@ -175,8 +178,41 @@ def exposition(accept: str | None = None) -> tuple[bytes, str]:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(WorkerProcessCollector(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
         return encoder(registry), content_type
     return encoder(REGISTRY), content_type
+
+
+class WorkerProcessCollector:
+    """``process_*`` metrics of every live worker writing to a multiprocess folder, one series per ``worker_pid``.
+
+    A worker's pid is in the names of the files prometheus_client writes for it (``counter_<pid>.db``, ...); a
+    worker that has exited (its files stay, for its counts) is left out."""
+
+    def __init__(self, multiproc_dir: str) -> None:
+        self.multiproc_dir = multiproc_dir
+
+    def worker_pids(self) -> list[int]:
+        pids = set()
+        for name in os.listdir(self.multiproc_dir):
+            stem = name.removesuffix(".db")
+            pid = stem.rsplit("_", 1)[-1]
+            if stem != name and pid.isdigit():
+                pids.add(int(pid))
+        return sorted(pid for pid in pids if os.path.exists(f"/proc/{pid}/stat"))
+
+    def collect(self):
+        from prometheus_client import ProcessCollector
+        from prometheus_client.metrics_core import Metric
+
+        families: dict[str, Metric] = {}
+        for pid in self.worker_pids():
+            # registry=None: collected here only; a pid that exits meanwhile gives no samples (its /proc is gone).
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for s in family.samples:
+                    merged.add_sample(s.name, {**s.labels, "worker_pid": str(pid)}, s.value, s.timestamp)
+        yield from families.values()
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

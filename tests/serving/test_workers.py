@@ -108,7 +108,11 @@ def test_two_workers_answer_on_one_port_count_together_and_stop_on_sigterm(regis
                 counts = _answered_by_pid(metrics_dir)
         assert set(counts) == set(workers) and sum(counts.values()) == answered
         for _ in range(4):  # whichever worker serves /metrics, it counts every worker's requests
-            assert _metric(httpx.get(f"{base}/metrics", timeout=10).text, OK_SERIES) == answered
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            assert _metric(text, OK_SERIES) == answered
+            # ... and shows each worker's own process metrics, labelled with its pid
+            rss = {int(p) for p in re.findall(r'^process_resident_memory_bytes\{worker_pid="(\d+)"\}', text, re.M)}
+            assert rss == set(workers), text[-2000:]
 
         # SIGTERM while requests keep coming: every process stops, and every request answered is logged.
         stop = threading.Event()
