@@ -47,6 +47,7 @@ def build_continuous_training_pipeline(
         stattest: str = "auto",
         drift_share: float = 0.5,
         min_rows: int = 30,
+        report_format: str = "kfops",
         pushgateway: str = "",
         webhook: str = "",
         deploy: bool = True,
@@ -61,6 +62,8 @@ def build_continuous_training_pipeline(
             monitored_model: The serving model whose training data the live data is compared with: NAME@ALIAS.
             data_uri: The fresh data to retrain on when the live data drifted (CSV or Parquet, path or s3://).
             deploy: Serve a blessed retrained model on KServe as a canary (else promote it directly).
+            report_format: The drift report: kfops (drawn from the statistics on all rows) or evidently
+                (Evidently's DataDriftPreset on a 20,000-row sample per side).
         """
         params = dict(locals())  # each step takes its inputs from these by name (steps.inputs_from)
         # Live data changes between runs: never a cached verdict.

@@ -1,4 +1,4 @@
-"""KFP wrappers for the monitor: drift JSON, Evidently's HTML report and a Markdown summary for the Kubeflow UI,
+"""KFP wrappers for the monitor: drift JSON, an HTML report and a Markdown summary for the Kubeflow UI,
 and ``drift_detected`` / ``drift_share`` to branch on (``dsl.If``) in a continuous-training pipeline."""
 
 from typing import NamedTuple
@@ -29,6 +29,7 @@ def monitor_drift(
     drift: Output[Artifact],
     report: Output[HTML],
     summary: Output[Markdown],
+    report_format: str = "kfops",
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
     """Drift of a window (payload-log folder or data file, local or s3://) against ``reference_uri`` or the
     training data of ``model`` (NAME@ALIAS). ``threshold`` < 0 and empty ``features`` mean the defaults.
@@ -40,11 +41,13 @@ def monitor_drift(
         threshold: Per-column drift threshold of the test; below 0: the test's default.
         features: Columns to compare; empty: the model's features.
         ignore: Columns never compared.
-        sample_rows: Most rows of each side compared (a stratified sample above that).
+        sample_rows: Rows of each side in Evidently's report (report_format evidently): a stratified sample.
+        report_format: kfops (the report drawn from the statistics on all rows) or evidently (Evidently's
+            DataDriftPreset on a sample of sample_rows rows per side).
 
     Returns:
         drift: The drift result as JSON.
-        report: Evidently's HTML report.
+        report: The HTML report (kfops's own, or Evidently's with report_format evidently).
         summary: The result as Markdown, for the Kubeflow UI.
         drift_detected: Whether the dataset drifted.
         drift_share: Share of the compared columns that drifted.
@@ -73,6 +76,7 @@ def monitor_drift(
         date_to=date_to,
         model_version=model_version,
         sample_rows=sample_rows,
+        report=report_format,
         pushgateway=pushgateway,
         webhook=webhook,
     )
@@ -107,6 +111,7 @@ def monitor_drift_dataset(
     drift: Output[Artifact],
     report: Output[HTML],
     summary: Output[Markdown],
+    report_format: str = "kfops",
 ) -> NamedTuple("MonitorOutputs", [("drift_detected", bool), ("drift_share", float), ("verdict", str)]):
     """Drift of a window against a Dataset artifact of the pipeline (e.g. split_data's ``train``).
 
@@ -116,11 +121,13 @@ def monitor_drift_dataset(
         threshold: Per-column drift threshold of the test; below 0: the test's default.
         features: Columns to compare; empty: the model's features.
         ignore: Columns never compared.
-        sample_rows: Most rows of each side compared (a stratified sample above that).
+        sample_rows: Rows of each side in Evidently's report (report_format evidently): a stratified sample.
+        report_format: kfops (the report drawn from the statistics on all rows) or evidently (Evidently's
+            DataDriftPreset on a sample of sample_rows rows per side).
 
     Returns:
         drift: The drift result as JSON.
-        report: Evidently's HTML report.
+        report: The HTML report (kfops's own, or Evidently's with report_format evidently).
         summary: The result as Markdown, for the Kubeflow UI.
         drift_detected: Whether the dataset drifted.
         drift_share: Share of the compared columns that drifted.
@@ -149,6 +156,7 @@ def monitor_drift_dataset(
         drift=drift,
         report=report,
         summary=summary,
+        report_format=report_format,
     )
 
 

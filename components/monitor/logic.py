@@ -1,8 +1,10 @@
 """The monitor stage: drift of a window of logged predictions (or any dataset) against a reference.
 
-``monitor(...)`` reads the reference twice and the current window once, chunk by chunk (drift.py), keeps a
-bounded stratified sample of both for Evidently's HTML report (report.py), writes ``drift.json``, ``drift.md``
-and ``drift.html`` to the output folder, then pushes gauges and posts the webhook (alerts.py) when asked.
+``monitor(...)`` reads the reference twice and the current window once, chunk by chunk (drift.py), writes
+``drift.json``, ``drift.md`` and ``drift.html`` to the output folder, then pushes gauges and posts the webhook
+(alerts.py) when asked. The HTML report is kfops's own (html_report.py), drawn from the same statistics as the
+decisions; ``report="evidently"`` writes Evidently's instead, on a bounded stratified sample of both sides
+(report.py).
 
 The reference is a table (file or folder, local or s3://), or a registered model (``NAME@ALIAS`` or
 ``NAME/VERSION``): its version's ``kfops.data_sha256`` tag names the training data snapshot, found in the
@@ -29,6 +31,7 @@ from kfops.components.contracts import FeatureSpec, KfopsError
 from kfops.components.contracts.monitoring import DriftResult
 from kfops.components.monitor import alerts
 from kfops.components.monitor.columns import PREDICTION_COLUMNS, DriftOptions
+from kfops.components.monitor.html_report import write_report
 from kfops.components.monitor.profiles import WindowAccumulator, left_out_of, profile_reference
 from kfops.components.monitor.report import (
     StratifiedSample,
@@ -41,6 +44,7 @@ from kfops.components.monitor.sources import DEFAULT_CHUNK_ROWS, Window, frame_c
 
 log = logging.getLogger(__name__)
 
+REPORTS = ("kfops", "evidently")  # the HTML report: kfops's own from the statistics, or Evidently's on samples
 TAG_DATA_SHA256 = "kfops.data_sha256"
 TAG_DATA_URI = "kfops.data_uri"
 SPEC_ARTIFACT = "artifacts/feature_spec.json"
@@ -184,6 +188,7 @@ def monitor(
     date_to: str = "",
     model_version: str = "",
     html: bool = True,
+    report: str = "kfops",
     sample_rows: int = 20_000,
     score_reference: bool = True,
     pushgateway: str = "",
@@ -198,6 +203,9 @@ def monitor(
     ``date_from``/``date_to``/``model_version`` filter a payload-log window (partitions ``date=``; rows of
     ``model_version``); with ``model`` the window's ``model=`` partition is filtered to it too.
 
+    ``report``: ``kfops`` (default) draws drift.html from the statistics computed on all rows; ``evidently`` runs
+    Evidently's DataDriftPreset on ``sample_rows`` rows of each side (and pays its ~8 s import).
+
     Features: ``features``, else the model's (its feature spec), else every column of the reference but the
     ``target``, timestamps and ids, by training's rule (components/roles.py). The result's ``left_out`` names the
     other columns and why."""
@@ -206,6 +214,9 @@ def monitor(
     options.check()
     if sample_rows <= 0:
         raise KfopsError(f"sample_rows must be positive, got {sample_rows}")
+    if report not in REPORTS:
+        raise KfopsError(f"report must be one of {', '.join(REPORTS)}, got {report!r}")
+    evidently_report = html and report == "evidently"  # the only report that needs the samples
     model_ref = None
     left_out_why: dict[str, str] = {}
     messages = []
@@ -232,7 +243,7 @@ def monitor(
         sampling = first_pass[0]
         first_pass[0] = False
         for chunk, partitions in ref_factory():
-            if sampling and (html or model_ref is not None):
+            if sampling and (evidently_report or model_ref is not None):
                 ref_sample.add(chunk, _strata(chunk, partitions))
             yield chunk
 
@@ -291,7 +302,7 @@ def monitor(
     cur_sample = StratifiedSample(sample_rows, seed=options.seed + 1)
     for chunk, partitions in cur_iter:
         accumulator.add(chunk)
-        if html:
+        if evidently_report:
             cur_sample.add(chunk, _strata(chunk, partitions))
     if window is not None:
         accumulator.note_columns(window.columns)  # those not read too: extra columns are named
@@ -310,18 +321,33 @@ def monitor(
     html_written = False
     if html:
         try:
-            write_html(result, reference_sample, cur_sample.frame(), out / "drift.html")
+            if evidently_report:
+                write_html(result, reference_sample, cur_sample.frame(), out / "drift.html")
+            else:
+                filters = _filters(date_from, date_to, model_version)
+                write_report(result, profile, accumulator, out / "drift.html", filters)
         except Exception as err:  # the report is for people; the drift result must not be lost over it
-            log.warning("Evidently's HTML report failed: %s", err)
+            log.warning("the HTML report failed: %s", err)
             result.messages.append(f"the HTML report could not be rendered: {type(err).__name__}: {err}")
             write_html_page(out / "drift.html", "The drift report could not be rendered", str(err))
         html_written = True
     result.seconds = round(time.perf_counter() - started, 3)
-    paths = write_outputs(result, out, html_written)
+    html_kind = report if html_written else ""
+    paths = write_outputs(result, out, html_kind)
     if pushgateway or webhook:
         alerts.notify(result, pushgateway=pushgateway, webhook=webhook, job=job, report_url=report_url)
-        paths = write_outputs(result, out, html_written)  # with what the notifications did
+        paths = write_outputs(result, out, html_kind)  # with what the notifications did
     return MonitorOutcome(result=result, paths=paths, reference=model_ref)
+
+
+def _filters(date_from: str, date_to: str, model_version: str) -> str:
+    """The window's filters in words, for the report ("" when none)."""
+    parts = []
+    if date_from or date_to:
+        parts.append(f"dates {date_from or 'first'} to {date_to or 'last'}")
+    if model_version:
+        parts.append(f"model version {model_version}")
+    return ", ".join(parts)
 
 
 def _score_reference(model_ref: ModelReference, sample: pd.DataFrame) -> pd.DataFrame | None:

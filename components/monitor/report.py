@@ -1,8 +1,9 @@
-"""What the monitor hands on: the drift result (JSON), a Markdown summary, and Evidently's HTML report.
+"""What the monitor hands on: the drift result (JSON), a Markdown summary, and, with ``--report evidently``,
+Evidently's HTML report (kfops's own, the default, is html_report.py).
 
 ``DriftResult`` is the contract: per feature its name, kind, test, score, threshold and ``drift_detected``, plus
-the dataset-level share of drifted features and the verdict. The HTML report is Evidently's own (DataDriftPreset
-and DataSummaryPreset) run on a bounded stratified sample of both sides; Evidently is imported only there.
+the dataset-level share of drifted features and the verdict. Evidently's report (DataDriftPreset and
+DataSummaryPreset) runs on a bounded stratified sample of both sides; Evidently is imported only there.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _feature_rows(items: Iterable[FeatureDrift]) -> list[str]:
     return rows
 
 
-def to_markdown(result: DriftResult, html_name: str = "") -> str:
+def to_markdown(result: DriftResult, html_name: str = "", html_kind: str = "kfops") -> str:
     """A Markdown summary: verdict, per-feature table, prediction drift, and every problem with the input."""
     lines = [f"# Drift: {result.verdict.replace('_', ' ')}", "", result.headline(), ""]
     lines += [
@@ -86,12 +87,14 @@ def to_markdown(result: DriftResult, html_name: str = "") -> str:
         lines += ["## Input problems", "", *[f"- {p}" for p in dict.fromkeys(problems)], ""]
     if result.notifications:
         lines += ["## Notifications", "", *[f"- {k}: {v}" for k, v in result.notifications.items()], ""]
-    if html_name:
+    if html_name and html_kind == "evidently":
         lines += [
             f"The HTML report (`{html_name}`) is Evidently's own run on a stratified sample of both sides; the "
             "decisions above come from all rows.",
             "",
         ]
+    elif html_name:
+        lines += [f"The HTML report (`{html_name}`) draws both sides from the statistics behind these decisions.", ""]
     return "\n".join(lines)
 
 
@@ -232,14 +235,15 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def write_outputs(result: DriftResult, output_dir: str | Path, html_written: bool) -> dict[str, Path]:
-    """drift.json and drift.md in ``output_dir``; returns their paths (and the HTML's, when written)."""
+def write_outputs(result: DriftResult, output_dir: str | Path, html_kind: str = "") -> dict[str, Path]:
+    """drift.json and drift.md in ``output_dir``; returns their paths (and the HTML's when ``html_kind``, the
+    report written, is not empty: ``kfops`` or ``evidently``)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "drift.json", "markdown": out / "drift.md"}
     paths["json"].write_text(result.to_json() + "\n", encoding="utf-8")
-    paths["markdown"].write_text(to_markdown(result, "drift.html" if html_written else ""), encoding="utf-8")
-    if html_written:
+    paths["markdown"].write_text(to_markdown(result, "drift.html" if html_kind else "", html_kind), encoding="utf-8")
+    if html_kind:
         paths["html"] = out / "drift.html"
     return paths
 

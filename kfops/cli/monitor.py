@@ -53,6 +53,7 @@ def cmd_monitor(args) -> int:
         date_to=args.date_to or "",
         model_version=args.model_version or "",
         html=not args.no_html,
+        report=args.report,
         sample_rows=args.sample_rows,
         pushgateway=args.pushgateway or "",
         webhook=args.webhook or "",
@@ -128,7 +129,8 @@ def add_commands(subparsers) -> None:
         "any CSV/Parquet/JSONL file or folder, local or s3://) with a reference: a file, or a registered model's "
         "training data snapshot. Per feature the test Evidently would pick (K-S or chi-square/Z on <= 1000 "
         "reference rows, Wasserstein or Jensen-Shannon above), computed in bounded memory over all rows; writes "
-        "drift.json, drift.md and Evidently's drift.html (on a sample) to --output.",
+        "drift.json, drift.md and drift.html (drawn from those statistics; --report evidently for Evidently's, on a "
+        "sample) to --output.",
     )
     what = mon.add_argument_group("data")
     what.add_argument("--current", required=True, help="the window: a file or folder (local or s3://)")
@@ -170,8 +172,17 @@ def add_commands(subparsers) -> None:
     )
     out = mon.add_argument_group("output and alerts")
     out.add_argument("--output", required=True, help="folder for drift.json, drift.md, drift.html")
-    out.add_argument("--no-html", action="store_true", help="skip Evidently's HTML report (and its ~8 s import)")
-    out.add_argument("--sample-rows", type=int, default=20_000, help="rows per side in the HTML report (20000)")
+    out.add_argument("--no-html", action="store_true", help="write no drift.html")
+    out.add_argument(
+        "--report",
+        default="kfops",
+        choices=["kfops", "evidently"],
+        help="drift.html: kfops (default: drawn from the statistics on all rows, in milliseconds) or evidently "
+        "(Evidently's DataDriftPreset on --sample-rows rows per side; ~8 s import, seconds to render)",
+    )
+    out.add_argument(
+        "--sample-rows", type=int, default=20_000, help="rows per side in Evidently's report (--report evidently)"
+    )
     out.add_argument("--pushgateway", help="push drift gauges to this Prometheus Pushgateway (host:port or URL)")
     out.add_argument("--job", default="kfops-monitor", help="Pushgateway job name (default kfops-monitor)")
     out.add_argument("--webhook", help="POST a Slack-compatible message here when drift is found")

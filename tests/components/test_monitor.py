@@ -565,14 +565,14 @@ def test_the_kfp_wrappers_write_their_artifacts(tmp_path):
     outs = artifacts("a")
     got = monitor_drift_op.python_func(
         current_uri=str(cur_file), reference_uri=str(ref_file), model="", artifact_store="", mlflow_tracking_uri="",
-        **params, **outs,
+        **params, **outs, report_format="evidently",
     )  # fmt: skip
     assert got.drift_detected is True and got.drift_share == pytest.approx(4 / 9) and got.verdict == "drift"
     assert set(json.loads(Path(outs["drift"].path).read_text())["drifted"]) == SHIFTED
     assert outs["drift"].metadata["verdict"] == "drift"
     assert Path(outs["summary"].path).read_text().startswith("# Drift: drift")
     html = Path(outs["report"].path).read_text()
-    assert "<html" in html.lower() and "tenure" in html and len(html) > 100_000  # Evidently's own report
+    assert "<html" in html.lower() and "tenure" in html and "root_metric_" in html  # Evidently's own report
 
     # The Dataset flavour: a pipeline artifact named without a suffix (split_data writes Parquet so).
     artifact_file = tmp_path / "train"
@@ -584,6 +584,8 @@ def test_the_kfp_wrappers_write_their_artifacts(tmp_path):
     )  # fmt: skip
     assert got.drift_detected is False and got.verdict == "no_drift"
     assert {f["threshold"] for f in json.loads(Path(outs["drift"].path).read_text())["features"]} == {0.2}
+    html = Path(outs["report"].path).read_text()  # kfops's own report, the default
+    assert 'data-feature="tenure"' in html and "root_metric_" not in html
 
 
 def test_the_html_report_keeps_evidentlys_choice_where_evidently_cannot_take_ours(tmp_path, monkeypatch):
@@ -595,19 +597,21 @@ def test_the_html_report_keeps_evidentlys_choice_where_evidently_cannot_take_our
     ids = ["transaction_id", "customer_id", "event_time", "is_fraud"]
     reference = generate_transactions(600, seed=5).drop(columns=ids)
     current = generate_transactions(600, seed=6, drift=0.5).drop(columns=ids)
-    out = monitor(current, tmp_path / "a", reference, kinds={"card_present": "numeric"}, sample_rows=600)
+    kinds = {"card_present": "numeric"}
+    out = monitor(current, tmp_path / "a", reference, kinds=kinds, sample_rows=600, report="evidently")
     assert out.result.feature("card_present").test == "z" and out.result.messages == []
     html = out.paths["html"].read_text()
-    assert "card_present" in html and len(html) > 100_000
+    assert "card_present" in html and len(html) > 100_000 and "root_metric_" in html
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(logic, "write_html", broken)
-    out = monitor(current, tmp_path / "b", reference, kinds={"card_present": "numeric"})
-    assert "the HTML report could not be rendered: RuntimeError: renderer exploded" in out.result.messages
-    assert "renderer exploded" in out.paths["html"].read_text()
-    assert DriftResult.from_json(out.paths["json"].read_text()).drifted == out.result.drifted
+    for name, report in (("write_html", "evidently"), ("write_report", "kfops")):
+        monkeypatch.setattr(logic, name, broken)
+        out = monitor(current, tmp_path / report, reference, kinds=kinds, report=report)
+        assert "the HTML report could not be rendered: RuntimeError: renderer exploded" in out.result.messages
+        assert "renderer exploded" in out.paths["html"].read_text()
+        assert DriftResult.from_json(out.paths["json"].read_text()).drifted == out.result.drifted
 
 
 def test_a_registered_models_training_data_is_the_reference(
