@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,18 @@ _ARRIVING: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar("kfop
 
 
 def _merge(parts: list) -> pd.DataFrame | dict[str, list]:
-    """One input for the model call: frames concatenated, or columns joined list by list (no frame per request)."""
+    """One input for the model call: frames concatenated, or columns joined column by column (no frame per
+    request): arrays (the validator's numeric columns) with one numpy call, lists by extending."""
     if isinstance(parts[0], dict):
         if len(parts) == 1:
             return parts[0]
-        return {name: [v for part in parts for v in part[name]] for name in parts[0]}
+        merged = {}
+        for name, first in parts[0].items():
+            if isinstance(first, np.ndarray):
+                merged[name] = np.concatenate([part[name] for part in parts])
+            else:
+                merged[name] = [v for part in parts for v in part[name]]
+        return merged
     return parts[0].reset_index(drop=True) if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 

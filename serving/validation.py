@@ -11,12 +11,19 @@ validator was made with ``allow_extra_fields``, which ignores such fields (they 
 and contents are whatever a caller sends). In V2 the same holds for inputs: one named after a passthrough column
 (BYTES, BOOL or any numeric type, one value per row) is logged, the target input is ignored.
 
-The fast path stays as cheap as before: a V1 object row whose keys are exactly the features costs one set
-comparison; only rows with other keys are looked at further.
+**Columnar.** A request is read column by column, never value by value in Python where it can be helped: the rows'
+shapes are checked in one C-level pass (every V1 object row's keys exactly the features, or every list row the
+features' width), the columns are taken out of the rows at once (``operator.itemgetter`` and ``zip``), and each
+column is checked whole: the set of its values' types first, then a numeric column as one float64 array (finite,
+within float32's range; nulls become NaN), a categorical one as text or null. A column that fails any of these goes
+through the per-value checks (``transform.request_column``), which raise the exact message naming the row, the
+feature and the value: the fast path decides only whether a column is clean, never what an error says. Numeric
+feature columns come back as float64 arrays (NaN for missing), categorical ones as lists of str or None.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -26,7 +33,7 @@ from kserve.protocol.infer_type import InferRequest
 
 from kfops.components.contracts import PAYLOAD_META_COLUMNS, PAYLOAD_PREDICTION_COLUMNS, KfopsError
 from kfops.components.model_store import LoadedModel
-from kfops.components.transform import request_column, request_value
+from kfops.components.transform import MAX_ABS_NUMBER, request_column, request_value
 from kfops.serving.protocol import BadBody, flat_values, parse_json, show, v1_instances
 
 NUMERIC_V2_TYPES = frozenset(
@@ -36,6 +43,33 @@ NUMERIC_V2_TYPES = frozenset(
 LOGGED_PREFIX = "input_"
 _RESERVED = frozenset(PAYLOAD_META_COLUMNS) | frozenset(PAYLOAD_PREDICTION_COLUMNS)
 _SCALARS = (str, int, float, bool)
+_NONE = type(None)
+_NUMBERS_OR_NULL = frozenset({float, int, _NONE})
+_TEXT_OR_NULL = frozenset({str, _NONE})
+_NESTED = (list, dict)
+
+
+def clean_numbers(values) -> np.ndarray | None:
+    """A numeric column as float64 (NaN for null) when every value is a finite int or float within float32's
+    range, or null; None when any is not (the caller then finds and names it value by value)."""
+    types = set(map(type, values))
+    if not types <= _NUMBERS_OR_NULL:
+        return None  # text, booleans, numpy scalars...: the per-value path decides
+    try:
+        array = np.array(values, dtype=np.float64)  # null becomes NaN
+    except (OverflowError, ValueError, TypeError):
+        return None
+    within = np.abs(array) <= MAX_ABS_NUMBER  # False for NaN and infinities
+    if within.all():
+        return array
+    # The NaNs from nulls are the only values allowed outside: clean when every failing value is a null.
+    if _NONE in types and int(within.size - np.count_nonzero(within)) == values.count(None):
+        return array
+    return None
+
+
+def _v1_where(i: int) -> str:
+    return f"instances[{i}]"
 
 
 def logged_name(column: str) -> str:
@@ -73,12 +107,20 @@ class FeatureValidator:
         except KfopsError as err:
             raise InvalidInput(str(err)) from None
 
-    def column(self, name: str, values: list, where) -> list:
-        """A whole column validated at once (``transform.request_column``); ``where(i)`` names row i."""
-        try:
-            return request_column(self.kinds[name], name, values, where)
+    def column(self, name: str, values, where) -> np.ndarray | list:
+        """A whole column validated at once (see the module doc): numeric as a float64 array, categorical as a list;
+        ``where(i)`` names row i in the message of a bad value."""
+        if self.kinds[name] == "numeric":
+            clean = clean_numbers(values)
+            if clean is not None:
+                return clean
+        elif set(map(type, values)) <= _TEXT_OR_NULL:
+            return list(values)
+        try:  # something in the column is not clean: the per-value checks give the exact message
+            checked = request_column(self.kinds[name], name, list(values), where)
         except KfopsError as err:
             raise InvalidInput(str(err)) from None
+        return np.asarray(checked, dtype=np.float64) if self.kinds[name] == "numeric" else checked
 
     def frame(self, columns: dict[str, list]) -> pd.DataFrame:
         data = {}
@@ -108,6 +150,9 @@ class FeatureValidator:
         except BadBody as err:
             raise InvalidInput(str(err)) from None
         self.check_rows(len(instances), "'instances'")
+        fast = self._v1_columns(instances)
+        if fast is not None:
+            return fast, None
         width = len(self.names)
         # Check every row's shape first, then validate column by column (vectorised where it can be).
         lists = 0
@@ -148,6 +193,29 @@ class FeatureValidator:
                 values = [row[name] if isinstance(row, dict) else row[j] for row in instances]
             columns[name] = self.column(name, values, lambda i: f"instances[{i}]")
         return columns, (self._v1_extras(instances, wider) if wider else None)
+
+    def _v1_columns(self, instances: list) -> dict[str, np.ndarray | list] | None:
+        """The common request, columns in C-level passes: every row an object keyed by exactly the features, or
+        every row a list of the features' width. None for anything else (the row-by-row path names the problem)."""
+        names = self.names
+        row_types = set(map(type, instances))
+        if row_types != {dict} and row_types != {list}:
+            return None
+        if set(map(len, instances)) != {len(names)}:
+            return None
+        if row_types == {dict}:
+            # As many keys as features and every feature found: the keys are exactly the features.
+            try:
+                if len(names) == 1:
+                    values = [row[names[0]] for row in instances]
+                    return {names[0]: self.column(names[0], values, _v1_where)}
+                rows = list(map(operator.itemgetter(*names), instances))  # the features' values, a tuple a row
+            except KeyError:
+                return None
+        else:
+            rows = instances
+        columns = zip(*rows, strict=True)  # every row has len(names) values (checked above)
+        return {name: self.column(name, values, _v1_where) for name, values in zip(names, columns, strict=True)}
 
     def _v1_extras(self, instances: list, wider: list[int]) -> dict[str, list] | None:
         passthrough = self.passthrough
@@ -251,11 +319,16 @@ class FeatureValidator:
                 raise InvalidInput(f"{where}: cannot read its data: {err}") from None
         if not isinstance(data, list):
             raise InvalidInput(f"{where}: 'data' must be a list, got {type(data).__name__}")
-        try:
-            flat = flat_values(data, where)
-        except BadBody as err:
-            raise InvalidInput(str(err)) from None
-        if nan_is_missing and datatype.startswith("FP"):
+        types = set(map(type, data))
+        if not any(issubclass(t, _NESTED) for t in types):
+            flat = data  # shape [n]: already a value a row (a shared list: nothing below writes to it)
+        else:
+            try:
+                flat = flat_values(data, where)
+            except BadBody as err:
+                raise InvalidInput(str(err)) from None
+            types = set(map(type, flat))
+        if nan_is_missing and datatype.startswith("FP") and float in types:
             # NaN: the float tensors' missing value (see the predictor's module doc)
             flat = [None if value != value else value for value in flat]
         if len(flat) != shape[0]:
