@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from kfops.components import retry, storage
+from kfops.components import retry, sqlite_store, storage
 from kfops.components.contracts import KfopsError
 
 
@@ -24,6 +24,7 @@ def set_tracking(tracking_uri: str = "") -> str:
     if not uri:
         raise KfopsError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass mlflow_tracking_uri")
     retry.configure()
+    sqlite_store.ensure_store(uri)  # a new local store: copied from a migrated template, not migrated again
     mlflow.set_tracking_uri(uri)
     return uri
 
