@@ -37,6 +37,7 @@ DISPLAY_BINS = 40  # histogram bars over the reference's range
 TOP_CATEGORIES = 12  # categories drawn one bar each; the rest share "(other)"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 OTHER = "(other)"
+TAIL_SHARE = 0.005  # a long-tailed reference's bars cover its 0.5%-99.5% quantiles; the tails get a bar each
 
 
 # ------------------------------------------------------------------------------------------------ views
@@ -57,13 +58,16 @@ class SideSummary:
 
 @dataclass
 class Histogram:
-    """Display bins of both sides. Numeric: ``edges`` has len(labels) + 1 values (the bars' x extents, the first
-    and last bars possibly the current's out-of-range values); categorical: ``edges`` is empty."""
+    """Display bins of both sides. Numeric: ``edges`` has len(labels) + 1 values (the bars' x extents; with
+    ``below``/``above`` the first/last bar holds the current's values beyond the reference's range, from the
+    current's min/max); categorical and few values: ``edges`` is empty."""
 
     labels: list[str]
     reference: list[int]
     current: list[int]
     edges: list[float] = field(default_factory=list)
+    below: bool = False
+    above: bool = False
 
 
 @dataclass
@@ -140,45 +144,59 @@ def _value_histogram(ref: ReferenceColumn, cur: CurrentColumn) -> Histogram:
 
 
 def _binned_histogram(ref: ReferenceColumn, cur: CurrentColumn) -> Histogram:
-    """Bars over groups of the reference's edges, about evenly spaced over its range; the current's values below
-    the reference's min and above its max in a bar each, spanning to the current's min and max."""
+    """Bars over groups of the reference's edges, about evenly spaced over its range; the values beyond it (the
+    current's below the reference's min and above its max) in a bar at either end. Where the reference's own
+    tails take most of its range (a long-tailed column), the bars cover its 0.5%-99.5% quantiles instead and the
+    end bars hold both sides' tails, so the body of the distribution stays readable."""
     edges = ref.edges
     k = edges.size
     if not k:  # no reference values: the current's, in one bar
         lo, hi = cur.moments.min, cur.moments.max
         bounds = [lo, hi] if cur.n else []
         return Histogram(["all values"] if cur.n else [], [0] if cur.n else [], [cur.n] if cur.n else [], bounds)
-    targets = np.linspace(edges[0], edges[-1], DISPLAY_BINS + 1)
-    picks = np.unique(np.clip(np.searchsorted(edges, targets, side="left"), 0, k - 1))
-    picks = np.unique(np.concatenate([[0], picks, [k - 1]]))
+    first, last = 0, k - 1
+    if k > 2:
+        ref_before = _before(ref.histogram) / max(ref.n, 1)
+        ref_upto = ref_before + ref.histogram.at / max(ref.n, 1)
+        body_lo = int(np.searchsorted(ref_upto, TAIL_SHARE, side="left"))
+        body_hi = min(int(np.searchsorted(ref_before, 1 - TAIL_SHARE, side="right")) - 1, k - 1)
+        if body_hi > body_lo and edges[body_hi] - edges[body_lo] < 0.5 * (edges[-1] - edges[0]):
+            first, last = body_lo, body_hi
+    targets = np.linspace(edges[first], edges[last], DISPLAY_BINS + 1)
+    picks = np.unique(np.clip(np.searchsorted(edges, targets, side="left"), first, last))
+    picks = np.unique(np.concatenate([[first], picks, [last]]))
 
     def counts(hist) -> tuple[int, list[int], int]:
         before = _before(hist)
-        upto_last = before[k - 1] + hist.at[k - 1]
+        upto_last = int(before[last] + hist.at[last])
         if picks.size == 1:  # a constant reference: one bar at its value
-            inner = [int(hist.at[0])]
+            inner = [int(hist.at[first])]
         else:
             cuts = before[picks].astype(np.int64)
-            cuts[-1] = upto_last  # the last bar is closed: it holds the reference's max
+            cuts[-1] = upto_last  # the last bar is closed: it holds its right edge
             inner = [int(c) for c in np.diff(cuts)]
-        return int(hist.inside[0]), inner, int(hist.inside[k])
+        total = int(hist.at.sum() + hist.inside.sum())
+        return int(before[first]), inner, total - upto_last
 
     ref_below, ref_inner, ref_above = counts(ref.histogram)
     cur_below, cur_inner, cur_above = counts(cur.histogram)
-    bounds = [float(edges[i]) for i in picks] if picks.size > 1 else [float(edges[0]), float(edges[0])]
+    bounds = [float(edges[i]) for i in picks] if picks.size > 1 else [float(edges[first])] * 2
     labels = [f"{_number(a)} to {_number(b)}" for a, b in itertools.pairwise(bounds)]
     ref_counts, cur_counts = list(ref_inner), list(cur_inner)
-    if cur_below or ref_below:
-        bounds.insert(0, min(cur.moments.min, bounds[0]))
-        labels.insert(0, f"below the reference's min ({_number(bounds[1])})")
+    below, above = bool(cur_below or ref_below), bool(cur_above or ref_above)
+    low_end = "the reference's min" if first == 0 else f"the reference's {TAIL_SHARE:.1%} quantile"
+    high_end = "the reference's max" if last == k - 1 else f"the reference's {1 - TAIL_SHARE:.1%} quantile"
+    if below:
+        bounds.insert(0, min(cur.moments.min, ref.moments.min, bounds[0]))
+        labels.insert(0, f"below {low_end}: {_number(bounds[0])} to {_number(bounds[1])}")
         ref_counts.insert(0, ref_below)
         cur_counts.insert(0, cur_below)
-    if cur_above or ref_above:
-        bounds.append(max(cur.moments.max, bounds[-1]))
-        labels.append(f"above the reference's max ({_number(bounds[-2])})")
+    if above:
+        bounds.append(max(cur.moments.max, ref.moments.max, bounds[-1]))
+        labels.append(f"above {high_end}: {_number(bounds[-2])} to {_number(bounds[-1])}")
         ref_counts.append(ref_above)
         cur_counts.append(cur_above)
-    return Histogram(labels, ref_counts, cur_counts, bounds)
+    return Histogram(labels, ref_counts, cur_counts, bounds, below, above)
 
 
 def _numeric_stats(edges: np.ndarray, hist, moments) -> dict[str, float]:
@@ -336,24 +354,42 @@ def _summary_table(view: FeatureView) -> str:
 
 
 def _svg(hist: Histogram, width: int = 520, height: int = 170) -> str:
-    """The overlaid bars: each side's share of its values per unit of width (numeric) or per category."""
+    """The overlaid bars: each side's share of its values per unit of width (numeric) or per category.
+
+    Numeric bars are to scale over the reference's range; the current's values beyond it get a narrow bar of
+    their own at either end, drawn with the area of their share (so one far outlier cannot squeeze the rest)."""
     if not hist.labels:
         return '<p class="muted">no values to draw</p>'
     pad_l, pad_b, pad_t = 8, 34, 16
     plot_w, plot_h = width - 2 * pad_l, height - pad_b - pad_t
     n_ref, n_cur = sum(hist.reference) or 1, sum(hist.current) or 1
     count = len(hist.labels)
-    if hist.edges and hist.edges[-1] > hist.edges[0]:
-        lo, hi = hist.edges[0], hist.edges[-1]
-        xs = [pad_l + plot_w * (e - lo) / (hi - lo) for e in hist.edges]
-        spans = [(xs[i], max(xs[i + 1] - xs[i], 0.6)) for i in range(count)]
-        widths = [max(b - a, (hi - lo) * 1e-9) for a, b in itertools.pairwise(hist.edges)]
-        axis = (_number(lo), _number(hi))
+    inner = hist.edges[int(hist.below) : len(hist.edges) - int(hist.above)]
+    ticks = []
+    if len(inner) > 1 and inner[-1] > inner[0]:
+        lo, hi = inner[0], inner[-1]
+        slot, gap = plot_w * 0.08, plot_w * 0.015  # an out-of-range bar, and the space that sets it apart
+        x0 = pad_l + (slot + gap if hist.below else 0.0)
+        x1 = pad_l + plot_w - (slot + gap if hist.above else 0.0)
+        scale = (x1 - x0) / (hi - lo)
+        spans = [(x0 + (a - lo) * scale, max((b - a) * scale, 0.6)) for a, b in itertools.pairwise(inner)]
+        widths = [max(b - a, (hi - lo) * 1e-9) for a, b in itertools.pairwise(inner)]
+        if hist.below:
+            spans.insert(0, (pad_l, slot))
+            widths.insert(0, slot / scale)
+            ticks.append((pad_l, "start", "below"))
+        if hist.above:
+            spans.append((x1 + gap, slot))
+            widths.append(slot / scale)
+            ticks.append((width - pad_l, "end", "above"))
+        ticks += [(x0, "start" if not hist.below else "middle", _number(lo))]
+        ticks += [(x1, "end" if not hist.above else "middle", _number(hi))]
     else:  # categories, values, or a constant: evenly spaced bars of one width
         step = plot_w / count
         spans = [(pad_l + i * step + step * 0.1, step * 0.8) for i in range(count)]
         widths = [1.0] * count
-        axis = (hist.labels[0], hist.labels[-1]) if count > 1 else (hist.labels[0], "")
+        fits = max(3, int(step / 6.5))  # characters of an 11px label that fit under one bar
+        ticks = [(x + w / 2, "middle", _clip(label, fits)) for (x, w), label in zip(spans, hist.labels, strict=True)]
     ref_h = [c / n_ref / w for c, w in zip(hist.reference, widths, strict=True)]
     cur_h = [c / n_cur / w for c, w in zip(hist.current, widths, strict=True)]
     top = max(max(ref_h), max(cur_h)) or 1.0
@@ -371,17 +407,22 @@ def _svg(hist: Histogram, width: int = 520, height: int = 170) -> str:
         f'<text x="{pad_l}" y="11" font-size="11"><tspan fill="#3b6fd8">■ reference</tspan> '
         f'<tspan fill="#e8782a">■ current</tspan></text>'
     )
-    ticks = (
-        f'<text x="{pad_l}" y="{height - 14}" font-size="11">{_e(axis[0])}</text>'
-        f'<text x="{width - pad_l}" y="{height - 14}" font-size="11" text-anchor="end">{_e(axis[1])}</text>'
+    tick_text = "".join(
+        f'<text x="{x:.1f}" y="{height - (2 if text in ("below", "above") else 16)}" font-size="11" '
+        f'text-anchor="{anchor}">{_e(text)}</text>'
+        for x, anchor, text in ticks
     )
     return (
         f'<svg width="{width}" height="{height}" role="img" viewBox="0 0 {width} {height}">{legend}'
         f'<g class="ref" data-counts="{",".join(map(str, hist.reference))}">{"".join(bars["ref"])}</g>'
         f'<g class="cur" data-counts="{",".join(map(str, hist.current))}">{"".join(bars["cur"])}</g>'
         f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - pad_l}" y2="{pad_t + plot_h}" stroke="#98a2b3"/>'
-        f"{ticks}</svg>"
+        f"{tick_text}</svg>"
     )
+
+
+def _clip(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def _problems(result: DriftResult) -> list[str]:

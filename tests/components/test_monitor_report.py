@@ -135,8 +135,20 @@ def test_quantiles_and_bars_of_a_large_streamed_reference_agree_with_numpy_on_th
         assert side.stats["mean"] == pytest.approx(float(values.mean()))
     hist = x.histogram
     assert sum(hist.reference) == 60_000 and sum(hist.current) == 40_000
-    assert hist.labels[-1].startswith("above the reference's max") and hist.reference[-1] == 0
-    assert hist.current[-1] == int((current["x"] > reference["x"].max()).sum())
+    # A long tail: the bars cover the reference's 0.5%-99.5% quantiles, both sides' tails in the end bars.
+    assert hist.above and hist.labels[-1].startswith("above the reference's 99.5% quantile")
+    cut = hist.edges[-2]
+    assert cut == pytest.approx(np.quantile(reference["x"], 0.995), rel=0.01)
+    assert hist.current[-1] == int((current["x"] > cut).sum()) and hist.reference[-1] == int(
+        (reference["x"] > cut).sum()
+    )
+    assert hist.reference[-1] == pytest.approx(300, abs=30)
+    y = views["y"].histogram  # no long tail: the bars span the reference's range, min to max
+    assert (
+        y.edges[int(y.below)] == reference["y"].min()
+        and y.edges[len(y.edges) - 1 - int(y.above)] == reference["y"].max()
+    )
+    assert not y.below or y.reference[0] == 0  # only the window's values lie beyond the reference's range
     # An inner bar counts exactly the values in its [left, right) extent.
     left, right = hist.edges[5], hist.edges[6]
     assert hist.current[5] == int(((current["x"] >= left) & (current["x"] < right)).sum())
