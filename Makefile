@@ -5,10 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kfops-installed
 TORCH_VERSION ?= 2.13.0
-# bench-house compares serving and the router with this revision (the code before the house refactor)
-BEFORE ?= dd17115
-
-.PHONY: setup lock schemas-refresh run test test-topology lint format compile check-compiled bench bench-house bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features require-wrk clean
+.PHONY: setup lock schemas-refresh run test test-topology lint format compile check-compiled bench bench-local-run bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-sweep bench-features bench-tasks bench-families require-wrk clean
 
 setup: $(STAMP)
 
@@ -73,13 +70,11 @@ compile: setup
 check-compiled: setup
 	$(BIN)/kfops compile --check
 
-bench-house: setup
-	$(BIN)/python benchmarks/bench_house.py --before $(BEFORE)
+bench: bench-local-run bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-features \
+	bench-sweep bench-tasks bench-families
 
-bench: bench-e2e bench-training bench-validate bench-serving bench-router bench-batch bench-drift bench-features
-
-bench-e2e: setup
-	$(BIN)/python benchmarks/bench_e2e.py
+bench-local-run: setup
+	$(BIN)/python benchmarks/bench_local_run.py
 
 bench-training: setup
 	$(BIN)/python benchmarks/bench_training.py
@@ -106,8 +101,14 @@ bench-router: setup require-wrk
 bench-drift: setup
 	$(BIN)/python benchmarks/bench_drift.py
 
-bench-features: setup
+bench-features: setup require-wrk
 	$(BIN)/python benchmarks/bench_features.py
+
+bench-tasks: setup
+	$(BIN)/python benchmarks/bench_tasks.py
+
+bench-families: setup
+	$(BIN)/python benchmarks/bench_families.py
 
 # ---- Platform: container images, the manifest security scanner, overlay checks (manifests/README.md)
 KFOPS_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' kfops/__init__.py)

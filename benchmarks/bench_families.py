@@ -1,21 +1,23 @@
 """Each model family against default HistGradientBoosting and the linear baseline, same split, same run.
 
 For each task the data of ``bench_tasks.py`` (numeric and categorical features, blanks, a non-linear signal) is
-split with the suite's split and transformed by the suite's feature spec; then, on those same matrices, in rounds
-that alternate the order of the targets:
+split with the suite's split and transformed by the suite's feature spec; then, on those same matrices, in
+``--rounds`` interleaved rounds, the order rotated (harness.py), each target is fitted, scored and timed:
 
 - ``mlp``: the suite's torch MLP with its defaults (``loop.fit``);
 - ``gbdt``: the suite's gbdt family with its defaults (``train.gbdt.fit_gbdt``, stopping on the validation split);
 - ``hgb-default``: scikit-learn's ``HistGradientBoostingClassifier``/``Regressor()`` as a user writes it, defaults;
 - ``linear``: ``LogisticRegression(class_weight='balanced')`` or ``Ridge``, as in ``bench_tasks.py``.
 
-Reported per task and target: the test metric (balanced accuracy, R²) and its relative gap to the best baseline,
-fit seconds (median of the rounds) and each family's fit-time ratio to ``hgb-default`` (median, range), and the
-scoring speed of one-row requests through the model format's serving path (``LoadedModel.predict_columns``:
-the feature transform and the model, in process, no HTTP) as requests/s and p99 latency; the baselines score the
-same one-row matrices with their own ``predict_proba``/``predict``.
+Reported per task and target, each the median over the rounds with min-max: the test metric (balanced accuracy,
+R²) and its relative gap to the best baseline, fit seconds and the fit-time ratio to ``hgb-default`` (the median
+of per-round ratios), and the scoring speed of one-row requests through the model format's serving path
+(``LoadedModel.predict_columns``: the feature transform and the model, in process, no HTTP) as requests/s and p99
+latency; the baselines score the same one-row matrices with their own ``predict_proba``/``predict``. This process
+is pinned to all its CPUs; every fit gets as many torch/OpenMP threads, every one-row scoring one of each (as a
+serving worker on 2 CPUs sets them).
 
-    python benchmarks/bench_families.py [--rows 100000] [--rounds 3] [--requests 2000] [--no-write]
+    python benchmarks/bench_families.py [--rows 100000] [--rounds 5] [--requests 1000] [--no-write]
 
 Goal (issue "any model"): the default family within 1% relative of the best baseline, fitting no slower.
 """
@@ -23,18 +25,17 @@ Goal (issue "any model"): the default family within 1% relative of the best base
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tasks import HEADLINE, RESULTS, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
+try:
+    import harness
+    from bench_tasks import HEADLINE, RESULTS, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
+except ImportError:  # python -m benchmarks.bench_families
+    from benchmarks import harness
+    from benchmarks.bench_tasks import HEADLINE, RESULTS, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
 
 TARGETS = ("mlp", "gbdt", "hgb-default", "linear")
 BASELINES = ("hgb-default", "linear")
@@ -118,85 +119,109 @@ def one_row_speed(target: str, spec, model, rows, requests: int) -> tuple[float,
         def call(cols):
             return method(transform_columns(spec, cols, 1))
 
+    import torch
     from threadpoolctl import threadpool_limits
 
-    # One OpenMP thread, as the serving worker sets it on a 2-CPU machine (serving/batching.py), for every target.
-    with threadpool_limits(limits=1, user_api="openmp"):
-        for cols in columns[:50]:  # warm up
-            call(cols)
-        latencies = []
-        started = time.perf_counter()
-        for i in range(requests):
-            t = time.perf_counter()
-            call(columns[i % len(columns)])
-            latencies.append(time.perf_counter() - t)
-        elapsed = time.perf_counter() - started
+    # One torch and one OpenMP thread, as the serving worker sets them on a 2-CPU machine (serving/batching.py),
+    # for every target; the fits' own count is restored after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="openmp"):
+            for cols in columns[:50]:  # warm up
+                call(cols)
+            latencies = []
+            started = time.perf_counter()
+            for i in range(requests):
+                t = time.perf_counter()
+                call(columns[i % len(columns)])
+                latencies.append(time.perf_counter() - t)
+            elapsed = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
     return requests / elapsed, float(np.percentile(latencies, 99) * 1000)
+
+
+def run(args: argparse.Namespace, scratch: Path, pinning: harness.Pinning) -> dict:
+    import torch
+
+    harness.pin_in_process(pinning)
+    results = {}
+    for task in args.tasks.split(","):
+        frame = generate(task, args.rows)
+        _, splits, spec, matrices = prepare(frame, task)
+        xt, yt = matrices["test"]
+        measured: dict[str, dict[str, list[float]]] = {
+            t: {"metric": [], "fit": [], "rps": [], "p99": []} for t in TARGETS
+        }
+        for number, order in harness.rounds(TARGETS, args.rounds):
+            for target in order:
+                torch.set_num_threads(pinning.threads)  # every fit the same count (the MLP's sets it so too)
+                model, seconds = fit(target, spec, matrices)
+                threshold = threshold_for(target, spec, model, matrices)
+                metric = score(task, yt, outputs(target, spec, model, xt), threshold)[HEADLINE[task]]
+                rps, p99 = one_row_speed(target, spec, model, splits["test"], args.requests)
+                for key, value in (("metric", metric), ("fit", seconds), ("rps", rps), ("p99", p99)):
+                    measured[target][key].append(value)
+                print(
+                    f"{task} round {number + 1} {target:>11}: {HEADLINE[task]} {metric:.4f} fit {seconds:.2f} s "
+                    f"one-row {rps:,.0f} req/s p99 {p99:.2f} ms",
+                    flush=True,
+                )
+        results[task] = measured
+    return results
+
+
+def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, before, after) -> str:
+    lines = [
+        "",
+        f"## Model families · {time.strftime('%Y-%m-%d', time.gmtime())} ({args.rows:,} rows)",
+        "",
+        harness.provenance(
+            None,
+            before,
+            after,
+            f"This process pinned to CPUs {pinning.server_cpus}; every fit with {pinning.threads} torch/OpenMP "
+            "threads, every one-row scoring with one of each, as the serving worker sets them. Same split and "
+            f"matrices (the suite's feature spec) for every target; {args.rounds} rounds, the order rotated; median "
+            "over rounds (min-max). Metric: balanced accuracy (binary, multiclass; the suite's binary families at "
+            "the threshold `kfops run` chooses, the baselines at 0.5) or R² (regression), on the test rows; gap: "
+            "relative to the best baseline (hgb-default, linear), at the medians. Fit ratio: to hgb-default, per "
+            f"round. One-row scoring: {args.requests:,} requests in process through the model format's serving path "
+            "(no HTTP).",
+        ),
+        "",
+        "| task | target | metric | gap to best baseline | fit s | fit ratio to hgb-default, per round | "
+        "one-row req/s | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task, measured in results.items():
+        spread = {t: {k: harness.Spread.of(v) for k, v in figures.items()} for t, figures in measured.items()}
+        best = max(spread[b]["metric"].median for b in BASELINES)
+        for target in TARGETS:
+            ratio = harness.Spread.of(harness.per_round_ratios(measured[target]["fit"], measured["hgb-default"]["fit"]))
+            s = spread[target]
+            gap = (s["metric"].median - best) / abs(best) * 100
+            lines.append(
+                f"| {task} | {target} | {s['metric'].text(4)} | {gap:+.2f}% | {s['fit'].text(2)} | "
+                f"{ratio.text(2, 'x')} | {s['rps'].text(0)} | {s['p99'].text(2)} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
+    parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(1)  # one-row scoring as a serving worker does it; fits use what they set themselves
-    load_before = os.getloadavg()
-    table = []
-    for task in args.tasks.split(","):
-        frame = generate(task, args.rows)
-        _, splits, spec, matrices = prepare(frame, task)
-        xt, yt = matrices["test"]
-        fits = {t: [] for t in TARGETS}
-        metric, speed = {}, {}
-        for r in range(args.rounds):
-            order = TARGETS if r % 2 == 0 else tuple(reversed(TARGETS))
-            for target in order:
-                model, seconds = fit(target, spec, matrices)
-                fits[target].append(seconds)
-                if r == 0:
-                    threshold = threshold_for(target, spec, model, matrices)
-                    metric[target] = score(task, yt, outputs(target, spec, model, xt), threshold)[HEADLINE[task]]
-                    speed[target] = one_row_speed(target, spec, model, splits["test"], args.requests)
-        best = max(metric[b] for b in BASELINES)
-        for target in TARGETS:
-            ratios = [f / h for f, h in zip(fits[target], fits["hgb-default"], strict=True)]
-            gap = (metric[target] - best) / abs(best) * 100
-            median_fit = statistics.median(fits[target])
-            ratio = statistics.median(ratios)
-            spread = (min(ratios), max(ratios))
-            table.append((task, target, metric[target], gap, median_fit, ratio, *spread, *speed[target]))
-            print(table[-1], flush=True)
-    load_after = os.getloadavg()
-    lines = [
-        f"## Model families · {datetime.now(UTC):%Y-%m-%d} ({args.rows:,} rows)",
-        "",
-        f"`python benchmarks/bench_families.py --rows {args.rows} --rounds {args.rounds} --requests {args.requests}`, "
-        f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}; 1-minute load average "
-        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. Same split and matrices (the suite's feature spec) "
-        "for every target; rounds alternate the order. Metric: balanced accuracy (binary, multiclass; the suite's "
-        "binary families at the threshold `kfops run` chooses, the baselines at 0.5) or R² (regression), on the test "
-        "rows; gap: relative to the best baseline (hgb-default, linear). Fit ratio: to hgb-default, median (range). "
-        "One-row scoring: in process through the model format's serving path (no HTTP), one torch and one OpenMP "
-        "thread, as the serving worker sets them.",
-        "",
-        "| task | target | metric | gap to best baseline | fit s (median) | fit ratio to hgb-default | one-row req/s | "
-        "p99 ms |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
-    ]
-    for task, target, value, gap, seconds, ratio, low, high, rps, p99 in table:
-        lines.append(
-            f"| {task} | {target} | {value:.4f} | {gap:+.2f}% | {seconds:.2f} | {ratio:.2f} ({low:.2f}-{high:.2f}) | "
-            f"{rps:,.0f} | {p99:.2f} |"
-        )
-    print("\n".join(lines))
-    if not args.no_write:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + "\n".join(lines) + "\n")
+    unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
+    if unknown:
+        parser.error(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    harness.measure_and_record("families", args, harness.Pinning.whole_machine(), run, report)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""Sweep overhead per trial, locally: each trial's wall time (asked, run through kfp.local's train component,
-told) minus the training loop's own time (the run's ``train_seconds``), and DDP scaling on this machine.
+"""Sweep overhead per trial, locally, and DDP scaling on this machine, through the harness.
 
-    python benchmarks/bench_sweep.py                   # 6 trials, 1 and 2 at a time, then 1 vs 2 gloo ranks
-    python benchmarks/bench_sweep.py --trials 4 --no-ddp
+Four targets, interleaved in ``--rounds`` rounds, the order rotated (harness.py):
 
-The overhead is what a trial costs beyond training: the kfp.local pipeline run (importers, the train task's
-subprocess and its imports of torch and MLflow), MLflow logging and the model save, and the Optuna ask and tell.
-DDP: samples/s of ``fit`` on the default data with 1 process and with 2 gloo processes under torchrun (each
-rank one thread). Figures are appended to benchmarks/RESULTS.md with the machine's load.
+- ``sweep-1`` and ``sweep-2``: a local sweep of ``--trials`` trials (random search over the learning rate), 1 and
+  2 trials at a time, each in a new workspace; per trial, the overhead is its wall time (asked, run through
+  kfp.local's train component, told) minus the training loop's own time (the run's ``train_seconds``): the
+  kfp.local pipeline run (importers, the train task's process and its imports), MLflow logging and the model
+  save (the first trial also creates the workspace's sqlite MLflow store), the Optuna ask and tell;
+- ``ddp-1`` and ``ddp-2``: ``fit`` on the default data in 1 process with 2 threads, and in 2 gloo processes under
+  torchrun with 1 thread each.
+
+Everything runs pinned to this process's CPUs (every child inherits it); the same 2 threads in all per target.
+Every figure is the median over the rounds (of the per-sweep median over its trials) with min-max, every ratio
+the median of per-round ratios.
+
+    python benchmarks/bench_sweep.py [--rounds 5] [--trials 2] [--no-ddp] [--no-write]
 """
 
 from __future__ import annotations
@@ -18,19 +25,25 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_sweep
+    from benchmarks import harness
+
+RESULTS = harness.RESULTS
 REPO = Path(__file__).resolve().parents[1]
+SWEEPS = ("sweep-1", "sweep-2")
+DDP = ("ddp-1", "ddp-2")
 
 DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from kfops.components.contracts import TrainConfig
-    from kfops.components.preprocess.logic import load_matrix
+    from kfops.components.transform import load_matrix
     from kfops.components.train import distributed
     from kfops.components.train.loop import fit
 
@@ -43,10 +56,6 @@ DDP_SCRIPT = textwrap.dedent(
     distributed.shutdown()
     """
 )
-
-
-def load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def prepare(rows: int, folder: Path):
@@ -88,7 +97,7 @@ def sweep_overhead(data, trials: int, parallel: int, epochs: int, folder: Path) 
     from kfops.pipelines.local import configure_environment, workspace
     from kfops.pipelines.sweep import run_trial_locally
 
-    ws = workspace(folder / f"ws-{parallel}")
+    ws = workspace(folder)
     configure_environment(ws)
     spec = parse_spec(
         {
@@ -105,85 +114,105 @@ def sweep_overhead(data, trials: int, parallel: int, epochs: int, folder: Path) 
     outcome = run_local_sweep(
         spec, data, run_trial_locally, workspace=ws.root, base=TrainConfig(batch_size=512, device="cpu")
     )
-    trials_ = [t for t in outcome.trials if t.state == "complete"]
+    done = [t for t in outcome.trials if t.state == "complete"]
+    if len(done) != trials:
+        states = ", ".join(f"trial {i}: {t.state}" for i, t in enumerate(outcome.trials))
+        raise SystemExit(f"bench_sweep: {len(done)} of {trials} trials completed at {parallel} at once ({states})")
     return {
-        "parallel": parallel,
-        "trials": len(trials_),
         "wall": outcome.seconds,
-        "trial_wall": statistics.median(t.seconds for t in trials_),
-        "train": statistics.median(t.train_seconds for t in trials_),
-        "overhead": statistics.median(t.overhead_seconds for t in trials_),
-        "overhead_min": min(t.overhead_seconds for t in trials_),
-        "overhead_max": max(t.overhead_seconds for t in trials_),
+        "trial_wall": statistics.median(t.seconds for t in done),
+        "train": statistics.median(t.train_seconds for t in done),
+        "overhead": statistics.median(t.overhead_seconds for t in done),
     }
 
 
-def ddp_scaling(data, epochs: int, batch: int, folder: Path) -> list[dict]:
-    script = folder / "ddp.py"
-    script.write_text(DDP_SCRIPT)
+def ddp_run(data, world: int, epochs: int, batch: int, script: Path) -> dict:
+    """``fit`` in 1 process with 2 threads, or in 2 gloo ranks under torchrun with 1 thread each."""
     config = json.dumps({"hidden_sizes": [64, 32], "epochs": epochs, "batch_size": batch, "device": "cpu",
                          "early_stopping_patience": 0})  # fmt: skip
-    rows = []
-    for world in (1, 2):
-        env = dict(os.environ, OMP_NUM_THREADS=str(2 // world), PYTHONPATH=str(REPO))
-        if world == 1:
-            command = [sys.executable, str(script)]
-        else:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                       str(script)]  # fmt: skip
-        done = subprocess.run(
-            [*command, data.train_features, data.validation_features, config],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
+    env = {**os.environ, **harness.thread_env(2 // world), "PYTHONPATH": str(REPO)}
+    if world == 1:
+        command = [sys.executable, str(script)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(script)]  # fmt: skip
+    done = subprocess.run(
+        [*command, data.train_features, data.validation_features, config],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(
+            f"bench_sweep: DDP with {world} process(es) failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
-        result = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
-        rows.append(result)
-    return rows
+    return json.loads(lines[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--ddp-epochs", type=int, default=10)
-    parser.add_argument("--ddp-batch", type=int, default=1024)
-    parser.add_argument("--no-ddp", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--results", default=str(RESULTS))
-    args = parser.parse_args()
+def run(args: argparse.Namespace, scratch: Path, pinning: harness.Pinning) -> dict:
+    harness.pin_in_process(pinning)
+    data = prepare(args.rows, scratch)
+    script = scratch / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    targets = SWEEPS + (() if args.no_ddp else DDP)
+    measured: dict[str, list[dict]] = {target: [] for target in targets}
+    for number, order in harness.rounds(targets, args.rounds):
+        for target in order:
+            kind, count = target.rsplit("-", 1)
+            if kind == "sweep":
+                folder = scratch / f"ws-{target}-{number}"
+                result = sweep_overhead(data, args.trials, int(count), args.epochs, folder)
+                text = f"sweep wall {result['wall']:.1f} s, overhead per trial {result['overhead']:.1f} s"
+            else:
+                result = ddp_run(data, int(count), args.ddp_epochs, args.ddp_batch, script)
+                text = f"{result['samples_per_second']:,.0f} samples/s, val_loss {result['val_loss']:.5f}"
+            measured[target].append(result)
+            print(f"round {number + 1} {target:>7}: {text}", flush=True)
+    return measured
 
-    before = load()
-    with tempfile.TemporaryDirectory(prefix="kfops-bench-sweep-") as tmp:
-        folder = Path(tmp)
-        data = prepare(args.rows, folder)
-        sweeps = [sweep_overhead(data, args.trials, p, args.epochs, folder) for p in (1, 2)]
-        ddp = [] if args.no_ddp else ddp_scaling(data, args.ddp_epochs, args.ddp_batch, folder)
-    after = load()
+
+def report(measured: dict, args: argparse.Namespace, pinning: harness.Pinning, before, after) -> str:
+    def spread(target: str, key: str) -> harness.Spread:
+        return harness.Spread.of([r[key] for r in measured[target]])
+
+    def ratio(numerator: str, denominator: str, key: str) -> str:
+        values = harness.per_round_ratios(
+            [r[key] for r in measured[numerator]], [r[key] for r in measured[denominator]]
+        )
+        return harness.Spread.of(values).text(2, "x")
 
     lines = [
-        f"## Sweeps and data-parallel training · {datetime.now(UTC):%Y-%m-%d}",
         "",
-        f"Machine: the 2-vCPU development machine ({os.uname().machine}), shared with other work: `uptime` load "
-        f"averages {before} before, {after} after. Python {sys.version.split()[0]}. Default data, "
-        f"{args.rows:,} rows (70% train). `python benchmarks/bench_sweep.py`.",
+        f"## Sweeps and data-parallel training · {time.strftime('%Y-%m-%d', time.gmtime())}",
         "",
-        f"Local sweep, random search over the learning rate, {args.epochs} epochs, batch 512, MLP [64, 32]; each trial "
-        "one kfp.local run of `kfops-sweep-trial` (train component) as a child MLflow run; overhead = trial wall "
-        "time (ask to tell) minus the run's `train_seconds` (median, min-max):",
+        harness.provenance(
+            None,
+            before,
+            after,
+            f"Everything pinned to CPUs {pinning.server_cpus} (`taskset` affinity, inherited by every task and rank). "
+            f"Default data, {args.rows:,} rows (70% train). {args.rounds} rounds, the targets' order rotated; "
+            "median over rounds (min-max), ratios the median of per-round ratios.",
+        ),
         "",
-        "| trials at once | trials | sweep wall (s) | trial wall (s) | training (s) | overhead per trial (s) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"Local sweep, random search over the learning rate, {args.trials} trials a sweep, {args.epochs} epochs, batch "
+        "512, MLP [64, 32], each sweep in a new workspace; each trial one kfp.local run of `kfops-sweep-trial` "
+        "(train component) as a child MLflow run; overhead = trial wall time (ask to tell) minus the run's "
+        "`train_seconds` (per sweep the median over its trials):",
+        "",
+        "| trials at once | sweep wall (s) | trial wall (s) | training (s) | overhead per trial (s) |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {target[-1]} | {spread(target, 'wall').text(1)} | {spread(target, 'trial_wall').text(1)} | "
+            f"{spread(target, 'train').text(2)} | {spread(target, 'overhead').text(1)} |"
+            for target in SWEEPS
+        ),
+        "",
+        f"2 at once against 1, per round: sweep wall {ratio('sweep-2', 'sweep-1', 'wall')}, overhead per trial "
+        f"{ratio('sweep-2', 'sweep-1', 'overhead')}.",
     ]
-    for s in sweeps:
-        lines.append(
-            f"| {s['parallel']} | {s['trials']} | {s['wall']:.1f} | {s['trial_wall']:.1f} | {s['train']:.2f} | "
-            f"{s['overhead']:.1f} ({s['overhead_min']:.1f}-{s['overhead_max']:.1f}) |"
-        )
-    if ddp:
-        speedup = ddp[1]["samples_per_second"] / ddp[0]["samples_per_second"]
+    if not args.no_ddp:
         lines += [
             "",
             f"Data-parallel `fit` on the same data: MLP [64, 32], batch {args.ddp_batch} (global), {args.ddp_epochs} "
@@ -192,20 +221,32 @@ def main() -> None:
             "| processes | samples/s | training (s) | best val_loss |",
             "|---:|---:|---:|---:|",
             *(
-                f"| {r['world']} | {r['samples_per_second']:,.0f} | {r['seconds']:.1f} | {r['val_loss']:.5f} |"
-                for r in ddp
+                f"| {target[-1]} | {spread(target, 'samples_per_second').text(0)} | {spread(target, 'seconds').text(1)}"
+                f" | {spread(target, 'val_loss').text(5)} |"
+                for target in DDP
             ),
             "",
-            f"2 ranks: {speedup:.2f}x the samples/s of 1 process on this 2-core machine: each rank computes half a "
-            "batch, but the gradient all-reduce (gloo, every step) costs more than it saves for an MLP this small. "
-            "The figure that matters is on GPUs across nodes (TrainJob); here 2 ranks reach a "
-            "model as good (val_loss above; dropout draws differ per rank).",
+            f"2 ranks against 1 process, samples/s per round: {ratio('ddp-2', 'ddp-1', 'samples_per_second')} on "
+            "this machine: each rank computes half a batch, but the gradient all-reduce (gloo, every step) costs "
+            "more than it saves for an MLP this small. The figure that matters is on GPUs across nodes (TrainJob); "
+            "here 2 ranks reach a model as good (val_loss above; dropout draws differ per rank).",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with open(args.results, "a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
+    parser.add_argument("--trials", type=int, default=2, help="trials a sweep (2: both at once in sweep-2)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--ddp-epochs", type=int, default=10)
+    parser.add_argument("--ddp-batch", type=int, default=1024)
+    parser.add_argument("--no-ddp", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
+    args = parser.parse_args()
+    harness.measure_and_record("sweep", args, harness.Pinning.whole_machine(), run, report)
 
 
 if __name__ == "__main__":

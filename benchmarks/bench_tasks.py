@@ -11,11 +11,18 @@ compares:
   does; scikit-learn's at 0.5 with balanced class weights) and R² (regression), with ROC-AUC or RMSE beside them;
 - **fit time on the same matrices**: the suite's ``loop.fit`` and the scikit-learn estimator fitted on the one
   matrix the feature spec's transform made (the estimator without its ColumnTransformer, so both see the same
-  numbers), in rounds that alternate which goes first; the ratio is reported as the median with its range;
-- **pipeline wall time**, separately: ``kfops run`` on the same file through kfp.local (ingest, validation,
-  training, evaluation, gate and registration), once per task.
+  numbers).
 
-    python benchmarks/bench_tasks.py [--rows 100000] [--rounds 3] [--no-pipeline] [--no-write]
+Both targets are fitted in ``--rounds`` interleaved rounds per task, the order rotated (harness.py), in this
+process, pinned to all its CPUs with as many torch/OpenMP threads for both; every figure is the median over the
+rounds with min-max, the fit-time ratio the median of per-round ratios. The suite's test metric is taken in every
+round (its fit is seeded: the range shows any drift); the baseline's pipeline is fitted once (it is deterministic).
+``--pipeline-rounds N`` adds ``kfops run`` on the same file through kfp.local (ingest, validation, training,
+evaluation, gate and registration) N times per task, tasks rotated round by round; off by default, since
+``bench_local_run.py`` measures the pipeline's wall time.
+
+    python benchmarks/bench_tasks.py [--rows 100000] [--rounds 5] [--tasks binary,multiclass,regression]
+                                     [--pipeline-rounds 0] [--no-write]
 
 Goal (issue "every tabular task"): the suite's test metric within 1% (relative) of the baseline's, or better.
 Appends a section to benchmarks/RESULTS.md unless --no-write.
@@ -24,20 +31,21 @@ Appends a section to benchmarks/RESULTS.md unless --no-write.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_tasks
+    from benchmarks import harness
+
+RESULTS = harness.RESULTS
+TARGETS = ("kfops", "sklearn")
 TASKS = ("binary", "multiclass", "regression")
 HEADLINE = {"binary": "balanced_accuracy", "multiclass": "balanced_accuracy", "regression": "r2"}
 SECOND = {"binary": "roc_auc", "multiclass": "roc_auc_ovr", "regression": "rmse"}
@@ -158,118 +166,138 @@ def score(task: str, y, outputs, threshold: float = 0.5) -> dict[str, float]:
     return task_metrics(task, y, outputs, threshold)
 
 
-def pipeline_seconds(frame: pd.DataFrame, task: str, work: Path) -> float:
+def pipeline_seconds(frame: pd.DataFrame, task: str, work: Path, number: int) -> float:
     path = work / f"{task}.csv"
-    frame.to_csv(path, index=False)
+    if not path.exists():
+        frame.to_csv(path, index=False)
+    command = [sys.executable, "-m", "kfops", "run", "--data", str(path), "--target", "target", "--task", task]
     started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kfops",
-            "run",
-            "--data",
-            str(path),
-            "--target",
-            "target",
-            "--task",
-            task,
-            "--workspace",
-            str(work / f"ws-{task}"),
-        ],
-        check=True,
-        capture_output=True,
+    done = subprocess.run(
+        [*command, "--workspace", str(work / f"ws-{task}-{number}")], capture_output=True, text=True, check=False
     )
+    if done.returncode != 0:
+        raise SystemExit(f"kfops run ({task}) failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return time.perf_counter() - started
+
+
+def fit_target(target: str, task: str, spec, matrices) -> tuple[float, dict[str, float] | None]:
+    """(fit seconds, the suite's test metrics or None) of one target on the suite's matrices."""
+    (x, y), (xt, yt) = matrices["train"], matrices["test"]
+    if target == "kfops":
+        model, seconds = fit_kfops(spec, matrices)
+        threshold = 0.5
+        if task == "binary":  # the decision threshold `kfops run` chooses: F1 on validation
+            from kfops.components.scoring import choose_threshold
+
+            xv, yv = matrices["validation"]
+            threshold = choose_threshold(yv, kfops_outputs(spec, model, xv), "f1")
+        return seconds, score(task, yt, kfops_outputs(spec, model, xt), threshold)
+    estimator = sklearn_estimator(task)
+    labels = y if task == "regression" else y.astype(np.int64)
+    started = time.perf_counter()
+    estimator.fit(x, labels)
+    return time.perf_counter() - started, None
+
+
+def baseline_metrics(task: str, schema, splits, spec, matrices) -> dict[str, float]:
+    """The baseline's test metrics from the pipeline a user writes (its own preprocessing on the raw rows)."""
+    pipeline = sklearn_pipeline(task, schema)
+    pipeline.fit(splits["train"], splits["train"]["target"])
+    raw_out = baseline_outputs(task, pipeline, splits["test"])
+    if task == "multiclass":  # scikit-learn orders classes as sorted labels, as the spec does
+        assert list(pipeline.classes_) == spec.labels
+    if task == "binary":
+        positive = list(pipeline.classes_).index(int(spec.positive_class))
+        raw_out = pipeline.predict_proba(splits["test"])[:, positive]
+    return score(task, matrices["test"][1], raw_out)
+
+
+def run(args: argparse.Namespace, scratch: Path, pinning: harness.Pinning) -> dict:
+    harness.pin_in_process(pinning)
+    tasks = args.tasks.split(",")
+    frames, results = {}, {}
+    for task in tasks:
+        frame = generate(task, args.rows)
+        schema, splits, spec, matrices = prepare(frame, task)
+        fits: dict[str, list[float]] = {t: [] for t in TARGETS}
+        ours: list[dict[str, float]] = []
+        for number, order in harness.rounds(TARGETS, args.rounds):
+            for target in order:
+                seconds, metrics = fit_target(target, task, spec, matrices)
+                fits[target].append(seconds)
+                if metrics is not None:
+                    ours.append(metrics)
+                print(f"{task} round {number + 1} {target:>8}: fit {seconds:.2f} s", flush=True)
+        theirs = baseline_metrics(task, schema, splits, spec, matrices)
+        results[task] = {"fits": fits, "kfops": ours, "sklearn": theirs, "pipeline": []}
+        print(task, HEADLINE[task], round(ours[0][HEADLINE[task]], 4), round(theirs[HEADLINE[task]], 4), flush=True)
+        if args.pipeline_rounds:
+            frames[task] = frame
+    for number, order in harness.rounds(list(frames), max(1, args.pipeline_rounds)) if frames else ():
+        for task in order:
+            seconds = pipeline_seconds(frames[task], task, scratch, number)
+            results[task]["pipeline"].append(seconds)
+            print(f"kfops run {task} round {number + 1}: {seconds:.1f} s", flush=True)
+    return results
+
+
+def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, before, after) -> str:
+    pipeline = bool(args.pipeline_rounds)
+    lines = [
+        "",
+        f"## Every task against scikit-learn · {time.strftime('%Y-%m-%d', time.gmtime())} ({args.rows:,} rows)",
+        "",
+        harness.provenance(
+            None,
+            before,
+            after,
+            f"This process pinned to CPUs {pinning.server_cpus} with {pinning.threads} torch/OpenMP threads for both "
+            "targets. Same split (the suite's, 70/15/15), same test rows. kfops: the feature spec's transform and "
+            "the torch MLP with its defaults (64-32, 12 epochs, early stopping). scikit-learn: a Pipeline of median "
+            "imputation and scaling, one-hot encoding, and LogisticRegression(class_weight='balanced') or Ridge "
+            "(its metric: fitted once on the raw rows). Fit time: both fitted on the same transformed matrix in "
+            f"{args.rounds} rounds, the order rotated; median over rounds (min-max); ratio = kfops / scikit-learn "
+            "per round (below 1 is faster)."
+            + (
+                f" `kfops run` wall time: {args.pipeline_rounds} round(s) per task, the tasks rotated."
+                if pipeline
+                else ""
+            ),
+        ),
+        "",
+        "| task | metric | kfops | scikit-learn | relative | second metric (kfops / sklearn) | fit s kfops | "
+        "fit s sklearn | fit ratio, per round |" + (" `kfops run` wall s |" if pipeline else ""),
+        "|---|---|---:|---:|---:|---|---:|---:|---:|" + ("---:|" if pipeline else ""),
+    ]
+    for task, result in results.items():
+        head, second = HEADLINE[task], SECOND[task]
+        ours = harness.Spread.of([m[head] for m in result["kfops"]])
+        theirs = result["sklearn"][head]
+        ours_second = harness.Spread.of([m[second] for m in result["kfops"]]).median
+        fits = {target: harness.Spread.of(seconds) for target, seconds in result["fits"].items()}
+        ratio = harness.Spread.of(harness.per_round_ratios(result["fits"]["kfops"], result["fits"]["sklearn"]))
+        wall = f" {harness.Spread.of(result['pipeline']).text(0)} |" if pipeline else ""
+        lines.append(
+            f"| {task} | {head} | {ours.text(4)} | {theirs:.4f} | {(ours.median - theirs) / abs(theirs):+.2%} | "
+            f"{second} {ours_second:.4g} / {result['sklearn'][second]:.4g} | {fits['kfops'].text(2)} | "
+            f"{fits['sklearn'].text(2)} | {ratio.text(2, 'x')} |{wall}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--no-pipeline", action="store_true", help="skip the `kfops run` wall times")
+    parser.add_argument("--pipeline-rounds", type=int, default=0, help="`kfops run` wall times: rounds per task")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
     args = parser.parse_args()
-    load_before = os.getloadavg()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="kfops-bench-tasks-") as tmp:
-        for task in args.tasks.split(","):
-            frame = generate(task, args.rows)
-            schema, splits, spec, matrices = prepare(frame, task)
-            (x, y), (xt, yt) = matrices["train"], matrices["test"]
-            fits: dict[str, list[float]] = {"kfops": [], "sklearn": []}
-            metrics: dict[str, dict[str, float]] = {}
-            for r in range(args.rounds):
-                order = ("kfops", "sklearn") if r % 2 == 0 else ("sklearn", "kfops")
-                for target in order:
-                    if target == "kfops":
-                        model, seconds = fit_kfops(spec, matrices)
-                        threshold = 0.5
-                        if task == "binary":  # the decision threshold `kfops run` chooses: F1 on validation
-                            from kfops.components.scoring import choose_threshold
-
-                            xv, yv = matrices["validation"]
-                            threshold = choose_threshold(yv, kfops_outputs(spec, model, xv), "f1")
-                        metrics["kfops"] = score(task, yt, kfops_outputs(spec, model, xt), threshold)
-                    else:
-                        estimator = sklearn_estimator(task)
-                        labels = y if task == "regression" else y.astype(np.int64)
-                        started = time.perf_counter()
-                        estimator.fit(x, labels)
-                        seconds = time.perf_counter() - started
-                    fits[target].append(seconds)
-            # The baseline's test metric from the pipeline a user writes (its own preprocessing on the raw rows).
-            pipeline = sklearn_pipeline(task, schema)
-            train_labels = splits["train"]["target"]
-            pipeline.fit(splits["train"], train_labels)
-            raw_out = baseline_outputs(task, pipeline, splits["test"])
-            if task == "multiclass":  # scikit-learn orders classes as sorted labels, as the spec does
-                assert list(pipeline.classes_) == spec.labels
-            if task == "binary":
-                positive = list(pipeline.classes_).index(int(spec.positive_class))
-                raw_out = pipeline.predict_proba(splits["test"])[:, positive]
-            metrics["sklearn"] = score(task, yt, raw_out)
-            ratios = [k / s for k, s in zip(fits["kfops"], fits["sklearn"], strict=True)]
-            wall = None if args.no_pipeline else pipeline_seconds(frame, task, Path(tmp))
-            rows.append((task, metrics, fits, ratios, wall))
-            print(task, {k: round(v[HEADLINE[task]], 4) for k, v in metrics.items()}, flush=True)
-    load_after = os.getloadavg()
-    lines = report(rows, args, load_before, load_after)
-    print("\n".join(lines))
-    if not args.no_write:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + "\n".join(lines) + "\n")
-
-
-def report(rows, args, load_before, load_after) -> list[str]:
-    lines = [
-        f"## Every task against scikit-learn · {datetime.now(UTC):%Y-%m-%d} ({args.rows:,} rows)",
-        "",
-        f"`python benchmarks/bench_tasks.py --rows {args.rows} --rounds {args.rounds}"
-        f"{' --no-pipeline' if args.no_pipeline else ''}`, {platform.machine()} with {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}; 1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after. "
-        "Same split (the suite's, 70/15/15), same test rows. kfops: the feature spec's transform and the torch MLP "
-        "with its defaults (64-32, 12 epochs, early stopping). scikit-learn: a Pipeline of median imputation and "
-        "scaling, one-hot encoding, and LogisticRegression(class_weight='balanced') or Ridge. Fit time: both fitted "
-        "on the same transformed matrix, rounds alternating which goes first; ratio = kfops / scikit-learn (below 1 "
-        "is faster), median (min-max).",
-        "",
-        "| task | metric | kfops | scikit-learn | relative | second metric (kfops / sklearn) | fit s kfops | "
-        "fit s sklearn | fit ratio median (range) | `kfops run` wall s |",
-        "|---|---|---:|---:|---:|---|---:|---:|---|---:|",
-    ]
-    for task, metrics, fits, ratios, wall in rows:
-        head, second = HEADLINE[task], SECOND[task]
-        ours, theirs = metrics["kfops"][head], metrics["sklearn"][head]
-        lines.append(
-            f"| {task} | {head} | {ours:.4f} | {theirs:.4f} | {(ours - theirs) / abs(theirs):+.2%} | "
-            f"{second} {metrics['kfops'][second]:.4g} / {metrics['sklearn'][second]:.4g} | "
-            f"{statistics.median(fits['kfops']):.2f} | {statistics.median(fits['sklearn']):.2f} | "
-            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
-            f"{'' if wall is None else f'{wall:.0f}'} |"
-        )
-    return lines
+    unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
+    if unknown:
+        parser.error(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    harness.measure_and_record("tasks", args, harness.Pinning.whole_machine(), run, report)
 
 
 if __name__ == "__main__":

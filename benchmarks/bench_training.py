@@ -1,4 +1,4 @@
-"""Training throughput: the suite's loop against a loop written like the reference document's.
+"""Training throughput: the suite's loop against a loop written like the reference document's, through the harness.
 
 Both train the same MLP (the pipeline's default architecture) on the same preprocessed default data with the
 same batch size and optimizer. The baseline is the familiar pattern: ``TensorDataset`` + ``DataLoader`` with
@@ -6,11 +6,14 @@ same batch size and optimizer. The baseline is the familiar pattern: ``TensorDat
 (``kfops.components.train.loop.fit``) keeps the data on the device, shuffles once per epoch, slices batches,
 and on CUDA replays the step from a CUDA graph in bf16 autocast.
 
-    python benchmarks/bench_training.py                    # CPU: batch 32 and 1024
-    python benchmarks/bench_training.py --device cuda      # GPU: batch 32 and 8192
+A warm-up pass first sizes each measurement (rows trained) so that it takes about ``--seconds``; then both
+targets train those same rows in ``--rounds`` interleaved rounds, the order rotated (harness.py), in this
+process, pinned to all its CPUs with as many torch threads for both. Every figure is the median over the rounds
+with min-max; the speed-up is the median of the per-round ratios. The suite's figure includes its per-epoch
+validation pass; the baseline's does not, so the comparison leans towards the baseline.
 
-Figures are appended to benchmarks/RESULTS.md with the machine and date. The suite's figure includes its
-per-epoch validation pass; the baseline's does not, so the comparison leans towards the baseline.
+    python benchmarks/bench_training.py [--rounds 5] [--seconds 6]   # CPU: batch 32 and 1024
+    python benchmarks/bench_training.py --device cuda                 # GPU: batch 32 and 8192 (gpu_run.sh)
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ import dataclasses
 import os
 import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+try:
+    import harness
+except ImportError:  # python -m benchmarks.bench_training
+    from benchmarks import harness
+
+RESULTS = harness.RESULTS
+TARGETS = ("reference", "kfops")
+LABELS = {
+    "reference": "reference loop (TensorDataset + DataLoader, shuffle=True, .item() every step)",
+    "kfops": "kfops loop (`train.loop.fit`, its validation pass included)",
+}
 
 
 def cpu_name() -> str:
@@ -97,11 +109,91 @@ def suite_loop(x, y, xv, yv, config, epochs: int) -> float:
     return fit(x, y, xv, yv, cfg).samples_per_second
 
 
-def main() -> None:
+def run(args: argparse.Namespace, scratch: Path, pinning: harness.Pinning) -> dict:
     import torch
 
     from kfops.components.contracts import TrainConfig
 
+    harness.pin_in_process(pinning)
+    sizes = [int(s) for s in (args.batch_sizes or ("32,1024" if args.device == "cpu" else "32,8192")).split(",")]
+    data = load_default_matrices(args.rows)
+    x, y = data["train"]
+    xv, yv = data["validation"]
+    if args.tile and len(x) < args.tile:
+        reps = -(-args.tile // len(x))
+        x, y = np.tile(x, (reps, 1)), np.tile(y, reps)
+    config = TrainConfig(device=args.device)
+
+    def measure(target: str, batch: int, rows: int, epochs: int) -> float:
+        cfg = dataclasses.replace(config, batch_size=batch)
+        torch.set_num_threads(pinning.threads)  # fit sets its own from the affinity mask: the same count
+        if target == "reference":
+            return reference_loop(x[:rows], y[:rows], cfg, args.device, epochs)
+        return suite_loop(x[:rows], y[:rows], xv, yv, cfg, epochs)
+
+    # Warm-up and sizing, once: a short probe of each (CUDA context, graph capture, allocator), then rows that
+    # fill about --seconds (the suite trains 3 epochs of its rows, the reference 1), the same in every round.
+    plan: dict[tuple[str, int], int] = {}
+    for batch in sizes:
+        probe_rows = min(len(x), batch * 100)
+        plan["reference", batch] = int(
+            min(len(x), max(batch * 20, measure("reference", batch, probe_rows, 1) * args.seconds))
+        )
+        plan["kfops", batch] = int(
+            min(len(x), max(batch * 50, measure("kfops", batch, probe_rows, 2) * args.seconds / 3))
+        )
+    measured: dict[tuple[str, int], list[float]] = {key: [] for key in plan}
+    for number, order in harness.rounds(TARGETS, args.rounds):
+        for batch in sizes:
+            for target in order:
+                rate = measure(target, batch, plan[target, batch], 1 if target == "reference" else 3)
+                measured[target, batch].append(rate)
+                print(f"round {number + 1} batch {batch:>5} {target:>9}: {rate:>14,.0f} samples/s", flush=True)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    return {
+        "sizes": sizes,
+        "plan": plan,
+        "measured": measured,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "train_rows": len(x),
+        "inputs": x.shape[1],
+        "hidden": config.hidden_sizes,
+    }
+
+
+def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, before, after) -> str:
+    measured, plan = results["measured"], results["plan"]
+    rows = []
+    for batch in results["sizes"]:
+        ref, ours = measured["reference", batch], measured["kfops", batch]
+        ratio = harness.Spread.of(harness.per_round_ratios(ours, ref)).text(2, "x")
+        rows.append(
+            f"| {batch} | {harness.Spread.of(ref).text(0)} | {harness.Spread.of(ours).text(0)} | {ratio} | "
+            f"{plan['reference', batch]:,} x 1 / {plan['kfops', batch]:,} x 3 |"
+        )
+    return (
+        f"\n## Training throughput · {args.device} · {time.strftime('%Y-%m-%d', time.gmtime())}\n\n"
+        + harness.provenance(
+            None,
+            before,
+            after,
+            f"{results['device_name']}, torch {results['torch']}; this process pinned to CPUs "
+            f"{pinning.server_cpus} with {pinning.threads} torch/OpenMP threads for both targets. Data: default data "
+            f"({args.rows:,} rows), {results['train_rows']:,} training rows x {results['inputs']} inputs; MLP "
+            f"{results['hidden']}, AdamW. Each measurement trains the rows a warm-up sized to about "
+            f"{args.seconds:g} s; {args.rounds} rounds, the order rotated; median over rounds (min-max), speed-up the "
+            "median of per-round ratios.",
+        )
+        + "\n\n| batch | "
+        + " | ".join(LABELS[t] + ", samples/s" for t in TARGETS)
+        + " | speed-up, per round | rows x epochs (reference / kfops) |\n|---:|---:|---:|---:|---:|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-sizes", default="", help="comma-separated; default 32,1024 (cpu) 32,8192 (cuda)")
@@ -112,51 +204,12 @@ def main() -> None:
         default=0,
         help="repeat the training rows to at least this many (big-batch GPU runs need steps)",
     )
-    parser.add_argument("--seconds", type=float, default=6.0, help="approximate time budget per measurement")
+    parser.add_argument("--seconds", type=float, default=6.0, help="approximate time of one measurement")
+    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file the figures are appended to")
     args = parser.parse_args()
-    sizes = [int(s) for s in (args.batch_sizes or ("32,1024" if args.device == "cpu" else "32,8192")).split(",")]
-
-    data = load_default_matrices(args.rows)
-    x, y = data["train"]
-    xv, yv = data["validation"]
-    if args.tile and len(x) < args.tile:
-        reps = -(-args.tile // len(x))
-        x, y = np.tile(x, (reps, 1)), np.tile(y, reps)
-    config = TrainConfig(device=args.device)
-    rows = []
-    for batch in sizes:
-        cfg = dataclasses.replace(config, batch_size=batch)
-        # Each side trains on as many rows as fit about --seconds (measured with a short probe), so slow
-        # configurations stay bounded; the probe also warms up (CUDA context, graph capture, allocator).
-        probe_rows = min(len(x), batch * 100)
-        ref_probe = reference_loop(x[:probe_rows], y[:probe_rows], cfg, args.device, 1)
-        ref_rows = int(min(len(x), max(batch * 20, ref_probe * args.seconds)))
-        ref = reference_loop(x[:ref_rows], y[:ref_rows], cfg, args.device, 1)
-        ours_probe = suite_loop(x[:probe_rows], y[:probe_rows], xv, yv, cfg, 2)
-        ours_rows = int(min(len(x), max(batch * 50, ours_probe * args.seconds / 3)))
-        ours = suite_loop(x[:ours_rows], y[:ours_rows], xv, yv, cfg, 3)
-        rows.append((batch, ref, ours))
-        print(
-            f"batch {batch:>5}: reference {ref:>14,.0f} samples/s ({ref_rows:,} rows) | kfops {ours:>14,.0f} "
-            f"samples/s (3 x {ours_rows:,} rows) | {ours / ref:5.1f}x",
-            flush=True,
-        )
-
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    header = (
-        f"\n## Training throughput · {args.device} · {datetime.now(UTC).date()}\n\n"
-        f"Machine: {device_name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"{platform.machine()}. Data: default data ({args.rows:,} rows), {len(x):,} training rows x "
-        f"{x.shape[1]} inputs; MLP {config.hidden_sizes}, AdamW.\n\n"
-        "| batch | reference loop (samples/s) | kfops loop (samples/s) | speed-up |\n|---:|---:|---:|---:|\n"
-    )
-    table = "".join(f"| {b} | {r:,.0f} | {o:,.0f} | {o / r:.1f}x |\n" for b, r, o in rows)
-    print(header + table)
-    if not args.no_write:
-        with open(args.results, "a", encoding="utf-8") as fh:
-            fh.write(header + table)
+    harness.measure_and_record("training", args, harness.Pinning.whole_machine(), run, report)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,12 @@ class Pinning:
         return [_taskset(), "-c", self.client_cpus, *command]
 
     @classmethod
+    def whole_machine(cls) -> Pinning:
+        """No client: every target gets all of this process's CPUs and as many math threads."""
+        cpus = sorted(os.sched_getaffinity(0))
+        return cls("", ",".join(str(c) for c in cpus), len(cpus))
+
+    @classmethod
     def from_args(cls, client_cpus: str, server_cpus: str, threads: int) -> Pinning:
         """``--client-cpus``/``--server-cpus`` as given (empty: ``default()``'s), with ``threads`` per target."""
         default = cls.default()
@@ -194,6 +200,21 @@ def thread_env(threads: int) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": count,
         "KFOPS_BENCH_TORCH_THREADS": count,
     }
+
+
+def pin_in_process(pinning: Pinning) -> None:
+    """For targets measured inside this process (functions, not servers): pin the process (and what it starts) to
+    the targets' CPUs and give every math library, loaded or not, the same thread count."""
+    os.sched_setaffinity(0, {int(cpu) for cpu in pinning.server_cpus.split(",")})
+    os.environ.update(thread_env(pinning.threads))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a GPU machine's own environment may lack it: pools not loaded yet read the variables
+        pass
+    else:
+        threadpool_limits(limits=pinning.threads)  # OpenMP/BLAS pools already loaded (numpy, scikit-learn)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(pinning.threads)
 
 
 def bench_torch_threads() -> int:
@@ -430,21 +451,22 @@ def _memory_gib() -> float:
     return 0.0
 
 
-def append_results(text: str) -> None:
-    with RESULTS.open("a", encoding="utf-8") as fh:
+def append_results(text: str, path: Path | str = RESULTS) -> None:
+    with Path(path).open("a", encoding="utf-8") as fh:
         fh.write(text if text.startswith("\n") else "\n" + text)
 
 
 def measure_and_record(name: str, args, pinning: Pinning, run, report) -> str:
     """``run(args, scratch, pinning)`` in a scratch folder, then ``report(results, args, pinning, load before,
-    load after)``: printed, and appended to RESULTS.md unless ``args.no_write``. The tail every comparison shares."""
+    load after)``: printed, and appended to RESULTS.md (or ``args.results`` where the script has that option) unless
+    ``args.no_write``. The tail every comparison shares."""
     before = MachineLoad.sample()
     with tempfile.TemporaryDirectory(prefix=f"kfops-bench-{name}-") as tmp:
         results = run(args, Path(tmp), pinning)
     text = report(results, args, pinning, before, MachineLoad.sample())
     print(text)
     if not args.no_write:
-        append_results(text)
+        append_results(text, getattr(args, "results", None) or RESULTS)
     return text
 
 
