@@ -14,10 +14,10 @@ R²) and its relative gap to the best baseline, fit seconds and the fit-time rat
 of per-round ratios), and the scoring speed of one-row requests through the model format's serving path
 (``LoadedModel.predict_columns``: the feature transform and the model, in process, no HTTP) as requests/s and p99
 latency; the baselines score the same one-row matrices with their own ``predict_proba``/``predict``. This process
-is pinned to all its CPUs; every fit gets as many torch/OpenMP threads, every one-row scoring one of each (as a
-serving worker on 2 CPUs sets them).
+is pinned to its CPUs (all, or the first ``--threads``); every fit gets as many torch/OpenMP threads, every
+one-row scoring one of each (as a serving worker on 2 CPUs sets them).
 
-    python benchmarks/bench_families.py [--rows 100000] [--rounds 5] [--requests 1000] [--no-write]
+    python benchmarks/bench_families.py [--rows 100000] [--rounds 5] [--requests 1000] [--threads 0] [--no-write]
 
 Goal (issue "any model"): the default family within 1% relative of the best baseline, fitting no slower.
 """
@@ -215,13 +215,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
     args = parser.parse_args()
     unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
     if unknown:
         parser.error(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
-    harness.measure_and_record("families", args, harness.Pinning.whole_machine(), run, report)
+    harness.measure_and_record("families", args, harness.Pinning.whole_machine(args.threads), run, report)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,16 @@ compares:
   numbers).
 
 Both targets are fitted in ``--rounds`` interleaved rounds per task, the order rotated (harness.py), in this
-process, pinned to all its CPUs with as many torch/OpenMP threads for both; every figure is the median over the
-rounds with min-max, the fit-time ratio the median of per-round ratios. The suite's test metric is taken in every
-round (its fit is seeded: the range shows any drift); the baseline's pipeline is fitted once (it is deterministic).
+process, pinned to its CPUs (all, or the first ``--threads``) with as many torch/OpenMP threads for both; every
+figure is the median over the rounds with min-max, the fit-time ratio the median of per-round ratios. The suite's
+test metric is taken in every round (its fit is seeded: the range shows any drift); the baseline's pipeline is
+fitted once (it is deterministic).
 ``--pipeline-rounds N`` adds ``kfops run`` on the same file through kfp.local (ingest, validation, training,
 evaluation, gate and registration) N times per task, tasks rotated round by round; off by default, since
 ``bench_local_run.py`` measures the pipeline's wall time.
 
     python benchmarks/bench_tasks.py [--rows 100000] [--rounds 5] [--tasks binary,multiclass,regression]
-                                     [--pipeline-rounds 0] [--no-write]
+                                     [--pipeline-rounds 0] [--threads 0] [--no-write]
 
 Goal (issue "every tabular task"): the suite's test metric within 1% (relative) of the baseline's, or better.
 Appends a section to benchmarks/RESULTS.md unless --no-write.
@@ -291,13 +292,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--pipeline-rounds", type=int, default=0, help="`kfops run` wall times: rounds per task")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
     args = parser.parse_args()
     unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
     if unknown:
         parser.error(f"--tasks: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
-    harness.measure_and_record("tasks", args, harness.Pinning.whole_machine(), run, report)
+    harness.measure_and_record("tasks", args, harness.Pinning.whole_machine(args.threads), run, report)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ and on CUDA replays the step from a CUDA graph in bf16 autocast.
 
 A warm-up pass first sizes each measurement (rows trained) so that it takes about ``--seconds``; then both
 targets train those same rows in ``--rounds`` interleaved rounds, the order rotated (harness.py), in this
-process, pinned to all its CPUs with as many torch threads for both. Every figure is the median over the rounds
-with min-max; the speed-up is the median of the per-round ratios. The suite's figure includes its per-epoch
-validation pass; the baseline's does not, so the comparison leans towards the baseline.
+process, pinned to its CPUs (all, or the first ``--threads``) with as many torch threads for both. Every figure
+is the median over the rounds with min-max; the speed-up is the median of the per-round ratios. The suite's
+figure includes its per-epoch validation pass; the baseline's does not, so the comparison leans towards the
+baseline.
 
     python benchmarks/bench_training.py [--rounds 5] [--seconds 6]   # CPU: batch 32 and 1024
     python benchmarks/bench_training.py --device cuda                 # GPU: batch 32 and 8192 (gpu_run.sh)
@@ -206,10 +207,16 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="approximate time of one measurement")
     parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file the figures are appended to")
     args = parser.parse_args()
-    harness.measure_and_record("training", args, harness.Pinning.whole_machine(), run, report)
+    harness.measure_and_record("training", args, harness.Pinning.whole_machine(args.threads), run, report)
 
 
 if __name__ == "__main__":

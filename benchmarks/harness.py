@@ -163,9 +163,14 @@ class Pinning:
         return [_taskset(), "-c", self.client_cpus, *command]
 
     @classmethod
-    def whole_machine(cls) -> Pinning:
-        """No client: every target gets all of this process's CPUs and as many math threads."""
+    def whole_machine(cls, count: int = 0) -> Pinning:
+        """No client: every target gets this process's first ``count`` CPUs (0: all of them) and as many math
+        threads. On a shared machine one thread each avoids OpenMP's spinning barriers, which slow a 2-thread fit
+        many times over when other work holds the CPUs."""
         cpus = sorted(os.sched_getaffinity(0))
+        if count < 0 or count > len(cpus):
+            raise SystemExit(f"harness: --threads {count}: this process may use {len(cpus)} CPU(s) (0: all)")
+        cpus = cpus[:count] if count else cpus
         return cls("", ",".join(str(c) for c in cpus), len(cpus))
 
     @classmethod
