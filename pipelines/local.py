@@ -154,9 +154,11 @@ def run_pipeline(
     ws: LocalWorkspace,
     enable_caching: bool = True,
     server: task_server.TaskServer | None = None,
+    keep_server: bool = False,
 ):
     """Run a pipeline through kfp.local and return its task (outputs under ``.outputs``). With ``server``
-    (``task_server.TaskServer.start()``, which this stops at the end) tasks fork from its warm interpreter."""
+    (``task_server.TaskServer.start()``) tasks fork from its warm interpreter; this stops it at the end unless
+    ``keep_server`` (the caller still has calls for it, and stops it)."""
     import builtins
 
     global _task_server
@@ -170,5 +172,5 @@ def run_pipeline(
     finally:
         _task_server = None
         builtins.print = print_function
-        if server is not None:
+        if server is not None and not keep_server:
             server.stop()

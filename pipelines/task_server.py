@@ -11,7 +11,13 @@ the way the process is started changes. On a cluster every step is its own pod a
 Protocol (a Unix socket in a private folder): the driver sends the task's command line and environment as one JSON
 line, with its stdout/stderr pipe as an SCM_RIGHTS file descriptor; the server forks, the child runs
 ``kfp.dsl.executor_main`` as ``python -m`` would, and the server answers with the child's exit status (negative:
-killed by that signal, as ``subprocess`` reports it).
+killed by that signal, as ``subprocess`` reports it). The driver may also ask for a function call (``call``: a
+``module:function`` and JSON keyword arguments), which a forked child runs with the server's modules loaded and
+answers in JSON: `kfops run`'s summary reads MLflow this way instead of importing it in the driver.
+
+A task that comes before the modules it needs are loaded (``TRAINING_NEEDS``: the last preload each step of the
+training pipeline imports) waits in the server until they are, instead of being forked at once to import them itself
+while the server imports them too.
 
 Safe forking: the server has no threads, forks only from its main loop between imports (never while an import holds
 the import lock), and reaps children from a SIGCHLD handler. A command that is not kfp's lightweight-component
@@ -37,8 +43,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # What the training pipeline's steps import, in the order its steps first need them (measured with
-# benchmarks/bench_local_run.py --imports). MLflow's SQLAlchemy stores (with alembic) load when a step first opens
-# the tracking store; torch._dynamo when train's optimizer first steps (torch.optim wraps its step in it).
+# benchmarks/bench_local_run.py --imports): version-data pandas and pyarrow; validate MLflow, its SQLAlchemy stores
+# (with alembic; the champion's suite is looked up in the registry) and Great Expectations; train torch, MLflow's
+# package map and torch._dynamo (torch.optim wraps its step in it); evaluate matplotlib. What a later step needs
+# loads while the earlier steps run.
 TRAINING_PRELOAD = (
     "kfp.dsl.executor_main",
     "pandas",
@@ -46,19 +54,37 @@ TRAINING_PRELOAD = (
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
+    "great_expectations",
+    "torch",
     # MLflow maps installed packages to modules (importlib.metadata over site-packages, ~1 s) once a process, when
     # train logs its model with pip requirements: done once here, every child has the map
     "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
-    "great_expectations",
-    "torch",
     "torch._dynamo",
     "torch.utils.tensorboard",
     "matplotlib",
 )
+# The last of TRAINING_PRELOAD each step (or call) imports: a step that comes before it is loaded is forked once it
+# is, rather than at once to import the same modules itself while the server imports them too, two processes on the
+# same imports competing for 2 cores (validate used to pay Great Expectations' 5 s that way).
+TRAINING_NEEDS = {
+    "version_data": "pyarrow.parquet",
+    "validate_data": "great_expectations",
+    "split_data": "pyarrow.parquet",
+    "preprocess": "pyarrow.parquet",
+    "train": "torch.utils.tensorboard",
+    "evaluate": "matplotlib",
+    "gate": "mlflow.store.model_registry.sqlalchemy_store",
+    "register": "mlflow.store.model_registry.sqlalchemy_store",
+    "promote": "mlflow.store.model_registry.sqlalchemy_store",
+    # `kfops run`'s calls (TaskServer.call): the default data, the summary
+    "kfops.datagen:default_data_path": "pyarrow.parquet",
+    "kfops.pipelines.run_summary:training_summary": "mlflow.store.model_registry.sqlalchemy_store",
+}
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
 _MAX_MESSAGE = 1 << 24  # a task's executor input is JSON of a few kB; the component's source is embedded too
 _STARTUP_TIMEOUT_S = 30.0
 PRELOADED = "task server: preloaded every module"
+_RESULT = "\x1ekfops-task-server-result "  # starts the line holding a call's JSON answer in the child's output
 
 
 def enabled() -> bool:
@@ -95,8 +121,16 @@ def forkable_environment(server_env: dict[str, str], task_env: dict[str, str]) -
 class TaskServer:
     """The driver's handle on a running server process (``start``), which it stops with ``stop``."""
 
-    def __init__(self, process: subprocess.Popen, folder: Path, log_path: Path, environment: dict[str, str]):
+    def __init__(
+        self,
+        process: subprocess.Popen,
+        folder: Path,
+        log_path: Path,
+        environment: dict[str, str],
+        needs: dict[str, str] | None = None,
+    ):
         self.process = process
+        self.needs = needs or {}
         self.environment = environment
         self.folder = folder
         self.socket_path = folder / "tasks.sock"
@@ -108,10 +142,15 @@ class TaskServer:
         preload: Sequence[str] = TRAINING_PRELOAD,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        needs: dict[str, str] | None = None,
     ) -> TaskServer:
         """Start the server; it imports ``preload`` in the background and answers tasks between imports. ``env``
         (default: this process's) is the environment the preloaded modules are imported under; ``log_path`` keeps
-        the server's log (when each preload finished, each task forked; default: beside its socket, removed)."""
+        the server's log (when each preload finished, each task forked; default: beside its socket, removed);
+        ``needs`` maps a component function to the last preload it imports, which its task waits for (default
+        ``TRAINING_NEEDS`` with the default preload, else none)."""
+        if needs is None:
+            needs = TRAINING_NEEDS if tuple(preload) == TRAINING_PRELOAD else {}
         folder = Path(tempfile.mkdtemp(prefix="kfops-tasks-"))  # 0700: only this user may connect
         log_path = log_path or folder / "server.log"
         # _KFP_RUNTIME as kfp's launcher sets it: kfp imports only what executors need
@@ -125,7 +164,7 @@ class TaskServer:
                 env=environment,
                 close_fds=True,
             )
-        return cls(process, folder, log_path, environment)
+        return cls(process, folder, log_path, environment, needs)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -149,11 +188,28 @@ class TaskServer:
 
     def run(self, source: str, arguments: list[str], env_vars: dict[str, str] | None, on_line) -> int:
         """Run one task: ``on_line`` gets each line of its output as it comes; returns its exit status."""
+        return self._forked({"source": source, "arguments": arguments}, task_environment(env_vars), on_line)
+
+    def call(self, function: str, kwargs: dict):
+        """``module:function(**kwargs)`` in a child forked from the server, with this process's environment and
+        working directory; returns its result through JSON (a path, or another object JSON lacks, as its str). A call
+        that raises raises RuntimeError with its output."""
+        lines: list[str] = []
+        code = self._forked({"call": function, "kwargs": kwargs}, dict(os.environ), lines.append)
+        answers = [line[len(_RESULT) :] for line in lines if line.startswith(_RESULT)]
+        if code != 0 or not answers:
+            output = "".join(line for line in lines if not line.startswith(_RESULT)).strip()
+            raise RuntimeError(f"{function} failed in the task server (exit status {code}): {output[-4000:]}")
+        return json.loads(answers[-1])
+
+    def _forked(self, request: dict, env: dict[str, str], on_line) -> int:
+        after = self.needs.get(_function_name(request))
+        if after:
+            request = {**request, "after": after}
         conn = self._connect()
         read_end, write_end = os.pipe()
         try:
-            env = task_environment(env_vars)
-            request = {"source": source, "arguments": arguments, "env": env, "cwd": os.getcwd()}
+            request = {**request, "env": env, "cwd": os.getcwd()}
             payload = json.dumps(request).encode() + b"\n"
             socket.send_fds(conn, [payload[:1]], [write_end])
             conn.sendall(payload[1:])
@@ -207,7 +263,8 @@ class TaskServer:
 
 
 def _run_task_in_child(request: dict, output_fd: int) -> None:
-    """In the forked child: become the task's process, run kfp's executor, and never return."""
+    """In the forked child: become the task's process, run kfp's executor (or the call asked for), and never
+    return."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server reaps its children; a task waits for its own
@@ -224,25 +281,7 @@ def _run_task_in_child(request: dict, output_fd: int) -> None:
         os.chdir(request["cwd"])
         if "numpy" in sys.modules:  # a fresh process draws its own seed; the fork would share the server's
             sys.modules["numpy"].random.seed()
-        folder = tempfile.mkdtemp()
-        module_path = os.path.join(folder, "ephemeral_component.py")
-        with open(module_path, "w", encoding="utf-8") as fh:
-            fh.write(request["source"])
-        sys.argv = [EXECUTOR_MODULE, "--component_module_path", module_path, *request["arguments"]]
-        try:
-            from kfp.dsl import executor_main
-
-            executor_main.executor_main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-            if not isinstance(stop.code, (int, type(None))):
-                print(stop.code, file=sys.stderr)
-        except BaseException:
-            sys.excepthook(*sys.exc_info())
-            code = 1
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        code = _call_in_child(request) if "call" in request else _execute_task(request)
         import atexit
 
         atexit._run_exitfuncs()  # as at interpreter exit (MLflow flushes here); module teardown is skipped
@@ -253,6 +292,44 @@ def _run_task_in_child(request: dict, output_fd: int) -> None:
         os._exit(code)
 
 
+def _execute_task(request: dict) -> int:
+    """Run kfp's executor on the request's component source and arguments, as ``python -m`` would; the exit
+    status."""
+    folder = tempfile.mkdtemp()
+    module_path = os.path.join(folder, "ephemeral_component.py")
+    with open(module_path, "w", encoding="utf-8") as fh:
+        fh.write(request["source"])
+    sys.argv = [EXECUTOR_MODULE, "--component_module_path", module_path, *request["arguments"]]
+    try:
+        from kfp.dsl import executor_main
+
+        executor_main.executor_main()
+        return 0
+    except SystemExit as stop:
+        if not isinstance(stop.code, (int, type(None))):
+            print(stop.code, file=sys.stderr)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        return 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _call_in_child(request: dict) -> int:
+    """Run the request's ``module:function`` and print its result as one marked JSON line; the exit status."""
+    import importlib
+
+    try:
+        module_name, _, name = request["call"].partition(":")
+        result = getattr(importlib.import_module(module_name), name)(**request.get("kwargs", {}))
+        print(_RESULT + json.dumps(result, default=str), flush=True)  # a path answers as its str
+        return 0
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        return 1
+
+
 def _clock() -> str:
     """The time of day as kfp.local's log writes it, so the two logs line up."""
     now = time.time()
@@ -260,6 +337,8 @@ def _clock() -> str:
 
 
 def _function_name(request: dict) -> str:
+    if "call" in request:
+        return str(request["call"])
     arguments = request.get("arguments", [])
     at = arguments.index("--function_to_execute") + 1 if "--function_to_execute" in arguments else -1
     return arguments[at] if 0 < at < len(arguments) else "?"
@@ -308,9 +387,29 @@ def serve(socket_path: str, preload: Sequence[str]) -> None:
                     conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
                 conn.close()
 
+    def fork(request: dict, output_fd: int, conn: socket.socket) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # record the pid before reaping it
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+            listener.close()
+            conn.close()
+            for other in [*waiting.values(), *(c for _, fd, c in held)]:
+                other.close()
+            for _, fd, _ in held:
+                os.close(fd)
+            _run_task_in_child(request, output_fd)
+        waiting[pid] = conn
+        print(f"{_clock()} task server: forked pid {pid} for {_function_name(request)}", flush=True)
+        os.close(output_fd)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+
     signal.signal(signal.SIGCHLD, reap)
     lifeline = sys.stdin.fileno()
     pending = list(preload)
+    held: list[tuple[dict, int, socket.socket]] = []  # tasks waiting for a preload ("after"), in arrival order
 
     while True:
         # No blocking while modules remain to import; then wait for tasks or the end of the lifeline.
@@ -330,21 +429,11 @@ def serve(socket_path: str, preload: Sequence[str]) -> None:
                 print(f"task server: bad request: {err}", file=sys.stderr, flush=True)
                 conn.close()
                 continue
-            sys.stdout.flush()
-            sys.stderr.flush()
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # record the pid before reaping it
-            pid = os.fork()
-            if pid == 0:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
-                listener.close()
-                conn.close()
-                for other in waiting.values():
-                    other.close()
-                _run_task_in_child(request, output_fd)
-            waiting[pid] = conn
-            print(f"{_clock()} task server: forked pid {pid} for {_function_name(request)}", flush=True)
-            os.close(output_fd)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+            if request.get("after") in pending:
+                print(f"{_clock()} task server: {_function_name(request)} waits for {request['after']}", flush=True)
+                held.append((request, output_fd, conn))
+            else:
+                fork(request, output_fd, conn)
             continue
         if pending:
             name = pending.pop(0)
@@ -359,6 +448,9 @@ def serve(socket_path: str, preload: Sequence[str]) -> None:
             print(f"{_clock()} task server: preloaded {name} in {time.perf_counter() - started:.2f} s", flush=True)
             if threading.active_count() > 1:  # forking copies no thread: whatever one holds stays held in a child
                 print(f"task server: importing {name} started threads; forks may not be safe", flush=True)
+            for task in [t for t in held if t[0]["after"] not in pending]:
+                held.remove(task)
+                fork(*task)
             if not pending:
                 print(PRELOADED, flush=True)
 

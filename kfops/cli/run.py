@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +24,9 @@ from kfops.cli.console import (
 )
 
 
-def training_arguments(args, ws) -> dict:
-    """Pipeline arguments for `kfops run`, from the flags and the workspace."""
+def training_arguments(args, ws, default_data_file: str | None = None) -> dict:
+    """Pipeline arguments for `kfops run`, from the flags and the workspace. ``default_data_file``: the default
+    data, already generated (else generated here when the flags ask for it)."""
     from kfops import datagen
 
     arguments: dict = {"artifact_store": args.artifact_store or ws.store, "tensorboard_root": ws.tensorboard}
@@ -33,7 +35,9 @@ def training_arguments(args, ws) -> dict:
     if args.data:
         arguments["data_uri"] = args.data if args.data.startswith("s3://") else str(Path(args.data).resolve())
     elif not args.data_version:
-        arguments["data_uri"] = str(datagen.default_data_path(ws.root, rows=args.rows, seed=args.data_seed))
+        arguments["data_uri"] = default_data_file or str(
+            datagen.default_data_path(ws.root, rows=args.rows, seed=args.data_seed)
+        )
     default_data = not args.data and not args.data_version
     arguments["target"] = args.target or datagen.TARGET if default_data else args.target or ""
     if not arguments["target"]:
@@ -168,19 +172,37 @@ def cmd_run(args) -> int:
             server.stop()
 
 
+def _default_data_in_server(args, ws, server):
+    """The default data generated in a child of the task server, in the background (a future of its path), while
+    this process imports kfp and the pipeline: the driver never imports pandas. None when the flags name other data
+    or there is no server to ask."""
+    if args.data or args.data_version or server is None or not server.accepts(None):
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    query = {"workspace": str(ws.root), "rows": args.rows, "seed": args.data_seed}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfops-default-data")
+    generating = pool.submit(server.call, "kfops.datagen:default_data_path", query)
+    pool.shutdown(wait=False)  # its one thread ends with the call
+    return generating
+
+
 def _run(args, ws, console, server) -> int:
-    arguments = training_arguments(args, ws)
+    generating = _default_data_in_server(args, ws, server)
+    from kfops.pipelines.local import run_pipeline
+    from kfops.pipelines.training import DEFAULT_MODEL_NAME, training_pipeline  # kfp: while the data is made
+
+    default_data_file = None
+    if generating is not None:
+        with contextlib.suppress(RuntimeError):  # the server could not make it: training_arguments does, here
+            default_data_file = generating.result()
+    arguments = training_arguments(args, ws, default_data_file)
     console.print(f"[bold]kfops run[/] · workspace [cyan]{ws.root}[/]")
     console.print(
         f"  data: {arguments.get('data_uri') or 'stored version ' + arguments['data_version']}"
         f" · target '{arguments['target']}'"
     )
-    from kfops.pipelines.training import DEFAULT_MODEL_NAME
-
     console.print(f"  model: [cyan]{arguments.get('model_name', DEFAULT_MODEL_NAME)}[/] (--model-name to change)")
-
-    from kfops.pipelines.local import run_pipeline
-    from kfops.pipelines.training import training_pipeline
 
     log_dir = ws.root / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -201,7 +223,9 @@ def _run(args, ws, console, server) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             # ...and that resource requests and display names have no effect locally.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"kfp\.")
-            task = run_pipeline(training_pipeline, arguments, ws, enable_caching=not args.no_cache, server=server)
+            task = run_pipeline(
+                training_pipeline, arguments, ws, enable_caching=not args.no_cache, server=server, keep_server=True
+            )
     except RuntimeError as err:
         sys.stdout = stdout
         progress.close()
@@ -216,56 +240,66 @@ def _run(args, ws, console, server) -> int:
     progress.close()
     elapsed = time.perf_counter() - started
     outputs = dict(task.outputs)
-    _print_summary(console, ws, arguments, outputs, elapsed, log_path, as_json=args.json)
+    _print_summary(console, ws, arguments, outputs, elapsed, log_path, as_json=args.json, server=server)
     return 0
 
 
 def _print_summary(
-    console, ws, arguments: dict, outputs: dict, elapsed: float, log_path: Path, as_json: bool = False
+    console,
+    ws,
+    arguments: dict,
+    outputs: dict,
+    elapsed: float,
+    log_path: Path,
+    as_json: bool = False,
+    server=None,
 ) -> None:
-    import mlflow
-
-    from kfops.components.contracts import METRIC_NAMES
-
-    mlflow.set_tracking_uri(ws.tracking_uri())
-    client = mlflow.MlflowClient()
-    run = client.get_run(outputs["run_id"])
     from kfops.pipelines.training import DEFAULT_MODEL_NAME
 
     model_name = arguments.get("model_name", DEFAULT_MODEL_NAME)
-    version = client.get_model_version(model_name, outputs["model_version"])
-    aliases = client.get_registered_model(model_name).aliases
-    from kfops.components.contracts import TAG_BLESSED, TAG_BLESSING_MESSAGE, TASK_METRIC_NAMES
+    query = {
+        "tracking_uri": ws.tracking_uri(),
+        "model_name": model_name,
+        "run_id": outputs["run_id"],
+        "model_version": outputs["model_version"],
+    }
+    found = None
+    if server is not None and server.accepts(None):
+        # MLflow is loaded in the task server: a child of it reads the run, and the driver need not import MLflow
+        with contextlib.suppress(RuntimeError):  # the server gone or the call failed: read it here instead
+            found = server.call("kfops.pipelines.run_summary:training_summary", query)
+    if found is None:
+        from kfops.pipelines.run_summary import training_summary
 
-    task = run.data.tags.get("kfops.task", "binary")
-    metrics = {k: run.data.metrics[k] for k in TASK_METRIC_NAMES.get(task, METRIC_NAMES) if k in run.data.metrics}
+        found = training_summary(**query)
     summary = {
-        "task": task,
-        "model_family": run.data.tags.get("kfops.model_family", "mlp"),
+        "task": found["task"],
+        "model_family": found["model_family"],
         "data_sha256": outputs["data_sha256"],
         "run_id": outputs["run_id"],
         "model_name": model_name,
         "model_version": outputs["model_version"],
-        "aliases": sorted(a for a, v in aliases.items() if str(v) == str(outputs["model_version"])),
-        "metrics": metrics,
+        "aliases": found["aliases"],
+        "metrics": found["metrics"],
         "seconds": round(elapsed, 1),
         "workspace": str(ws.root),
         "mlflow_tracking_uri": ws.tracking_uri(),
-        "experiment_id": run.info.experiment_id,
+        "experiment_id": found["experiment_id"],
         "model_uri": f"models:/{model_name}/{outputs['model_version']}",
-        "download_uri": client.get_model_version_download_uri(model_name, outputs["model_version"]),
-        "tensorboard": run.data.tags.get("kfops.tensorboard_uri", ""),
+        "download_uri": found["download_uri"],
+        "tensorboard": found["tensorboard"],
         "log": str(log_path),
-        "device": run.data.tags.get("kfops.device", ""),
-        "blessed": version.tags.get(TAG_BLESSED) == "true",
-        "blessing": version.tags.get(TAG_BLESSING_MESSAGE, ""),
+        "device": found["device"],
+        "blessed": found["blessed"],
+        "blessing": found["blessing"],
     }
+    task, metrics = summary["task"], summary["metrics"]
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
     from rich.table import Table
 
-    table = Table(title=f"{model_name} v{version.version} · {elapsed:.1f} s", show_header=True)
+    table = Table(title=f"{model_name} v{found['version']} · {elapsed:.1f} s", show_header=True)
     table.add_column("metric")
     table.add_column("test", justify="right")
     for name, value in metrics.items():

@@ -218,3 +218,61 @@ def test_a_preload_may_call_a_function_and_a_missing_one_is_logged_not_fatal(tmp
     assert "preloading no_such_module_kfops failed" in log
     task = run_pipeline(one_step, {}, ws, False, server=server)
     assert json.loads(task.output)["ppid"] == server.process.pid
+
+
+def test_a_call_runs_in_a_forked_child_and_answers_in_json(tmp_path):
+    ws = workspace(tmp_path / "ws")
+    server = start_server(ws)
+    try:
+        task = run_pipeline(one_step, {}, ws, False, server=server, keep_server=True)
+        assert task.output and server.alive()  # still there for the calls after the run
+        # os.getppid in a child of the server: the server's pid
+        assert server.call("os:getppid", {}) == server.process.pid
+        assert server.call("posixpath:basename", {"p": "/data/train.parquet"}) == "train.parquet"
+        assert server.call("json:loads", {"s": '{"k": [1, 2.5, null]}'}) == {"k": [1, 2.5, None]}
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            server.call("fractions:Fraction", {"numerator": 1, "denominator": 0})
+        with pytest.raises(RuntimeError, match="no_such_module_kfops"):
+            server.call("no_such_module_kfops:f", {})
+        assert server.call("os:getcwd", {}) == os.getcwd()  # the caller's working directory
+    finally:
+        server.stop()
+    assert not server.alive()
+
+
+def test_a_task_that_comes_early_waits_for_the_preload_it_needs(tmp_path):
+    import json
+
+    ws = workspace(tmp_path / "ws")
+    configure_environment(ws)
+    preload = ("kfp.dsl.executor_main", "tests.pipelines.slow_import", "numpy")
+    log = tmp_path / "server.log"
+    server = task_server.TaskServer.start(preload, log_path=log, needs={"where_am_i": "numpy"})
+    task = run_pipeline(one_step, {}, ws, False, server=server)  # sent while the slow import runs
+    info = json.loads(task.output)
+    assert info["ppid"] == server.process.pid
+    assert info["numpy_preloaded"]  # forked after numpy, not before it to import numpy itself
+    lines = log.read_text().splitlines()
+    waits = next(i for i, line in enumerate(lines) if "where_am_i waits for numpy" in line)
+    loaded = next(i for i, line in enumerate(lines) if "preloaded numpy" in line)
+    forked = next(i for i, line in enumerate(lines) if "forked pid" in line)
+    assert waits < loaded < forked
+
+
+def test_every_training_step_waits_for_a_preload_the_server_has():
+    """Each function the compiled training pipeline runs locally (deploy and rollout run only with deploy=True) is
+    in TRAINING_NEEDS, and what it waits for is preloaded."""
+    from pathlib import Path
+
+    import yaml
+
+    compiled = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "training.yaml"
+    spec = next(yaml.safe_load_all(compiled.read_text()))
+    functions = set()
+    for executor in spec["deploymentSpec"]["executors"].values():
+        args = executor["container"]["args"]
+        functions.add(args[args.index("--function_to_execute") + 1])
+    steps = {name for name in task_server.TRAINING_NEEDS if ":" not in name}  # the others are `kfops run`'s calls
+    assert steps == functions - {"deploy", "rollout"}
+    preloaded = {name.partition(":")[0] for name in task_server.TRAINING_PRELOAD}
+    assert set(task_server.TRAINING_NEEDS.values()) <= preloaded
