@@ -19,6 +19,7 @@ latest one (``checkpoint.py``).
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 
 EVAL_BATCH = 65_536
+# A step with fewer multiply-adds than this trains on one CPU thread (cpu_threads).
+SMALL_STEP_MACS = 1 << 24
 GRAPH_WARMUP_STEPS = 3
 MIN_STEPS_PER_EPOCH = 8
 MIN_BATCH = 16
@@ -55,6 +58,19 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def cpu_threads(input_width: int, hidden_sizes: list[int], outputs: int, batch: int, processes: int = 1) -> int:
+    """Intra-op threads for training on the CPU: one for a small network, else this process's share of the CPUs.
+
+    A small step leaves a second thread little work and much waiting: with the default network (45 -> 64 -> 32
+    -> 1, batch 512, 2.6M multiply-adds a step) 5 epochs took 4.5-8.3 s on one thread and 17.6-60.3 s on two while
+    other jobs held the 2-CPU machine (5 interleaved rounds, median ratio 7x), and one thread is as fast on an
+    idle one (benchmarks/RESULTS.md, "Local pipeline"). Larger networks keep a thread per CPU."""
+    widths = [input_width, *hidden_sizes, outputs]
+    macs = batch * sum(a * b for a, b in itertools.pairwise(widths))
+    share = max(1, cpu_limit() // processes)
+    return 1 if macs < SMALL_STEP_MACS else share
 
 
 def build_mlp(input_width: int, hidden_sizes: list[int], dropout: float, outputs: int = 1):
@@ -273,9 +289,6 @@ def fit(
     device = resolve_device(config.device)
     if dist_ctx and (device == "cuda") != (dist_ctx.backend == "nccl"):
         raise KfopsError(f"train: device {device} does not match the process group's backend {dist_ctx.backend}")
-    if device == "cpu":
-        per_process = dist_ctx.local_world_size if dist_ctx else 1
-        torch.set_num_threads(max(1, cpu_limit() // per_process))
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -286,6 +299,12 @@ def fit(
     xv = torch.as_tensor(np.ascontiguousarray(x_val, dtype=np.float32), device=device)
     yv = torch.as_tensor(np.ascontiguousarray(y_val, dtype=y_type), device=device)
     n, width = xt.shape
+    # Small data: batches small enough for MIN_STEPS_PER_EPOCH steps an epoch (150 rows in one batch of 512 would
+    # be one step an epoch, and twelve epochs twelve steps), never under MIN_BATCH rows.
+    batch = min(config.batch_size, n, max(MIN_BATCH, math.ceil(n / MIN_STEPS_PER_EPOCH)))
+    if device == "cpu":
+        per_process = dist_ctx.local_world_size if dist_ctx else 1
+        torch.set_num_threads(cpu_threads(width, config.hidden_sizes, outputs, batch, per_process))
     model = build_mlp(width, config.hidden_sizes, config.dropout, outputs).to(device)
     network = model
     if dist_ctx:
@@ -296,9 +315,6 @@ def fit(
     loss_fn = task_loss(task, np.asarray(y_train), config, outputs, device)
     eval_loss_fn = loss_fn
 
-    # Small data: batches small enough for MIN_STEPS_PER_EPOCH steps an epoch (150 rows in one batch of 512 would
-    # be one step an epoch, and twelve epochs twelve steps), never under MIN_BATCH rows.
-    batch = min(config.batch_size, n, max(MIN_BATCH, math.ceil(n / MIN_STEPS_PER_EPOCH)))
     # CUDA graphs capture one process's step; data-parallel steps synchronise gradients across processes.
     use_graph = device == "cuda" and config.cuda_graphs and dist_ctx is None
     # A captured graph has one batch shape: the last partial batch of an epoch is skipped (the data is
