@@ -105,6 +105,6 @@ def add_commands(sub) -> None:
     loop.add_argument("--if-drift", action="store_true", help="retrain only when the dataset drifted")
     loop.add_argument("--stattest", default="auto", help="drift test for every feature (default: as Evidently picks)")
     loop.add_argument("--drift-share", type=float, default=0.5, help="share of drifted features that is drift")
-    loop.add_argument("--no-html", action="store_true", help="skip the Evidently HTML report")
+    loop.add_argument("--no-html", action="store_true", help="skip the monitor's drift.html report")
     add_training_flags(retrain)
     retrain.set_defaults(func=cmd_retrain)
