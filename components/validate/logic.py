@@ -331,7 +331,10 @@ def run_suite(
     )
     suite = context.suites.add(suite)
     definition = gx.ValidationDefinition(data=batch, suite=suite, name=f"validate-{suite.name}")
-    result = definition.run(batch_parameters={"dataframe": frame}).to_json_dict()
+    # BASIC has what the findings quote (observed values, unexpected counts and shares, a few unexpected values)
+    # and skips SUMMARY's per-value counts and row indices, which no one reads: 1.5 s instead of 2.4 s on the
+    # default data's 46 expectations.
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format="BASIC").to_json_dict()
     # A column the suite names but the data lacks is one clear failure, not a cascade of GX errors.
     absent = sorted(
         {
