@@ -6,11 +6,13 @@ Two targets, interleaved in rounds with the order rotated each round:
 - ``warm``: tasks forked from the task server's warm interpreter (``pipelines/task_server.py``), the default.
 
 Cold means a new workspace each run: the default data is generated, the snapshot written, the sqlite MLflow store
-created, no KFP cache. Each run is a new ``python -m kfops run`` process. Per step, from the run's own log (kfp.local's
-driver timestamps and the KFP executor's timestamps inside the task):
+created (copied from the migrated empty template that the first run on a machine makes and keeps in the user's
+cache, ``components/sqlite_store.py``; the report says whether it was there before the first round), no KFP cache.
+Each run is a new ``python -m kfops run`` process. Per step, from the run's own log (kfp.local's driver timestamps and
+the KFP executor's timestamps inside the task):
 
 - start: from kfp.local starting the task to the executor's first line (process start, kfp's executor import, and
-  for ``warm`` the wait for the server between two preloads);
+  for ``warm`` the wait for the server: for the import in progress to end, and for the preloads the step needs);
 - body: the component function: its imports and its work;
 - end: from the executor writing its outputs to kfp.local seeing the task finished (interpreter teardown, atexit).
 
@@ -133,19 +135,30 @@ def cold_run(target: str, profile_imports: bool = False) -> dict:
             )
         summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
         log = Path(summary["log"]).read_text(encoding="utf-8", errors="replace")
-        preloads = {}
+        preloads, waits = {}, []
         for server_log in Path(summary["log"]).parent.glob("task-server-*.log"):
-            for m in re.finditer(r"^(\S+) task server: preloaded (\S+) in", server_log.read_text(), re.MULTILINE):
+            text = server_log.read_text()
+            for m in re.finditer(r"^(\S+) task server: preloaded (\S+) in", text, re.MULTILINE):
                 preloads[m.group(2)] = (_driver_time(m.group(1), launched) - launched).total_seconds()
+            waits += re.findall(r"^\S+ task server: (\S+ waits for \S+)", text, re.MULTILINE)
         parsed = parse_log(log, launched, exited)
-        return {"target": target, "seconds": seconds, "metrics": summary["metrics"], "preloads": preloads, **parsed}
+        return {
+            "target": target,
+            "seconds": seconds,
+            "metrics": summary["metrics"],
+            "preloads": preloads,
+            "waits": waits,
+            **parsed,
+        }
 
 
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def report(runs: list[dict], rounds: int, profiles: list[dict], command: str, load: tuple) -> str:
+def report(
+    runs: list[dict], rounds: int, profiles: list[dict], command: str, load: tuple, template_cached: bool = True
+) -> str:
     by_target = {t: [r for r in runs if r["target"] == t] for t in TARGETS}
     ratios = [by_target[BASELINE][i]["seconds"] / by_target["warm"][i]["seconds"] for i in range(rounds)]
     lines = [
@@ -154,7 +167,9 @@ def report(runs: list[dict], rounds: int, profiles: list[dict], command: str, lo
         f"Python {platform.python_version()}; load average {load[0][0]:.2f} before, {load[1][0]:.2f} after "
         "(the machine is shared).",
         f"Command: `{command}`. {rounds} rounds, targets interleaved, order rotated each round; median (min-max).",
-        "Default data (100,000 rows), a new workspace each run (data generated, sqlite MLflow store created, no KFP "
+        "Default data (100,000 rows), a new workspace each run (data generated, sqlite MLflow store created from "
+        "the cached template, which was "
+        f"{'already' if template_cached else 'not yet: the first run made it'} in the user's cache; no KFP "
         "cache). `fresh`: every task a new Python process, as kfp.local starts them (`KFOPS_TASK_SERVER=0`); "
         "`warm`: tasks forked from the task server's warm interpreter (the default). "
         f"Goal: under {GOAL_SECONDS:.0f} s.\n",
@@ -185,7 +200,8 @@ def report(runs: list[dict], rounds: int, profiles: list[dict], command: str, lo
         lines.append(
             "\nThe task server's preloads, seconds after `kfops run` started (last `warm` run): "
             + ", ".join(f"{name} {at:.1f}" for name, at in last_warm["preloads"].items())
-            + f"; its first step started at {last_warm['before_first_step']:.1f}."
+            + f"; its first step started at {last_warm['before_first_step']:.1f}. Tasks and calls that came before "
+            + f"the preloads they need and waited for them: {'; '.join(last_warm['waits']) or 'none'}."
         )
     metrics = {t: items[0]["metrics"] for t, items in by_target.items()}
     same = all(m == metrics[BASELINE] for m in metrics.values())
@@ -215,6 +231,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     command = "python benchmarks/bench_local_run.py " + " ".join(sys.argv[1:])
+    from kfops.components.sqlite_store import template_path
+
+    template_cached = template_path().is_file()
     load_before = os.getloadavg()
     names = list(TARGETS)
     runs = []
@@ -225,7 +244,7 @@ def main() -> None:
             runs.append(run)
             print(f"round {round_index + 1} {target}: {run['seconds']:.1f} s", flush=True)
     profiles = [cold_run(target, profile_imports=True) for target in names] if args.imports else []
-    text = report(runs, args.rounds, profiles, command.strip(), (load_before, os.getloadavg()))
+    text = report(runs, args.rounds, profiles, command.strip(), (load_before, os.getloadavg()), template_cached)
     print(text)
     if not args.no_write:
         with RESULTS.open("a", encoding="utf-8") as fh:
