@@ -276,3 +276,31 @@ def test_every_training_step_waits_for_a_preload_the_server_has():
     assert steps == functions - {"deploy", "rollout"}
     preloaded = {name.partition(":")[0] for name in task_server.TRAINING_PRELOAD}
     assert set(task_server.TRAINING_NEEDS.values()) <= preloaded
+
+
+def test_a_task_that_needs_only_the_first_preloads_forks_from_the_light_server(tmp_path):
+    """The light server, forked once numpy is loaded, takes a task that needs no more than numpy while the server
+    goes on with a slow import."""
+    import json
+    import time
+
+    ws = workspace(tmp_path / "ws")
+    configure_environment(ws)
+    log = tmp_path / "server.log"
+    preload = ("kfp.dsl.executor_main", "numpy", "tests.pipelines.slow_import")
+    server = task_server.TaskServer.start(preload, log_path=log, needs={"where_am_i": "numpy"}, light_after="numpy")
+    try:
+        deadline = time.monotonic() + 30
+        while not server.light_socket_path.exists():
+            assert time.monotonic() < deadline and server.alive(), server.log_tail()
+            time.sleep(0.02)
+        task = run_pipeline(one_step, {}, ws, False, server=server, keep_server=True)
+        info = json.loads(task.output)
+        assert info["numpy_preloaded"]
+        assert info["ppid"] != server.process.pid  # the light server, a child of the server, forked it
+        with open(f"/proc/{info['ppid']}/stat") as fh:  # still running: it serves until the lifeline closes
+            assert int(fh.read().rsplit(")", 1)[1].split()[1]) == server.process.pid
+        text = log.read_text()
+        assert "light task server: forked pid" in text and "forked the light task server" in text
+    finally:
+        server.stop()
