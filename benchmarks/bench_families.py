@@ -182,7 +182,7 @@ def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, be
             before,
             after,
             f"This process pinned to CPUs {pinning.server_cpus}; every fit with {pinning.threads} torch/OpenMP "
-            "threads, every one-row scoring with one of each, as the serving worker sets them. Same split and "
+            "thread(s), every one-row scoring with one of each, as the serving worker sets them. Same split and "
             f"matrices (the suite's feature spec) for every target; {args.rounds} rounds, the order rotated; median "
             "over rounds (min-max). Metric: balanced accuracy (binary, multiclass; the suite's binary families at "
             "the threshold `kfops run` chooses, the baselines at 0.5) or R² (regression), on the test rows; gap: "

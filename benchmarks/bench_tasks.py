@@ -252,7 +252,7 @@ def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, be
             None,
             before,
             after,
-            f"This process pinned to CPUs {pinning.server_cpus} with {pinning.threads} torch/OpenMP threads for both "
+            f"This process pinned to CPUs {pinning.server_cpus} with {pinning.threads} torch/OpenMP thread(s) for both "
             "targets. Same split (the suite's, 70/15/15), same test rows. kfops: the feature spec's transform and "
             "the torch MLP with its defaults (64-32, 12 epochs, early stopping). scikit-learn: a Pipeline of median "
             "imputation and scaling, one-hot encoding, and LogisticRegression(class_weight='balanced') or Ridge "

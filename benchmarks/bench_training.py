@@ -180,7 +180,7 @@ def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, be
             before,
             after,
             f"{results['device_name']}, torch {results['torch']}; this process pinned to CPUs "
-            f"{pinning.server_cpus} with {pinning.threads} torch/OpenMP threads for both targets. Data: default data "
+            f"{pinning.server_cpus} with {pinning.threads} torch/OpenMP thread(s) for both targets. Data: default data "
             f"({args.rows:,} rows), {results['train_rows']:,} training rows x {results['inputs']} inputs; MLP "
             f"{results['hidden']}, AdamW. Each measurement trains the rows a warm-up sized to about "
             f"{args.seconds:g} s; {args.rounds} rounds, the order rotated; median over rounds (min-max), speed-up the "
