@@ -12,6 +12,13 @@ client's request, or a batch whose only company is requests already answered, ru
 model computes; torch (and OpenMP, for trees) uses ``torch_threads`` threads (default ``serving_threads()``: half
 the CPU limit, at least 1). Each caller's future gets exactly its own rows back, in order.
 
+One exception: a process that may use one CPU only (``resources.cpu_limit() == 1``: a pod limited to one core, a
+process pinned to one) runs each batch inline on the event loop (``inline``). There the thread buys no overlap,
+the loop and the model take turns on the one core anyway, and every batch paid two thread hand-offs and a GIL
+exchange with the loop for nothing (a 256-row request's own scoring is a few hundred microseconds). The price:
+while a batch scores, the loop does not read new requests, so one very large request delays the others by its
+scoring time.
+
 Why requests already answered must not count: at 32 clients the requests of a finished batch are still in the
 server while their answers are written, and counting them made an idle batcher wait its full ``max_wait_ms`` for
 rows that were not coming (benchmarks/bench_serving_change.py measures such a change against the code before it).
@@ -164,6 +171,7 @@ class DynamicBatcher:
         name: str = "model",
         in_flight: Callable[[], int] | None = None,
         torch_threads: int | None = None,
+        inline: bool | None = None,
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
@@ -175,6 +183,13 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.in_flight = in_flight if in_flight is not None else (lambda: self.max_batch_rows + 1)
         self.name = name
+        if inline is None:
+            from kfops.components.resources import cpu_limit
+
+            inline = cpu_limit() == 1
+        self.inline = inline  # score on the event loop (one CPU: see the module doc), not in the worker thread
+        if inline:
+            _set_model_threads(torch_threads)
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"kfops-predict-{name}",
@@ -304,10 +319,13 @@ class DynamicBatcher:
             if self.on_batch is not None:
                 self.on_batch(rows, len(live))
             # Merging, scoring and splitting all run in the worker thread: pandas work on a batch of dozens of
-            # requests costs milliseconds, which on the event loop would stall every other request.
-            parts = await loop.run_in_executor(
-                self._executor, self._score, [item.frame for item in live], [item.rows for item in live]
-            )
+            # requests costs milliseconds, which on the event loop would stall every other request. With one
+            # CPU there is nothing to overlap with, and they run here (``inline``).
+            frames, sizes = [item.frame for item in live], [item.rows for item in live]
+            if self.inline:
+                parts = self._score(frames, sizes)
+            else:
+                parts = await loop.run_in_executor(self._executor, self._score, frames, sizes)
         except asyncio.CancelledError:
             for item in live:
                 if not item.future.done():

@@ -19,10 +19,15 @@ a partial batch at half of it and leaves the other half for the write itself), s
 of it (milliseconds on a local disk; an S3 put can take longer). A file is written whole or not at all (write then
 rename, ``storage.write_bytes``): readers never see half a file. ``close()`` (SIGTERM) writes everything queued.
 
+What ``log()`` takes: a list of flat records (dicts), or one ``PayloadColumns`` (``payload_columns.py``): a request's
+rows as columns, which is how the predictor logs. Either counts as its number of rows against ``max_queue``; the
+writer turns columns into the same records (JSONL byte for byte, Parquet the same table), so the files do not depend
+on which was logged.
+
 Threading: ``on_drop(n)`` runs on the caller's thread for queue-full drops (keep it cheap, e.g. a Prometheus
 ``Counter.inc``) and on the writer thread for sink failures; whatever it raises is logged and swallowed.
-Records are read by the writer thread later: do not mutate a dict after logging it. Memory is bounded by
-``max_queue`` rows waiting plus the ``batch_rows`` the writer holds while it writes.
+Records are read by the writer thread later: do not mutate a dict (or the columns) after logging it. Memory is
+bounded by ``max_queue`` rows waiting plus the ``batch_rows`` the writer holds while it writes.
 
 Privacy controls (``payload_policy.py``), both applied by the writer thread: ``fields`` drops or hashes fields of
 each record before it is encoded; ``retention`` deletes this model's files past an age or total size, checked when
@@ -48,7 +53,8 @@ from typing import Any
 
 from kfops.components import storage
 from kfops.components.contracts import KfopsError, payload_log_partition
-from kfops.components.records import FORMATS, encode_records, record_file_name
+from kfops.components.records import FORMATS, encode_jsonl, encode_parquet, record_file_name
+from kfops.serving.payload_columns import PayloadColumns, encode_columns_parquet
 from kfops.serving.payload_policy import DEFAULT_FLUSH_SECONDS, FieldPolicy, Retention
 
 log = logging.getLogger(__name__)
@@ -124,8 +130,8 @@ class PayloadLogger:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer waits here for rows, flushes and close
         self._progress = threading.Condition(self._lock)  # flush() waits here for rows to be done
-        # Each entry: (monotonic time logged, wall time logged, list of records).
-        self._queue: collections.deque[tuple[float, float, list]] = collections.deque()
+        # Each entry: (monotonic time logged, wall time logged, list of records or one PayloadColumns).
+        self._queue: collections.deque[tuple[float, float, list | PayloadColumns]] = collections.deque()
         self._pending = 0  # rows in the queue
         self._accepted = 0  # rows ever accepted onto the queue
         self._taken = 0  # rows the writer has taken off the queue
@@ -174,11 +180,13 @@ class PayloadLogger:
         return self._thread.is_alive()
 
     # ------------------------------------------------------------------------------------------------ calling
-    def log(self, records: list[dict]) -> None:
-        """Queue records for writing and return at once. Never blocks, never raises; drops when full."""
+    def log(self, records: list[dict] | PayloadColumns) -> None:
+        """Queue records (or one ``PayloadColumns``) for writing and return at once. Never blocks, never raises;
+        drops when full."""
         try:
-            # A shallow copy (pointers only, no serialising): the caller may reuse its list once we return.
-            records = [records] if isinstance(records, dict) else list(records)
+            if not isinstance(records, PayloadColumns):
+                # A shallow copy (pointers only, no serialising): the caller may reuse its list once we return.
+                records = [records] if isinstance(records, dict) else list(records)
             n = len(records)
             if n == 0:
                 return
@@ -345,14 +353,24 @@ class PayloadLogger:
             self._deleted_files += files
             log.info("payload logger for %s: retention deleted %d file(s), %d bytes", self.model_name, files, size)
 
-    def _write_batch(self, batch: list[tuple[float, list]]) -> None:
+    def _write_batch(self, batch: list[tuple[float, list | PayloadColumns]]) -> None:
         rows = sum(len(records) for _, records in batch)
-        by_date: dict[str, list[dict]] = {}
+        # Per date, the file's parts in the order logged: lists of records and PayloadColumns.
+        by_date: dict[str, list[list[dict] | PayloadColumns]] = {}
         unusable = 0
         fields = self.fields
         try:
             for logged_wall, records in batch:
                 fallback = None
+                if isinstance(records, PayloadColumns):
+                    if fields is not None:
+                        records = records.with_policy(fields)
+                    shared, stamp = records.shared_value("timestamp")
+                    if shared:  # one request: one timestamp, one date
+                        day = _utc_date(stamp) or dt.datetime.fromtimestamp(logged_wall, dt.UTC).date().isoformat()
+                        by_date.setdefault(day, []).append(records)
+                        continue
+                    records = records.records()  # a timestamp per row: dated row by row below
                 for record in records:
                     if not isinstance(record, dict):
                         unusable += 1
@@ -364,28 +382,30 @@ class PayloadLogger:
                         if fallback is None:
                             fallback = dt.datetime.fromtimestamp(logged_wall, dt.UTC).date().isoformat()
                         day = fallback
-                    by_date.setdefault(day, []).append(record)
+                    parts = by_date.setdefault(day, [])
+                    if not parts or isinstance(parts[-1], PayloadColumns):
+                        parts.append([])
+                    parts[-1].append(record)
             if unusable:
                 log.warning("payload logger for %s dropped %d records that are not dicts", self.model_name, unusable)
                 self._count(dropped=unusable)
-            for day, records in sorted(by_date.items()):
-                self._write_file(day, records)
+            for day, parts in sorted(by_date.items()):
+                self._write_file(day, parts)
         finally:
             with self._lock:
                 self._done += rows
                 self._progress.notify_all()
 
-    def _write_file(self, day: str, records: list[dict]) -> None:
+    def _write_file(self, day: str, parts: list[list[dict] | PayloadColumns]) -> None:
+        rows = sum(len(part) for part in parts)
         uri = storage.join(self.sink_uri, *payload_log_partition(self.model_name, day), record_file_name(self.fmt))
         try:
-            storage.write_bytes(uri, encode_records(records, self.fmt))
+            storage.write_bytes(uri, _encode(parts, self.fmt))
         except Exception as err:
-            log.warning(
-                "payload logger for %s dropped %d rows: cannot write %s: %s", self.model_name, len(records), uri, err
-            )
-            self._count(dropped=len(records))
+            log.warning("payload logger for %s dropped %d rows: cannot write %s: %s", self.model_name, rows, uri, err)
+            self._count(dropped=rows)
             return
-        self._count(written=len(records), files=1)
+        self._count(written=rows, files=1)
 
     def _count(self, written: int = 0, dropped: int = 0, files: int = 0) -> None:
         with self._lock:
@@ -397,6 +417,17 @@ class PayloadLogger:
 
 
 # ---------------------------------------------------------------------------------------------- serialising
+def _encode(parts: list[list[dict] | PayloadColumns], fmt: str) -> bytes:
+    """One file of ``parts``, in order. JSONL part by part (lines concatenate); Parquet straight from the columns
+    when every part is columns with the same fields, else from the records (the union of their keys)."""
+    if fmt == "jsonl":
+        return b"".join(part.jsonl() if isinstance(part, PayloadColumns) else encode_jsonl(part) for part in parts)
+    if all(isinstance(part, PayloadColumns) for part in parts) and len({tuple(part.fields) for part in parts}) == 1:
+        return encode_columns_parquet(parts)
+    records = [r for part in parts for r in (part.records() if isinstance(part, PayloadColumns) else part)]
+    return encode_parquet(records)
+
+
 def _utc_date(value: Any) -> str | None:
     """The UTC calendar date of a timestamp (ISO string, datetime or epoch seconds), or None if unusable."""
     if isinstance(value, str) and len(value) > 10 and value[10] == "T" and value.endswith(("+00:00", "Z")):

@@ -59,6 +59,7 @@ from kfops.components.contracts import (
 from kfops.components.model_store import LoadedModel, load_model
 from kfops.serving import metrics
 from kfops.serving.batching import Arrivals, BatchTimings, DynamicBatcher
+from kfops.serving.payload_columns import PayloadColumns
 from kfops.serving.validation import FeatureValidator
 
 log = logging.getLogger(__name__)
@@ -330,35 +331,30 @@ class TabularPredictor(kserve.Model):
         )
 
     def _log_payload(self, payload: ParsedRequest, result: pd.DataFrame) -> None:
-        """One flat record per row to the payload logger (non-blocking); never fails the request."""
+        """The request's rows to the payload logger as columns (non-blocking; ``payload_columns.py``): the
+        records are made by the writer thread, off the event loop. Never fails the request."""
         try:
-            timestamp = dt.datetime.now(dt.UTC).isoformat()
             labels = _values(result, "prediction")
             # a regression's prediction is the value, and it has no probability (logged as null)
-            regression = self.loaded.spec.task == TASK_REGRESSION
-            probabilities = [None] * len(labels) if regression else _values(result, "probability")
-            # the payload log's meta columns, in the contract's order (contracts.PAYLOAD_META_COLUMNS)
-            head = dict(
-                zip(
-                    PAYLOAD_META_COLUMNS,
-                    (payload.request_id, timestamp, self.name, self.version, self.variant, PAYLOAD_LOG_FORMAT_VERSION),
-                    strict=True,
-                )
+            if self.loaded.spec.task == TASK_REGRESSION:
+                predictions, probabilities = list(map(float, labels)), [None] * len(labels)
+            else:
+                predictions, probabilities = list(map(str, labels)), list(map(float, _values(result, "probability")))
+            meta = (
+                payload.request_id,
+                dt.datetime.now(dt.UTC).isoformat(),
+                self.name,
+                self.version,
+                self.variant,
+                PAYLOAD_LOG_FORMAT_VERSION,
             )
-            records = [head.copy() for _ in range(len(labels))]
-            # The raw ids and timestamps first (where a request sent them), then the features, then the answer.
-            if payload.extras:
-                for name, values in payload.extras.items():
-                    for record, value in zip(records, values, strict=True):
-                        record[name] = value
-            # Column by column (this runs on the event loop): missing numerics (NaN, the one value not equal to
-            # itself) are logged as null.
-            for name, values in payload.columns.items():
-                for record, value in zip(records, values, strict=True):
-                    record[name] = value if value == value else None
-            for record, label, p in zip(records, labels, probabilities, strict=True):
-                record["prediction"] = float(label) if regression else str(label)
-                record["probability"] = None if p is None else float(p)
-            self.payload_logger.log(records)
+            # The contract's meta columns first, then the raw ids and timestamps (where a request sent them), the
+            # features (missing numerics, NaN, are written as null) and the answer: a record's field order.
+            fields = dict(zip(PAYLOAD_META_COLUMNS, meta, strict=True))
+            fields.update(payload.extras or {})
+            fields.update(payload.columns)
+            fields["prediction"] = predictions
+            fields["probability"] = probabilities
+            self.payload_logger.log(PayloadColumns(len(predictions), fields, shared=PAYLOAD_META_COLUMNS))
         except Exception:
             log.exception("payload logging failed for request %s", payload.request_id)

@@ -86,7 +86,7 @@ def test_a_request_larger_than_a_batch_runs_alone():
 
 
 def test_the_event_loop_keeps_running_while_the_model_computes():
-    batcher = DynamicBatcher(EchoModel(pause=0.3), max_batch_rows=8, max_wait_ms=0)
+    batcher = DynamicBatcher(EchoModel(pause=0.3), max_batch_rows=8, max_wait_ms=0, inline=False)
 
     async def main():
         ticks = 0
@@ -105,6 +105,36 @@ def test_the_event_loop_keeps_running_while_the_model_computes():
         return ticks
 
     assert asyncio.run(main()) >= 20  # ~60 possible in 0.3 s; a blocked loop would give ~1
+    batcher.close()
+
+
+def test_a_process_with_one_cpu_scores_on_the_event_loop_and_callers_still_get_their_own_rows(monkeypatch):
+    import threading
+
+    from kfops.components import resources
+
+    class ThreadNoting(EchoModel):
+        def __call__(self, frame):
+            self.threads = {*getattr(self, "threads", set()), threading.get_ident()}
+            return super().__call__(frame)
+
+    monkeypatch.setattr(resources, "cpu_limit", lambda: 2)
+    assert DynamicBatcher(EchoModel()).inline is False
+    monkeypatch.setattr(resources, "cpu_limit", lambda: 1)
+    model = ThreadNoting(pause=0.002)
+    batcher = DynamicBatcher(model, max_batch_rows=16, max_wait_ms=2)
+    assert batcher.inline is True
+    sizes = {f"c{i}": 1 + i % 5 for i in range(30)}
+
+    async def main():
+        results = await asyncio.gather(*(batcher.submit(rows_for(name, n)) for name, n in sizes.items()))
+        return results, threading.get_ident()
+
+    results, loop_thread = asyncio.run(main())
+    for (name, n), (frame, _) in zip(sizes.items(), results, strict=True):
+        assert frame["prediction"].tolist() == [f"{name}-{i}" for i in range(n)]
+    assert model.threads == {loop_thread}
+    assert len(model.batch_sizes) < len(sizes)  # still merged
     batcher.close()
 
 
