@@ -15,6 +15,7 @@ CPU(s) with the same torch/OpenMP thread count (``harness.Pinning``):
 - ``kfops``: ``python -m kfops.serving`` (raw rows validated against the feature spec, the transform, the dynamic
   batcher, Prometheus metrics, payload logging as JSONL to a local folder).
 - ``kfops-nolog``: the same without ``--payload-log``: not a headline, the measured cost of the payload log;
+- ``kfops-parquet``: the same with ``--payload-log-format parquet``: what the log costs in its columnar format;
 - ``kfops-w2``: the same with ``--workers 2``, when the server has that option (the harness gives it the same
   CPUs as every target, so on a 2-CPU machine it measures the cost of a second process, not scaling).
 
@@ -55,8 +56,10 @@ WHAT = {
     "baseline": "pre-encoded floats, one row a request; no validation, transform, metrics or logging",
     "kserve-plain": "raw rows through a plain kserve.Model: pandas frame, the model's transform; no logging",
     "mlserver": "MLServer 1.7 + mlserver-mlflow, V2 pandas content type, pyfunc predict; metrics, no payload log",
-    "kfops": "raw rows validated against the feature spec, transform, dynamic batcher, metrics, JSONL payload log",
+    "kfops": "raw rows validated against the feature spec (column by column), transform, dynamic batcher (inline "
+    "on one CPU), metrics, JSONL payload log (columns to the writer thread)",
     "kfops-nolog": "kfops without --payload-log (everything else the same): what the payload log costs",
+    "kfops-parquet": "kfops with --payload-log-format parquet (everything else the same)",
     "kfops-w2": "kfops with --workers 2 (same CPUs as the others)",
 }
 
@@ -231,6 +234,7 @@ def servers(targets: list[str], model_dir: Path, work: Path) -> dict[str, tuple[
             command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"]
             command += ["--torch-threads", "{threads}"]
             command += [] if target == "kfops-nolog" else ["--payload-log", str(work / f"payloads-{target}")]
+            command += ["--payload-log-format", "parquet"] if target == "kfops-parquet" else []
             command += ["--workers", "2"] if target == "kfops-w2" else []
         elif target == "mlserver":
             sys.path.insert(0, str(REPO))
@@ -388,6 +392,14 @@ def verdicts(results: dict, clients: list[str]) -> list[str]:
                     )
                 )
                 out.append(f"{client}, {load}: with the payload log / without, rows/s {cost.text()}x")
+                if "kfops-parquet" in targets:
+                    parquet = harness.Spread.of(
+                        harness.per_round_ratios(
+                            rows_per_s(results, client, load, "kfops-parquet"),
+                            rows_per_s(results, client, load, "kfops-nolog"),
+                        )
+                    )
+                    out.append(f"{client}, {load}: with a Parquet payload log / without, rows/s {parquet.text()}x")
         if "kfops-w2" in targets:
             for load in LOADS:
                 scale = harness.Spread.of(
@@ -432,7 +444,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--targets", default="baseline,kserve-plain,mlserver,kfops,kfops-nolog,kfops-w2")
+    parser.add_argument("--targets", default="baseline,kserve-plain,mlserver,kfops,kfops-nolog,kfops-parquet,kfops-w2")
     parser.add_argument("--clients", default="wrk,python", help="load generators, comma-separated: wrk, python")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads in every target")
     parser.add_argument("--client-cpus", default="", help="CPUs for the load generator (default: the last)")
