@@ -244,7 +244,8 @@ def write_section(text: str) -> None:
     current = harness.RESULTS.read_text(encoding="utf-8")
     found = re.search(rf"^{re.escape(SECTION)}\b.*?(?=^## |\Z)", current, flags=re.M | re.S)
     if found is None:
-        harness.append_results(text)
+        with harness.RESULTS.open("a", encoding="utf-8") as fh:
+            fh.write(text if text.startswith("\n") else "\n" + text)
         return
     body = text.strip("\n") + "\n\n"
     harness.RESULTS.write_text(current[: found.start()] + body + current[found.end() :], encoding="utf-8")
