@@ -27,7 +27,8 @@ it) for either kind of feature. Where the protocol has no null (V2 over gRPC, an
 REST) NaN in a float input (FP16/FP32/FP64) is the missing value, as MLServer's pandas codec reads it; in JSON it
 stays a 400 (send null). Infinities are a 400 everywhere.
 
-Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop. Served
+Rows are scored by the dynamic batcher (``batching.py``) in one worker thread, never on the event loop (except in
+a process limited to one CPU, where the batcher scores inline: see its module doc). Served
 through ``kfops.serving.app.build_app``, the app's middleware counts this model's scoring requests on their way
 to the batcher (``arrivals``: arrived, not yet queued) so that an idle batcher waits ``max_wait_ms`` for rows only
 while some are coming; registered in a plain KServe ModelServer instead, it never waits and merges only what
@@ -187,7 +188,7 @@ class TabularPredictor(kserve.Model):
                 log.exception("closing the payload logger failed")
 
     def _run_batch(self, batch: pd.DataFrame | dict[str, list]):
-        """Runs in the batcher's worker thread. The validator already typed the columns as
+        """Runs in the batcher's worker thread (inline with one CPU). The validator already typed the columns as
         ``model_input_frame`` would (numeric float64 with NaN, categorical str or None), so they go to the
         model's transform as they are, with no DataFrame: building one costs more than the model for small
         batches. Columns in, a dict of result arrays out; a frame in, a frame out."""
