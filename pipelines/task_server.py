@@ -388,6 +388,18 @@ def _fork_light_server(
     return light
 
 
+def _reap_children(timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for this process's children to end."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if pid == 0:
+            time.sleep(0.005)
+
+
 def _clock() -> str:
     """The time of day as kfp.local's log writes it, so the two logs line up."""
     now = time.time()
@@ -480,6 +492,7 @@ def serve(socket_path: str, preload: Sequence[str], light_after: str = "") -> No
             continue
         if lifeline in ready and not os.read(lifeline, 4096):
             listener.close()
+            _reap_children(timeout_s=1.0)  # the light server ends on the same lifeline: no orphan, its CPU counted
             os._exit(0)  # nothing to flush; tearing down torch, MLflow and GX would only cost the driver's wait
         if listener in ready:
             conn, _ = listener.accept()
