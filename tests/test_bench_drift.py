@@ -10,6 +10,7 @@ AFTER = "## Batch prediction · 2026-12-05\n\nbatch figures\n"
 
 
 def test_the_drift_section_is_replaced_in_place_and_appended_when_missing(tmp_path, monkeypatch):
+    real = bench_drift.harness.RESULTS
     results = tmp_path / "RESULTS.md"
     monkeypatch.setattr(bench_drift.harness, "RESULTS", results)
     new = "\n## Drift at scale · 2026-12-07\n\nnew drift figures\n"
@@ -25,3 +26,4 @@ def test_the_drift_section_is_replaced_in_place_and_appended_when_missing(tmp_pa
     results.write_text(BEFORE + AFTER)
     bench_drift.write_section(new)
     assert results.read_text() == BEFORE + AFTER + new
+    assert "new drift figures" not in real.read_text(encoding="utf-8")  # the real file is left alone
