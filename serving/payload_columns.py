@@ -91,6 +91,20 @@ class PayloadColumns:
         infinities as they are (for the JSON encoder, which writes them as null all the same)."""
         tolist = plain if clean else _as_list
         stop = self.rows if stop is None else min(stop, self.rows)
+        if stop - start == 1:  # one row (batch-1 traffic): one dict straight from the fields
+            shared, at, record = self.shared, start, {}
+            for name, values in self.fields.items():
+                if name in shared:
+                    record[name] = values
+                elif type(values) is list:
+                    record[name] = values[at]
+                else:
+                    record[name] = values.item(at) if isinstance(values, np.ndarray) else values[at]
+            if clean:
+                for name, value in record.items():
+                    if type(value) is float and not math.isfinite(value):
+                        record[name] = None
+            return [record]
         names = list(self.fields)
         lead = 0  # the shared fields that come first (the meta columns) start every record as one dict copy
         while lead < len(names) and names[lead] in self.shared:

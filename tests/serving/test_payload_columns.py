@@ -119,17 +119,21 @@ def test_the_logger_writes_columns_and_records_into_the_same_files_split_by_batc
     late, late_records = request_columns(150, "late", "2026-12-05T23:59:59.9+00:00")
     early_records = request_columns(5, "early", "2026-12-06T00:00:00.1Z")[1]
     big, big_records = request_columns(260, "big", "2026-12-06T00:00:01+00:00")
+    # one-row requests (batch-1 traffic) go through records, encoded together
+    ones = [request_columns(1, f"one-{i}", "2026-12-06T00:00:02+00:00", awkward=[f"m{i}"]) for i in range(3)]
     with PayloadLogger(str(tmp_path), "fraud", fmt=fmt, batch_rows=100, flush_seconds=0.2) as logger:
         logger.log(late)
         logger.log(early_records)
         logger.log(big)
+        for columns, _ in ones:
+            logger.log(columns)
         assert logger.flush(10)
-        assert (logger.written, logger.dropped) == (415, 0)
+        assert (logger.written, logger.dropped) == (418, 0)
         assert logger.files >= 5  # 415 rows in batches of at most 100
     found = partition_rows(tmp_path, fmt)
     assert found == {
         "model=fraud/date=2026-12-05": read_back(late_records, fmt),
-        "model=fraud/date=2026-12-06": read_back(early_records + big_records, fmt),
+        "model=fraud/date=2026-12-06": read_back(early_records + big_records + [r for _, [r] in ones], fmt),
     }
 
 
