@@ -7,6 +7,8 @@ its min-max, every ratio a median of per-round ratios, and one measurement per t
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -146,3 +148,26 @@ def test_bench_features_measures_lookups_predictors_and_the_join(tmp_path):
         assert re.fullmatch(SPREAD, row[3]) and row[6] == "0", row  # req/s over the rounds, no errors
     assert re.search(rf"- python, lookup, cache off / no lookup, per round: req/s {RATIO}, p99 {RATIO}", section)
     assert re.search(r"\*\*Point-in-time join\*\*: 3,000 entity rows .* 1 rounds: " + SPREAD + " s", section)
+
+
+def test_in_process_targets_get_the_cpus_and_threads_asked_for(tmp_path):
+    """``--threads N`` in the in-process benchmarks: the first N CPUs and N threads for every library, set in a
+    child process (pinning changes the process's own affinity)."""
+    from benchmarks import harness
+
+    cpus = sorted(os.sched_getaffinity(0))
+    assert harness.Pinning.whole_machine() == harness.Pinning("", ",".join(map(str, cpus)), len(cpus))
+    assert harness.Pinning.whole_machine(1) == harness.Pinning("", str(cpus[0]), 1)
+    with pytest.raises(SystemExit, match=rf"--threads {len(cpus) + 1}: this process may use {len(cpus)} CPU"):
+        harness.Pinning.whole_machine(len(cpus) + 1)
+    probe = (
+        "import json, os, numpy, torch\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from benchmarks import harness\n"
+        "harness.pin_in_process(harness.Pinning.whole_machine(1))\n"
+        "print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), 'torch': torch.get_num_threads(),\n"
+        "    'omp': os.environ['OMP_NUM_THREADS'], 'pools': sorted({p['num_threads'] for p in threadpool_info()})}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"cpus": [cpus[0]], "torch": 1, "omp": "1", "pools": [1]}
