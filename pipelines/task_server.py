@@ -195,6 +195,18 @@ class TaskServer:
         """Whether a task with these variables of its own may fork from this server (``forkable_environment``)."""
         return self.alive() and forkable_environment(self.environment, task_environment(env_vars))
 
+    def _connect_light(self) -> socket.socket | None:
+        """A connection to the light server, or None when it is not up (yet, or any more): the server serves all."""
+        if not self.light_socket_path.exists():
+            return None
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(self.light_socket_path))
+            return conn
+        except OSError:
+            conn.close()
+            return None
+
     def _connect(self, path: Path) -> socket.socket:
         deadline = time.monotonic() + _STARTUP_TIMEOUT_S
         while True:
@@ -230,8 +242,8 @@ class TaskServer:
             request = {**request, "after": after}
         # the light server, once it is up, for a task that needs no more than it has loaded (bound before it is
         # forked: its socket file is there only once it accepts)
-        light = after in self.light and self.light_socket_path.exists()
-        conn = self._connect(self.light_socket_path if light else self.socket_path)
+        conn = self._connect_light() if after in self.light else None
+        conn = conn or self._connect(self.socket_path)
         read_end, write_end = os.pipe()
         try:
             request = {**request, "env": env, "cwd": os.getcwd()}

@@ -280,7 +280,7 @@ def test_every_training_step_waits_for_a_preload_the_server_has():
 
 def test_a_task_that_needs_only_the_first_preloads_forks_from_the_light_server(tmp_path):
     """The light server, forked once numpy is loaded, takes a task that needs no more than numpy while the server
-    goes on with a slow import."""
+    goes on with a slow import; when it is gone, the server takes such tasks again."""
     import json
     import time
 
@@ -302,5 +302,8 @@ def test_a_task_that_needs_only_the_first_preloads_forks_from_the_light_server(t
             assert int(fh.read().rsplit(")", 1)[1].split()[1]) == server.process.pid
         text = log.read_text()
         assert "light task server: forked pid" in text and "forked the light task server" in text
+        os.kill(info["ppid"], signal.SIGKILL)  # the light server gone: the server takes its tasks
+        again = json.loads(run_pipeline(one_step, {}, ws, False, server=server, keep_server=True).output)
+        assert again["ppid"] == server.process.pid and again["numpy_preloaded"]
     finally:
         server.stop()
