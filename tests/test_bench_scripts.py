@@ -56,7 +56,7 @@ def test_bench_training_interleaves_both_loops_and_reports_medians_of_per_round_
     section, out = run_bench("bench_training.py", *args, results=tmp_path / "R.md")
     assert section.startswith("\n## Training throughput · cpu · ")
     assert_provenance(section, "bench_training.py", *args)
-    assert "torch/OpenMP threads for both targets" in section and "2 rounds, the order rotated" in section
+    assert "torch/OpenMP thread(s) for both targets" in section and "2 rounds, the order rotated" in section
     for batch in ("64", "256"):
         (row,) = table_rows(section, batch)
         assert re.fullmatch(SPREAD, row[1]) and re.fullmatch(SPREAD, row[2]), row
