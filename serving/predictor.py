@@ -70,6 +70,7 @@ DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_REQUEST_ROWS = 10_000
 BINARY_HEADER = "inference-header-content-length"  # the V2 binary tensor extension's JSON-length header
 VARIANT = "default"
+SMALL_LOG_ROWS = 32  # fewer rows than this are logged as records, more as columns (see _log_payload)
 
 
 def _values(result, name: str) -> list:
@@ -332,8 +333,9 @@ class TabularPredictor(kserve.Model):
         )
 
     def _log_payload(self, payload: ParsedRequest, result: pd.DataFrame) -> None:
-        """The request's rows to the payload logger as columns (non-blocking; ``payload_columns.py``): the
-        records are made by the writer thread, off the event loop. Never fails the request."""
+        """The request's rows to the payload logger (non-blocking): as columns (``payload_columns.py``), whose
+        records the writer thread makes off the event loop, or for a request of a few rows its records. Never
+        fails the request."""
         try:
             labels = _values(result, "prediction")
             # a regression's prediction is the value, and it has no probability (logged as null)
@@ -356,6 +358,10 @@ class TabularPredictor(kserve.Model):
             fields.update(payload.columns)
             fields["prediction"] = predictions
             fields["probability"] = probabilities
-            self.payload_logger.log(PayloadColumns(len(predictions), fields, shared=PAYLOAD_META_COLUMNS))
+            logged = PayloadColumns(len(predictions), fields, shared=PAYLOAD_META_COLUMNS)
+            # A request of a few rows goes as its records, made here: a dict or two per request cost the loop
+            # microseconds, while the writer building thousands of them in one go held the GIL for milliseconds
+            # at a time (the batch-1 p99, benchmarks/bench_serving.py).
+            self.payload_logger.log(logged.records() if logged.rows < SMALL_LOG_ROWS else logged)
         except Exception:
             log.exception("payload logging failed for request %s", payload.request_id)

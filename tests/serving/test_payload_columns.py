@@ -157,3 +157,34 @@ def test_columns_count_as_their_rows_against_the_queue(tmp_path, monkeypatch):
         release.set()
         logger.close()
     assert logger.written == 130
+
+
+def test_the_predictor_logs_large_requests_as_columns_and_small_ones_as_records_with_the_same_fields(
+    registered_model, tmp_path
+):
+    from fastapi.testclient import TestClient
+
+    from kfops.serving.app import build_app
+    from kfops.serving.predictor import SMALL_LOG_ROWS, TabularPredictor
+
+    from .helpers import v1_objects
+
+    logger = PayloadLogger(str(tmp_path), "fraud", flush_seconds=0.05)
+    predictor = TabularPredictor("fraud", str(registered_model.model_dir), payload_logger=logger)
+    predictor.load()
+    sizes = (SMALL_LOG_ROWS + 8, 2)
+    try:
+        with TestClient(build_app(predictor)) as client:
+            for n in sizes:
+                rows = v1_objects(registered_model.rows.head(n))
+                response = client.post("/v1/models/fraud:predict", json={"instances": rows})
+                assert response.status_code == 200, response.text
+        assert logger.flush(10)
+    finally:
+        predictor.stop()
+    [logged] = partition_rows(tmp_path, "jsonl").values()
+    assert len(logged) == sum(sizes)
+    assert len({tuple(row) for row in logged}) == 1  # one field list, in one order, whichever way it was logged
+    sent = v1_objects(registered_model.rows.head(sizes[0])) + v1_objects(registered_model.rows.head(sizes[1]))
+    for row, request in zip(logged, sent, strict=True):
+        assert {name: row[name] for name in request} == request
