@@ -24,6 +24,8 @@ from typing import Any
 
 from kfops import __version__
 
+_KFP_RUNTIME_ENV = "_KFP_RUNTIME"
+
 DEFAULT_IMAGE = f"ghcr.io/kfops/kfops:{__version__}"
 DEFAULT_CUDA_IMAGE = f"ghcr.io/kfops/kfops-cuda:{__version__}"
 
@@ -262,3 +264,26 @@ def component_op(func, image: str = DEFAULT_IMAGE):
     from kfp import dsl
 
     return dsl.component(func=described(func), base_image=image, install_kfp_package=False)
+
+
+def import_kfp_without_client() -> None:
+    """Import the ``kfp`` package without its API client, for a process that builds and runs pipelines locally.
+
+    ``kfp/__init__.py`` imports ``kfp.client`` (and with it the Kubernetes client: 0.4 s idle, up to 2 s on a loaded
+    machine) unless ``_KFP_RUNTIME`` is ``true``, the flag KFP's own executor sets. It is set only while the package
+    itself is imported; ``kfp.dsl``, imported after, has its whole compile-time API, and ``kfp.client`` still imports
+    when something asks for it. A no-op once kfp is imported."""
+    import os
+    import sys
+
+    if "kfp" in sys.modules:
+        return
+    before = os.environ.get(_KFP_RUNTIME_ENV)
+    os.environ[_KFP_RUNTIME_ENV] = "true"
+    try:
+        import kfp  # noqa: F401
+    finally:
+        if before is None:
+            del os.environ[_KFP_RUNTIME_ENV]
+        else:
+            os.environ[_KFP_RUNTIME_ENV] = before

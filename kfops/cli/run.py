@@ -189,6 +189,9 @@ def _default_data_in_server(args, ws, server):
 
 def _run(args, ws, console, server) -> int:
     generating = _default_data_in_server(args, ws, server)
+    from kfops.components.kfp_support import import_kfp_without_client
+
+    import_kfp_without_client()  # kfops run submits nothing: kfp's API client is not needed
     from kfops.pipelines.local import run_pipeline
     from kfops.pipelines.training import DEFAULT_MODEL_NAME, training_pipeline  # kfp: while the data is made
 
