@@ -29,6 +29,14 @@ def set_tracking(tracking_uri: str = "") -> str:
     return uri
 
 
+def new_local_store(tracking_uri: str = "") -> str:
+    """The path of the local (sqlite) MLflow store ``tracking_uri`` (else MLFLOW_TRACKING_URI) names when it does
+    not exist yet, else "". Such a store has no registered model, so a step that only looks one up can say so
+    without importing MLflow or creating the store."""
+    path = sqlite_store.sqlite_path(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
+    return str(path) if path is not None and not path.exists() else ""
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment's id, creating it (under KFOPS_MLFLOW_ARTIFACT_ROOT when set) if needed."""
     import mlflow

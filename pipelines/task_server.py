@@ -65,6 +65,13 @@ TRAINING_PRELOAD = (
     "torch.utils.tensorboard",
     "matplotlib",
 )
+# A first run in a new workspace (no MLflow store yet): validate looks up no champion and imports no MLflow
+# (components/validate), so Great Expectations loads first and validate starts ~2-3 s sooner.
+TRAINING_PRELOAD_NEW_STORE = (
+    *TRAINING_PRELOAD[: TRAINING_PRELOAD.index("mlflow")],
+    "great_expectations",
+    *(name for name in TRAINING_PRELOAD[TRAINING_PRELOAD.index("mlflow") :] if name != "great_expectations"),
+)
 # The last of TRAINING_PRELOAD each step (or call) imports: a step that comes before it is loaded is forked once it
 # is, rather than at once to import the same modules itself while the server imports them too, two processes on the
 # same imports competing for 2 cores (validate used to pay Great Expectations' 5 s that way).
@@ -160,7 +167,7 @@ class TaskServer:
         ``TRAINING_LIGHT_AFTER`` with the default preload) is loaded, the server forks a light server that loads
         nothing more: tasks that need no more than it has fork from it at once, never waiting for an import in
         progress in the server (torch's takes 2-8 s on 2 cores)."""
-        training = tuple(preload) == TRAINING_PRELOAD
+        training = tuple(preload) in (TRAINING_PRELOAD, TRAINING_PRELOAD_NEW_STORE)
         if needs is None:
             needs = TRAINING_NEEDS if training else {}
         if light_after is None and training:

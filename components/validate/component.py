@@ -38,14 +38,16 @@ def validate_data(
 
     from kfops.components.contracts import KfopsError
     from kfops.components.datasets import read_snapshot
-    from kfops.components.tracking import set_tracking
+    from kfops.components.tracking import new_local_store, set_tracking
     from kfops.components.validate.schema_suite import HOW_TO_GO_ON, validate_snapshot
 
     if mode not in ("fail", "warn"):
         raise KfopsError(f"validate: mode must be 'fail' or 'warn', got {mode!r}")
     # suite_sha256 is not read here: it is in the signature so the cache key changes when the suite does.
     frame, version = read_snapshot(artifact_store, data_sha256)
-    if model_name:
+    # A first run in a new workspace has no champion: its validation needs neither MLflow nor the store.
+    new_store = new_local_store(mlflow_tracking_uri) if model_name else ""
+    if model_name and not new_store:
         set_tracking(mlflow_tracking_uri)
     summary, result = None, None
     try:
@@ -59,6 +61,7 @@ def validate_data(
             max_missing=max_missing,
             model_name=model_name,
             mode="warn",
+            new_store=new_store,
         )
     finally:
         if summary is not None:

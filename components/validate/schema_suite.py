@@ -213,11 +213,13 @@ def validate_snapshot(
     max_missing: float = -1.0,
     model_name: str = "",
     mode: str = "fail",
+    new_store: str = "",
 ) -> tuple[Any, dict[str, Any]]:
     """The training pipeline's validation: hard errors first, then the suite that applies (the one given, the
     fixed-cap suite when ``max_missing`` >= 0, the champion's, or the one inferred from this data), errors and
     warnings apart. The inferred suite is stored beside the data version in every case. In ``fail`` mode an
-    error raises a KfopsError that says how to go on; hard errors raise in any mode."""
+    error raises a KfopsError that says how to go on; hard errors raise in any mode. ``new_store``: the path of
+    the local MLflow store when it does not exist yet (``tracking.new_local_store``): no champion to look up."""
     from kfops.components.validate.logic import default_suite, load_suite_dict, run_suite
 
     if mode not in ("fail", "warn"):
@@ -234,7 +236,12 @@ def validate_snapshot(
     elif max_missing >= 0:
         suite, origin = default_suite(frame, target, max_missing), f"fixed cap of {max_missing:.0%} empty per column"
     else:
-        suite, why = champion_suite(model_name, store) if model_name else (None, "no model name")
+        if not model_name:
+            suite, why = None, "no model name"
+        elif new_store:
+            suite, why = None, f"no champion of '{model_name}' yet: the MLflow store {new_store} is new"
+        else:
+            suite, why = champion_suite(model_name, store)
         if suite is not None:
             origin = why
         else:

@@ -162,8 +162,11 @@ def cmd_run(args) -> int:
         # Started first, so its imports overlap this process's own (kfp, the pipeline, the default data).
         configure_environment(ws)
         (ws.root / "logs").mkdir(parents=True, exist_ok=True)
+        from kfops.components.tracking import new_local_store
+
         server = task_server.TaskServer.start(
-            log_path=ws.root / "logs" / f"task-server-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            preload=task_server.TRAINING_PRELOAD_NEW_STORE if new_local_store() else task_server.TRAINING_PRELOAD,
+            log_path=ws.root / "logs" / f"task-server-{time.strftime('%Y%m%d-%H%M%S')}.log",
         )
     try:
         return _run(args, ws, console, server)

@@ -222,6 +222,33 @@ def test_validate_wrapper_writes_report_and_stops_or_warns(tmp_path, transaction
         validate_data_op.python_func(mode="loud", **kwargs)
 
 
+def test_validate_in_a_new_workspace_looks_up_no_champion_and_creates_no_store(tmp_path, transactions, monkeypatch):
+    from kfops.components.datasets import write_snapshot
+
+    store = str(tmp_path / "store")
+    version = write_snapshot(transactions, store, source="first.parquet")
+    db = tmp_path / "new-workspace" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    result, report = artifact(dsl.Artifact, tmp_path, "result"), artifact(dsl.Markdown, tmp_path, "report")
+    checked = validate_data_op.python_func(
+        data_sha256=version.sha256,
+        artifact_store=store,
+        target="is_fraud",
+        expectation_suite="",
+        suite_sha256="",
+        max_missing=-1.0,
+        mode="fail",
+        model_name="first-model",
+        mlflow_tracking_uri="",
+        validation_result=result,
+        report=report,
+    )
+    assert checked.success and checked.failed_expectations == 0
+    origin = result.metadata["suite_origin"]
+    assert origin == f"inferred (no champion of 'first-model' yet: the MLflow store {db} is new)"
+    assert not db.exists()  # the store is made by the first step that writes to it (train), not by a lookup
+
+
 def test_version_wrapper_stops_on_bad_data(tmp_path):
     from kfops.components.contracts import KfopsError
 

@@ -307,3 +307,12 @@ def test_a_task_that_needs_only_the_first_preloads_forks_from_the_light_server(t
         assert again["ppid"] == server.process.pid and again["numpy_preloaded"]
     finally:
         server.stop()
+
+
+def test_a_new_workspace_loads_great_expectations_before_mlflow_and_nothing_else_moves():
+    new, usual = task_server.TRAINING_PRELOAD_NEW_STORE, task_server.TRAINING_PRELOAD
+    assert sorted(new) == sorted(usual) and len(new) == len(usual)
+    assert new.index("great_expectations") < new.index("mlflow")
+    # validate waits for nothing of MLflow's there; every other module keeps its place relative to the others
+    assert [m for m in new if m != "great_expectations"] == [m for m in usual if m != "great_expectations"]
+    assert "mlflow" not in new[: new.index(task_server.TRAINING_NEEDS["validate_data"]) + 1]
