@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from kfops.components import storage
 from kfops.components.contracts import PAYLOAD_META_COLUMNS, PAYLOAD_PREDICTION_COLUMNS, KfopsError, partitions_of
-from kfops.components.records import pseudonymize
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,9 @@ class FieldPolicy:
 
     def apply(self, record: dict) -> None:
         """Drop and hash ``record``'s fields in place (the logger owns records once they are logged)."""
+        # Here, not at the top: every `kfops` command's parser imports this module, and records imports pandas.
+        from kfops.components.records import pseudonymize
+
         for name in self.drop:
             record.pop(name, None)
         for name in self.hash:

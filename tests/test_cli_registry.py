@@ -193,13 +193,16 @@ def test_models_promote_and_rollback(kfops):
     assert exit_info.value.code == EXIT_USER_ERROR
 
 
-def test_help_does_not_import_mlflow():
+def test_help_imports_neither_mlflow_nor_pandas_nor_torch():
     import subprocess
     import sys
 
-    code = "import sys\nfrom kfops.cli import build_parser\nbuild_parser()\nprint('mlflow' in sys.modules)"
+    code = (
+        "import sys\nfrom kfops.cli import build_parser\nbuild_parser()\n"
+        "print(sorted(m for m in ('mlflow', 'pandas', 'torch', 'kfp') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "[]"  # the parser of every command, `kfops --help` included, starts in a fraction of a second
 
 
 def test_retrain_retrains_the_workspaces_one_champion_and_asks_when_there_are_several(tmp_path):
