@@ -75,5 +75,5 @@ def test_retrain_if_drift_trains_only_on_drift_and_promotes_a_blessed_model(tmp_
     assert "retraining: the data drifted" in out, out
     assert champion(ws) == "2"
     assert list((ws / "monitor").glob("*/drift.json")), "the monitor's drift report is kept in the workspace"
-    log = max((ws / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime).read_text()
+    log = max((ws / "logs").glob("run-*.log"), key=lambda p: p.stat().st_mtime).read_text()
     assert "the suite of champion v1 of 'fraud-detector'" in log and "- warning: column 'amount'" in log

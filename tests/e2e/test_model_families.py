@@ -54,6 +54,7 @@ def test_gbdt_through_the_chain(tmp_path, capsys, clean_env, name, task, metric,
     loaded = load_model(f"{result['model_name']}@champion", result["mlflow_tracking_uri"])
     assert type(loaded.classifier).__name__ == "TreeModel"
     rows = frame.drop(columns=target).sample(25, random_state=0)
+    mlflow.set_tracking_uri(result["mlflow_tracking_uri"])  # kfops run leaves this process's MLflow as it was
     pyfunc = mlflow.pyfunc.load_model(f"models:/{result['model_name']}@champion")
     expected = pyfunc.predict(rows)
     columns = {c: rows[c].astype(float).tolist() for c in loaded.spec.feature_names}
