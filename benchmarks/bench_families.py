@@ -32,10 +32,10 @@ import numpy as np
 
 try:
     import harness
-    from bench_tasks import HEADLINE, RESULTS, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
+    from bench_tasks import HEADLINE, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
 except ImportError:  # python -m benchmarks.bench_families
     from benchmarks import harness
-    from benchmarks.bench_tasks import HEADLINE, RESULTS, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
+    from benchmarks.bench_tasks import HEADLINE, TASKS, fit_kfops, generate, kfops_outputs, prepare, score
 
 TARGETS = ("mlp", "gbdt", "hgb-default", "linear")
 BASELINES = ("hgb-default", "linear")
@@ -212,17 +212,9 @@ def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, be
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
-    )
-    parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
     if unknown:

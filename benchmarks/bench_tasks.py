@@ -45,7 +45,6 @@ try:
 except ImportError:  # python -m benchmarks.bench_tasks
     from benchmarks import harness
 
-RESULTS = harness.RESULTS
 TARGETS = ("kfops", "sklearn")
 TASKS = ("binary", "multiclass", "regression")
 HEADLINE = {"binary": "balanced_accuracy", "multiclass": "balanced_accuracy", "regression": "r2"}
@@ -289,17 +288,9 @@ def report(results: dict, args: argparse.Namespace, pinning: harness.Pinning, be
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--pipeline-rounds", type=int, default=0, help="`kfops run` wall times: rounds per task")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
-    )
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
     unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
     if unknown:

@@ -33,7 +33,6 @@ try:
 except ImportError:  # python -m benchmarks.bench_training
     from benchmarks import harness
 
-RESULTS = harness.RESULTS
 TARGETS = ("reference", "kfops")
 LABELS = {
     "reference": "reference loop (TensorDataset + DataLoader, shuffle=True, .item() every step)",
@@ -206,15 +205,7 @@ def main() -> None:
         help="repeat the training rows to at least this many (big-batch GPU runs need steps)",
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="approximate time of one measurement")
-    parser.add_argument("--rounds", type=int, default=harness.MIN_ROUNDS)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
-    )
-    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the figures are appended to")
+    harness.add_record_arguments(parser)
     args = parser.parse_args()
     harness.measure_and_record("training", args, harness.Pinning.whole_machine(args.threads), run, report)
 

@@ -461,6 +461,21 @@ def append_results(text: str, path: Path | str = RESULTS) -> None:
         fh.write(text if text.startswith("\n") else "\n" + text)
 
 
+def add_record_arguments(parser, in_process_threads: bool = True) -> None:
+    """The options every ``measure_and_record`` script shares: ``--rounds``, ``--no-write``, ``--results`` and, for
+    scripts whose targets run in this process, ``--threads`` (``Pinning.whole_machine``'s count)."""
+    parser.add_argument("--rounds", type=int, default=MIN_ROUNDS)
+    if in_process_threads:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=0,
+            help="CPUs, and torch/OpenMP threads, for every target (0: all of this process's)",
+        )
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the section is appended to")
+
+
 def measure_and_record(name: str, args, pinning: Pinning, run, report) -> str:
     """``run(args, scratch, pinning)`` in a scratch folder, then ``report(results, args, pinning, load before,
     load after)``: printed, and appended to RESULTS.md (or ``args.results`` where the script has that option) unless
