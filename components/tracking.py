@@ -37,20 +37,22 @@ def new_local_store(tracking_uri: str = "") -> str:
     return str(path) if path is not None and not path.exists() else ""
 
 
-def ensure_experiment(name: str) -> str:
-    """The experiment's id, creating it (under KFOPS_MLFLOW_ARTIFACT_ROOT when set) if needed."""
+def ensure_experiment(name: str, client=None) -> str:
+    """The experiment's id, creating it (under KFOPS_MLFLOW_ARTIFACT_ROOT when set) if needed; through ``client``
+    (an ``MlflowClient``) when given, else through MLflow's current tracking URI."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    experiment = mlflow.get_experiment_by_name(name)
+    api = client if client is not None else mlflow
+    experiment = api.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     root = os.environ.get("KFOPS_MLFLOW_ARTIFACT_ROOT")
     try:
-        return mlflow.create_experiment(name, artifact_location=storage.join(root, name) if root else None)
+        return api.create_experiment(name, artifact_location=storage.join(root, name) if root else None)
     except MlflowException:
         # Another run created it between our read and write.
-        return mlflow.get_experiment_by_name(name).experiment_id
+        return api.get_experiment_by_name(name).experiment_id
 
 
 # Where the libraries' own errors for an unreachable endpoint come from (botocore's EndpointConnectionError,

@@ -418,8 +418,10 @@ def _log_to_mlflow(plan: RolloutPlan, result: RolloutResult, tracking_uri: str) 
         from mlflow.entities import Metric, Param, RunTag
 
         client = MlflowClient(tracking_uri or None)
-        experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(DEFAULT_EXPERIMENT)
+        from kfops.components.tracking import ensure_experiment
+
+        # Under the workspace's artifact root like every other experiment (not MLflow's ./mlruns default)
+        experiment_id = ensure_experiment(DEFAULT_EXPERIMENT, client)
         run = client.create_run(
             experiment_id,
             run_name=f"rollout {result.model_name} v{result.canary_version}",

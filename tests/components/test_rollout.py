@@ -8,6 +8,7 @@ what went to MLflow."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import threading
 import time
@@ -81,6 +82,15 @@ class World:
     faulty: FaultProxy  # the canary, every 5th request a 500
     prometheus: PrometheusServer | None
     rows: list[dict]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rollout_artifacts_in_a_temp_folder(tmp_path_factory):
+    """The rollout experiment's artifacts under a temp folder: without a root MLflow puts a sqlite store's
+    artifacts in ./mlruns, the working directory (the repository, in a test run)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KFOPS_MLFLOW_ARTIFACT_ROOT", str(tmp_path_factory.mktemp("rollout-artifacts")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +251,8 @@ def test_a_healthy_canary_advances_step_by_step_and_is_promoted(world, registry,
     assert "step 1: canary version 2 takes 25%" in result.report and "promoted" in result.report
     run = mlflow.MlflowClient(world.tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.tags["kfops.rollout.outcome"] == PROMOTED
+    # the report is stored under the configured artifact root, not in ./mlruns of whatever the working directory is
+    assert run.info.artifact_uri.startswith(os.environ["KFOPS_MLFLOW_ARTIFACT_ROOT"]), run.info.artifact_uri
     history = mlflow.MlflowClient(world.tracking_uri).get_metric_history(result.mlflow_run_id, "canary.requests")
     assert [m.step for m in history] == [1, 2] and all(m.value >= THRESHOLDS.min_requests for m in history)
     report = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/rollout/report.md")
